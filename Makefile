@@ -1,0 +1,37 @@
+# The few commands people type. `make help` lists them.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run smoke test test-fast lint clean-smoke
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.lock
+	$(PYTHON) -m pip install --quiet --no-deps -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv with the pinned dependencies (first use only)
+
+run: setup ## the main job: the whole pipeline, rerunning only what changed (dvc repro)
+	dvc repro
+
+smoke: setup ## all stages on tiny synthetic data in smoke/, default results untouched
+	$(PYTHON) -m imgclf smoke --dir smoke
+
+test: setup ## the test suite
+	$(PYTHON) -m pytest
+
+test-fast: setup ## the suite without the slow end-to-end runs
+	$(PYTHON) -m pytest -m "not slow"
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check .
+
+clean-smoke: ## remove the smoke run's copy
+	rm -rf smoke

@@ -1,0 +1,278 @@
+"""The one params loader: params.yaml -> a typed, frozen, validated configuration.
+
+Every knob of the pipeline is a field below, with a one-line comment in params.yaml. Loading is strict:
+an unknown key, a wrong type or an out-of-range value raises `ConfigError` naming the file, the key and
+what is allowed, so a typo stops a stage instead of silently becoming a new setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DataSource = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "image_folder", "synthetic"]
+ResizePolicy = Literal["pad", "crop", "stretch"]
+SmallClassPolicy = Literal["error", "drop"]
+FlipMode = Literal["none", "horizontal", "vertical", "horizontal_and_vertical"]
+
+
+class ConfigError(ValueError):
+    """A params file that does not describe a valid configuration."""
+
+
+def _field(default: Any, *, minimum: float | None = None, maximum: float | None = None,
+           exclusive_minimum: bool = False) -> Any:
+    """A dataclass field with an optional numeric range, checked at load time."""
+    metadata = {"minimum": minimum, "maximum": maximum, "exclusive_minimum": exclusive_minimum}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: DataSource = "cifar10"
+    path: str | None = None
+    sha256: str | None = None
+    val_fraction: float = _field(0.1, minimum=0.0, maximum=0.5, exclusive_minimum=True)
+    test_fraction: float = _field(0.2, minimum=0.0, maximum=0.5, exclusive_minimum=True)
+    max_per_class: int | None = _field(None, minimum=1)
+    synthetic_classes: int = _field(4, minimum=2, maximum=100)
+    synthetic_per_class: int = _field(60, minimum=4)
+    synthetic_image_size: int = _field(32, minimum=8, maximum=512)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    image_size: int = _field(32, minimum=8, maximum=1024)
+    resize: ResizePolicy = "pad"
+    min_images_per_class: int = _field(10, minimum=1)
+    small_class_policy: SmallClassPolicy = "error"
+    examples_per_shard: int = _field(10000, minimum=100)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = False
+    flip: FlipMode = "horizontal"
+    translate: float = _field(0.1, minimum=0.0, maximum=0.5)
+    rotate: float = _field(0.0, minimum=0.0, maximum=0.5)
+    zoom: float = _field(0.0, minimum=0.0, maximum=0.9)
+    contrast: float = _field(0.0, minimum=0.0, maximum=0.9)
+    preview_images: int = _field(16, minimum=1, maximum=64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScratchConfig:
+    conv_filters: list[int] = _field([32, 64, 64, 128])
+    pool_after: list[int] = _field([2, 3])
+    dense_units: list[int] = _field([256, 128])
+    dropout: float = _field(0.2, minimum=0.0, maximum=0.9)
+    batch_norm: bool = True
+    max_norm: float | None = _field(3.0, minimum=0.0, exclusive_minimum=True)
+    learning_rate: float = _field(0.001, minimum=0.0, exclusive_minimum=True)
+    epochs: int = _field(25, minimum=1)
+    batch_size: int = _field(64, minimum=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferConfig:
+    backbone: str = "resnet50"
+    weights: str | None = "imagenet"
+    input_size: int = _field(96, minimum=32, maximum=512)
+    head_dropout: float = _field(0.2, minimum=0.0, maximum=0.9)
+    head_units: int = _field(0, minimum=0)
+    learning_rate: float = _field(0.001, minimum=0.0, exclusive_minimum=True)
+    epochs: int = _field(10, minimum=1)
+    batch_size: int = _field(64, minimum=1)
+    feature_batch_size: int = _field(64, minimum=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = _field(256, minimum=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisConfig:
+    gallery_size: int = _field(25, minimum=1, maximum=400)
+
+
+@dataclasses.dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str = "imgclf"
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    seed: int = _field(42, minimum=0)
+    deterministic: bool = False
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = dataclasses.field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    scratch: ScratchConfig = dataclasses.field(default_factory=ScratchConfig)
+    transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
+    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    analysis: AnalysisConfig = dataclasses.field(default_factory=AnalysisConfig)
+    mlflow: MlflowConfig = dataclasses.field(default_factory=MlflowConfig)
+
+    def __post_init__(self) -> None:
+        _check_cross_field(self)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; raise `ConfigError` saying exactly what to fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    return params_from_dict(raw if raw is not None else {}, source=str(path))
+
+
+def params_from_dict(raw: Any, *, source: str = "params") -> Params:
+    """Build `Params` from a plain mapping (parsed YAML), validating every key."""
+    try:
+        return _build(Params, raw, key="", source=source)
+    except ConfigError:
+        raise
+    except ValueError as error:  # raised by __post_init__ cross-field checks
+        raise ConfigError(f"{source}: {error}") from error
+
+
+def params_to_dict(params: Params) -> dict[str, Any]:
+    """The configuration as plain nested dicts (for logging and for writing a params file)."""
+    return dataclasses.asdict(params)
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`: flat, readable keys for MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _check_cross_field(params: Params) -> None:
+    if params.data.source == "image_folder" and not params.data.path:
+        raise ValueError("data.path: required when data.source is 'image_folder' "
+                         "(a directory, a .tar.gz/.zip archive, or an http(s) URL)")
+    if params.data.sha256 is not None:
+        digest = params.data.sha256.lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError("data.sha256: expected 64 hex characters (the output of `sha256sum`), "
+                             f"got {params.data.sha256!r}")
+    blocks = len(params.scratch.conv_filters)
+    if not params.scratch.conv_filters or any(f < 1 for f in params.scratch.conv_filters):
+        raise ValueError("scratch.conv_filters: expected a non-empty list of positive integers")
+    if any(f < 1 for f in params.scratch.dense_units):
+        raise ValueError("scratch.dense_units: expected a list of positive integers")
+    bad_pools = [index for index in params.scratch.pool_after if not 1 <= index <= blocks]
+    if bad_pools:
+        raise ValueError(f"scratch.pool_after: block numbers must be between 1 and {blocks} "
+                         f"(the length of scratch.conv_filters), got {bad_pools}")
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(annotation))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(annotation)[0])}"
+    if annotation is type(None):
+        return "null"
+    if dataclasses.is_dataclass(annotation):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[annotation]
+
+
+def _describe_range(metadata: typing.Mapping[str, Any]) -> str:
+    parts = []
+    if metadata.get("minimum") is not None:
+        parts.append(f"{'>' if metadata['exclusive_minimum'] else '>='} {metadata['minimum']}")
+    if metadata.get("maximum") is not None:
+        parts.append(f"<= {metadata['maximum']}")
+    return " and ".join(parts)
+
+
+def _convert(annotation: Any, value: Any, *, key: str, source: str) -> Any:
+    """Check `value` against `annotation`; return it converted (int -> float where a number is due)."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key=key, source=source)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _convert(option, value, key=key, source=source)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(annotation):
+            return value
+    elif origin is list:
+        if isinstance(value, list):
+            (item_type,) = typing.get_args(annotation)
+            return [_convert(item_type, item, key=f"{key}[{index}]", source=source)
+                    for index, item in enumerate(value)]
+    elif annotation is type(None):
+        if value is None:
+            return None
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{source}: {key}: expected {_describe(annotation)}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, *, key: str, source: str) -> Any:
+    where = key or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping of keys, got {raw!r}")
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        name = f"{key}.{unknown[0]}" if key else str(unknown[0])
+        raise ConfigError(f"{source}: unknown key {name!r}; allowed keys under {where}: "
+                          f"{', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        field_key = f"{key}.{name}" if key else name
+        converted = _convert(hints[name], value, key=field_key, source=source)
+        _check_range(fields[name].metadata, converted, key=field_key, source=source)
+        values[name] = converted
+    return cls(**values)
+
+
+def _check_range(metadata: typing.Mapping[str, Any], value: Any, *, key: str, source: str) -> None:
+    if not metadata or value is None or isinstance(value, (bool, str)):
+        return
+    for item in value if isinstance(value, list) else [value]:
+        minimum, maximum = metadata.get("minimum"), metadata.get("maximum")
+        too_low = minimum is not None and (item <= minimum if metadata["exclusive_minimum"]
+                                           else item < minimum)
+        too_high = maximum is not None and item > maximum
+        if too_low or too_high:
+            raise ConfigError(f"{source}: {key}: expected a value {_describe_range(metadata)}, "
+                              f"got {item!r}")

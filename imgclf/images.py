@@ -1,0 +1,96 @@
+"""Decoding any image file into fixed-size uint8 pixels, by a documented policy.
+
+Mode policy: every image becomes 8-bit RGB (or stays 8-bit grey when the data set is grey, like MNIST).
+Palette and grey images are expanded; transparency is composited onto white (what a viewer shows);
+16-bit and 32-bit integer images are scaled to 0-255 by their bit depth, not clipped; CMYK and YCbCr are
+converted by Pillow.
+
+Resize policy (`preprocess.resize`), to a square `image_size`:
+- `pad`: scale the longer side to `image_size`, keep the aspect ratio, pad the rest with black;
+- `crop`: scale the shorter side to `image_size` and cut the centre;
+- `stretch`: scale both sides to `image_size`, distorting the aspect ratio.
+Images already at the target size are not resampled.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# A decompression bomb is refused by Pillow beyond this many pixels; photos are far smaller.
+Image.MAX_IMAGE_PIXELS = 178_956_970
+
+
+class ImageDecodeError(ValueError):
+    """An image file that cannot be read; the message is the reason shown in the skipped-files report."""
+
+
+def decode_file(path: Path, *, image_size: int, resize: str, channels: int = 3) -> np.ndarray:
+    """Read `path` and return uint8 pixels of shape (image_size, image_size, channels)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                # JPEG draft mode decodes at a reduced scale when the target is much smaller: a large speedup
+                # for photos, and the result is resampled below anyway.
+                image.draft("RGB" if channels == 3 else "L", (image_size, image_size))
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                return to_pixels(image, image_size=image_size, resize=resize, channels=channels)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as error:
+        reason = str(error) or type(error).__name__
+        raise ImageDecodeError(f"{type(error).__name__}: {reason}") from error
+
+
+def to_pixels(image: Image.Image, *, image_size: int, resize: str, channels: int = 3) -> np.ndarray:
+    """Convert a Pillow image of any mode to uint8 pixels at the target size (see the module docstring)."""
+    image = _to_8bit(image, channels=channels)
+    image = _resize(image, image_size=image_size, policy=resize)
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+
+
+def resize_array(pixels: np.ndarray, *, image_size: int, resize: str) -> np.ndarray:
+    """Apply the resize policy to an array source (CIFAR, MNIST): a no-op at the native size."""
+    if pixels.shape[0] == image_size and pixels.shape[1] == image_size:
+        return pixels
+    mode = "L" if pixels.shape[-1] == 1 else "RGB"
+    image = Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode=mode)
+    return to_pixels(image, image_size=image_size, resize=resize, channels=pixels.shape[-1])
+
+
+def _to_8bit(image: Image.Image, *, channels: int) -> Image.Image:
+    target = "RGB" if channels == 3 else "L"
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image)
+        if image.mode == "F":
+            # Float images come as [0, 1] or [0, 255]; the maximum tells which.
+            array = np.clip(array * (255.0 if array.max(initial=0.0) <= 1.0 else 1.0), 0, 255)
+        else:
+            bits = 16 if image.mode.startswith("I;16") or array.max(initial=0) <= 65535 else 32
+            array = array.astype(np.float64) * (255.0 / (2**bits - 1))
+        image = Image.fromarray(np.round(array).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGB" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert(target) if image.mode != target else image
+
+
+def _resize(image: Image.Image, *, image_size: int, policy: str) -> Image.Image:
+    if image.size == (image_size, image_size):
+        return image
+    resample = Image.Resampling.BICUBIC if min(image.size) < image_size else Image.Resampling.LANCZOS
+    if policy == "stretch":
+        return image.resize((image_size, image_size), resample)
+    if policy == "crop":
+        return ImageOps.fit(image, (image_size, image_size), method=resample)
+    if policy == "pad":
+        return ImageOps.pad(image, (image_size, image_size), method=resample, color=0)
+    raise ValueError(f"unknown resize policy {policy!r}; use pad, crop or stretch")

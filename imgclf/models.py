@@ -1,0 +1,190 @@
+"""Model builders in pure `keras` (any backend): the seed CNN, ImageNet backbones and the transfer head.
+
+Every model takes raw pixels in [0, 255] at the prepared image size, so a saved `.keras` file classifies
+images in production with no preprocessing code beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import keras
+
+from imgclf.config import ScratchConfig, TransferConfig
+
+MODEL_PACKAGE = "imgclf"
+
+
+class ModelConfigError(ValueError):
+    """A model setting that cannot work with this data or this Keras; the message says what to change."""
+
+
+@keras.saving.register_keras_serializable(package=MODEL_PACKAGE)
+class BackboneInput(keras.layers.Layer):
+    """Raw [0, 255] pixels -> what an ImageNet backbone expects: three channels and its own scaling.
+
+    Modes follow `keras.applications`: `caffe` (BGR, ImageNet mean subtracted), `tf` ([-1, 1]),
+    `torch` (ImageNet mean/std), `none` (the backbone normalises inside, like EfficientNet).
+    """
+
+    _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+    _TORCH_MEAN = (0.485, 0.456, 0.406)
+    _TORCH_STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, mode: str = "none", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "tf", "torch", "none"):
+            raise ModelConfigError(f"unknown backbone preprocessing mode {mode!r}")
+        self.mode = mode
+
+    def call(self, inputs):
+        pixels = keras.ops.cast(inputs, "float32")
+        if pixels.shape[-1] == 1:  # grey data sets (MNIST) give a backbone three identical channels
+            pixels = keras.ops.repeat(pixels, 3, axis=-1)
+        if self.mode == "caffe":
+            return pixels[..., ::-1] - keras.ops.convert_to_tensor(self._CAFFE_MEAN_BGR)
+        if self.mode == "tf":
+            return pixels / 127.5 - 1.0
+        if self.mode == "torch":
+            mean = keras.ops.convert_to_tensor(self._TORCH_MEAN)
+            std = keras.ops.convert_to_tensor(self._TORCH_STD)
+            return (pixels / 255.0 - mean) / std
+        return pixels
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    constructor: str  # attribute of keras.applications
+    preprocessing: str  # BackboneInput mode
+    min_input_size: int = 32
+
+
+# Each backbone with the input scaling its ImageNet weights were trained with.
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet50": BackboneSpec("ResNet50", "caffe"),
+    "resnet101": BackboneSpec("ResNet101", "caffe"),
+    "resnet50_v2": BackboneSpec("ResNet50V2", "tf"),
+    "vgg16": BackboneSpec("VGG16", "caffe"),
+    "vgg19": BackboneSpec("VGG19", "caffe"),
+    "mobilenet_v2": BackboneSpec("MobileNetV2", "tf"),
+    "mobilenet_v3_small": BackboneSpec("MobileNetV3Small", "none"),
+    "mobilenet_v3_large": BackboneSpec("MobileNetV3Large", "none"),
+    "efficientnet_b0": BackboneSpec("EfficientNetB0", "none"),
+    "efficientnet_b1": BackboneSpec("EfficientNetB1", "none"),
+    "efficientnet_v2_b0": BackboneSpec("EfficientNetV2B0", "none"),
+    "densenet121": BackboneSpec("DenseNet121", "torch"),
+    "inception_v3": BackboneSpec("InceptionV3", "tf", min_input_size=75),
+    "xception": BackboneSpec("Xception", "tf", min_input_size=71),
+    "convnext_tiny": BackboneSpec("ConvNeXtTiny", "none"),
+}
+
+
+def build_scratch_model(config: ScratchConfig, *, input_shape: tuple[int, int, int],
+                        num_classes: int) -> keras.Model:
+    """The write-up's sequential CNN, layer by layer from params.
+
+    Each conv block: Conv2D (3x3, same, ReLU) -> [MaxPool 2x2 if listed in pool_after] -> Dropout ->
+    [BatchNorm]; then Flatten -> Dropout; each dense block: Dense (ReLU, MaxNorm) -> Dropout ->
+    [BatchNorm]; then a softmax classifier. Seed values give 2,264,458 parameters on 32x32x3, 10 classes.
+    """
+    constraint = keras.constraints.MaxNorm(config.max_norm) if config.max_norm else None
+    layers: list[keras.layers.Layer] = [keras.Input(shape=input_shape, name="pixels"),
+                                        keras.layers.Rescaling(1.0 / 255, name="rescale")]
+    for block, filters in enumerate(config.conv_filters, start=1):
+        layers.append(keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{block}"))
+        if block in config.pool_after:
+            layers.append(keras.layers.MaxPooling2D(2, name=f"pool{block}"))
+        layers.append(keras.layers.Dropout(config.dropout, name=f"conv{block}_dropout"))
+        if config.batch_norm:
+            layers.append(keras.layers.BatchNormalization(name=f"conv{block}_bn"))
+    layers += [keras.layers.Flatten(name="flatten"), keras.layers.Dropout(config.dropout, name="flat_dropout")]
+    for block, units in enumerate(config.dense_units, start=1):
+        layers.append(keras.layers.Dense(units, activation="relu", kernel_constraint=constraint,
+                                         name=f"dense{block}"))
+        layers.append(keras.layers.Dropout(config.dropout, name=f"dense{block}_dropout"))
+        if config.batch_norm:
+            layers.append(keras.layers.BatchNormalization(name=f"dense{block}_bn"))
+    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="classifier"))
+    return keras.Sequential(layers, name="scratch_cnn")
+
+
+def load_backbone(config: TransferConfig) -> tuple[keras.Model, str]:
+    """The backbone (headless, feature map out) and its preprocessing mode.
+
+    `config.backbone` is a `keras.applications` name from BACKBONES, or a path to a `.keras` file that takes
+    raw [0, 255] RGB and returns a feature map. `config.weights` is `imagenet`, null/`none` (random init) or a
+    path to a weights file for the named architecture.
+    """
+    if config.backbone.endswith(".keras"):
+        path = Path(config.backbone)
+        if not path.is_file():
+            raise ModelConfigError(f"transfer.backbone: backbone file {path} not found; give an existing "
+                                   f".keras file or one of: {', '.join(BACKBONES)}")
+        return keras.models.load_model(path, compile=False, safe_mode=True), "none"
+    spec = BACKBONES.get(config.backbone)
+    if spec is None:
+        raise ModelConfigError(f"transfer.backbone: unknown backbone {config.backbone!r}; use one of "
+                               f"{', '.join(BACKBONES)} or a path to a .keras file")
+    if config.input_size < spec.min_input_size:
+        raise ModelConfigError(f"transfer.input_size: {config.backbone} needs at least "
+                               f"{spec.min_input_size} px, got {config.input_size}")
+    weights = None if config.weights in (None, "none") else config.weights
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise ModelConfigError(f"transfer.weights: weights file {weights} not found; use imagenet, none, "
+                               "or the path of a weights file for this architecture")
+    constructor = getattr(keras.applications, spec.constructor)
+    try:
+        backbone = constructor(include_top=False, weights=weights,
+                               input_shape=(config.input_size, config.input_size, 3))
+    except Exception as error:  # network failures surface as many exception types
+        if weights == "imagenet":
+            raise ModelConfigError(
+                f"could not load ImageNet weights for {config.backbone} ({error}). Offline? Set "
+                "transfer.backbone to a local .keras backbone file (see README: working offline)") from error
+        raise
+    return backbone, spec.preprocessing
+
+
+def build_feature_extractor(backbone: keras.Model, preprocessing: str, *,
+                            input_shape: tuple[int, int, int], input_size: int) -> keras.Model:
+    """Raw pixels -> resize to the backbone's input size -> backbone (inference mode) -> pooled features."""
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    pixels = inputs
+    if input_shape[0] != input_size or input_shape[1] != input_size:
+        pixels = keras.layers.Resizing(input_size, input_size, interpolation="bilinear", name="upsample")(pixels)
+    pixels = BackboneInput(preprocessing, name="backbone_input")(pixels)
+    # training=False keeps BatchNorm statistics frozen even when the backbone is later fine-tuned.
+    feature_map = backbone(pixels, training=False)
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(feature_map)
+    return keras.Model(inputs, features, name="feature_extractor")
+
+
+def build_head(config: TransferConfig, *, feature_dim: int, num_classes: int) -> keras.Model:
+    """The new classifier trained on cached features: Dropout -> [Dense ReLU] -> Dense softmax."""
+    inputs = keras.Input(shape=(feature_dim,), name="features")
+    hidden = keras.layers.Dropout(config.head_dropout, name="head_dropout")(inputs)
+    if config.head_units:
+        hidden = keras.layers.Dense(config.head_units, activation="relu", name="head_dense")(hidden)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(hidden)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def assemble_transfer_model(extractor: keras.Model, head: keras.Model) -> keras.Model:
+    """One end-to-end model, raw pixels to class probabilities, for evaluation and deployment."""
+    inputs = keras.Input(shape=extractor.input_shape[1:], name="pixels")
+    return keras.Model(inputs, head(extractor(inputs)), name="transfer")
+
+
+def load_model(path: Path) -> keras.Model:
+    """Load a model saved by this project; importing this module registered its custom layers."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} not found; run the training stage first (dvc repro)")
+    return keras.models.load_model(path, compile=False, safe_mode=True)

@@ -1,0 +1,279 @@
+"""Raw source -> decoded, split, sharded data set with its metadata, manifest and previews.
+
+Every image is decoded exactly once (in parallel worker processes) into a memory-mapped array, so memory
+stays flat however large the folder; unreadable files are skipped and reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import io
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from imgclf import fileio, images
+from imgclf.config import Params
+from imgclf.sources import RawExample, iter_examples
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+_DECODE_CHUNK = 256
+
+
+class PreprocessError(ValueError):
+    """The raw data cannot become a usable data set; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Row numbers (into the decoded array) of each split."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def stratified_split(labels: np.ndarray, fraction: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions 0..n-1 into (kept, held_out), holding out `fraction` of every class.
+
+    Deterministic for a seed and the same labels. Each class with at least two images keeps one and holds
+    out at least one, so small classes still appear on both sides.
+    """
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        members = members[rng.permutation(len(members))]
+        n_held = int(round(len(members) * fraction))
+        if len(members) >= 2:
+            n_held = min(max(n_held, 1), len(members) - 1)
+        else:
+            n_held = 0
+        held.append(members[:n_held])
+        kept.append(members[n_held:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def cap_per_class(positions: np.ndarray, labels: np.ndarray, maximum: int | None, *,
+                  seed: int) -> np.ndarray:
+    """Keep at most `maximum` positions per class (a seeded sample); None keeps all."""
+    if maximum is None:
+        return positions
+    rng = np.random.default_rng(seed)
+    kept = []
+    for label in np.unique(labels[positions]):
+        members = positions[labels[positions] == label]
+        if len(members) > maximum:
+            members = np.sort(rng.choice(members, size=maximum, replace=False))
+        kept.append(members)
+    return np.sort(np.concatenate(kept)) if kept else positions
+
+
+def small_classes(counts: Sequence[int], minimum: int) -> list[int]:
+    return [label for label, count in enumerate(counts) if count < minimum]
+
+
+def make_splits(labels: np.ndarray, official_test: np.ndarray, *, params: Params) -> Split:
+    """Train/validation (and test, when the source has no official test split) by seeded stratification."""
+    seed = params.seed
+    if official_test.any():
+        pool = np.flatnonzero(~official_test)
+        test = np.flatnonzero(official_test)
+    else:
+        kept, held = stratified_split(labels, params.data.test_fraction, seed=seed)
+        pool, test = kept, held
+    kept, held = stratified_split(labels[pool], params.data.val_fraction, seed=seed + 1)
+    train, val = pool[kept], pool[held]
+    train = cap_per_class(train, labels, params.data.max_per_class, seed=seed + 2)
+    return Split(train=train, val=val, test=test)
+
+
+def _decode_one(args: tuple[str, int, str, int]) -> np.ndarray | str:
+    path, image_size, resize, channels = args
+    try:
+        return images.decode_file(Path(path), image_size=image_size, resize=resize, channels=channels)
+    except images.ImageDecodeError as error:
+        return str(error)
+
+
+def decode_all(examples: Sequence[RawExample], pixels: np.ndarray, *, image_size: int, resize: str,
+               workers: int) -> dict[int, str]:
+    """Decode every example into `pixels[i]`; return {position: reason} for the ones that failed."""
+    channels = pixels.shape[-1]
+    failures: dict[int, str] = {}
+    file_positions = []
+    for position, example in enumerate(examples):
+        if example.pixels is not None:
+            pixels[position] = images.resize_array(example.pixels, image_size=image_size, resize=resize)
+        else:
+            file_positions.append(position)
+    jobs = [(str(examples[p].path), image_size, resize, channels) for p in file_positions]
+    if workers > 1 and len(jobs) > _DECODE_CHUNK:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(_decode_one, jobs, chunksize=_DECODE_CHUNK)
+            _store(results, file_positions, pixels, failures)
+    else:
+        _store(map(_decode_one, jobs), file_positions, pixels, failures)
+    return failures
+
+
+def _store(results, positions, pixels, failures) -> None:
+    for position, result in zip(positions, results, strict=True):
+        if isinstance(result, str):
+            failures[position] = result
+        else:
+            pixels[position] = result
+
+
+def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = None) -> dict:
+    """The preprocess stage: write shards, meta.json, manifest.csv, skipped.csv and previews to out_dir."""
+    from imgclf import tfdata  # TensorFlow only where the shards are written
+
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    source_info = fileio.read_json(raw_dir / "source.json")
+    class_names, example_iter = iter_examples(raw_dir)
+    examples = list(example_iter)
+    if not examples:
+        raise PreprocessError(f"{raw_dir}: the source holds no images; check data.source and data.path")
+    channels = int(source_info["channels"])
+    size = params.preprocess.image_size
+    workers = workers or max(1, os.cpu_count() or 1)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        pixels = np.lib.format.open_memmap(staging / "pixels.tmp.npy", mode="w+", dtype=np.uint8,
+                                           shape=(len(examples), size, size, channels))
+        failures = decode_all(examples, pixels, image_size=size, resize=params.preprocess.resize,
+                              workers=workers)
+        _report_skipped(failures, examples, staging / "skipped.csv")
+
+        labels = np.array([example.label for example in examples], dtype=np.int64)
+        official_test = np.array([example.split == "test" for example in examples])
+        usable = np.ones(len(examples), dtype=bool)
+        usable[list(failures)] = False
+        class_names, labels, usable = _apply_class_minimum(class_names, labels, usable, params)
+
+        positions = np.flatnonzero(usable)
+        local = make_splits(labels[positions], official_test[positions], params=params)
+        split = Split(train=positions[local.train], val=positions[local.val], test=positions[local.test])
+        _check_split_coverage(split, labels, class_names)
+
+        manifest_rows, shards, counts = [], {}, {}
+        next_id = 0
+        for name in SPLITS:
+            members = getattr(split, name)
+            ids = range(next_id, next_id + len(members))
+            next_id += len(members)
+            manifest_rows += [
+                {"id": row_id, "split": name, "label": int(labels[p]), "class_name": class_names[labels[p]],
+                 "original": examples[p].original}
+                for row_id, p in zip(ids, members, strict=True)
+            ]
+            shards[name] = tfdata.write_shards(
+                staging, name, ((pixels[p], labels[p], row_id) for row_id, p in zip(ids, members, strict=True)),
+                count=len(members), examples_per_shard=params.preprocess.examples_per_shard)
+            counts[name] = np.bincount(labels[members], minlength=len(class_names)).tolist()
+
+        _write_manifest(manifest_rows, staging / "manifest.csv")
+        meta = {
+            "source": source_info["source"],
+            "source_sha256": source_info.get("sha256"),
+            "class_names": class_names,
+            "num_classes": len(class_names),
+            "image_size": size,
+            "channels": channels,
+            "resize": params.preprocess.resize,
+            "counts": {name: int(sum(counts[name])) for name in SPLITS},
+            "counts_per_class": counts,
+            "skipped": len(failures),
+            "shards": shards,
+        }
+        fileio.atomic_write_json(staging / "meta.json", meta)
+        _write_previews(staging, pixels, split.train, labels, class_names, counts, params)
+        del pixels
+        (staging / "pixels.tmp.npy").unlink()
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return meta
+
+
+def _report_skipped(failures: dict[int, str], examples: Sequence[RawExample], path: Path) -> None:
+    """Write every skipped file with its reason (an empty report still has its header) and log each one."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["original", "reason"])
+    for position in sorted(failures):
+        writer.writerow([examples[position].original, failures[position]])
+        log.warning("skipped unreadable image %s: %s", examples[position].original, failures[position])
+    if failures:
+        log.warning("skipped %d unreadable image(s); see %s", len(failures), path.name)
+    fileio.atomic_write_text(path, buffer.getvalue())
+
+
+def _apply_class_minimum(class_names: list[str], labels: np.ndarray, usable: np.ndarray,
+                         params: Params) -> tuple[list[str], np.ndarray, np.ndarray]:
+    minimum = params.preprocess.min_images_per_class
+    counts = np.bincount(labels[usable], minlength=len(class_names))
+    too_small = small_classes(counts.tolist(), minimum)
+    if not too_small:
+        return class_names, labels, usable
+    described = ", ".join(f"{class_names[label]!r} ({counts[label]})" for label in too_small)
+    if params.preprocess.small_class_policy == "error":
+        raise PreprocessError(
+            f"classes with fewer than preprocess.min_images_per_class={minimum} readable images: {described}. "
+            "Add images, lower preprocess.min_images_per_class, or set preprocess.small_class_policy: drop")
+    log.warning("dropping classes with fewer than %d readable images: %s", minimum, described)
+    kept = [label for label in range(len(class_names)) if label not in too_small]
+    if len(kept) < 2:
+        raise PreprocessError(f"fewer than 2 classes left after dropping small classes ({described})")
+    remap = np.full(len(class_names), -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    new_labels = remap[labels]
+    return [class_names[label] for label in kept], new_labels, usable & (new_labels >= 0)
+
+
+def _check_split_coverage(split: Split, labels: np.ndarray, class_names: list[str]) -> None:
+    for name in ("train", "test"):
+        present = set(np.unique(labels[getattr(split, name)]).tolist())
+        missing = [class_names[label] for label in range(len(class_names)) if label not in present]
+        if missing:
+            raise PreprocessError(f"the {name} split has no images of: {', '.join(missing)}; add images "
+                                  "or raise preprocess.min_images_per_class so such classes are dropped")
+
+
+def _write_manifest(rows: list[dict], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["id", "split", "label", "class_name", "original"])
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.atomic_write_text(path, buffer.getvalue())
+
+
+def _write_previews(out_dir: Path, pixels: np.ndarray, train: np.ndarray, labels: np.ndarray,
+                    class_names: list[str], counts: dict[str, list[int]], params: Params) -> None:
+    from imgclf import augment, plots
+
+    plots.class_distribution(counts, class_names, out_dir / "class_distribution.png")
+    count = min(params.augment.preview_images, len(train))
+    chosen = np.random.default_rng(params.seed).choice(train, size=count, replace=False)
+    originals = np.asarray(pixels[np.sort(chosen)], dtype=np.float32)
+    layers = augment.build_augmentation(params.augment, seed=params.seed)
+    augmented = np.asarray(layers(originals, training=True)) if layers is not None else originals
+    shown = np.clip(augmented, 0, 255).astype(np.uint8)
+    state = "on" if params.augment.enabled else "off (preview of the policy only)"
+    plots.image_grid(list(shown), [class_names[labels[p]] for p in np.sort(chosen)],
+                     out_dir / "augmentation_preview.png", title=f"Augmented training samples: augment {state}")

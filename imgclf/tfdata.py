@@ -1,0 +1,120 @@
+"""The input pipeline: TFRecord shards on disk -> batched tf.data datasets.
+
+This is the only module that imports TensorFlow. Images are stored as raw uint8 HWC bytes (no JPEG
+re-encoding), so reading a record costs a memcpy, not a decode; the decoded split is cached in memory when
+it fits a budget, batched, augmented batch-wise on parallel threads and prefetched, so the model never
+waits on input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+# Splits whose decoded pixels fit under this many bytes are cached in memory after the first epoch.
+IN_MEMORY_CACHE_BUDGET_BYTES = 3 * 1024**3
+SHUFFLE_BUFFER = 20_000
+
+_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    "index": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def shard_name(split: str, shard: int, shard_count: int) -> str:
+    return f"{split}-{shard:05d}-of-{shard_count:05d}.tfrecord"
+
+
+def write_shards(directory: Path, split: str, examples: Iterable[tuple[np.ndarray, int, int]], *,
+                 count: int, examples_per_shard: int) -> list[str]:
+    """Write `(pixels, label, index)` examples of one split into TFRecord shards; return the file names.
+
+    `count` is the number of examples, known up front so shard names carry the total ("-of-N").
+    """
+    shard_count = max(1, -(-count // examples_per_shard))
+    names = [shard_name(split, shard, shard_count) for shard in range(shard_count)]
+    iterator: Iterator[tuple[np.ndarray, int, int]] = iter(examples)
+    written = 0
+    for shard, name in enumerate(names):
+        in_this_shard = min(examples_per_shard, count - shard * examples_per_shard)
+        with tf.io.TFRecordWriter(str(directory / name)) as writer:
+            for _ in range(max(in_this_shard, 0)):
+                pixels, label, index = next(iterator)
+                writer.write(_serialize(pixels, label, index))
+                written += 1
+    if written != count:
+        raise RuntimeError(f"{split}: expected {count} examples, wrote {written}")
+    return names
+
+
+def _serialize(pixels: np.ndarray, label: int, index: int) -> bytes:
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(pixels).tobytes()])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(index)])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def split_files(prepared_dir: Path, split: str) -> list[str]:
+    files = sorted(str(path) for path in Path(prepared_dir).glob(f"{split}-*.tfrecord"))
+    if not files:
+        raise FileNotFoundError(f"no {split} shards in {prepared_dir}; run the preprocess stage (dvc repro)")
+    return files
+
+
+def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int, int], num_classes: int,
+                 batch_size: int, training: bool = False, seed: int = 0,
+                 augment: Callable | None = None, with_index: bool = False,
+                 example_count: int | None = None) -> tf.data.Dataset:
+    """Batches of `(float32 pixels in [0, 255], one-hot labels)` (plus the manifest index if asked).
+
+    Training datasets are shuffled (seeded, reshuffled each epoch) and augmented; evaluation datasets keep
+    the on-disk order, which is the manifest order.
+    """
+    files = split_files(prepared_dir, split)
+    height, width, channels = image_shape
+    options = tf.data.Options()
+    options.deterministic = True
+
+    def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        example = tf.io.parse_single_example(record, _FEATURES)
+        pixels = tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), (height, width, channels))
+        return pixels, example["label"], example["index"]
+
+    # Sequential reads keep the manifest order; parallel parsing preserves it (deterministic=True).
+    dataset = tf.data.TFRecordDataset(files, num_parallel_reads=None).with_options(options)
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if example_count is not None and example_count * height * width * channels <= IN_MEMORY_CACHE_BUDGET_BYTES:
+        dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def to_model_inputs(pixels: tf.Tensor, label: tf.Tensor, index: tf.Tensor):
+        images = tf.cast(pixels, tf.float32)
+        if augment is not None and training:
+            images = augment(images, training=True)
+        targets = tf.one_hot(label, num_classes)
+        return (images, targets, index) if with_index else (images, targets)
+
+    dataset = dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def iterate_numpy(dataset: tf.data.Dataset) -> Iterator:
+    """Yield the dataset's elements as numpy arrays (for code that must not touch TensorFlow)."""
+    yield from dataset.as_numpy_iterator()
+
+
+def configure(*, seed: int, deterministic: bool) -> None:
+    """Seed every RNG and, if asked, make TensorFlow ops deterministic (slower, bit-reproducible)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()

@@ -1,0 +1,20 @@
+"""DVC stage `download`: fetch the configured data source (checksummed) into the raw data directory."""
+
+from imgclf import cli, sources
+
+
+def main() -> None:
+    def body(params, args):
+        data = params.data
+        sources.fetch_source(source=data.source, path=data.path, sha256=data.sha256, raw_dir=args.out,
+                             download_dir=args.download_dir, seed=params.seed,
+                             synthetic_classes=data.synthetic_classes,
+                             synthetic_per_class=data.synthetic_per_class,
+                             synthetic_image_size=data.synthetic_image_size)
+
+    cli.stage(__doc__, {"out": "raw data directory to write",
+                        "download_dir": "where downloaded archives are kept between runs"}, body)
+
+
+if __name__ == "__main__":
+    main()
