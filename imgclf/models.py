@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from imgclf.config import ScratchConfig, TransferConfig
 
@@ -166,10 +167,16 @@ def build_feature_extractor(backbone: keras.Model, preprocessing: str, *,
     return keras.Model(inputs, features, name="feature_extractor")
 
 
-def build_head(config: TransferConfig, *, feature_dim: int, num_classes: int) -> keras.Model:
-    """The new classifier trained on cached features: Dropout -> [Dense ReLU] -> Dense softmax."""
-    inputs = keras.Input(shape=(feature_dim,), name="features")
-    hidden = keras.layers.Dropout(config.head_dropout, name="head_dropout")(inputs)
+def build_head(config: TransferConfig, *, train_features: np.ndarray, num_classes: int) -> keras.Model:
+    """The new classifier trained on cached features: Standardize -> Dropout -> [Dense ReLU] -> Dense softmax.
+
+    Standardising with the training features' mean and variance makes the head's learning rate work for
+    every backbone, whatever the scale of its features.
+    """
+    inputs = keras.Input(shape=(train_features.shape[1],), name="features")
+    normalize = keras.layers.Normalization(axis=-1, name="standardize")
+    normalize.adapt(train_features)
+    hidden = keras.layers.Dropout(config.head_dropout, name="head_dropout")(normalize(inputs))
     if config.head_units:
         hidden = keras.layers.Dense(config.head_units, activation="relu", name="head_dense")(hidden)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(hidden)

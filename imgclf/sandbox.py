@@ -27,7 +27,7 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "preprocess": {"image_size": 32, "min_images_per_class": 5},
     "scratch": {"conv_filters": [16, 32], "pool_after": [1, 2], "dense_units": [64], "epochs": 3,
                 "batch_size": 32},
-    "transfer": {"backbone": "mobilenet_v2", "weights": None, "input_size": 32, "epochs": 5,
+    "transfer": {"backbone": "resnet50", "weights": None, "input_size": 32, "epochs": 5,
                  "batch_size": 32, "feature_batch_size": 64},
     "analysis": {"gallery_size": 8},
     "mlflow": {"experiment": "imgclf-smoke"},

@@ -8,6 +8,7 @@ import logging
 import os
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import keras
@@ -74,12 +75,22 @@ def save_model(model: keras.Model, path: Path) -> None:
         raise
 
 
+def _save_keras_flavor(path: str, **kwargs) -> None:
+    # MLflow 3.17's keras flavor writes the input example before creating the model directory
+    # (FileNotFoundError); creating it first is the only change to the stock `mlflow.keras.save_model`.
+    os.makedirs(path, exist_ok=True)
+    mlflow.keras.save_model(path=path, **kwargs)
+
+
+_KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_flavor)
+
+
 def log_model(model: keras.Model, example_images: np.ndarray) -> None:
     """Log the model to the active MLflow run with a signature and an input example (raw pixels)."""
     example = example_images[:2].astype(np.float32)
     signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
-    mlflow.keras.log_model(model, name="model", signature=signature, input_example=example,
-                           pip_requirements=tracking.pip_requirements())
+    mlflow.models.Model.log(artifact_path=None, name="model", flavor=_KERAS_FLAVOR, model=model, signature=signature,
+                            input_example=example, pip_requirements=tracking.pip_requirements())
 
 
 def read_meta(prepared_dir: Path) -> dict:

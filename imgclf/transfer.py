@@ -94,7 +94,7 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
     num_classes, config = meta["num_classes"], params.transfer
     train_x, train_y = load_features(features_dir, "train")
     val_x, val_y = load_features(features_dir, "val")
-    head = models.build_head(config, feature_dim=train_x.shape[1], num_classes=num_classes)
+    head = models.build_head(config, train_features=train_x, num_classes=num_classes)
     head.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                  loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
     out_dir = Path(out_dir)
