@@ -82,7 +82,7 @@ def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, out_dir: Path
                 f"T: {row.predicted_class_transfer} {row.probability_transfer:.2f}" for row in shown.itertuples()]
     plots.image_grid([pixels[int(row_id)] for row_id in shown["id"]], captions, out_dir / "both_wrong.png",
                      title=f"Both models wrong: {counts['both_wrong']} of {len(comparison)} test images")
-    summary = {"test_images": int(len(comparison)), **counts,
+    summary = {"test_images": len(comparison), **counts,
                "scratch_accuracy": float(comparison["scratch_right"].mean()),
                "transfer_accuracy": float(comparison["transfer_right"].mean())}
     fileio.atomic_write_json(out_dir / SUMMARY_FILE, summary)

@@ -239,9 +239,8 @@ def _convert(annotation: Any, value: Any, *, key: str, source: str) -> Any:
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
+    elif annotation is str and isinstance(value, str):
+        return value
     raise ConfigError(f"{source}: {key}: expected {_describe(annotation)}, got {value!r}")
 
 

@@ -136,7 +136,7 @@ def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_
                                       batch_size=params.evaluate.batch_size, with_index=True)
         ids, labels, probabilities, images_per_second = predict(model, dataset)
         result = classification_metrics(labels, probabilities, class_names)
-        result.update({"test_images": int(len(labels)), "images_per_second": images_per_second,
+        result.update({"test_images": len(labels), "images_per_second": images_per_second,
                        "parameter_count": int(model.count_params()),
                        "model_size_mb": model_path.stat().st_size / 1e6})
         matrix = sk_metrics.confusion_matrix(labels, probabilities.argmax(axis=1),

@@ -10,10 +10,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: stages run in CI and over SSH
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from imgclf import fileio  # noqa: E402
+from imgclf import fileio
 
 
 def save_figure(figure: plt.Figure, path: Path, *, dpi: int = 110) -> None:

@@ -53,11 +53,8 @@ def stratified_split(labels: np.ndarray, fraction: float, *, seed: int) -> tuple
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         members = members[rng.permutation(len(members))]
-        n_held = int(round(len(members) * fraction))
-        if len(members) >= 2:
-            n_held = min(max(n_held, 1), len(members) - 1)
-        else:
-            n_held = 0
+        n_held = round(len(members) * fraction)
+        n_held = min(max(n_held, 1), len(members) - 1) if len(members) >= 2 else 0
         held.append(members[:n_held])
         kept.append(members[n_held:])
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))

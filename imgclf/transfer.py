@@ -102,7 +102,7 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
     logged = tracking.stage_params(params, "data", "preprocess", "transfer")
     with tracking.training_run(params, model="transfer", project_root=project_root, out_dir=out_dir,
                                data_sha256=meta.get("source_sha256"), logged_params=logged):
-        mlflow.log_params({"feature_dim": int(train_x.shape[1]), "train_images": int(len(train_y)),
+        mlflow.log_params({"feature_dim": int(train_x.shape[1]), "train_images": len(train_y),
                            "backbone_parameters": features_meta["backbone_parameters"]})
         logger = train.EpochLogger(out_dir / train.HISTORY_FILE, examples_per_epoch=len(train_y))
         head.fit(train_x, keras.utils.to_categorical(train_y, num_classes), batch_size=config.batch_size,

@@ -62,7 +62,7 @@ def test_wrong_type_names_key_and_expected_type(tmp_path, params_dict):
 
 def test_bool_is_not_an_integer(params_dict):
     params_dict["scratch"]["batch_size"] = True
-    with pytest.raises(ConfigError, match="scratch.batch_size"):
+    with pytest.raises(ConfigError, match=r"scratch\.batch_size"):
         params_from_dict(params_dict)
 
 
@@ -80,13 +80,13 @@ def test_unknown_choice_lists_the_choices(params_dict):
 
 def test_image_folder_needs_a_path(params_dict):
     params_dict["data"]["source"] = "image_folder"
-    with pytest.raises(ConfigError, match="data.path: required"):
+    with pytest.raises(ConfigError, match=r"data\.path: required"):
         params_from_dict(params_dict)
 
 
 def test_pool_after_must_name_existing_blocks(params_dict):
     params_dict["scratch"]["pool_after"] = [5]
-    with pytest.raises(ConfigError, match="scratch.pool_after"):
+    with pytest.raises(ConfigError, match=r"scratch\.pool_after"):
         params_from_dict(params_dict)
 
 

@@ -77,11 +77,11 @@ def test_corrupt_files_odd_sizes_and_modes_are_handled(tmp_path, tiny_params_dic
         skipped = {row["original"].rsplit("/", 1)[-1]: row["reason"] for row in csv.DictReader(handle)}
     assert set(skipped) == {"broken.jpg", "empty.png"} and all(skipped.values())
     assert meta["class_names"] == ["cats", "dogs"]
-    assert sum(meta["counts"].values()) == 24  # 26 readable files minus nothing, 2 unreadable skipped
+    assert sum(meta["counts"].values()) == 26  # 24 generated + 2 odd-sized; the 2 unreadable are skipped
     with open(prepared / "manifest.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 24 and {row["split"] for row in rows} == {"train", "val", "test"}
-    assert [int(row["id"]) for row in rows] == list(range(24))
+    assert len(rows) == 26 and {row["split"] for row in rows} == {"train", "val", "test"}
+    assert [int(row["id"]) for row in rows] == list(range(26))
     for name in ("meta.json", "class_distribution.png", "augmentation_preview.png"):
         assert (prepared / name).stat().st_size > 0
     assert json.loads((prepared / "meta.json").read_text())["image_size"] == 32
