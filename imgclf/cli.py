@@ -9,20 +9,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from imgclf.config import ConfigError, Params, load_params
+from imgclf.config import Params, load_params
+from imgclf.errors import UserError
 
-# Errors caused by input a user can fix: shown as one line, no traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Every error type whose message tells the user what to do (imported lazily: some pull in TensorFlow)."""
-    from imgclf.evaluate import EvaluationError
-    from imgclf.models import ModelConfigError
-    from imgclf.preprocess import PreprocessError
-    from imgclf.sources import DataSourceError
-
-    return (*_USER_ERRORS, DataSourceError, PreprocessError, ModelConfigError, EvaluationError)
+# Input a user can fix: shown as one line, no traceback. A missing file names the stage to run first.
+_USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def stage(description: str, paths: dict[str, str], body: Callable[[Params, argparse.Namespace], object],
@@ -35,21 +26,11 @@ def stage(description: str, paths: dict[str, str], body: Callable[[Params, argpa
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("IMGCLF_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner hides our own messages
     try:
-        params = load_params(arguments.params)
-        body(params, arguments)
+        body(load_params(arguments.params), arguments)
     except _USER_ERRORS as error:
-        _fail(error)
-    except Exception as error:
-        if isinstance(error, user_error_types()):
-            _fail(error)
-        raise
-
-
-def _fail(error: BaseException) -> None:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def project_root() -> Path:

@@ -15,14 +15,14 @@ from typing import Any, Literal
 
 import yaml
 
+from imgclf.errors import ConfigError
+
 DataSource = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "image_folder", "synthetic"]
 ResizePolicy = Literal["pad", "crop", "stretch"]
 SmallClassPolicy = Literal["error", "drop"]
 FlipMode = Literal["none", "horizontal", "vertical", "horizontal_and_vertical"]
 
 
-class ConfigError(ValueError):
-    """A params file that does not describe a valid configuration."""
 
 
 def _field(default: Any, *, minimum: float | None = None, maximum: float | None = None,

@@ -21,16 +21,13 @@ from sklearn import metrics as sk_metrics
 
 from imgclf import fileio, models, plots, tracking, train
 from imgclf.config import Params
+from imgclf.errors import EvaluationError
 
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("scratch", "transfer")
 METRICS_FILE = "metrics.json"
 TOP_K = 5
-
-
-class EvaluationError(ValueError):
-    """A model or prediction file that does not fit the data; the message says what to do."""
 
 
 def check_model_fits(model: keras.Model, *, name: str, image_shape: tuple[int, int, int],

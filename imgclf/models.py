@@ -13,12 +13,9 @@ import keras
 import numpy as np
 
 from imgclf.config import ScratchConfig, TransferConfig
+from imgclf.errors import ModelConfigError
 
 MODEL_PACKAGE = "imgclf"
-
-
-class ModelConfigError(ValueError):
-    """A model setting that cannot work with this data or this Keras; the message says what to change."""
 
 
 @keras.saving.register_keras_serializable(package=MODEL_PACKAGE)

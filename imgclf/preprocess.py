@@ -21,16 +21,13 @@ import numpy as np
 
 from imgclf import fileio, images
 from imgclf.config import Params
+from imgclf.errors import PreprocessError
 from imgclf.sources import RawExample, iter_examples
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 _DECODE_CHUNK = 256
-
-
-class PreprocessError(ValueError):
-    """The raw data cannot become a usable data set; the message says what to change."""
 
 
 @dataclasses.dataclass(frozen=True)

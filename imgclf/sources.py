@@ -52,6 +52,7 @@ import tqdm
 from PIL import Image
 
 from imgclf import fileio
+from imgclf.errors import DataSourceError, UnsafeArchiveError
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,6 @@ _CIFAR_PIXEL_BYTES = _CIFAR_SIDE * _CIFAR_SIDE * 3
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _SPECIAL_FILE_TYPES = frozenset({stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK})
-
-
-class DataSourceError(ValueError):
-    """A data source that cannot be fetched or read; the message says what to change."""
-
-
-class UnsafeArchiveError(DataSourceError):
-    """An archive member that would land outside the extraction directory, or is not a plain file."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: comparing pixel arrays field by field is ambiguous

@@ -1,0 +1,32 @@
+"""Errors caused by input a user can fix. Each message says what is wrong and what to do.
+
+Kept free of heavy imports so every stage can catch them without loading TensorFlow.
+"""
+
+
+class UserError(ValueError):
+    """Bad input (params, data, model files): shown as one line, without a traceback."""
+
+
+class ConfigError(UserError):
+    """A params file that does not describe a valid configuration."""
+
+
+class DataSourceError(UserError):
+    """A data source that cannot be fetched or read."""
+
+
+class UnsafeArchiveError(DataSourceError):
+    """An archive member that would land outside the extraction directory; the message names it."""
+
+
+class PreprocessError(UserError):
+    """Raw data that cannot become a usable data set."""
+
+
+class ModelConfigError(UserError):
+    """A model setting that cannot work with this data or this Keras."""
+
+
+class EvaluationError(UserError):
+    """A model or prediction file that does not fit the data."""
