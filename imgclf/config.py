@@ -21,6 +21,10 @@ DataSource = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "image_fol
 ResizePolicy = Literal["pad", "crop", "stretch"]
 SmallClassPolicy = Literal["error", "drop"]
 FlipMode = Literal["none", "horizontal", "vertical", "horizontal_and_vertical"]
+Optimizer = Literal["adam", "adamw", "sgd"]
+LrSchedule = Literal["constant", "step", "cosine", "one_cycle", "plateau"]
+Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+Distribute = Literal["none", "mirrored", "multi_worker"]
 
 
 
@@ -68,29 +72,61 @@ class AugmentConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ScratchConfig:
+class FitConfig:
+    """How a model is fitted: optimizer, schedule, regularisation, stopping. Shared by both models."""
+
+    optimizer: Optimizer = "adam"
+    learning_rate: float = _field(0.001, minimum=0.0, exclusive_minimum=True)
+    weight_decay: float = _field(0.0, minimum=0.0)
+    momentum: float = _field(0.9, minimum=0.0, maximum=1.0)
+    label_smoothing: float = _field(0.0, minimum=0.0, maximum=0.5)
+    lr_schedule: LrSchedule = "constant"
+    lr_step_epochs: int = _field(10, minimum=1)
+    lr_decay_factor: float = _field(0.1, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+    lr_plateau_patience: int = _field(3, minimum=1)
+    early_stopping: bool = False
+    early_stopping_patience: int = _field(5, minimum=1)
+    early_stopping_min_delta: float = _field(0.0, minimum=0.0)
+    restore_best_weights: bool = True
+    checkpoint_best: bool = False
+    epochs: int = _field(25, minimum=1)
+    batch_size: int = _field(64, minimum=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScratchConfig(FitConfig):
     conv_filters: list[int] = _field([32, 64, 64, 128])
     pool_after: list[int] = _field([2, 3])
     dense_units: list[int] = _field([256, 128])
     dropout: float = _field(0.2, minimum=0.0, maximum=0.9)
     batch_norm: bool = True
     max_norm: float | None = _field(3.0, minimum=0.0, exclusive_minimum=True)
-    learning_rate: float = _field(0.001, minimum=0.0, exclusive_minimum=True)
-    epochs: int = _field(25, minimum=1)
-    batch_size: int = _field(64, minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
-class TransferConfig:
+class TransferConfig(FitConfig):
     backbone: str = "resnet50"
     weights: str | None = "imagenet"
     input_size: int = _field(96, minimum=32, maximum=512)
+    feature_batch_size: int = _field(64, minimum=1)
+    augment_copies: int = _field(0, minimum=0, maximum=20)
     head_dropout: float = _field(0.2, minimum=0.0, maximum=0.9)
     head_units: int = _field(0, minimum=0)
-    learning_rate: float = _field(0.001, minimum=0.0, exclusive_minimum=True)
     epochs: int = _field(10, minimum=1)
-    batch_size: int = _field(64, minimum=1)
-    feature_batch_size: int = _field(64, minimum=1)
+    finetune_epochs: int = _field(0, minimum=0)
+    finetune_layers: int = _field(0, minimum=0)
+    finetune_learning_rate: float = _field(1e-5, minimum=0.0, exclusive_minimum=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Where and how training runs; the same for both models."""
+
+    precision: Precision = "float32"
+    jit_compile: bool = False
+    distribute: Distribute = "none"
+    tensorboard: bool = False
+    resume: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +153,7 @@ class Params:
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     scratch: ScratchConfig = dataclasses.field(default_factory=ScratchConfig)
     transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     analysis: AnalysisConfig = dataclasses.field(default_factory=AnalysisConfig)
     mlflow: MlflowConfig = dataclasses.field(default_factory=MlflowConfig)

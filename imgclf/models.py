@@ -109,7 +109,8 @@ def build_scratch_model(config: ScratchConfig, *, input_shape: tuple[int, int, i
         layers.append(keras.layers.Dropout(config.dropout, name=f"dense{block}_dropout"))
         if config.batch_norm:
             layers.append(keras.layers.BatchNormalization(name=f"dense{block}_bn"))
-    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="classifier"))
+    # float32 probabilities even under a mixed-precision policy: a float16 softmax loses small classes.
+    layers.append(keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier"))
     return keras.Sequential(layers, name="scratch_cnn")
 
 
@@ -176,7 +177,7 @@ def build_head(config: TransferConfig, *, train_features: np.ndarray, num_classe
     hidden = keras.layers.Dropout(config.head_dropout, name="head_dropout")(normalize(inputs))
     if config.head_units:
         hidden = keras.layers.Dense(config.head_units, activation="relu", name="head_dense")(hidden)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(hidden)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")(hidden)
     return keras.Model(inputs, outputs, name="head")
 
 

@@ -70,11 +70,12 @@ def split_files(prepared_dir: Path, split: str) -> list[str]:
 def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int, int], num_classes: int,
                  batch_size: int, training: bool = False, seed: int = 0,
                  augment: Callable | None = None, with_index: bool = False,
-                 example_count: int | None = None) -> tf.data.Dataset:
+                 example_count: int | None = None, epochs: int = 1, first_epoch: int = 0) -> tf.data.Dataset:
     """Batches of `(float32 pixels in [0, 255], one-hot labels)` (plus the manifest index if asked).
 
-    Training datasets are shuffled (seeded, reshuffled each epoch) and augmented; evaluation datasets keep
-    the on-disk order, which is the manifest order.
+    Evaluation datasets keep the on-disk order, which is the manifest order. Training datasets cover
+    epochs `first_epoch..epochs-1` back to back, each shuffled with its own seed (so a resumed run sees
+    the same order as an uninterrupted one) and augmented; fit them with `steps_per_epoch`.
     """
     files = split_files(prepared_dir, split)
     height, width, channels = image_shape
@@ -87,13 +88,10 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
         return pixels, example["label"], example["index"]
 
     # Sequential reads keep the manifest order; parallel parsing preserves it (deterministic=True).
-    dataset = tf.data.TFRecordDataset(files, num_parallel_reads=None).with_options(options)
-    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    examples = tf.data.TFRecordDataset(files, num_parallel_reads=None).with_options(options)
+    examples = examples.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     if example_count is not None and example_count * height * width * channels <= IN_MEMORY_CACHE_BUDGET_BYTES:
-        dataset = dataset.cache()
-    if training:
-        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
+        examples = examples.cache()
 
     def to_model_inputs(pixels: tf.Tensor, label: tf.Tensor, index: tf.Tensor):
         images = tf.cast(pixels, tf.float32)
@@ -102,8 +100,37 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
         targets = tf.one_hot(label, num_classes)
         return (images, targets, index) if with_index else (images, targets)
 
+    if training:
+        def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+            shuffled = examples.shuffle(SHUFFLE_BUFFER, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+            return shuffled.batch(batch_size)
+
+        dataset = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch + 1)).flat_map(one_epoch)
+    else:
+        dataset = examples.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_seed(seed: int, epoch) -> tf.Tensor:
+    """The shuffle seed of one epoch: a pure function of (seed, epoch)."""
+    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+
+def steps_per_epoch(example_count: int, batch_size: int) -> int:
+    return max(1, -(-example_count // batch_size))
+
+
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
+    """`none`: the default (one device); `mirrored`: every local GPU, else every logical CPU device;
+    `multi_worker`: synchronous training across the machines described by TF_CONFIG."""
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
 
 
 def iterate_numpy(dataset: tf.data.Dataset) -> Iterator:

@@ -74,13 +74,24 @@ def run_name(params: Params, *, model: str) -> str:
 
 
 @contextlib.contextmanager
-def training_run(params: Params, *, model: str, project_root: Path, out_dir: Path,
-                 data_sha256: str | None, logged_params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
-    """Open the MLflow run of one training stage and write its id to `out_dir/run.json`."""
+def training_run(params: Params, *, model: str, project_root: Path, out_dir: Path, data_sha256: str | None,
+                 logged_params: dict[str, Any], run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Open the MLflow run of one training stage (or reopen `run_id`, when resuming) and write its id to
+    `out_dir/run.json`."""
     configure(project_root, params.mlflow.experiment)
+    if run_id is not None:
+        try:
+            mlflow.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            run_id = None  # the store was reset since: start afresh
     tags = run_tags(params, stage=f"train_{model}", project_root=project_root, data_sha256=data_sha256)
-    with mlflow.start_run(run_name=run_name(params, model=model), tags={**tags, "model": model}) as run:
-        mlflow.log_params({key: _param_value(value) for key, value in logged_params.items()})
+    if run_id is None:
+        context = mlflow.start_run(run_name=run_name(params, model=model), tags={**tags, "model": model})
+    else:
+        context = mlflow.start_run(run_id=run_id)
+    with context as run:
+        if run_id is None:
+            mlflow.log_params({key: _param_value(value) for key, value in logged_params.items()})
         fileio.atomic_write_json(Path(out_dir) / RUN_FILE, {
             "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": mlflow.get_tracking_uri(),

@@ -1,64 +1,27 @@
-"""Training shared by both models: per-epoch logging, atomic model files, MLflow model logging; the scratch stage."""
+"""The train-from-scratch stage, and what both training stages share: model files, MLflow model logging."""
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import tempfile
-import time
 import types
 from pathlib import Path
+from typing import Any
 
 import keras
 import mlflow
 import numpy as np
 
-from imgclf import fileio, models, tracking
-from imgclf.config import Params
+from imgclf import fileio, fitting, models, tracking
+from imgclf.config import FitConfig, Params
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 SUMMARY_FILE = "train_summary.json"
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """After each epoch: metrics, learning rate, epoch time and images/s to MLflow and to a CSV for DVC plots."""
-
-    def __init__(self, csv_path: Path, *, examples_per_epoch: int, step_offset: int = 0):
-        super().__init__()
-        self.csv_path = Path(csv_path)
-        self.examples_per_epoch = examples_per_epoch
-        self.step_offset = step_offset
-        self.rows: list[dict[str, float]] = []
-        self._started = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._started
-        row = {"epoch": epoch + 1 + self.step_offset}
-        row.update({key: float(value) for key, value in (logs or {}).items()})
-        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        row["epoch_seconds"] = seconds
-        row["images_per_second"] = self.examples_per_epoch / seconds if seconds > 0 else 0.0
-        self.rows.append(row)
-        mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"},
-                           step=int(row["epoch"]))
-        write_history(self.csv_path, self.rows)
-
-
-def write_history(path: Path, rows: list[dict[str, float]]) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    fileio.atomic_write_text(path, buffer.getvalue())
+RESUME_DIR = "resume"
 
 
 def save_model(model: keras.Model, path: Path) -> None:
@@ -102,9 +65,34 @@ def image_shape(meta: dict) -> tuple[int, int, int]:
 
 
 def first_images(dataset, count: int = 2) -> np.ndarray:
-    for images, _ in dataset.take(1):
-        return np.asarray(images)[:count]
+    for batch in dataset.take(1):
+        return np.asarray(batch[0])[:count]
     raise ValueError("empty dataset")
+
+
+def set_precision(precision: str) -> None:
+    """The global dtype policy; call before building models."""
+    keras.mixed_precision.set_dtype_policy(precision)
+
+
+def compile_model(model: keras.Model, config: FitConfig, *, steps_per_epoch: int, jit_compile: bool,
+                  epochs: int | None = None, learning_rate: float | None = None) -> None:
+    model.compile(optimizer=fitting.make_optimizer(config, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                                                   initial_learning_rate=learning_rate),
+                  loss=fitting.make_loss(config), metrics=["accuracy"], jit_compile=jit_compile)
+
+
+def extra_callbacks(params: Params, *, model_name: str, run_id: str, project_root: Path) -> list:
+    if not params.training.tensorboard:
+        return []
+    log_dir = Path(project_root) / "logs" / "tensorboard" / model_name / run_id
+    log.info("TensorBoard logs in %s (tensorboard --logdir logs/tensorboard)", log_dir)
+    return [keras.callbacks.TensorBoard(log_dir=str(log_dir))]
+
+
+def fingerprint(params: Params, meta: dict, *sections: str) -> dict[str, Any]:
+    """Everything that shapes a training run: a resume backup from another fingerprint is discarded."""
+    return {"params": tracking.stage_params(params, *sections), "data": meta}
 
 
 def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_root: Path) -> dict:
@@ -112,42 +100,60 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
     from imgclf import augment, tfdata
 
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
+    set_precision(params.training.precision)
     meta = read_meta(prepared_dir)
-    shape, num_classes = image_shape(meta), meta["num_classes"]
+    shape, num_classes, train_count = image_shape(meta), meta["num_classes"], meta["counts"]["train"]
     config = params.scratch
+    out_dir = Path(out_dir)
+    resume = fitting.ResumeState(out_dir / RESUME_DIR, enabled=params.training.resume,
+                                 fingerprint=fingerprint(params, meta, "augment", "scratch", "training"))
+    first_epoch = resume.completed_epochs("fit")
+    if first_epoch:
+        log.info("resuming from the end of epoch %d of %d", first_epoch, config.epochs)
+    steps = tfdata.steps_per_epoch(train_count, config.batch_size)
     augmentation = augment.build_augmentation(params.augment, seed=params.seed) if params.augment.enabled else None
     train_data = tfdata.make_dataset(prepared_dir, "train", image_shape=shape, num_classes=num_classes,
                                      batch_size=config.batch_size, training=True, seed=params.seed,
-                                     augment=augmentation, example_count=meta["counts"]["train"])
+                                     augment=augmentation, example_count=train_count, epochs=config.epochs,
+                                     first_epoch=first_epoch)
     val_data = tfdata.make_dataset(prepared_dir, "val", image_shape=shape, num_classes=num_classes,
                                    batch_size=config.batch_size, example_count=meta["counts"]["val"])
 
-    model = models.build_scratch_model(config, input_shape=shape, num_classes=num_classes)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with tfdata.distribution_strategy(params.training.distribute).scope():
+        model = models.build_scratch_model(config, input_shape=shape, num_classes=num_classes)
+        compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
+    logged = tracking.stage_params(params, "data", "preprocess", "augment", "scratch", "training")
     with tracking.training_run(params, model="scratch", project_root=project_root, out_dir=out_dir,
-                               data_sha256=meta.get("source_sha256"),
-                               logged_params=tracking.stage_params(params, "data", "preprocess", "augment",
-                                                                   "scratch")):
-        mlflow.log_params({"parameter_count": model.count_params(), "train_images": meta["counts"]["train"]})
-        logger = EpochLogger(out_dir / HISTORY_FILE, examples_per_epoch=meta["counts"]["train"])
-        model.fit(train_data, validation_data=val_data, epochs=config.epochs, callbacks=[logger], verbose=2)
+                               data_sha256=meta.get("source_sha256"), logged_params=logged,
+                               run_id=resume.run_id()) as run:
+        resume.remember_run(run.info.run_id)
+        mlflow.log_params({"parameter_count": model.count_params(), "train_images": train_count})
+        history = resume.history("fit")
+        logger = fitting.EpochLogger([out_dir / HISTORY_FILE, resume.history_path("fit")],
+                                     examples_per_epoch=train_count, rows=history)
+        callbacks = [*fitting.standard_callbacks(config, seed=params.seed, checkpoint_dir=resume.phase_dir("fit"),
+                                                 history=history),
+                     logger, *extra_callbacks(params, model_name="scratch", run_id=run.info.run_id,
+                                              project_root=project_root),
+                     *resume.callbacks("fit")]
+        model.fit(train_data, validation_data=val_data, epochs=config.epochs, steps_per_epoch=steps,
+                  callbacks=callbacks, verbose=2)
+        fitting.restore_best(model, config, resume.phase_dir("fit"))
         save_model(model, out_dir / MODEL_FILE)
         log_model(model, first_images(val_data))
         summary = summarize(logger.rows, model)
         mlflow.log_dict(summary, "train_summary.json")
     fileio.atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    resume.clear()
     return summary
 
 
-def summarize(rows: list[dict[str, float]], model: keras.Model) -> dict:
+def summarize(rows: list[dict[str, Any]], model: keras.Model) -> dict:
     last = rows[-1]
     return {
         "epochs": int(last["epoch"]),
         "parameter_count": int(model.count_params()),
-        "final": {key: value for key, value in last.items() if key != "epoch"},
+        "final": {key: value for key, value in last.items() if isinstance(value, float)},
         "best_val_accuracy": max(row.get("val_accuracy", 0.0) for row in rows),
         "mean_epoch_seconds": float(np.mean([row["epoch_seconds"] for row in rows])),
     }

@@ -1,120 +1,152 @@
-"""Transfer learning with a frozen ImageNet backbone that runs once per image.
+"""Transfer learning with a frozen ImageNet backbone that runs once per image, then optional fine-tuning.
 
-The features stage pushes every prepared image through the backbone a single time and caches the pooled
-features (a DVC output); the transfer stage trains the new head on those cached features, so no head
-epoch, and no change to head params, ever runs the backbone again. The head is then joined to the saved
-feature extractor into one raw-pixels-to-probabilities model.
+Phase 1 (fastai's `freeze`): the features stage pushes every prepared image through the frozen backbone
+(BatchNorm in inference mode) a single time and caches the pooled features, a DVC output; the transfer
+stage fits the new head on those cached features, so no head epoch, and no change to head params, ever
+runs the backbone again. With augmentation on, `transfer.augment_copies` extra augmented views of each
+training image are extracted once too, and the head trains on all views.
+
+Phase 2 (`unfreeze`, when `transfer.finetune_epochs` > 0): the head is joined to the backbone, the top
+`finetune_layers` backbone layers (or all) are unfrozen with BatchNorm kept frozen, and the whole model is
+trained on images at `finetune_learning_rate`; its epochs continue the same step axis in the same run.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 
-from imgclf import fileio, models, tracking, train
-from imgclf.config import Params
+from imgclf import features, fileio, fitting, models, tracking, train
+from imgclf.config import Params, TransferConfig
 
 log = logging.getLogger(__name__)
 
-EXTRACTOR_FILE = "extractor.keras"
-FEATURES_META = "features.json"
-SPLITS = ("train", "val", "test")
+HEAD_PHASE, FINETUNE_PHASE = "head", "finetune"
 
 
-def extract_features(params: Params, *, prepared_dir: Path, out_dir: Path) -> dict:
-    """The features stage: run the frozen backbone once over every split; write `<split>.npz` and the extractor."""
-    from imgclf import tfdata
-
-    tfdata.configure(seed=params.seed, deterministic=params.deterministic)
-    meta = train.read_meta(prepared_dir)
-    shape, config = train.image_shape(meta), params.transfer
-    backbone, preprocessing = models.load_backbone(config)
-    backbone.trainable = False
-    extractor = models.build_feature_extractor(backbone, preprocessing, input_shape=shape,
-                                               input_size=config.input_size)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    timings = {}
-    for split in SPLITS:
-        dataset = tfdata.make_dataset(prepared_dir, split, image_shape=shape, num_classes=meta["num_classes"],
-                                      batch_size=config.feature_batch_size, with_index=True)
-        started = time.perf_counter()
-        features, labels = _run_extractor(extractor, dataset)
-        seconds = time.perf_counter() - started
-        timings[split] = {"images": len(labels), "seconds": seconds,
-                          "images_per_second": len(labels) / seconds if seconds > 0 else 0.0}
-        log.info("%s: %d images through the backbone at %.1f images/s", split, len(labels),
-                 timings[split]["images_per_second"])
-        _save_npz(out_dir / f"{split}.npz", features=features, labels=labels)
-    train.save_model(extractor, out_dir / EXTRACTOR_FILE)
-    summary = {"backbone": config.backbone, "weights": config.weights, "input_size": config.input_size,
-               "preprocessing": preprocessing, "feature_dim": int(extractor.output_shape[-1]),
-               "backbone_parameters": int(backbone.count_params()), "timings": timings}
-    fileio.atomic_write_json(out_dir / FEATURES_META, summary)
-    return summary
+def training_features(features_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The training features with every augmented view, if the features stage extracted any."""
+    views = [features.load_features(features_dir, "train")]
+    augmented = sorted(Path(features_dir).glob("train_aug*.npz"))
+    views += [features.load_features(features_dir, path.stem) for path in augmented]
+    return np.concatenate([view[0] for view in views]), np.concatenate([view[1] for view in views])
 
 
-def _run_extractor(extractor: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    feature_batches, label_batches = [], []
-    for images, targets, _ in dataset:
-        feature_batches.append(np.asarray(extractor(images, training=False)))
-        label_batches.append(np.argmax(np.asarray(targets), axis=-1))
-    return np.concatenate(feature_batches).astype(np.float32), np.concatenate(label_batches).astype(np.int64)
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    fileio.atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_features(features_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    path = Path(features_dir) / f"{split}.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run the features stage first (dvc repro)")
-    with np.load(path) as data:
-        return data["features"], data["labels"]
+def unfreeze(extractor: keras.Model, layers: int) -> int:
+    """Make the top `layers` backbone layers (all when 0) trainable, BatchNorm excepted; return how many."""
+    backbone = next(layer for layer in extractor.layers if isinstance(layer, keras.Model))
+    backbone.trainable = True
+    candidates = backbone.layers[-layers:] if layers else backbone.layers
+    for layer in backbone.layers:
+        layer.trainable = layer in candidates and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
 
 
 def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, out_dir: Path,
                    project_root: Path) -> dict:
-    """The transfer stage: fit the head on cached features, then save the end-to-end `model.keras`."""
+    """The transfer stage: fit the head on cached features, optionally fine-tune, save `model.keras`."""
     from imgclf import tfdata
 
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
+    train.set_precision(params.training.precision)
     meta = train.read_meta(prepared_dir)
-    features_meta = fileio.read_json(Path(features_dir) / FEATURES_META)
-    num_classes, config = meta["num_classes"], params.transfer
-    train_x, train_y = load_features(features_dir, "train")
-    val_x, val_y = load_features(features_dir, "val")
+    features_meta = fileio.read_json(Path(features_dir) / features.FEATURES_META)
+    num_classes, config, out_dir = meta["num_classes"], params.transfer, Path(out_dir)
+    train_x, train_y = training_features(features_dir)
+    val_x, val_y = features.load_features(features_dir, "val")
+    resume = fitting.ResumeState(out_dir / train.RESUME_DIR, enabled=params.training.resume,
+                                 fingerprint={**train.fingerprint(params, meta, "augment", "transfer", "training"),
+                                              "features": features_meta})
     head = models.build_head(config, train_features=train_x, num_classes=num_classes)
-    head.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                 loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    logged = tracking.stage_params(params, "data", "preprocess", "transfer")
+    head_weights = resume.phase_dir(HEAD_PHASE) / "head.weights.h5"
+    logged = tracking.stage_params(params, "data", "preprocess", "augment", "transfer", "training")
+    val_data = tfdata.make_dataset(prepared_dir, "val", image_shape=train.image_shape(meta), num_classes=num_classes,
+                                   batch_size=config.batch_size, example_count=meta["counts"]["val"])
     with tracking.training_run(params, model="transfer", project_root=project_root, out_dir=out_dir,
-                               data_sha256=meta.get("source_sha256"), logged_params=logged):
-        mlflow.log_params({"feature_dim": int(train_x.shape[1]), "train_images": len(train_y),
+                               data_sha256=meta.get("source_sha256"), logged_params=logged,
+                               run_id=resume.run_id()) as run:
+        resume.remember_run(run.info.run_id)
+        mlflow.log_params({"feature_dim": int(train_x.shape[1]), "train_features": len(train_y),
                            "backbone_parameters": features_meta["backbone_parameters"]})
-        logger = train.EpochLogger(out_dir / train.HISTORY_FILE, examples_per_epoch=len(train_y))
-        head.fit(train_x, keras.utils.to_categorical(train_y, num_classes), batch_size=config.batch_size,
-                 validation_data=(val_x, keras.utils.to_categorical(val_y, num_classes)),
-                 epochs=config.epochs, shuffle=True, callbacks=[logger], verbose=2)
-        extractor = models.load_model(Path(features_dir) / EXTRACTOR_FILE)
+        history_paths = [out_dir / train.HISTORY_FILE]
+        if resume.phase_done(HEAD_PHASE):
+            head.load_weights(head_weights)
+            rows = fitting.read_history(resume.history_path(HEAD_PHASE))
+            log.info("head already trained (resumed run); going on to fine-tuning")
+        else:
+            rows = _fit_head(head, config, params, resume, history_paths, run.info.run_id, project_root,
+                             train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, num_classes=num_classes)
+            head.save_weights(head_weights)
+            resume.mark_phase_done(HEAD_PHASE)
+        extractor = models.load_model(Path(features_dir) / features.EXTRACTOR_FILE)
         model = models.assemble_transfer_model(extractor, head)
+        if config.finetune_epochs:
+            rows = _finetune(model, extractor, params, resume, history_paths, rows, meta=meta,
+                             prepared_dir=prepared_dir, val_data=val_data, run_id=run.info.run_id,
+                             project_root=project_root)
         train.save_model(model, out_dir / train.MODEL_FILE)
-        val_data = tfdata.make_dataset(prepared_dir, "val", image_shape=train.image_shape(meta),
-                                       num_classes=num_classes, batch_size=2)
         train.log_model(model, train.first_images(val_data))
-        summary = train.summarize(logger.rows, model)
+        summary = train.summarize(rows, model)
+        summary["finetune_epochs"] = sum(1 for row in rows if row.get("phase") == FINETUNE_PHASE)
         mlflow.log_dict(summary, "train_summary.json")
     fileio.atomic_write_json(out_dir / train.SUMMARY_FILE, summary)
+    resume.clear()
     return summary
+
+
+def _fit_head(head, config: TransferConfig, params: Params, resume: fitting.ResumeState, history_paths, run_id,
+              project_root, *, train_x, train_y, val_x, val_y, num_classes) -> list[dict]:
+    steps = -(-len(train_y) // config.batch_size)
+    train.compile_model(head, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
+    history = resume.history(HEAD_PHASE)
+    logger = fitting.EpochLogger([*history_paths, resume.history_path(HEAD_PHASE)], examples_per_epoch=len(train_y),
+                                 rows=history, phase=HEAD_PHASE)
+    callbacks = [*fitting.standard_callbacks(config, seed=params.seed, checkpoint_dir=resume.phase_dir(HEAD_PHASE),
+                                             history=history),
+                 logger, *train.extra_callbacks(params, model_name="transfer", run_id=run_id,
+                                                project_root=project_root),
+                 *resume.callbacks(HEAD_PHASE)]
+    head.fit(train_x, keras.utils.to_categorical(train_y, num_classes), batch_size=config.batch_size,
+             validation_data=(val_x, keras.utils.to_categorical(val_y, num_classes)),
+             epochs=config.epochs, shuffle=True, callbacks=callbacks, verbose=2)
+    fitting.restore_best(head, config, resume.phase_dir(HEAD_PHASE))
+    return logger.rows
+
+
+def _finetune(model, extractor, params: Params, resume: fitting.ResumeState, history_paths, head_rows, *, meta,
+              prepared_dir, val_data, run_id, project_root) -> list[dict]:
+    """Phase 2: unfreeze and train end to end on images, continuing the head's epoch numbering."""
+    from imgclf import augment, tfdata
+
+    config = params.transfer
+    unfrozen = unfreeze(extractor, config.finetune_layers)
+    mlflow.log_param("finetune_trainable_layers", unfrozen)
+    start = len(head_rows)
+    total = start + config.finetune_epochs
+    first_epoch = max(start, resume.completed_epochs(FINETUNE_PHASE))
+    train_count = meta["counts"]["train"]
+    steps = tfdata.steps_per_epoch(train_count, config.batch_size)
+    augmentation = augment.build_augmentation(params.augment, seed=params.seed) if params.augment.enabled else None
+    train_data = tfdata.make_dataset(prepared_dir, "train", image_shape=train.image_shape(meta),
+                                     num_classes=meta["num_classes"], batch_size=config.batch_size, training=True,
+                                     seed=params.seed, augment=augmentation, example_count=train_count,
+                                     epochs=total, first_epoch=first_epoch)
+    train.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile,
+                        epochs=config.finetune_epochs, learning_rate=config.finetune_learning_rate)
+    history = head_rows + [row for row in resume.history(FINETUNE_PHASE) if row["epoch"] > start]
+    logger = fitting.EpochLogger([*history_paths, resume.history_path(FINETUNE_PHASE)],
+                                 examples_per_epoch=train_count, rows=history, phase=FINETUNE_PHASE)
+    callbacks = [*fitting.standard_callbacks(config, seed=params.seed,
+                                             checkpoint_dir=resume.phase_dir(FINETUNE_PHASE),
+                                             history=history[start:]),
+                 logger, *train.extra_callbacks(params, model_name="transfer", run_id=run_id,
+                                                project_root=project_root),
+                 *resume.callbacks(FINETUNE_PHASE)]
+    model.fit(train_data, validation_data=val_data, epochs=total, initial_epoch=start, steps_per_epoch=steps,
+              callbacks=callbacks, verbose=2)
+    fitting.restore_best(model, config, resume.phase_dir(FINETUNE_PHASE))
+    return logger.rows

@@ -1,0 +1,89 @@
+"""The features stage: every prepared image through the frozen backbone exactly once, pooled features cached.
+
+Kept apart from the head training code (imgclf/transfer.py) so that editing the head never invalidates
+the cached features in DVC's eyes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from imgclf import fileio, models, train
+from imgclf.config import Params
+
+log = logging.getLogger(__name__)
+
+EXTRACTOR_FILE = "extractor.keras"
+FEATURES_META = "features.json"
+SPLITS = ("train", "val", "test")
+
+
+def extract_features(params: Params, *, prepared_dir: Path, out_dir: Path) -> dict:
+    """The features stage: run the frozen backbone once over every split; write `<split>.npz` and the extractor."""
+    from imgclf import augment, tfdata
+
+    tfdata.configure(seed=params.seed, deterministic=params.deterministic)
+    meta = train.read_meta(prepared_dir)
+    shape, config = train.image_shape(meta), params.transfer
+    backbone, preprocessing = models.load_backbone(config)
+    backbone.trainable = False
+    extractor = models.build_feature_extractor(backbone, preprocessing, input_shape=shape,
+                                               input_size=config.input_size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # (output name, augmentation or None, view number): the plain splits, then augmented training views.
+    views = [(split, None, 0) for split in SPLITS]
+    if params.augment.enabled and config.augment_copies:
+        augmentation = augment.build_augmentation(params.augment, seed=params.seed)
+        views += [(f"train_aug{copy}", augmentation, copy) for copy in range(1, config.augment_copies + 1)]
+    timings = {}
+    for name, augmentation, copy in views:
+        split = name.split("_aug")[0]
+        dataset = tfdata.make_dataset(prepared_dir, split, image_shape=shape, num_classes=meta["num_classes"],
+                                      batch_size=config.feature_batch_size, with_index=True,
+                                      training=augmentation is not None, augment=augmentation,
+                                      seed=params.seed + copy, epochs=1)
+        started = time.perf_counter()
+        features, labels = run_extractor(extractor, dataset)
+        seconds = time.perf_counter() - started
+        timings[name] = {"images": len(labels), "seconds": round(seconds, 3),
+                         "images_per_second": round(len(labels) / seconds, 1) if seconds > 0 else 0.0}
+        log.info("%s: %d images through the backbone at %.1f images/s", name, len(labels),
+                 timings[name]["images_per_second"])
+        _save_npz(out_dir / f"{name}.npz", features=features, labels=labels)
+    train.save_model(extractor, out_dir / EXTRACTOR_FILE)
+    summary = {"backbone": config.backbone, "weights": config.weights, "input_size": config.input_size,
+               "preprocessing": preprocessing, "feature_dim": int(extractor.output_shape[-1]),
+               "backbone_parameters": int(backbone.count_params()),
+               "augmented_views": [name for name, _, copy in views if copy], "timings": timings}
+    fileio.atomic_write_json(out_dir / FEATURES_META, summary)
+    return summary
+
+
+def run_extractor(extractor: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features and labels of every image of `dataset`, one backbone pass per batch."""
+    feature_batches, label_batches = [], []
+    for images, targets, _ in dataset:
+        feature_batches.append(np.asarray(extractor(images, training=False), dtype=np.float32))
+        label_batches.append(np.argmax(np.asarray(targets), axis=-1))
+    return np.concatenate(feature_batches), np.concatenate(label_batches).astype(np.int64)
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    fileio.atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_features(features_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    path = Path(features_dir) / f"{name}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run the extract_features stage first (dvc repro)")
+    with np.load(path) as data:
+        return data["features"], data["labels"]

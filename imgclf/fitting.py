@@ -1,0 +1,263 @@
+"""Fitting a Keras model from params: optimizer, schedule, callbacks, and resuming a killed run.
+
+Resume: a `keras.callbacks.BackupAndRestore` directory holds the weights and optimizer state (hence the
+schedule position) at the end of each epoch. Randomness is made a pure function of (seed, epoch) — every
+dropout/augmentation seed-generator state is reset at the start of each epoch, and the training data is
+shuffled with a per-epoch seed — so a resumed run replays exactly the epochs an uninterrupted run would.
+A fingerprint of the params and data guards against resuming from a stale backup.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from imgclf import fileio
+from imgclf.config import FitConfig
+
+log = logging.getLogger(__name__)
+
+BACKUP_SUBDIR = "backup"
+FINGERPRINT_FILE = "fingerprint.json"
+HISTORY_FILE = "history.csv"
+RUN_FILE = "run.json"
+
+
+@keras.saving.register_keras_serializable(package="imgclf")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """fastai's one-cycle policy: linear warm-up from peak/25 to peak, then cosine annealing to peak/1e4."""
+
+    def __init__(self, peak: float, total_steps: int, warmup_fraction: float = 0.3):
+        self.peak = peak
+        self.total_steps = total_steps
+        self.warmup_fraction = warmup_fraction
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warmup = max(1.0, self.total_steps * self.warmup_fraction)
+        start, end = self.peak / 25.0, self.peak / 1e4
+        rising = start + (self.peak - start) * step / warmup
+        progress = keras.ops.clip((step - warmup) / max(1.0, self.total_steps - warmup), 0.0, 1.0)
+        falling = end + (self.peak - end) * 0.5 * (1.0 + keras.ops.cos(math.pi * progress))
+        return keras.ops.where(step < warmup, rising, falling)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_fraction": self.warmup_fraction}
+
+
+def learning_rate(config: FitConfig, *, steps_per_epoch: int, epochs: int | None = None,
+                  initial: float | None = None):
+    """A float or a `LearningRateSchedule` for the configured schedule (per-step, so it resumes exactly)."""
+    rate = config.learning_rate if initial is None else initial
+    total_steps = steps_per_epoch * (epochs or config.epochs)
+    if config.lr_schedule == "step":
+        return keras.optimizers.schedules.ExponentialDecay(rate, decay_steps=steps_per_epoch * config.lr_step_epochs,
+                                                           decay_rate=config.lr_decay_factor, staircase=True)
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(1, total_steps))
+    if config.lr_schedule == "one_cycle":
+        return OneCycle(rate, total_steps=max(1, total_steps))
+    return rate  # constant, and plateau (a callback lowers it)
+
+
+def make_optimizer(config: FitConfig, *, steps_per_epoch: int, epochs: int | None = None,
+                   initial_learning_rate: float | None = None) -> keras.optimizers.Optimizer:
+    rate = learning_rate(config, steps_per_epoch=steps_per_epoch, epochs=epochs, initial=initial_learning_rate)
+    decay = config.weight_decay or None
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=config.momentum, weight_decay=decay)
+    return keras.optimizers.Adam(rate, weight_decay=decay)
+
+
+def make_loss(config: FitConfig) -> keras.losses.Loss:
+    return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Reset every seed-generator state (dropout, random layers) to a function of (seed, epoch).
+
+    Keras does not save seed-generator states with the weights; making them depend on the epoch alone is
+    what lets a resumed run draw the same dropout masks as an uninterrupted one.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        states = [variable for variable in self.model.variables if variable.name == "seed_generator_state"]
+        for index, state in enumerate(states):
+            state.assign(np.array([self.seed * 7919 + index, epoch * 1_000_003], dtype=state.dtype))
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """After each epoch: metrics, learning rate, epoch time and images/s to MLflow and to CSV files."""
+
+    def __init__(self, csv_paths: list[Path], *, examples_per_epoch: int, rows: list[dict] | None = None,
+                 phase: str = ""):
+        super().__init__()
+        self.csv_paths = [Path(path) for path in csv_paths]
+        self.examples_per_epoch = examples_per_epoch
+        self.rows: list[dict[str, Any]] = list(rows or [])
+        self.phase = phase
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        import time
+
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        import time
+
+        import mlflow
+
+        seconds = time.perf_counter() - self._started
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update({key: float(value) for key, value in (logs or {}).items() if key != "learning_rate"})
+        row["learning_rate"] = current_learning_rate(self.model.optimizer)
+        row["epoch_seconds"] = seconds
+        row["images_per_second"] = self.examples_per_epoch / seconds if seconds > 0 else 0.0
+        if self.phase:
+            row["phase"] = self.phase
+        self.rows.append(row)
+        mlflow.log_metrics({key: value for key, value in row.items() if isinstance(value, float)},
+                           step=int(row["epoch"]))
+        for path in self.csv_paths:
+            write_history(path, self.rows)
+
+
+def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    """The rate in force now: Keras evaluates a schedule at the optimizer's step count."""
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    import io
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.atomic_write_text(path, buffer.getvalue())
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{key: (int(value) if key == "epoch" else value if key == "phase" else float(value))
+             for key, value in row.items() if value != ""} for row in rows]
+
+
+def standard_callbacks(config: FitConfig, *, seed: int, checkpoint_dir: Path,
+                       history: list[dict[str, Any]]) -> list[keras.callbacks.Callback]:
+    """Seeded randomness always; schedule-on-plateau, early stopping and best-only checkpoint as configured."""
+    callbacks: list[keras.callbacks.Callback] = [EpochSeeds(seed)]
+    if config.checkpoint_best:
+        previous_best = max((row.get("val_accuracy", 0.0) for row in history), default=None)
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            str(best_weights_path(checkpoint_dir)), monitor="val_accuracy", mode="max", save_best_only=True,
+            save_weights_only=True, initial_value_threshold=previous_best))
+    if config.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.lr_decay_factor,
+                                                           patience=config.lr_plateau_patience, verbose=1))
+    if config.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
+                                                       min_delta=config.early_stopping_min_delta,
+                                                       restore_best_weights=config.restore_best_weights,
+                                                       verbose=1))
+    return callbacks
+
+
+def best_weights_path(checkpoint_dir: Path) -> Path:
+    return Path(checkpoint_dir) / "best.weights.h5"
+
+
+def restore_best(model: keras.Model, config: FitConfig, checkpoint_dir: Path) -> None:
+    """With `checkpoint_best`, end with the best validation epoch's weights."""
+    path = best_weights_path(checkpoint_dir)
+    if config.checkpoint_best and path.is_file():
+        model.load_weights(path)
+        log.info("restored the best validation epoch's weights from %s", path)
+
+
+class ResumeState:
+    """The directory that lets a killed training stage continue where it stopped.
+
+    Holds Keras' BackupAndRestore checkpoint, the history so far, the MLflow run id and a fingerprint of
+    everything that shapes training. A different fingerprint discards the directory: never resume into
+    a different configuration.
+    """
+
+    def __init__(self, directory: Path, *, fingerprint: dict[str, Any], enabled: bool):
+        self.directory = Path(directory)
+        self.enabled = enabled
+        self.fingerprint = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+        stored = self.directory / FINGERPRINT_FILE
+        stale = stored.is_file() and fileio.read_json(stored).get("sha256") != self.fingerprint
+        if self.directory.exists() and (stale or not enabled):
+            log.info("discarding resume state in %s (%s)", self.directory,
+                     "params or data changed" if stale else "training.resume is off")
+            shutil.rmtree(self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fileio.atomic_write_json(stored, {"sha256": self.fingerprint})
+
+    def backup_dir(self, phase: str) -> Path:
+        return self.directory / phase / BACKUP_SUBDIR
+
+    def completed_epochs(self, phase: str) -> int:
+        """Epochs whose end-of-epoch backup exists (0 when starting fresh)."""
+        metadata = self.backup_dir(phase) / "training_metadata.json"
+        if not self.enabled or not metadata.is_file():
+            return 0
+        return int(json.loads(metadata.read_text())["epoch"]) + 1
+
+    def history(self, phase: str) -> list[dict[str, Any]]:
+        """History rows up to the last backed-up epoch (a kill between the two writes drops the extra row)."""
+        done = self.completed_epochs(phase)
+        return [row for row in read_history(self.directory / phase / HISTORY_FILE) if row["epoch"] <= done]
+
+    def history_path(self, phase: str) -> Path:
+        return self.phase_dir(phase) / HISTORY_FILE
+
+    def callbacks(self, phase: str) -> list[keras.callbacks.Callback]:
+        """The backup callback; put it last, so the history row of an epoch is written before its backup."""
+        if not self.enabled:
+            return []
+        return [keras.callbacks.BackupAndRestore(str(self.backup_dir(phase)), delete_checkpoint=False)]
+
+    def run_id(self) -> str | None:
+        path = self.directory / RUN_FILE
+        return fileio.read_json(path)["run_id"] if path.is_file() else None
+
+    def remember_run(self, run_id: str) -> None:
+        fileio.atomic_write_json(self.directory / RUN_FILE, {"run_id": run_id})
+
+    def mark_phase_done(self, phase: str) -> None:
+        fileio.atomic_write_json(self.directory / phase / "done.json", {})
+
+    def phase_done(self, phase: str) -> bool:
+        return (self.directory / phase / "done.json").is_file()
+
+    def phase_dir(self, phase: str) -> Path:
+        path = self.directory / phase
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def clear(self) -> None:
+        """Training finished and its outputs are written: nothing left to resume."""
+        shutil.rmtree(self.directory, ignore_errors=True)
