@@ -14,6 +14,15 @@ def main(argv: list[str] | None = None) -> None:
     smoke.add_argument("--dir", type=Path, default=Path("smoke"), help="where the copy goes (default: smoke/)")
     check = commands.add_parser("check-params", help="validate a params file and print it resolved")
     check.add_argument("path", nargs="?", type=Path, default=Path("params.yaml"))
+    finder = commands.add_parser("lr-find", help="learning-rate finder: loss against an exponentially rising rate")
+    finder.add_argument("--model", choices=["scratch", "transfer"], default="scratch")
+    finder.add_argument("--params", type=Path, default=Path("params.yaml"))
+    finder.add_argument("--data", type=Path, default=Path("data/prepared"), help="prepared data directory")
+    finder.add_argument("--features", type=Path, default=Path("data/features"), help="cached features (transfer)")
+    finder.add_argument("--out", type=Path, default=Path("results/lr_find"), help="where the plot and CSV go")
+    finder.add_argument("--steps", type=int, default=100, help="batches in the sweep")
+    finder.add_argument("--start", type=float, default=1e-7)
+    finder.add_argument("--end", type=float, default=10.0)
     arguments = parser.parse_args(argv)
 
     if arguments.command == "smoke":
@@ -24,6 +33,16 @@ def main(argv: list[str] | None = None) -> None:
         for model, values in metrics.items():
             print(f"{model:>9}: test accuracy {values['accuracy']:.3f}")
         print(f"smoke run: all stages in {seconds:.1f} s (outputs in {arguments.dir}/)")
+    elif arguments.command == "lr-find":
+        from imgclf import config, lr_finder
+
+        suggestions = lr_finder.run(config.load_params(arguments.params), model_name=arguments.model,
+                                    prepared_dir=arguments.data, features_dir=arguments.features,
+                                    out_dir=arguments.out, steps=arguments.steps, start=arguments.start,
+                                    end=arguments.end)
+        print(f"suggested learning rate: {suggestions['steepest']:.2e} (steepest descent); "
+              f"{suggestions['min_loss_over_10']:.2e} (minimum loss / 10)")
+        print(f"plot: {arguments.out / f'lr_find_{arguments.model}.png'}")
     elif arguments.command == "check-params":
         from imgclf import config
 

@@ -224,7 +224,7 @@ class ResumeState:
         metadata = self.backup_dir(phase) / "training_metadata.json"
         if not self.enabled or not metadata.is_file():
             return 0
-        return int(json.loads(metadata.read_text())["epoch"]) + 1
+        return int(json.loads(metadata.read_text())["epoch"])  # Keras records the count of finished epochs
 
     def history(self, phase: str) -> list[dict[str, Any]]:
         """History rows up to the last backed-up epoch (a kill between the two writes drops the extra row)."""
