@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     finder.add_argument("--steps", type=int, default=100, help="batches in the sweep")
     finder.add_argument("--start", type=float, default=1e-7)
     finder.add_argument("--end", type=float, default=10.0)
+    exp_args = commands.add_parser("exp-args", help="turn a params profile into `dvc exp run -S` arguments")
+    exp_args.add_argument("profile", type=Path, help="YAML overrides of params.yaml, e.g. profiles/scratch_best.yaml")
     arguments = parser.parse_args(argv)
 
     if arguments.command == "smoke":
@@ -43,6 +45,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"suggested learning rate: {suggestions['steepest']:.2e} (steepest descent); "
               f"{suggestions['min_loss_over_10']:.2e} (minimum loss / 10)")
         print(f"plot: {arguments.out / f'lr_find_{arguments.model}.png'}")
+    elif arguments.command == "exp-args":
+        import yaml
+
+        from imgclf import config, sandbox
+
+        overrides = yaml.safe_load(arguments.profile.read_text()) or {}
+        base = yaml.safe_load(Path("params.yaml").read_text())
+        config.params_from_dict(sandbox.merge(base, overrides), source=str(arguments.profile))
+        flat = config.flatten(overrides)
+        print(" ".join(f"-S {key}={json.dumps(value, separators=(',', ':'))}" for key, value in flat.items()))
     elif arguments.command == "check-params":
         from imgclf import config
 

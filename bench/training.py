@@ -1,0 +1,243 @@
+"""Training benchmarks on the shared CIFAR-10 JPEGs (CPU). Results go to bench/results/<name>.json.
+
+    .venv/bin/python bench/training.py pipeline-ratio    # tf.data input pipeline vs in-memory tensors
+    .venv/bin/python bench/training.py transfer --size 96   # EfficientNet-Lite0: extraction, head, cached/in-loop
+    .venv/bin/python bench/training.py small-data        # max_per_class 100: scratch vs transfer
+    .venv/bin/python bench/training.py seed-recipe       # the write-up's CNN, 10 epochs, full training set
+    .venv/bin/python bench/training.py best-scratch      # profiles/scratch_best.yaml under the same wall time
+
+Every experiment runs the real stage code (`python -m stages.<name>`) on data prepared by the real
+download and preprocess stages in a scratch copy of the project (--dir, default /tmp/bench-imgclf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from imgclf import sandbox  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+ARCHIVE = SHARED / "data" / "cifar10-jpg.tar.gz"
+ARCHIVE_SHA256 = "d34c68f61cca57aa9144c8f25bda427abb9921bd642d5857a2fc1a6b4416f965"
+BACKBONE = SHARED / "models" / "efficientnet_lite0_imagenet_notop.keras"
+RESULTS = ROOT / "bench" / "results"
+
+
+def project(directory: Path) -> Path:
+    """The scratch copy with CIFAR-10 downloaded and preprocessed (reused when already there)."""
+    if not ARCHIVE.is_file():
+        sys.exit(f"skipped: {ARCHIVE} is absent (these benchmarks need the shared CIFAR-10 archive)")
+    if not (directory / "data" / "prepared" / "meta.json").is_file():
+        overrides = {"data": {"source": "image_folder", "path": str(ARCHIVE), "sha256": ARCHIVE_SHA256},
+                     "mlflow": {"experiment": "imgclf-bench"}}
+        sandbox.create(directory, source_root=ROOT, overrides=overrides)
+        sandbox.dvc(directory, "repro", "preprocess")
+    return directory
+
+
+def write_params(directory: Path, name: str, overrides: dict) -> Path:
+    params = sandbox.merge(yaml.safe_load((directory / "params.yaml").read_text()), overrides)
+    path = directory / f"bench-{name}.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def stage(directory: Path, name: str, *args: str) -> float:
+    """Run one stage module in the copy; return its wall time in seconds."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", f"stages.{name}", *args], cwd=directory,
+                            env=sandbox.environment(directory), capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"stage {name} failed:\n{result.stderr[-4000:]}")
+    return time.perf_counter() - started
+
+
+def test_accuracy(directory: Path, model_path: Path, prepared: Path, *, features: Path | None = None) -> float:
+    """Test accuracy of a saved model; for transfer, its head on the cached test features (same computation)."""
+    code = f"""
+import json, numpy as np
+from imgclf import models, tfdata, train
+model = models.load_model({str(model_path)!r})
+if {str(features) if features else None!r}:
+    from imgclf import features
+    x, y = features.load_features({str(features)!r}, "test")
+    head = model.get_layer("head")
+    print(json.dumps(float((np.argmax(head.predict(x, batch_size=1024, verbose=0), 1) == y).mean())))
+else:
+    meta = train.read_meta({str(prepared)!r})
+    data = tfdata.make_dataset({str(prepared)!r}, "test", image_shape=train.image_shape(meta),
+                               num_classes=meta["num_classes"], batch_size=512)
+    print(json.dumps(float(model.evaluate(data, verbose=0, return_dict=True)["accuracy"])))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=directory, env=sandbox.environment(directory),
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def history(out: Path) -> list[dict]:
+    import csv
+
+    with open(out / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def train_scratch(directory: Path, name: str, overrides: dict, prepared: Path) -> dict:
+    params = write_params(directory, name, overrides)
+    out = directory / "bench" / name
+    seconds = stage(directory, "train_scratch", "--params", str(params), "--data", str(prepared), "--out", str(out))
+    rows = history(out)
+    return {"stage_seconds": round(seconds, 1), "epochs": len(rows),
+            "seconds_per_epoch": round(sum(float(row["epoch_seconds"]) for row in rows) / len(rows), 1),
+            "train_images_per_second": round(sum(float(row["images_per_second"]) for row in rows) / len(rows), 1),
+            "final_val_accuracy": round(float(rows[-1]["val_accuracy"]), 4),
+            "test_accuracy": round(test_accuracy(directory, out / "model.keras", prepared), 4)}
+
+
+def train_transfer(directory: Path, name: str, overrides: dict, prepared: Path) -> dict:
+    params = write_params(directory, name, overrides)
+    features, out = directory / "bench" / f"{name}-features", directory / "bench" / name
+    extraction = stage(directory, "extract_features", "--params", str(params), "--data", str(prepared),
+                       "--out", str(features))
+    fitting_seconds = stage(directory, "train_transfer", "--params", str(params), "--data", str(prepared),
+                            "--features", str(features), "--out", str(out))
+    timings = json.loads((features / "features.json").read_text())["timings"]
+    images = sum(split["images"] for split in timings.values())
+    backbone_seconds = sum(split["seconds"] for split in timings.values())
+    rows = history(out)
+    return {"extract_stage_seconds": round(extraction, 1), "extraction_images": images,
+            "extraction_images_per_second": round(images / backbone_seconds, 1),
+            "transfer_stage_seconds": round(fitting_seconds, 1),
+            "head_epoch_seconds": round(sum(float(r["epoch_seconds"]) for r in rows if r.get("phase") == "head")
+                                        / max(1, sum(1 for r in rows if r.get("phase") == "head")), 3),
+            "final_val_accuracy": round(float(rows[-1]["val_accuracy"]), 4),
+            "test_accuracy": round(test_accuracy(directory, out / "model.keras", prepared, features=features), 4),
+            "features_dir": str(features)}
+
+
+def backbone_in_loop_epoch_seconds(directory: Path, prepared: Path, size: int, images: int) -> float:
+    """One epoch of the head with the frozen backbone in the loop, timed on `images` training images."""
+    code = f"""
+import json, time, keras, numpy as np
+from imgclf import models, tfdata, train
+from imgclf.config import TransferConfig
+meta = train.read_meta({str(prepared)!r})
+config = TransferConfig(backbone={str(BACKBONE)!r}, input_size={size})
+backbone, mode = models.load_backbone(config)
+backbone.trainable = False
+extractor = models.build_feature_extractor(backbone, mode, input_shape=train.image_shape(meta), input_size={size})
+head = models.build_head(config, train_features=np.zeros((2, extractor.output_shape[-1]), "float32"),
+                         num_classes=meta["num_classes"])
+model = models.assemble_transfer_model(extractor, head)
+model.compile(optimizer="adam", loss="categorical_crossentropy")
+data = tfdata.make_dataset({str(prepared)!r}, "train", image_shape=train.image_shape(meta),
+                           num_classes=meta["num_classes"], batch_size=64, training=True, example_count=64000)
+steps = {images} // 64
+model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)  # trace and warm up
+started = time.perf_counter()
+model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+print(json.dumps((time.perf_counter() - started) / (steps * 64) * meta["counts"]["train"]))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=directory, env=sandbox.environment(directory),
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def pipeline_ratio(directory: Path, prepared: Path, steps: int = 150) -> dict:
+    """Training images/s of the seed CNN fed by the tf.data pipeline vs. by in-memory tensors."""
+    code = f"""
+import json, time, keras, numpy as np
+from imgclf import models, tfdata, train
+from imgclf.config import Params
+meta = train.read_meta({str(prepared)!r})
+shape, classes, count = train.image_shape(meta), meta["num_classes"], meta["counts"]["train"]
+def model():
+    m = models.build_scratch_model(Params().scratch, input_shape=shape, num_classes=classes)
+    m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
+    return m
+pipeline = tfdata.make_dataset({str(prepared)!r}, "train", image_shape=shape, num_classes=classes, batch_size=64,
+                               training=True, example_count=count, epochs=20)
+x, y = [], []
+for images, labels in pipeline.take({steps}):
+    x.append(images.numpy()); y.append(labels.numpy())
+x, y = np.concatenate(x), np.concatenate(y)
+result = {{}}
+for name in ["in_memory", "pipeline", "in_memory_again", "pipeline_again"]:
+    m = model()
+    if name.startswith("pipeline"):
+        m.fit(pipeline, steps_per_epoch=5, epochs=1, verbose=0)
+        started = time.perf_counter(); m.fit(pipeline, steps_per_epoch={steps}, epochs=1, verbose=0)
+    else:
+        m.fit(x[:320], y[:320], batch_size=64, epochs=1, verbose=0)
+        started = time.perf_counter(); m.fit(x, y, batch_size=64, epochs=1, verbose=0, shuffle=True)
+    result[name] = {steps} * 64 / (time.perf_counter() - started)
+print(json.dumps(result))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=directory, env=sandbox.environment(directory),
+                            capture_output=True, text=True, check=True)
+    rates = json.loads(result.stdout.strip().splitlines()[-1])
+    pipeline = (rates["pipeline"] + rates["pipeline_again"]) / 2
+    memory = (rates["in_memory"] + rates["in_memory_again"]) / 2
+    return {"images_per_step": 64, "steps": steps, "pipeline_images_per_second": round(pipeline, 1),
+            "in_memory_images_per_second": round(memory, 1), "ratio": round(pipeline / memory, 3), "runs": rates}
+
+
+def save(name: str, result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": name, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "date": time.strftime("%Y-%m-%d %H:%M"), **result}
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("benchmark", choices=["pipeline-ratio", "transfer", "small-data", "seed-recipe",
+                                              "best-scratch"])
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-imgclf"))
+    parser.add_argument("--size", type=int, default=96, help="transfer input size")
+    parser.add_argument("--finetune-epochs", type=int, default=0)
+    arguments = parser.parse_args()
+    directory = project(arguments.dir)
+    prepared = directory / "data" / "prepared"
+    lite0 = {"backbone": str(BACKBONE), "epochs": 15, "batch_size": 256}
+
+    if arguments.benchmark == "pipeline-ratio":
+        save("pipeline-ratio", pipeline_ratio(directory, prepared))
+    elif arguments.benchmark == "transfer":
+        name = f"transfer-lite0-{arguments.size}"
+        transfer = {**lite0, "input_size": arguments.size, "finetune_epochs": arguments.finetune_epochs}
+        result = train_transfer(directory, name, {"transfer": transfer}, prepared)
+        in_loop = backbone_in_loop_epoch_seconds(directory, prepared, arguments.size, images=2048)
+        result["head_epoch_seconds_backbone_in_loop"] = round(in_loop, 1)
+        result["cached_speedup"] = round(in_loop / max(result["head_epoch_seconds"], 1e-9), 1)
+        save(name, result)
+    elif arguments.benchmark == "small-data":
+        small = directory / "data" / "prepared-small"
+        params = write_params(directory, "small", {"data": {"max_per_class": 100}})
+        stage(directory, "preprocess", "--params", str(params), "--raw", str(directory / "data" / "raw"),
+              "--out", str(small))
+        scratch = train_scratch(directory, "small-scratch", {"data": {"max_per_class": 100}}, small)
+        transfer = train_transfer(directory, "small-transfer",
+                                  {"data": {"max_per_class": 100}, "transfer": {**lite0, "input_size": 96}}, small)
+        save("small-data", {"train_images": 1000, "scratch": scratch, "transfer_lite0_96": transfer})
+    elif arguments.benchmark == "seed-recipe":
+        save("seed-recipe", train_scratch(directory, "seed-recipe", {"scratch": {"epochs": 10}}, prepared))
+    elif arguments.benchmark == "best-scratch":
+        profile = yaml.safe_load((ROOT / "profiles" / "scratch_best.yaml").read_text())
+        save("best-scratch", train_scratch(directory, "best-scratch", profile, prepared))
+
+
+if __name__ == "__main__":
+    main()
