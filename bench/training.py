@@ -79,7 +79,11 @@ else:
     meta = train.read_meta({str(prepared)!r})
     data = tfdata.make_dataset({str(prepared)!r}, "test", image_shape=train.image_shape(meta),
                                num_classes=meta["num_classes"], batch_size=512)
-    print(json.dumps(float(model.evaluate(data, verbose=0, return_dict=True)["accuracy"])))
+    right = total = 0
+    for images, targets in data:
+        right += int((np.argmax(model.predict(images, verbose=0), 1) == np.argmax(targets, 1)).sum())
+        total += len(targets)
+    print(json.dumps(right / total))
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=directory, env=sandbox.environment(directory),
                             capture_output=True, text=True, check=True)
