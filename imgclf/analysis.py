@@ -1,49 +1,194 @@
-"""Error analysis: per test image, which model is right, and galleries of where they fail."""
+"""Error analysis: which model is right on each test image, is the difference real, and where each one fails.
+
+Reads both models' test predictions (evaluate stage), writes to the analysis directory:
+- `summary.json` (DVC metrics): the 2x2 table, both accuracies, the difference with its bootstrap interval
+  and McNemar's p-value;
+- `per_image.csv`: one row per test image with both models' predictions, losses and margins;
+- galleries as PNG: `both_wrong`, `only_transfer_right`, `only_scratch_right`, `<model>_top_losses`,
+  `<model>_most_uncertain`, `<model>_most_confused` (with `most_confused.csv`), `label_errors` (with
+  `label_errors.csv`), `score_bars`, and `training_curves.png`;
+- `report.html` (self-contained) and `summary.md` (short, for CI comments); both go to MLflow.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 
-from imgclf import evaluate, fileio, plots, train
-from imgclf.config import Params
+from imgclf import comparison, evaluate, fileio, plots, report, tracking, train
+from imgclf.config import AnalysisConfig, Params
+from imgclf.errors import EvaluationError
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
+MARKDOWN_FILE = "summary.md"
+MODELS = evaluate.MODEL_NAMES
+SHORT = {"scratch": "S", "transfer": "T"}
 OUTCOMES = ("both_right", "only_scratch_right", "only_transfer_right", "both_wrong")
 
 
-def load_predictions(evaluate_dir: Path, model: str) -> pd.DataFrame:
-    path = Path(evaluate_dir) / f"{model}_predictions.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run the evaluate stage first (dvc repro evaluate)")
-    return pd.read_csv(path)
+@dataclasses.dataclass(frozen=True)
+class ModelPredictions:
+    """One model's test predictions as the evaluate stage wrote them."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    probabilities: np.ndarray
+    originals: dict[int, str]
 
 
-def compare(scratch: pd.DataFrame, transfer: pd.DataFrame) -> pd.DataFrame:
-    """One row per test image: both models' predictions and which outcome of the 2x2 table it falls in."""
-    joined = scratch.merge(transfer, on=["id", "true_label", "true_class"], suffixes=("_scratch", "_transfer"),
-                           validate="one_to_one")
-    if len(joined) != len(scratch) or len(joined) != len(transfer):
-        raise evaluate.EvaluationError("the two prediction files cover different test images; rerun the "
-                                       "evaluate stage (dvc repro evaluate)")
-    scratch_right = joined["predicted_label_scratch"] == joined["true_label"]
-    transfer_right = joined["predicted_label_transfer"] == joined["true_label"]
-    joined["scratch_right"] = scratch_right
-    joined["transfer_right"] = transfer_right
-    joined["outcome"] = np.select(
+def load_predictions(evaluate_dir: Path, model: str, *, num_classes: int) -> ModelPredictions:
+    """Read `<model>_probabilities.npz` and `<model>_predictions.csv`; refuse missing or mismatched files."""
+    evaluate_dir = Path(evaluate_dir)
+    table_path = evaluate_dir / evaluate.predictions_file(model)
+    scores_path = evaluate_dir / evaluate.probabilities_file(model)
+    for path in (table_path, scores_path):
+        if not path.is_file():
+            raise EvaluationError(f"{path} not found: the analysis needs both models' test predictions; run the "
+                                  "evaluate stage first (dvc repro evaluate)")
+    with np.load(scores_path) as scores:
+        ids, labels, probabilities = scores["ids"], scores["labels"], scores["probabilities"]
+    if probabilities.ndim != 2 or probabilities.shape[1] != num_classes or len(ids) != len(probabilities):
+        raise EvaluationError(f"{scores_path} holds scores for {probabilities.shape[-1]} classes but the prepared "
+                              f"data has {num_classes}: the predictions come from another data set; rerun the "
+                              "evaluate stage (dvc repro evaluate)")
+    table = pd.read_csv(table_path, dtype={"original": str}, keep_default_na=False)
+    originals = dict(zip(table["id"].astype(int), table["original"], strict=True)) if "original" in table else {}
+    return ModelPredictions(ids=ids.astype(np.int64), labels=labels.astype(np.int64),
+                            probabilities=probabilities.astype(np.float64), originals=originals)
+
+
+def _model_columns(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    rows = np.arange(len(labels))
+    top_two = -np.sort(-probabilities, axis=1)[:, :2]
+    true_probability = probabilities[rows, labels]
+    return {
+        "predicted_label": probabilities.argmax(axis=1),
+        "probability": top_two[:, 0],
+        "true_probability": true_probability,
+        "loss": -np.log(np.clip(true_probability, 1e-12, 1.0)),
+        "margin": top_two[:, 0] - (top_two[:, 1] if probabilities.shape[1] > 1 else 0.0),
+    }
+
+
+def compare(scratch: ModelPredictions, transfer: ModelPredictions, *, class_names: list[str]) -> pd.DataFrame:
+    """One row per test image: both models' predictions, losses, margins and the 2x2 outcome."""
+    if len(scratch.ids) != len(transfer.ids) or set(scratch.ids.tolist()) != set(transfer.ids.tolist()):
+        raise EvaluationError("the two models' prediction files cover different test images; rerun the evaluate "
+                              "stage (dvc repro evaluate)")
+    order = pd.Series(np.arange(len(transfer.ids)), index=transfer.ids)[scratch.ids].to_numpy()
+    if not np.array_equal(scratch.labels, transfer.labels[order]):
+        raise EvaluationError("the two models' prediction files disagree on the true labels; rerun the evaluate "
+                              "stage (dvc repro evaluate)")
+    names = np.asarray(class_names, dtype=object)
+    table = pd.DataFrame({"id": scratch.ids, "original": [scratch.originals.get(int(i), "") for i in scratch.ids],
+                          "true_label": scratch.labels, "true_class": names[scratch.labels]})
+    for model, probabilities in (("scratch", scratch.probabilities), ("transfer", transfer.probabilities[order])):
+        for column, values in _model_columns(probabilities, scratch.labels).items():
+            table[f"{column}_{model}"] = values
+        table[f"predicted_class_{model}"] = names[table[f"predicted_label_{model}"]]
+        table[f"right_{model}"] = table[f"predicted_label_{model}"] == table["true_label"]
+    scratch_right, transfer_right = table["right_scratch"], table["right_transfer"]
+    table["outcome"] = np.select(
         [scratch_right & transfer_right, scratch_right & ~transfer_right, ~scratch_right & transfer_right],
         OUTCOMES[:3], default=OUTCOMES[3])
-    return joined
+    return table
 
 
-def outcome_counts(comparison: pd.DataFrame) -> dict[str, int]:
-    counts = comparison["outcome"].value_counts()
-    return {outcome: int(counts.get(outcome, 0)) for outcome in OUTCOMES}
+def outcome_gallery(table: pd.DataFrame, *, outcome: str, size: int) -> pd.DataFrame:
+    """Images with this outcome, the most striking first: the wrong model(s) most confident."""
+    chosen = table[table["outcome"] == outcome]
+    wrong = [model for model in MODELS if outcome in ("both_wrong", f"only_{_other(model)}_right")]
+    confidence = chosen[[f"probability_{model}" for model in wrong]].max(axis=1) if wrong else chosen["id"] * 0
+    return chosen.assign(_key=confidence).sort_values(["_key", "id"], ascending=[False, True]).head(size)
+
+
+def _other(model: str) -> str:
+    return MODELS[1 - MODELS.index(model)]
+
+
+def top_losses(table: pd.DataFrame, *, model: str, size: int) -> pd.DataFrame:
+    """The model's most confidently wrong images: highest cross-entropy loss among its mistakes."""
+    wrong = table[~table[f"right_{model}"]]
+    return wrong.sort_values([f"loss_{model}", "id"], ascending=[False, True]).head(size)
+
+
+def most_uncertain(table: pd.DataFrame, *, model: str, size: int) -> pd.DataFrame:
+    """The images where the model's top two classes are closest (smallest top-1 minus top-2 margin)."""
+    return table.sort_values([f"margin_{model}", "id"]).head(size)
+
+
+def most_confused(table: pd.DataFrame, *, model: str, pairs: int) -> pd.DataFrame:
+    """The (true, predicted) class pairs the model confuses most often, like fastai's `most_confused`:
+    columns true_class, predicted_class, count and share (of the true class's test images)."""
+    wrong = table[~table[f"right_{model}"]]
+    if wrong.empty:
+        return pd.DataFrame({"true_class": pd.Series(dtype=str), "predicted_class": pd.Series(dtype=str),
+                             "count": pd.Series(dtype=int), "share": pd.Series(dtype=float)})
+    counts = (wrong.groupby(["true_class", f"predicted_class_{model}"]).size()
+              .rename("count").reset_index().rename(columns={f"predicted_class_{model}": "predicted_class"}))
+    support = table["true_class"].value_counts()
+    counts["share"] = counts["count"] / counts["true_class"].map(support)
+    return counts.sort_values(["count", "true_class", "predicted_class"], ascending=[False, True, True]).head(pairs)
+
+
+def confused_examples(table: pd.DataFrame, *, model: str, true_class: str, predicted_class: str,
+                      size: int) -> pd.DataFrame:
+    """Images of one confused pair, the most confidently wrong first."""
+    chosen = table[(table["true_class"] == true_class) & (table[f"predicted_class_{model}"] == predicted_class)]
+    return chosen.sort_values([f"probability_{model}", "id"], ascending=[False, True]).head(size)
+
+
+def label_error_candidates(table: pd.DataFrame, *, confidence: float, size: int | None = None) -> pd.DataFrame:
+    """Possible label errors: both models predict the same class, not the label, each with at least
+    `confidence`; the surest first."""
+    agree = table["predicted_label_scratch"] == table["predicted_label_transfer"]
+    sure = (table["probability_scratch"] >= confidence) & (table["probability_transfer"] >= confidence)
+    chosen = table[agree & sure & ~table["right_scratch"]]
+    key = chosen[["probability_scratch", "probability_transfer"]].min(axis=1)
+    chosen = chosen.assign(_key=key).sort_values(["_key", "id"], ascending=[False, True]).drop(columns="_key")
+    return chosen if size is None else chosen.head(size)
+
+
+def score_bar_selection(table: pd.DataFrame, *, ids: list[int], count: int) -> pd.DataFrame:
+    """The images to draw class-score bars for: `ids` if given (all must be test images), else `count`
+    images where the models disagree (highest loss of either first), topped up with the most uncertain."""
+    if ids:
+        known = set(table["id"].astype(int))
+        unknown = [image_id for image_id in ids if image_id not in known]
+        if unknown:
+            raise EvaluationError(f"analysis.score_bar_ids: {unknown[:10]} are not test images; pick ids from the "
+                                  "`id` column of results/analysis/per_image.csv")
+        return table.set_index("id", drop=False).loc[ids].reset_index(drop=True)
+    disagree = table[table["predicted_label_scratch"] != table["predicted_label_transfer"]]
+    key = disagree[["loss_scratch", "loss_transfer"]].max(axis=1)
+    chosen = disagree.assign(_key=key).sort_values(["_key", "id"], ascending=[False, True]).head(count)
+    if len(chosen) < count:
+        rest = table[~table["id"].isin(chosen["id"])]
+        margin = rest[["margin_scratch", "margin_transfer"]].min(axis=1)
+        extra = rest.assign(_key=margin).sort_values(["_key", "id"]).head(count - len(chosen))
+        chosen = pd.concat([chosen, extra])
+    return chosen.drop(columns="_key")
+
+
+def shown_classes(scores: dict[str, np.ndarray], *, true_label: int, limit: int) -> list[int]:
+    """Every class when there are at most `limit`, else the top classes of either model plus the true class,
+    ordered by the higher of the two scores."""
+    num_classes = len(next(iter(scores.values())))
+    best = np.max(np.stack(list(scores.values())), axis=0)
+    if num_classes <= limit:
+        return list(range(num_classes))
+    order = [int(index) for index in np.argsort(-best, kind="stable")[:limit]]
+    if true_label not in order:
+        order[-1] = true_label
+    return sorted(order, key=lambda index: (-best[index], index))
 
 
 def test_images(prepared_dir: Path, ids: set[int], meta: dict) -> dict[int, np.ndarray]:
@@ -51,6 +196,8 @@ def test_images(prepared_dir: Path, ids: set[int], meta: dict) -> dict[int, np.n
     from imgclf import tfdata
 
     wanted, found = set(ids), {}
+    if not wanted:
+        return found
     dataset = tfdata.make_dataset(prepared_dir, "test", image_shape=train.image_shape(meta),
                                   num_classes=meta["num_classes"], batch_size=256, with_index=True)
     for images, _, index in tfdata.iterate_numpy(dataset):
@@ -62,29 +209,252 @@ def test_images(prepared_dir: Path, ids: set[int], meta: dict) -> dict[int, np.n
     return found
 
 
-def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, out_dir: Path) -> dict:
+def read_history(path: Path) -> pd.DataFrame:
+    """A training stage's per-epoch history (empty, with a warning, when absent: the report says so)."""
+    path = Path(path)
+    if not path.is_file():
+        log.warning("%s not found: the report shows no training curves for it", path)
+        return pd.DataFrame()
+    return pd.read_csv(path)
+
+
+def training_summary(history: pd.DataFrame) -> dict:
+    """Epochs and training seconds from a history table (the columns that exist)."""
+    if history.empty:
+        return {}
+    summary = {"epochs": len(history)}
+    if "epoch_seconds" in history:
+        summary["training_seconds"] = float(history["epoch_seconds"].sum())
+    if "val_accuracy" in history:
+        summary["best_val_accuracy"] = float(history["val_accuracy"].max())
+    if "phase" in history:
+        phases = history["phase"].value_counts(sort=False)
+        summary["phases"] = {str(phase): int(count) for phase, count in phases.items()}
+    return summary
+
+
+def _images(count: int) -> str:
+    return f"{count} image{'' if count == 1 else 's'}"
+
+
+def _caption(row) -> str:
+    lines = [f"true: {plots.shorten(row.true_class, 18)}"]
+    for model in MODELS:
+        mark = "ok" if getattr(row, f"right_{model}") else "x"
+        lines.append(f"{SHORT[model]}: {plots.shorten(getattr(row, f'predicted_class_{model}'), 14)} "
+                     f"{getattr(row, f'probability_{model}'):.2f} {mark}")
+    return "\n".join(lines)
+
+
+def _tiles(rows: pd.DataFrame, pixels: dict[int, np.ndarray]) -> list[report.Tile]:
+    return [report.Tile(
+        image_id=int(row.id), image=pixels[int(row.id)], true_class=str(row.true_class), original=str(row.original),
+        predictions={model: report.Guess(str(getattr(row, f"predicted_class_{model}")),
+                                         float(getattr(row, f"probability_{model}")),
+                                         bool(getattr(row, f"right_{model}"))) for model in MODELS})
+        for row in rows.itertuples()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Selections:
+    """Which test images each gallery shows (rows of the per-image table)."""
+
+    outcomes: dict[str, pd.DataFrame]
+    top_losses: dict[str, pd.DataFrame]
+    most_uncertain: dict[str, pd.DataFrame]
+    confused_pairs: dict[str, pd.DataFrame]
+    confused_examples: dict[str, list[pd.DataFrame]]
+    label_errors: pd.DataFrame
+    label_error_count: int
+    score_bars: pd.DataFrame
+
+    def ids(self) -> set[int]:
+        frames = [*self.outcomes.values(), *self.top_losses.values(), *self.most_uncertain.values(),
+                  *(frame for frames in self.confused_examples.values() for frame in frames), self.label_errors,
+                  self.score_bars]
+        return {int(image_id) for frame in frames for image_id in frame["id"]}
+
+
+def select(table: pd.DataFrame, *, settings: AnalysisConfig) -> Selections:
+    """Every gallery's images, from the per-image table and the analysis params."""
+    size = settings.gallery_size
+    pairs = {model: most_confused(table, model=model, pairs=settings.confused_pairs) for model in MODELS}
+    label_errors = label_error_candidates(table, confidence=settings.label_error_confidence)
+    return Selections(
+        outcomes={outcome: outcome_gallery(table, outcome=outcome, size=size)
+                  for outcome in ("both_wrong", "only_transfer_right", "only_scratch_right")},
+        top_losses={model: top_losses(table, model=model, size=size) for model in MODELS},
+        most_uncertain={model: most_uncertain(table, model=model, size=size) for model in MODELS},
+        confused_pairs=pairs,
+        confused_examples={model: [confused_examples(table, model=model, true_class=pair.true_class,
+                                                     predicted_class=pair.predicted_class,
+                                                     size=settings.confused_examples)
+                                   for pair in pairs[model].itertuples()] for model in MODELS},
+        label_errors=label_errors.head(size), label_error_count=len(label_errors),
+        score_bars=score_bar_selection(table, ids=settings.score_bar_ids, count=settings.score_bar_images))
+
+
+_OUTCOME_TEXT = {
+    "both_wrong": ("Both models wrong", "Test images neither model gets right, the most confident mistakes first."),
+    "only_transfer_right": ("Only transfer right", "Images the transfer model gets right and the scratch model "
+                            "gets wrong, the scratch model's most confident mistakes first."),
+    "only_scratch_right": ("Only scratch right", "Images the scratch model gets right and the transfer model "
+                           "gets wrong, the transfer model's most confident mistakes first."),
+}
+
+
+def galleries(table: pd.DataFrame, selections: Selections, pixels: dict[int, np.ndarray]) -> list[report.Gallery]:
+    """The report's galleries, in reading order."""
+    result = []
+    counts = table["outcome"].value_counts()
+    for outcome, (title, description) in _OUTCOME_TEXT.items():
+        result.append(report.Gallery(anchor=outcome.replace("_", "-"), title=title, description=description,
+                                     groups=[("", _tiles(selections.outcomes[outcome], pixels))],
+                                     total=int(counts.get(outcome, 0))))
+    result.append(report.Gallery(
+        anchor="top-losses", title="Top losses", description="Each model's most confidently wrong images "
+        "(highest cross-entropy loss among its mistakes).", total=None,
+        groups=[(f"{model}: {int((~table[f'right_{model}']).sum())} mistakes",
+                 _tiles(selections.top_losses[model], pixels)) for model in MODELS]))
+    result.append(report.Gallery(
+        anchor="most-uncertain", title="Most uncertain", description="Images where each model's top two "
+        "classes are closest (smallest margin between the top-1 and top-2 probability).", total=None,
+        groups=[(model, _tiles(selections.most_uncertain[model], pixels)) for model in MODELS]))
+    groups = []
+    for model in MODELS:
+        for pair, examples in zip(selections.confused_pairs[model].itertuples(), selections.confused_examples[model],
+                                  strict=True):
+            groups.append((f"{model}: {pair.true_class} → {pair.predicted_class}: {_images(pair.count)} "
+                           f"({100 * pair.share:.0f}% of {pair.true_class})", _tiles(examples, pixels)))
+        if selections.confused_pairs[model].empty:
+            groups.append((f"{model}: no mistakes", []))
+    result.append(report.Gallery(
+        anchor="most-confused", title="Most confused class pairs", description="The (true → predicted) pairs "
+        "each model gets wrong most often, with the most confident examples.", total=None, groups=groups,
+        rows=True))
+    result.append(report.Gallery(
+        anchor="label-errors", title="Possible label errors", description="Both models agree with each other, "
+        "confidently, and disagree with the label: check these labels first.",
+        groups=[("", _tiles(selections.label_errors, pixels))], total=selections.label_error_count))
+    return result
+
+
+def score_bar_items(table: pd.DataFrame, selections: Selections, pixels: dict[int, np.ndarray], *,
+                    scores: dict[str, dict[int, np.ndarray]], class_names: list[str],
+                    limit: int) -> list[report.ScoreBars]:
+    items = []
+    for tile, row in zip(_tiles(selections.score_bars, pixels), selections.score_bars.itertuples(), strict=True):
+        by_model = {model: scores[model][int(row.id)] for model in MODELS}
+        shown = shown_classes(by_model, true_label=int(row.true_label), limit=limit)
+        items.append(report.ScoreBars(tile=tile, classes=[class_names[index] for index in shown],
+                                      scores={model: [float(by_model[model][index]) for index in shown]
+                                              for model in MODELS}))
+    return items
+
+
+def write_gallery_pngs(out_dir: Path, table: pd.DataFrame, selections: Selections,
+                       pixels: dict[int, np.ndarray], score_items: list[report.ScoreBars]) -> None:
+    """The galleries as PNG files (for browsing results/ and for MLflow)."""
+    counts = table["outcome"].value_counts()
+
+    def grid(rows: pd.DataFrame, name: str, title: str) -> None:
+        plots.image_grid([pixels[int(image_id)] for image_id in rows["id"]],
+                         [_caption(row) for row in rows.itertuples()], out_dir / f"{name}.png", title=title)
+
+    for outcome, (title, _) in _OUTCOME_TEXT.items():
+        grid(selections.outcomes[outcome], outcome,
+             f"{title}: {int(counts.get(outcome, 0))} of {len(table)} test images")
+    for model in MODELS:
+        grid(selections.top_losses[model], f"{model}_top_losses", f"{model}: top losses (most confidently wrong)")
+        grid(selections.most_uncertain[model], f"{model}_most_uncertain", f"{model}: most uncertain (smallest margin)")
+        rows = [(f"{pair.true_class} →\n{pair.predicted_class}\n{_images(pair.count)}",
+                 [pixels[int(image_id)] for image_id in examples["id"]],
+                 [_caption(row) for row in examples.itertuples()])
+                for pair, examples in zip(selections.confused_pairs[model].itertuples(),
+                                          selections.confused_examples[model], strict=True)]
+        plots.image_rows(rows, out_dir / f"{model}_most_confused.png", title=f"{model}: most confused class pairs",
+                         columns=max(1, max((len(images) for _, images, _ in rows), default=1)))
+    grid(selections.label_errors, "label_errors",
+         f"Possible label errors: {selections.label_error_count} (both models agree, confidently, against the label)")
+    plots.score_bars([{"image": item.tile.image, "title": f"#{item.tile.image_id} true: {item.tile.true_class}",
+                       "classes": item.classes, "true_class": item.tile.true_class, "scores": item.scores}
+                      for item in score_items], out_dir / "score_bars.png", models=MODELS)
+
+
+def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths: dict[str, Path], out_dir: Path,
+        project_root: Path) -> dict:
     """The error-analysis stage."""
+    settings = params.analysis
     meta = train.read_meta(prepared_dir)
-    comparison = compare(load_predictions(evaluate_dir, "scratch"), load_predictions(evaluate_dir, "transfer"))
-    counts = outcome_counts(comparison)
+    class_names = meta["class_names"]
+    predictions = {model: load_predictions(evaluate_dir, model, num_classes=len(class_names)) for model in MODELS}
+    table = compare(predictions["scratch"], predictions["transfer"], class_names=class_names)
+    summary = comparison.compare(table["right_scratch"].to_numpy(), table["right_transfer"].to_numpy(),
+                                 resamples=settings.bootstrap_resamples, confidence_level=settings.confidence_level,
+                                 seed=params.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    comparison[["id", "true_class", "predicted_class_scratch", "probability_scratch",
-                "predicted_class_transfer", "probability_transfer", "outcome"]].to_csv(
-        out_dir / "per_image.csv.tmp", index=False)
-    (out_dir / "per_image.csv.tmp").replace(out_dir / "per_image.csv")
+    fileio.atomic_write_text(out_dir / "per_image.csv", table.to_csv(index=False, float_format="%.6f"))
 
-    both_wrong = comparison[comparison["outcome"] == "both_wrong"]
-    both_wrong = both_wrong.assign(confidence=both_wrong[["probability_scratch", "probability_transfer"]].max(axis=1))
-    shown = both_wrong.sort_values("confidence", ascending=False).head(params.analysis.gallery_size)
-    pixels = test_images(prepared_dir, set(shown["id"].astype(int)), meta)
-    captions = [f"true: {row.true_class}\nS: {row.predicted_class_scratch} {row.probability_scratch:.2f}\n"
-                f"T: {row.predicted_class_transfer} {row.probability_transfer:.2f}" for row in shown.itertuples()]
-    plots.image_grid([pixels[int(row_id)] for row_id in shown["id"]], captions, out_dir / "both_wrong.png",
-                     title=f"Both models wrong: {counts['both_wrong']} of {len(comparison)} test images")
-    summary = {"test_images": len(comparison), **counts,
-               "scratch_accuracy": float(comparison["scratch_right"].mean()),
-               "transfer_accuracy": float(comparison["transfer_right"].mean())}
+    selections = select(table, settings=settings)
+    pixels = test_images(prepared_dir, selections.ids(), meta)
+    scores = {model: dict(zip(predictions[model].ids.tolist(), predictions[model].probabilities, strict=True))
+              for model in MODELS}
+    score_items = score_bar_items(table, selections, pixels, scores=scores, class_names=class_names,
+                                  limit=settings.score_bar_classes)
+    write_gallery_pngs(out_dir, table, selections, pixels, score_items)
+    confused = pd.concat([pairs.assign(model=model) for model, pairs in selections.confused_pairs.items()])
+    fileio.atomic_write_text(out_dir / "most_confused.csv",
+                             confused[["model", "true_class", "predicted_class", "count", "share"]].to_csv(index=False))
+    fileio.atomic_write_text(out_dir / "label_errors.csv", label_error_candidates(
+        table, confidence=settings.label_error_confidence)[
+        ["id", "original", "true_class", "predicted_class_scratch", "probability_scratch",
+         "predicted_class_transfer", "probability_transfer"]].to_csv(index=False, float_format="%.4f"))
+
+    histories = {model: read_history(history_paths[model]) for model in MODELS}
+    plots.training_curves(histories, out_dir / "training_curves.png")
     fileio.atomic_write_json(out_dir / SUMMARY_FILE, summary)
-    log.info("2x2: %s", counts)
+
+    details = fileio.read_json(Path(evaluate_dir) / evaluate.DETAILS_FILE)
+    inputs = report.ReportInputs(
+        data={"source": meta.get("source", ""), "classes": len(class_names), "image_size": meta.get("image_size"),
+              "counts": meta.get("counts", {})},
+        class_names=class_names, metrics={model: details[model] for model in MODELS}, summary=summary,
+        training={model: training_summary(histories[model]) for model in MODELS},
+        figures={name: (path).read_bytes() for name, path in {
+            "confusion_scratch": Path(evaluate_dir) / "scratch_confusion.png",
+            "confusion_transfer": Path(evaluate_dir) / "transfer_confusion.png",
+            "reliability": Path(evaluate_dir) / evaluate.RELIABILITY_FILE,
+            "training_curves": out_dir / "training_curves.png"}.items() if path.is_file()},
+        galleries=galleries(table, selections, pixels), score_bars=score_items,
+        thumbnail_size=settings.thumbnail_size)
+    fileio.atomic_write_text(out_dir / REPORT_FILE, report.render_html(inputs))
+    fileio.atomic_write_text(out_dir / MARKDOWN_FILE, report.render_markdown(inputs, report_name=REPORT_FILE))
+    _log_to_mlflow(summary, evaluate_dir=Path(evaluate_dir), out_dir=out_dir, project_root=project_root)
+    log.info("%s", comparison.verdict(summary))
+    log.info("report: %s (%.0f KB)", out_dir / REPORT_FILE, (out_dir / REPORT_FILE).stat().st_size / 1024)
     return summary
+
+
+def _log_to_mlflow(summary: dict, *, evaluate_dir: Path, out_dir: Path, project_root: Path) -> None:
+    """The report, Markdown summary and comparison statistics into the evaluate stage's comparison run."""
+    runs_path = evaluate_dir / evaluate.RUNS_FILE
+    if not runs_path.is_file():
+        log.warning("%s not found: the report is not logged to MLflow", runs_path)
+        return
+    run_id = fileio.read_json(runs_path)["comparison"]
+    client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(project_root))
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        log.warning("MLflow run %s not found (store reset?): the report is not logged to MLflow", run_id)
+        return
+    numbers = {"accuracy_difference": summary["accuracy_difference"],
+               "accuracy_difference_ci_low": summary["accuracy_difference_ci"]["low"],
+               "accuracy_difference_ci_high": summary["accuracy_difference_ci"]["high"],
+               "mcnemar_p_value": summary["mcnemar"]["p_value"],
+               **{key: summary[key] for key in OUTCOMES}}
+    for key, value in numbers.items():
+        client.log_metric(run_id, key, float(value))
+    for name in (REPORT_FILE, MARKDOWN_FILE, SUMMARY_FILE):
+        client.log_artifact(run_id, str(out_dir / name), artifact_path="analysis")

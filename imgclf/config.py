@@ -132,11 +132,22 @@ class TrainingConfig:
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = _field(256, minimum=1)
+    calibration_bins: int = _field(15, minimum=2, maximum=100)
+    top_k: int = _field(5, minimum=1, maximum=20)
 
 
 @dataclasses.dataclass(frozen=True)
 class AnalysisConfig:
     gallery_size: int = _field(25, minimum=1, maximum=400)
+    confused_pairs: int = _field(6, minimum=1, maximum=50)
+    confused_examples: int = _field(4, minimum=1, maximum=20)
+    label_error_confidence: float = _field(0.8, minimum=0.0, maximum=1.0)
+    score_bar_ids: list[int] = _field([], minimum=0)
+    score_bar_images: int = _field(6, minimum=0, maximum=50)
+    score_bar_classes: int = _field(10, minimum=2, maximum=100)
+    bootstrap_resamples: int = _field(2000, minimum=100)
+    confidence_level: float = _field(0.95, minimum=0.5, maximum=1.0, exclusive_minimum=True)
+    thumbnail_size: int = _field(96, minimum=16, maximum=512)
 
 
 @dataclasses.dataclass(frozen=True)

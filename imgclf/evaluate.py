@@ -1,14 +1,19 @@
-"""Evaluate both models on the same test split, streaming: metrics, confusion matrices, predictions.
+"""Evaluate both models on the same test split, streaming: metrics, calibration, confusion, predictions.
 
-Outputs (in the evaluate directory): `metrics.json` (DVC metrics, `{"scratch": {...}, "transfer": {...}}`),
-`<model>_predictions.csv` (id, true and predicted label, top-k with probabilities),
-`<model>_probabilities.npz` (every class score, for the score-bar plots), `<model>_confusion.csv`
-(DVC `confusion` plot data) and `<model>_confusion.png`.
+Outputs (in the evaluate directory):
+- `metrics.json`: scalar metrics per model, `{"scratch": {...}, "transfer": {...}}` (DVC metrics);
+- `details.json`: everything, including per-class tables, confusion matrices and reliability bins;
+- `<model>_predictions.csv`: id, file, true and predicted label, top-k classes with probabilities;
+- `<model>_probabilities.npz`: every class score of every test image (for the analysis stage);
+- `<model>_per_class.csv`, `<model>_confusion.csv` (DVC `confusion` plot data), `<model>_confusion.png`;
+- `reliability.png`: reliability diagrams of both models before and after temperature scaling;
+- `runs.json`: the MLflow run ids (both training runs and the comparison run) for the analysis stage.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import time
@@ -17,9 +22,10 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
 from sklearn import metrics as sk_metrics
 
-from imgclf import fileio, models, plots, tracking, train
+from imgclf import calibration, fileio, models, plots, tracking, train
 from imgclf.config import Params
 from imgclf.errors import EvaluationError
 
@@ -27,7 +33,28 @@ log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("scratch", "transfer")
 METRICS_FILE = "metrics.json"
-TOP_K = 5
+DETAILS_FILE = "details.json"
+RUNS_FILE = "runs.json"
+RELIABILITY_FILE = "reliability.png"
+TOP_K_ACCURACY = 5  # top-5 accuracy is reported when there are more than this many classes
+
+
+def predictions_file(name: str) -> str:
+    return f"{name}_predictions.csv"
+
+
+def probabilities_file(name: str) -> str:
+    return f"{name}_probabilities.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """One model on one split: manifest ids, true labels, class scores and the inference speed."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    probabilities: np.ndarray
+    images_per_second: float
 
 
 def check_model_fits(model: keras.Model, *, name: str, image_shape: tuple[int, int, int],
@@ -35,41 +62,79 @@ def check_model_fits(model: keras.Model, *, name: str, image_shape: tuple[int, i
     """Refuse a model whose input size or class count differs from the prepared data."""
     expected_input = tuple(image_shape)
     actual_input = tuple(model.input_shape[1:])
-    if actual_input != expected_input:
+    fits = len(actual_input) == len(expected_input) and all(
+        actual in (None, expected) for actual, expected in zip(actual_input, expected_input, strict=True))
+    if not fits:
         raise EvaluationError(f"the {name} model takes images of shape {actual_input} but the prepared data "
-                              f"is {expected_input}; retrain it on this data (dvc repro)")
+                              f"is {expected_input}; retrain it on this data (dvc repro train_{name})")
     classes = model.output_shape[-1]
     if classes != num_classes:
-        raise EvaluationError(f"the {name} model predicts {classes} classes but the data has {num_classes}; "
-                              "retrain it on this data (dvc repro)")
+        raise EvaluationError(f"the {name} model predicts {classes} classes but the prepared data has "
+                              f"{num_classes}; retrain it on this data (dvc repro train_{name})")
 
 
-def predict(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Stream the dataset through the model: (ids, true labels, probabilities, images per second)."""
+def check_test_covers_classes(labels: np.ndarray, class_names: list[str]) -> None:
+    """Every class needs test images: per-class recall and the confusion matrix are undefined otherwise."""
+    present = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    missing = [name for name, count in zip(class_names, present, strict=True) if count == 0]
+    if missing:
+        raise EvaluationError(
+            f"the test split has no images of {len(missing)} class(es): {', '.join(missing[:10])}"
+            f"{' ...' if len(missing) > 10 else ''}; add test images of them (image folders: test/<class>/) or "
+            "drop such classes (preprocess.small_class_policy: drop), then rerun dvc repro")
+
+
+def check_probabilities(probabilities: np.ndarray, *, name: str) -> None:
+    """The models end in softmax; anything else (logits, a sigmoid head) would make every metric wrong."""
+    sums = probabilities.sum(axis=1)
+    if len(sums) and (np.any(probabilities < -1e-6) or not np.allclose(sums, 1.0, atol=1e-2)):
+        raise EvaluationError(f"the {name} model's outputs are not class probabilities (rows sum to "
+                              f"{sums.min():.3g}..{sums.max():.3g}); it must end in a softmax layer: retrain it "
+                              f"with this project (dvc repro train_{name})")
+
+
+def predict(model: keras.Model, batches) -> Predictions:
+    """Stream `(images, one-hot, ids)` numpy batches through the model, keeping only the scores.
+
+    Images per second counts model time only, after the first batch (which includes tracing), so it is the
+    steady-state inference speed; with a single batch that batch is used.
+    """
     ids, labels, probabilities = [], [], []
-    started = time.perf_counter()
-    for images, targets, index in dataset:
-        probabilities.append(np.asarray(model(images, training=False), dtype=np.float32))
+    first_seconds, steady_seconds, first_count, steady_count = 0.0, 0.0, 0, 0
+    for images, targets, index in batches:
+        started = time.perf_counter()
+        scores = np.asarray(model.predict_on_batch(images), dtype=np.float32)
+        seconds = time.perf_counter() - started
+        if ids:
+            steady_seconds, steady_count = steady_seconds + seconds, steady_count + len(scores)
+        else:
+            first_seconds, first_count = seconds, len(scores)
+        probabilities.append(scores)
         labels.append(np.argmax(np.asarray(targets), axis=-1))
-        ids.append(np.asarray(index))
-    seconds = time.perf_counter() - started
-    count = sum(len(batch) for batch in ids)
-    return (np.concatenate(ids), np.concatenate(labels), np.concatenate(probabilities),
-            count / seconds if seconds > 0 else 0.0)
+        ids.append(np.asarray(index, dtype=np.int64))
+    if not ids:
+        return Predictions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, model.output_shape[-1]),
+                           np.float32), 0.0)
+    seconds, count = (steady_seconds, steady_count) if steady_count else (first_seconds, first_count)
+    return Predictions(ids=np.concatenate(ids), labels=np.concatenate(labels).astype(np.int64),
+                       probabilities=np.concatenate(probabilities),
+                       images_per_second=count / seconds if seconds > 0 else 0.0)
 
 
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
-                           class_names: list[str]) -> dict:
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict:
     """Accuracy, top-5, loss, macro/weighted P/R/F1 and the per-class table, computed with scikit-learn."""
     num_classes = len(class_names)
     predicted = probabilities.argmax(axis=1)
     everything = list(range(num_classes))
     result = {
         "accuracy": float(sk_metrics.accuracy_score(labels, predicted)),
-        "loss": float(sk_metrics.log_loss(labels, np.clip(probabilities, 1e-7, 1.0), labels=everything)),
+        # float32 softmax rows sum to 1 only within ~1e-7; scikit-learn wants them exact (it clips zeros itself)
+        "loss": float(sk_metrics.log_loss(labels, probabilities / probabilities.sum(axis=1, keepdims=True,
+                                                                                  dtype=np.float64),
+                                          labels=everything)),
     }
-    if num_classes > TOP_K:
-        result["top5_accuracy"] = float(sk_metrics.top_k_accuracy_score(labels, probabilities, k=TOP_K,
+    if num_classes > TOP_K_ACCURACY:
+        result["top5_accuracy"] = float(sk_metrics.top_k_accuracy_score(labels, probabilities, k=TOP_K_ACCURACY,
                                                                         labels=everything))
     for average in ("macro", "weighted"):
         precision, recall, f1, _ = sk_metrics.precision_recall_fscore_support(
@@ -83,22 +148,63 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
                "support": int(support[i])}
         for i, name in enumerate(class_names)
     }
+    result["confusion_matrix"] = sk_metrics.confusion_matrix(labels, predicted, labels=everything).tolist()
     return result
 
 
-def write_predictions(path: Path, ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
-                      class_names: list[str]) -> None:
-    k = min(TOP_K, len(class_names))
-    order = np.argsort(-probabilities, axis=1)[:, :k]
+def calibration_metrics(*, labels: np.ndarray, probabilities: np.ndarray, validation_labels: np.ndarray,
+                        validation_probabilities: np.ndarray, bins: int) -> dict:
+    """ECE on test before and after a temperature fitted on validation, the fitted T, and the bins."""
+    temperature = calibration.fit_temperature(validation_probabilities, validation_labels)
+    if np.isclose(temperature, calibration.TEMPERATURE_BOUNDS, rtol=1e-3).any():
+        log.warning("temperature scaling: T=%.3g is at the edge of its range; the validation split (%d images) "
+                    "is too small or too easy to calibrate on", temperature, len(validation_labels))
+    scaled = calibration.scale(probabilities, temperature)
+    before = calibration.reliability_bins(probabilities, labels, bins=bins)
+    after = calibration.reliability_bins(scaled, labels, bins=bins)
+    return {
+        "ece": calibration.expected_calibration_error(probabilities, labels, bins=bins),
+        "ece_calibrated": calibration.expected_calibration_error(scaled, labels, bins=bins),
+        "temperature": temperature,
+        "loss_calibrated": calibration.negative_log_likelihood(probabilities, labels, temperature),
+        "accuracy_calibrated": float(np.mean(scaled.argmax(axis=1) == labels)) if len(labels) else 0.0,
+        "reliability": {
+            "edges": before.edges.tolist(),
+            "counts": before.counts.tolist(), "confidence": _nan_to_none(before.confidence),
+            "accuracy": _nan_to_none(before.accuracy),
+            "counts_calibrated": after.counts.tolist(), "confidence_calibrated": _nan_to_none(after.confidence),
+            "accuracy_calibrated": _nan_to_none(after.accuracy),
+        },
+    }
+
+
+def _nan_to_none(values: np.ndarray) -> list[float | None]:
+    return [None if np.isnan(value) else float(value) for value in values]
+
+
+def headline(result: dict) -> dict:
+    """The scalar metrics (what `dvc metrics diff` and `dvc exp show` compare)."""
+    return {key: value for key, value in result.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def write_predictions(path: Path, predictions: Predictions, class_names: list[str], *, top_k: int,
+                      originals: dict[int, str] | None = None) -> None:
+    """One row per image: id, file, true and predicted class, the predicted probability, top-k classes."""
+    probabilities = predictions.probabilities
+    k = min(top_k, len(class_names))
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    header = ["id", "true_label", "true_class", "predicted_label", "predicted_class", "probability"]
+    header = ["id", "original", "true_label", "true_class", "predicted_label", "predicted_class", "probability",
+              "true_probability"]
     for rank in range(1, k + 1):
         header += [f"top{rank}_class", f"top{rank}_probability"]
     writer.writerow(header)
-    for row_id, label, scores, top in zip(ids, labels, probabilities, order, strict=True):
-        row = [int(row_id), int(label), class_names[label], int(top[0]), class_names[top[0]],
-               f"{scores[top[0]]:.6f}"]
+    originals = originals or {}
+    for row_id, label, scores, top in zip(predictions.ids, predictions.labels, probabilities, order, strict=True):
+        row = [int(row_id), originals.get(int(row_id), ""), int(label), class_names[label], int(top[0]),
+               class_names[top[0]], f"{scores[top[0]]:.6f}", f"{scores[label]:.6f}"]
         for klass in top:
             row += [class_names[klass], f"{scores[klass]:.6f}"]
         writer.writerow(row)
@@ -114,6 +220,27 @@ def write_confusion_data(path: Path, labels: np.ndarray, predicted: np.ndarray, 
     fileio.atomic_write_text(path, buffer.getvalue())
 
 
+def write_per_class(path: Path, per_class: dict[str, dict]) -> None:
+    table = pd.DataFrame.from_dict(per_class, orient="index").rename_axis("class").reset_index()
+    fileio.atomic_write_text(path, table.to_csv(index=False, float_format="%.6f"))
+
+
+def write_probabilities(path: Path, predictions: Predictions) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, ids=predictions.ids, labels=predictions.labels,
+                        probabilities=predictions.probabilities)
+    fileio.atomic_write_bytes(path, buffer.getvalue())
+
+
+def _originals(prepared_dir: Path) -> dict[int, str]:
+    """Manifest id -> original file (so a user can find a misclassified photo); empty without a manifest."""
+    path = Path(prepared_dir) / "manifest.csv"
+    if not path.is_file():
+        return {}
+    manifest = pd.read_csv(path, usecols=["id", "original"], dtype={"original": str}, keep_default_na=False)
+    return dict(zip(manifest["id"].astype(int), manifest["original"], strict=True))
+
+
 def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_dir: Path,
         project_root: Path) -> dict:
     """The evaluate stage."""
@@ -122,63 +249,83 @@ def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
     meta = train.read_meta(prepared_dir)
     class_names, shape = meta["class_names"], train.image_shape(meta)
+    if "counts_per_class" in meta:  # fail before loading any model
+        check_test_covers_classes(np.repeat(np.arange(len(class_names)), meta["counts_per_class"]["test"]),
+                                  class_names)
+    settings = params.evaluate
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    originals = _originals(prepared_dir)
+
+    def batches(split: str):
+        dataset = tfdata.make_dataset(prepared_dir, split, image_shape=shape, num_classes=len(class_names),
+                                      batch_size=settings.batch_size, with_index=True)
+        return tfdata.iterate_numpy(dataset)
+
     all_metrics: dict[str, dict] = {}
     for name in MODEL_NAMES:
         model_path = Path(model_dirs[name]) / train.MODEL_FILE
         model = models.load_model(model_path)
         check_model_fits(model, name=name, image_shape=shape, num_classes=len(class_names))
-        dataset = tfdata.make_dataset(prepared_dir, "test", image_shape=shape, num_classes=len(class_names),
-                                      batch_size=params.evaluate.batch_size, with_index=True)
-        ids, labels, probabilities, images_per_second = predict(model, dataset)
-        result = classification_metrics(labels, probabilities, class_names)
-        result.update({"test_images": len(labels), "images_per_second": images_per_second,
+        test = predict(model, batches("test"))
+        check_probabilities(test.probabilities, name=name)
+        check_test_covers_classes(test.labels, class_names)
+        has_validation = meta.get("counts", {}).get("val", 1) > 0
+        validation = predict(model, batches("val")) if has_validation else None
+        result = classification_metrics(test.labels, test.probabilities, class_names)
+        result.update(calibration_metrics(
+            labels=test.labels, probabilities=test.probabilities,
+            validation_labels=validation.labels if validation else np.zeros(0, np.int64),
+            validation_probabilities=validation.probabilities if validation else test.probabilities[:0],
+            bins=settings.calibration_bins))
+        result.update({"test_images": len(test.labels), "images_per_second": test.images_per_second,
                        "parameter_count": int(model.count_params()),
                        "model_size_mb": model_path.stat().st_size / 1e6})
-        matrix = sk_metrics.confusion_matrix(labels, probabilities.argmax(axis=1),
-                                             labels=list(range(len(class_names))))
-        result["confusion_matrix"] = matrix.tolist()
-        write_predictions(out_dir / f"{name}_predictions.csv", ids, labels, probabilities, class_names)
-        buffer = io.BytesIO()
-        np.savez(buffer, ids=ids, labels=labels, probabilities=probabilities)
-        fileio.atomic_write_bytes(out_dir / f"{name}_probabilities.npz", buffer.getvalue())
-        write_confusion_data(out_dir / f"{name}_confusion.csv", labels, probabilities.argmax(axis=1),
-                             class_names)
-        plots.confusion_matrix(matrix, class_names, out_dir / f"{name}_confusion.png",
+        keras.backend.clear_session()  # free the model before loading the next one
+        del model
+
+        predicted = test.probabilities.argmax(axis=1)
+        write_predictions(out_dir / predictions_file(name), test, class_names, top_k=settings.top_k,
+                          originals=originals)
+        write_probabilities(out_dir / probabilities_file(name), test)
+        write_per_class(out_dir / f"{name}_per_class.csv", result["per_class"])
+        write_confusion_data(out_dir / f"{name}_confusion.csv", test.labels, predicted, class_names)
+        plots.confusion_matrix(np.asarray(result["confusion_matrix"]), class_names, out_dir / f"{name}_confusion.png",
                                title=f"{name}: accuracy {result['accuracy']:.3f}")
         all_metrics[name] = result
-        log.info("%s: test accuracy %.4f, %.0f images/s", name, result["accuracy"], images_per_second)
+        log.info("%s: test accuracy %.4f, ECE %.3f -> %.3f (T=%.2f), %.0f images/s", name, result["accuracy"],
+                 result["ece"], result["ece_calibrated"], result["temperature"], test.images_per_second)
 
-    fileio.atomic_write_json(out_dir / METRICS_FILE, {name: _headline(all_metrics[name]) for name in MODEL_NAMES})
-    fileio.atomic_write_json(out_dir / "details.json", all_metrics)
-    _log_to_mlflow(params, all_metrics, model_dirs=model_dirs, out_dir=out_dir, project_root=project_root,
-                   data_sha256=meta.get("source_sha256"))
+    plots.reliability_diagrams({name: all_metrics[name] for name in MODEL_NAMES}, out_dir / RELIABILITY_FILE)
+    fileio.atomic_write_json(out_dir / METRICS_FILE, {name: headline(all_metrics[name]) for name in MODEL_NAMES})
+    fileio.atomic_write_json(out_dir / DETAILS_FILE, {"class_names": class_names, **all_metrics})
+    runs = _log_to_mlflow(params, all_metrics, model_dirs=model_dirs, out_dir=out_dir, project_root=project_root,
+                          data_sha256=meta.get("source_sha256"))
+    fileio.atomic_write_json(out_dir / RUNS_FILE, runs)
     return all_metrics
 
 
-def _headline(result: dict) -> dict:
-    """The scalar metrics (what `dvc metrics diff` and `dvc exp show` compare)."""
-    return {key: value for key, value in result.items() if isinstance(value, (int, float))}
-
-
 def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: dict[str, Path],
-                   out_dir: Path, project_root: Path, data_sha256: str | None) -> None:
+                   out_dir: Path, project_root: Path, data_sha256: str | None) -> dict[str, str]:
     """Test metrics into each model's run; a parent comparison run groups this pipeline execution."""
     tracking.configure(project_root, params.mlflow.experiment)
     tags = tracking.run_tags(params, stage="evaluate", project_root=project_root, data_sha256=data_sha256)
     run_ids = {name: tracking.read_run(model_dirs[name])["run_id"] for name in MODEL_NAMES}
     name = "comparison" + (f"-{tags['dvc.experiment']}" if "dvc.experiment" in tags else "")
     with mlflow.start_run(run_name=name, tags={**tags, "model": "comparison"}) as parent:
+        mlflow.log_params({f"evaluate.{key}": value for key, value in dataclasses.asdict(params.evaluate).items()})
         for model_name in MODEL_NAMES:
             mlflow.log_metrics({f"{model_name}_test_{key}": value
-                                for key, value in _headline(all_metrics[model_name]).items()})
+                                for key, value in headline(all_metrics[model_name]).items()})
             mlflow.set_tag(f"{model_name}_run_id", run_ids[model_name])
-        mlflow.log_artifact(str(out_dir / METRICS_FILE))
+        for artifact in (METRICS_FILE, DETAILS_FILE, RELIABILITY_FILE):
+            mlflow.log_artifact(str(out_dir / artifact))
     client = mlflow.MlflowClient()
     for model_name, run_id in run_ids.items():
         client.set_tag(run_id, "mlflow.parentRunId", parent.info.run_id)
-        for key, value in _headline(all_metrics[model_name]).items():
+        for key, value in headline(all_metrics[model_name]).items():
             client.log_metric(run_id, f"test_{key}", value)
-        client.log_artifact(run_id, str(out_dir / f"{model_name}_confusion.png"))
-        client.log_artifact(run_id, str(out_dir / f"{model_name}_predictions.csv"))
+        for artifact in (f"{model_name}_confusion.png", predictions_file(model_name), f"{model_name}_per_class.csv",
+                         RELIABILITY_FILE):
+            client.log_artifact(run_id, str(out_dir / artifact), artifact_path="evaluation")
+    return {"comparison": parent.info.run_id, **run_ids}

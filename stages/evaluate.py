@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: both models on the same test split; metrics, confusion matrices, predictions."""
+"""DVC stage `evaluate`: both models on the same test split; metrics, calibration, confusion, predictions."""
 
 from imgclf import cli, evaluate
 

@@ -30,8 +30,9 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
                  "data/prepared/class_distribution.png", "data/features/train.npz",
                  "models/scratch/model.keras", "models/scratch/history.csv", "models/transfer/model.keras",
                  "models/transfer/history.csv", "results/evaluate/scratch_confusion.png",
-                 "results/evaluate/transfer_predictions.csv", "results/analysis/both_wrong.png",
-                 "results/analysis/per_image.csv"):
+                 "results/evaluate/transfer_predictions.csv", "results/evaluate/reliability.png",
+                 "results/analysis/both_wrong.png", "results/analysis/per_image.csv",
+                 "results/analysis/report.html", "results/analysis/summary.md"):
         assert (root / path).stat().st_size > 0, path
 
     metrics = json.loads((root / "results/evaluate/metrics.json").read_text())
@@ -43,6 +44,8 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
     outcomes = ("both_right", "only_scratch_right", "only_transfer_right", "both_wrong")
     assert sum(summary[key] for key in outcomes) == summary["test_images"] > 0
     assert summary["scratch_accuracy"] == pytest.approx(metrics["scratch"]["accuracy"])
+    assert 0 <= summary["mcnemar"]["p_value"] <= 1 and metrics["transfer"]["ece"] >= 0
+    assert 'id="headline"' in (root / "results/analysis/report.html").read_text()
 
     client, runs = _runs(root)
     by_model = {run.data.tags["model"]: run for run in runs}
@@ -54,6 +57,8 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
     assert scratch.data.metrics["test_accuracy"] == pytest.approx(metrics["scratch"]["accuracy"])
     assert scratch.data.tags["mlflow.parentRunId"] == by_model["comparison"].info.run_id
     assert client.search_logged_models([scratch.info.experiment_id]), "models are logged"
+    logged = {item.path for item in client.list_artifacts(by_model["comparison"].info.run_id, "analysis")}
+    assert {"analysis/report.html", "analysis/summary.md"} <= logged
 
     again = sandbox.dvc(root, "repro")
     assert "Data and pipelines are up to date." in again.stdout

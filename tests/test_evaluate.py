@@ -1,0 +1,168 @@
+"""The evaluate stage: metrics against hand counts, calibration, streaming prediction, refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from imgclf import calibration, evaluate, train
+from imgclf.config import params_from_dict
+from imgclf.errors import EvaluationError
+
+from .conftest import PROJECT_ROOT
+from .fakes import fake_probabilities, write_prepared
+
+CLASSES = ["cat", "dog", "ship"]
+
+
+def test_classification_metrics_match_hand_counts():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.6, 0.3],
+                              [0.1, 0.1, 0.8], [0.5, 0.2, 0.3]])
+    result = evaluate.classification_metrics(labels, probabilities, CLASSES)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert result["loss"] == pytest.approx(-np.mean(np.log([0.8, 0.2, 0.8, 0.6, 0.8, 0.3])))
+    assert result["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert result["per_class"]["dog"] == {"precision": pytest.approx(2 / 3), "recall": 1.0,
+                                          "f1": pytest.approx(0.8), "support": 2}
+    assert result["macro_recall"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert "top5_accuracy" not in result, "top-5 is only reported with more than 5 classes"
+    many = fake_probabilities(np.arange(60) % 12, num_classes=12, accuracy=0.5, seed=0)
+    assert 0.5 <= evaluate.classification_metrics(np.arange(60) % 12, many, [str(i) for i in range(12)])[
+        "top5_accuracy"] <= 1.0
+
+
+def test_expected_calibration_error_of_known_cases():
+    labels = np.array([0] * 10)
+    confident_half_right = np.tile([0.9, 0.1], (10, 1))
+    confident_half_right[5:] = [0.1, 0.9]  # wrong, still 0.9 sure
+    assert calibration.expected_calibration_error(confident_half_right, labels, bins=15) == pytest.approx(0.4)
+    right_and_sure = np.tile([1.0, 0.0], (10, 1))
+    assert calibration.expected_calibration_error(right_and_sure, labels, bins=15) == pytest.approx(0.0)
+
+
+def test_temperature_scaling_recovers_overconfidence_and_keeps_predictions():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=2.0, size=(4000, 5))
+    calibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(5, p=row) for row in calibrated])  # labels drawn from the true probabilities
+    overconfident = calibration.scale(calibrated, 1 / 3)  # logits x 3
+    temperature = calibration.fit_temperature(overconfident[:2000], labels[:2000])
+    assert temperature == pytest.approx(3.0, rel=0.15)
+    result = evaluate.calibration_metrics(labels=labels[2000:], probabilities=overconfident[2000:],
+                                          validation_labels=labels[:2000],
+                                          validation_probabilities=overconfident[:2000], bins=15)
+    assert result["ece_calibrated"] < result["ece"] / 2
+    assert result["accuracy_calibrated"] == pytest.approx(np.mean(overconfident[2000:].argmax(1) == labels[2000:]))
+    assert result["loss_calibrated"] < evaluate.classification_metrics(
+        labels[2000:], overconfident[2000:], list("abcde"))["loss"]
+    assert len(result["reliability"]["counts"]) == 15 and sum(result["reliability"]["counts"]) == 2000
+    assert calibration.fit_temperature(overconfident[:0], labels[:0]) == 1.0
+
+
+def _tiny_model(input_size: int, classes: int) -> keras.Model:
+    inputs = keras.Input((input_size, input_size, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+
+
+def test_a_model_that_does_not_fit_the_data_is_refused_with_what_to_do():
+    evaluate.check_model_fits(_tiny_model(8, 3), name="scratch", image_shape=(8, 8, 3), num_classes=3)
+    with pytest.raises(EvaluationError, match=r"predicts 4 classes but the prepared data has 3.*dvc repro"):
+        evaluate.check_model_fits(_tiny_model(8, 4), name="scratch", image_shape=(8, 8, 3), num_classes=3)
+    with pytest.raises(EvaluationError, match=r"takes images of shape \(16, 16, 3\) .* \(8, 8, 3\).*retrain"):
+        evaluate.check_model_fits(_tiny_model(16, 3), name="transfer", image_shape=(8, 8, 3), num_classes=3)
+
+
+def test_missing_class_in_test_split_and_non_probability_outputs_are_refused():
+    with pytest.raises(EvaluationError, match=r"no images of 1 class\(es\): ship.*small_class_policy"):
+        evaluate.check_test_covers_classes(np.array([0, 1, 1]), CLASSES)
+    with pytest.raises(EvaluationError, match="softmax"):
+        evaluate.check_probabilities(np.array([[2.0, -1.0, 0.5]]), name="scratch")
+
+
+def test_predict_streams_batches_and_measures_speed():
+    model = _tiny_model(8, 3)
+    rng = np.random.default_rng(0)
+    batches = [(rng.uniform(0, 255, (n, 8, 8, 3)).astype(np.float32), np.eye(3)[np.arange(n) % 3],
+                np.arange(start, start + n)) for start, n in ((0, 4), (4, 4), (8, 2))]
+    result = evaluate.predict(model, iter(batches))
+    assert result.ids.tolist() == list(range(10)) and result.labels.tolist() == [0, 1, 2, 0, 0, 1, 2, 0, 0, 1]
+    assert result.probabilities.shape == (10, 3) and np.allclose(result.probabilities.sum(1), 1, atol=1e-5)
+    assert result.images_per_second > 0
+
+
+def test_predictions_file_lists_top_k_that_exist(tmp_path):
+    labels = np.array([0, 1, 1])
+    scores = np.array([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1]], dtype=np.float32)
+    predictions = evaluate.Predictions(ids=np.array([5, 6, 7]), labels=labels, probabilities=scores,
+                                       images_per_second=1.0)
+    path = tmp_path / "p.csv"
+    evaluate.write_predictions(path, predictions, ["no", "yes"], top_k=5, originals={5: "no/a.jpg"})
+    table = pd.read_csv(path, keep_default_na=False)
+    assert list(table.columns[-4:]) == ["top1_class", "top1_probability", "top2_class", "top2_probability"]
+    assert table["predicted_class"].tolist() == ["no", "yes", "no"]
+    assert table["true_probability"].tolist() == pytest.approx([0.7, 0.6, 0.1])
+    assert table["original"].tolist() == ["no/a.jpg", "", ""]
+
+
+@pytest.fixture
+def evaluate_project(tmp_path, tiny_params_dict, monkeypatch):
+    """Prepared data, two tiny models with MLflow runs, params: what the evaluate stage reads."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    write_prepared(tmp_path / "prepared", class_names=CLASSES, per_class={"train": 2, "val": 4, "test": 6})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("evaluate-test")
+    for name, classes in (("scratch", 3), ("transfer", 3)):
+        train.save_model(_tiny_model(8, classes), tmp_path / name / train.MODEL_FILE)
+        run = mlflow.MlflowClient().create_run(experiment, tags={"model": name})
+        (tmp_path / name / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))
+    tiny_params_dict["mlflow"]["experiment"] = "evaluate-test"
+    return tmp_path, params_from_dict(tiny_params_dict)
+
+
+def test_evaluate_run_writes_scalar_dvc_metrics_details_and_logs_to_mlflow(evaluate_project):
+    root, params = evaluate_project
+    out = root / "evaluate"
+    evaluate.run(params, prepared_dir=root / "prepared", model_dirs={m: root / m for m in ("scratch", "transfer")},
+                 out_dir=out, project_root=root)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"scratch", "transfer"}
+    for values in metrics.values():
+        assert all(isinstance(value, (int, float)) for value in values.values()), "DVC metrics: scalars only"
+        assert {"accuracy", "loss", "macro_f1", "weighted_f1", "ece", "ece_calibrated", "temperature",
+                "images_per_second", "model_size_mb", "parameter_count"} <= set(values)
+        assert values["test_images"] == 18
+    details = json.loads((out / "details.json").read_text())
+    assert set(details["scratch"]["per_class"]) == set(CLASSES)
+    for name in ("scratch_predictions.csv", "transfer_probabilities.npz", "scratch_confusion.png",
+                 "transfer_confusion.csv", "scratch_per_class.csv", "reliability.png", "runs.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert len(pd.read_csv(out / "transfer_predictions.csv")) == 18
+    client = mlflow.MlflowClient()
+    runs = json.loads((out / "runs.json").read_text())
+    scratch = client.get_run(runs["scratch"])
+    assert scratch.data.metrics["test_ece"] == pytest.approx(metrics["scratch"]["ece"])
+    assert scratch.data.tags["mlflow.parentRunId"] == runs["comparison"]
+    assert {a.path for a in client.list_artifacts(runs["scratch"], "evaluation")} >= {
+        "evaluation/scratch_predictions.csv", "evaluation/reliability.png"}
+
+
+def test_evaluate_stage_refuses_a_model_for_other_classes_in_one_line(evaluate_project):
+    root, _ = evaluate_project
+    train.save_model(_tiny_model(8, 5), root / "transfer" / train.MODEL_FILE)
+    (root / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    result = subprocess.run([sys.executable, "-m", "stages.evaluate", "--params", str(root / "params.yaml"),
+                             "--data", str(root / "prepared"), "--scratch", str(root / "scratch"),
+                             "--transfer", str(root / "transfer"), "--out", str(root / "evaluate")],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "the transfer model predicts 5 classes but the prepared data has 3" in result.stderr
+    assert "Traceback" not in result.stderr
