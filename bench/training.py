@@ -3,6 +3,7 @@
     .venv/bin/python bench/training.py pipeline-ratio    # tf.data input pipeline vs in-memory tensors
     .venv/bin/python bench/training.py transfer --size 96   # EfficientNet-Lite0: extraction, head, cached/in-loop
     .venv/bin/python bench/training.py small-data        # max_per_class 100: scratch vs transfer
+    .venv/bin/python bench/training.py determinism       # what deterministic: true costs, and that it holds
     .venv/bin/python bench/training.py seed-recipe       # the write-up's CNN, 10 epochs, full training set
     .venv/bin/python bench/training.py best-scratch      # profiles/scratch_best.yaml under the same wall time
 
@@ -212,8 +213,8 @@ def save(name: str, result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("benchmark", choices=["pipeline-ratio", "transfer", "small-data", "seed-recipe",
-                                              "best-scratch"])
+    parser.add_argument("benchmark", choices=["pipeline-ratio", "transfer", "small-data", "determinism",
+                                              "seed-recipe", "best-scratch"])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-imgclf"))
     parser.add_argument("--size", type=int, default=96, help="transfer input size")
     parser.add_argument("--finetune-epochs", type=int, default=0)
@@ -241,6 +242,20 @@ def main() -> None:
         transfer = train_transfer(directory, "small-transfer",
                                   {"data": {"max_per_class": 100}, "transfer": {**lite0, "input_size": 96}}, small)
         save("small-data", {"train_images": 1000, "scratch": scratch, "transfer_lite0_96": transfer})
+    elif arguments.benchmark == "determinism":
+        # The seed CNN for 3 epochs on 5,000 training images, without and twice with deterministic ops.
+        subset = {"data": {"max_per_class": 500}}
+        small = directory / "data" / "prepared-500"
+        params = write_params(directory, "subset-500", subset)
+        stage(directory, "preprocess", "--params", str(params), "--raw", str(directory / "data" / "raw"),
+              "--out", str(small))
+        runs = {name: train_scratch(directory, f"determinism-{name}",
+                                    {**subset, "deterministic": name != "off", "scratch": {"epochs": 3}}, small)
+                for name in ("off", "on", "on_again")}
+        identical = all(runs["on"][key] == runs["on_again"][key] for key in ("final_val_accuracy", "test_accuracy"))
+        save("determinism", {"train_images": 5000, "epochs": 3, **runs, "identical_when_on": identical,
+                             "seconds_per_epoch_cost": round(runs["on"]["seconds_per_epoch"]
+                                                             / runs["off"]["seconds_per_epoch"], 3)})
     elif arguments.benchmark == "seed-recipe":
         save("seed-recipe", train_scratch(directory, "seed-recipe", {"scratch": {"epochs": 10}}, prepared))
     elif arguments.benchmark == "best-scratch":
