@@ -182,11 +182,15 @@ def test_mirrored_strategy_on_two_logical_cpus(workspace):
 
 def test_transfer_fine_tuning_continues_the_step_axis(workspace):
     root, base = workspace
-    params = _write_params(root, base, "finetune", {"transfer": {"epochs": 2, "finetune_epochs": 2,
-                                                                 "finetune_layers": 10}})
+    params = _write_params(root, base, "finetune", {"augment": {"enabled": True},
+                                                    "transfer": {"epochs": 2, "finetune_epochs": 2,
+                                                                 "finetune_layers": 10, "augment_copies": 1}})
     features = root / "features"
     _run([sys.executable, "-m", "stages.extract_features", "--params", str(params), "--data",
           str(root / "prepared"), "--out", str(features)], root)
+    extracted = json.loads((features / "features.json").read_text())
+    assert extracted["augmented_views"] == ["train_aug1"], "one augmented view of the training set, extracted once"
+    assert extracted["timings"]["train_aug1"]["images"] == extracted["timings"]["train"]["images"]
     out = root / "transfer"
     _run([sys.executable, "-m", "stages.train_transfer", "--params", str(params), "--data", str(root / "prepared"),
           "--features", str(features), "--out", str(out)], root)
@@ -196,3 +200,6 @@ def test_transfer_fine_tuning_continues_the_step_axis(workspace):
     assert float(rows[-1]["learning_rate"]) == pytest.approx(1e-5)
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["finetune_epochs"] == 2
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").get_run(run_id)
+    assert run.data.params["train_features"] == str(2 * extracted["timings"]["train"]["images"])
