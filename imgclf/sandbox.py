@@ -19,6 +19,11 @@ import yaml
 from imgclf.config import params_from_dict
 
 PROJECT_ENTRIES = ("dvc.yaml", "params.yaml", "stages", "imgclf")
+# Also copied when the copy is a git repository, so git and DVC ignore what the project ignores.
+GIT_ENTRIES = (".gitignore", ".dvcignore")
+# Commits in a copy need an author even on a machine with no git identity (CI).
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "imgclf sandbox", "GIT_AUTHOR_EMAIL": "sandbox@imgclf.invalid",
+                "GIT_COMMITTER_NAME": "imgclf sandbox", "GIT_COMMITTER_EMAIL": "sandbox@imgclf.invalid"}
 
 # Tiny but complete: every stage runs for real on generated images in well under a minute of compute.
 SMOKE_OVERRIDES: dict[str, Any] = {
@@ -45,13 +50,17 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def create(destination: Path, *, source_root: Path, overrides: dict[str, Any]) -> Path:
-    """Copy the project into `destination` (replacing it), apply param overrides and `dvc init` it."""
+def create(destination: Path, *, source_root: Path, overrides: dict[str, Any], git: bool = False) -> Path:
+    """Copy the project into `destination` (replacing it), apply param overrides and `dvc init` it.
+
+    With `git`, the copy is a git repository with everything committed, as a user's clone is: what
+    `dvc exp run`, `dvc push` and a fresh `git clone` + `dvc pull` need.
+    """
     destination = Path(destination).resolve()
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
-    for entry in PROJECT_ENTRIES:
+    for entry in PROJECT_ENTRIES + (GIT_ENTRIES if git else ()):
         source = Path(source_root) / entry
         if source.is_dir():
             shutil.copytree(source, destination / entry, ignore=shutil.ignore_patterns("__pycache__"))
@@ -60,9 +69,31 @@ def create(destination: Path, *, source_root: Path, overrides: dict[str, Any]) -
     params = merge(yaml.safe_load((destination / "params.yaml").read_text()), overrides)
     params_from_dict(params, source="sandbox overrides")  # fail here, not three stages later
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dvc(destination, "init", "--no-scm", "--quiet")
+    if git:
+        run_git(destination, "init", "--quiet", "--initial-branch=main")
+        dvc(destination, "init", "--quiet")
+    else:
+        dvc(destination, "init", "--no-scm", "--quiet")
     dvc(destination, "config", "core.analytics", "false")
+    if git:
+        commit(destination, "imgclf sandbox")
     return destination
+
+
+def run_git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run git in `root` with the sandbox identity; raise with git's output when it fails."""
+    result = subprocess.run(["git", *args], cwd=root, env=environment(root), capture_output=True, text=True,
+                            check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"`git {' '.join(args)}` failed in {root} ({result.returncode}):\n"
+                           f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def commit(root: Path, message: str) -> None:
+    """Stage everything git does not ignore (DVC pointers and dvc.lock included) and commit it."""
+    run_git(root, "add", "--all")
+    run_git(root, "commit", "--quiet", "--allow-empty", "-m", message)
 
 
 def environment(root: Path) -> dict[str, str]:
@@ -72,6 +103,8 @@ def environment(root: Path) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(root) / 'mlflow.db'}"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["DVC_NO_ANALYTICS"] = "1"
+    for key, value in GIT_IDENTITY.items():
+        env.setdefault(key, value)
     return env
 
 

@@ -44,3 +44,27 @@ def write_image_folder(root: Path, counts: dict[str, int], *, size: int = 24, se
             pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"{number:04d}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    """The real pipeline (`dvc repro`, smoke settings) run once in a git repository with its own MLflow store,
+    results committed. Shared by every test that only reads it; a test that changes it works on a copy
+    (`copy_trained_project`)."""
+    from imgclf import sandbox
+
+    root = sandbox.create(tmp_path_factory.mktemp("trained") / "project", source_root=PROJECT_ROOT,
+                          overrides=sandbox.SMOKE_OVERRIDES, git=True)
+    sandbox.dvc(root, "repro")
+    sandbox.commit(root, "pipeline run")
+    return root
+
+
+def copy_trained_project(trained: Path, destination: Path) -> Path:
+    """A working copy of `trained_project` (files, git history, DVC cache, MLflow store) to change freely.
+    The store records absolute artifact locations: artifacts of runs made in the copy land in the original's
+    `mlartifacts/`, which no test reads by listing."""
+    import shutil
+
+    shutil.copytree(trained, destination, symlinks=True)
+    return destination
