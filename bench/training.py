@@ -6,6 +6,8 @@
     .venv/bin/python bench/training.py determinism       # what deterministic: true costs, and that it holds
     .venv/bin/python bench/training.py seed-recipe       # the write-up's CNN, 10 epochs, full training set
     .venv/bin/python bench/training.py best-scratch      # profiles/scratch_best.yaml under the same wall time
+    .venv/bin/python bench/training.py small-finetune    # max_per_class 100: transfer head, then 3 unfrozen epochs
+    .venv/bin/python bench/training.py small-report      # evaluate + analyze of the small-data models (run it after)
 
 Every experiment runs the real stage code (`python -m stages.<name>`) on data prepared by the real
 download and preprocess stages in a scratch copy of the project (--dir, default /tmp/bench-imgclf).
@@ -46,6 +48,16 @@ def project(directory: Path) -> Path:
         sandbox.create(directory, source_root=ROOT, overrides=overrides)
         sandbox.dvc(directory, "repro", "preprocess")
     return directory
+
+
+def prepare_small(directory: Path) -> Path:
+    """The small-data split (at most 100 training images per class; validation and test unchanged)."""
+    small = directory / "data" / "prepared-small"
+    if not (small / "meta.json").is_file():
+        params = write_params(directory, "small", {"data": {"max_per_class": 100}})
+        stage(directory, "preprocess", "--params", str(params), "--raw", str(directory / "data" / "raw"),
+              "--out", str(small))
+    return small
 
 
 def write_params(directory: Path, name: str, overrides: dict) -> Path:
@@ -110,7 +122,9 @@ def train_scratch(directory: Path, name: str, overrides: dict, prepared: Path) -
             "test_accuracy": round(test_accuracy(directory, out / "model.keras", prepared), 4)}
 
 
-def train_transfer(directory: Path, name: str, overrides: dict, prepared: Path) -> dict:
+def train_transfer(directory: Path, name: str, overrides: dict, prepared: Path, *, features_test: bool = True) -> dict:
+    """Features stage, then transfer stage. `features_test`: score the head on the cached test features (same
+    computation as the saved model, much faster); off when fine-tuning changed the backbone."""
     params = write_params(directory, name, overrides)
     features, out = directory / "bench" / f"{name}-features", directory / "bench" / name
     extraction = stage(directory, "extract_features", "--params", str(params), "--data", str(prepared),
@@ -127,7 +141,8 @@ def train_transfer(directory: Path, name: str, overrides: dict, prepared: Path) 
             "head_epoch_seconds": round(sum(float(r["epoch_seconds"]) for r in rows if r.get("phase") == "head")
                                         / max(1, sum(1 for r in rows if r.get("phase") == "head")), 3),
             "final_val_accuracy": round(float(rows[-1]["val_accuracy"]), 4),
-            "test_accuracy": round(test_accuracy(directory, out / "model.keras", prepared, features=features), 4),
+            "test_accuracy": round(test_accuracy(directory, out / "model.keras", prepared,
+                                                 features=features if features_test else None), 4),
             "features_dir": str(features)}
 
 
@@ -214,7 +229,7 @@ def save(name: str, result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("benchmark", choices=["pipeline-ratio", "transfer", "small-data", "determinism",
-                                              "seed-recipe", "best-scratch"])
+                                              "seed-recipe", "best-scratch", "small-finetune", "small-report"])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-imgclf"))
     parser.add_argument("--size", type=int, default=96, help="transfer input size")
     parser.add_argument("--finetune-epochs", type=int, default=0)
@@ -234,14 +249,48 @@ def main() -> None:
         result["cached_speedup"] = round(in_loop / max(result["head_epoch_seconds"], 1e-9), 1)
         save(name, result)
     elif arguments.benchmark == "small-data":
-        small = directory / "data" / "prepared-small"
-        params = write_params(directory, "small", {"data": {"max_per_class": 100}})
-        stage(directory, "preprocess", "--params", str(params), "--raw", str(directory / "data" / "raw"),
-              "--out", str(small))
+        small = prepare_small(directory)
         scratch = train_scratch(directory, "small-scratch", {"data": {"max_per_class": 100}}, small)
         transfer = train_transfer(directory, "small-transfer",
                                   {"data": {"max_per_class": 100}, "transfer": {**lite0, "input_size": 96}}, small)
         save("small-data", {"train_images": 1000, "scratch": scratch, "transfer_lite0_96": transfer})
+    elif arguments.benchmark == "small-finetune":
+        # Phase 2 on the small set: the backbone in the loop costs ~100x a cached head epoch, so a subset.
+        small = prepare_small(directory)
+        finetune = {"data": {"max_per_class": 100},
+                    "transfer": {**lite0, "input_size": 96, "finetune_epochs": 3, "finetune_layers": 0,
+                                 "finetune_learning_rate": 1e-4}}
+        result = train_transfer(directory, "small-finetune", finetune, prepared=small, features_test=False)
+        rows = history(directory / "bench" / "small-finetune")
+        result["head_only_final_val_accuracy"] = round(
+            float([row for row in rows if row.get("phase") == "head"][-1]["val_accuracy"]), 4)
+        result["finetune_epoch_seconds"] = round(
+            sum(float(row["epoch_seconds"]) for row in rows if row.get("phase") == "finetune") / 3, 1)
+        save("small-finetune", {"train_images": 1000, **result})
+    elif arguments.benchmark == "small-report":
+        # The evaluate and analyze stages on the small-data models: all 10,000 CIFAR-10 test images.
+        small = prepare_small(directory)
+        params = write_params(directory, "small-report", {"data": {"max_per_class": 100}})
+        evaluation, analysis = directory / "bench" / "small-evaluate", directory / "bench" / "small-analysis"
+        evaluate_seconds = stage(directory, "evaluate", "--params", str(params), "--data", str(small),
+                                 "--scratch", str(directory / "bench" / "small-scratch"),
+                                 "--transfer", str(directory / "bench" / "small-transfer"), "--out", str(evaluation))
+        analyze_seconds = stage(directory, "analyze", "--params", str(params), "--data", str(small),
+                                "--evaluation", str(evaluation),
+                                "--scratch-history", str(directory / "bench" / "small-scratch" / "history.csv"),
+                                "--transfer-history", str(directory / "bench" / "small-transfer" / "history.csv"),
+                                "--out", str(analysis))
+        details = json.loads((evaluation / "details.json").read_text())
+        summary = json.loads((analysis / "summary.json").read_text())
+        save("small-report", {
+            "evaluate_stage_seconds": round(evaluate_seconds, 1), "analyze_stage_seconds": round(analyze_seconds, 1),
+            **{f"{model}_test_images": details[model]["test_images"] for model in ("scratch", "transfer")},
+            **{f"{model}_images_per_second": round(details[model]["images_per_second"], 1)
+               for model in ("scratch", "transfer")},
+            **{f"{model}_accuracy": round(details[model]["accuracy"], 4) for model in ("scratch", "transfer")},
+            "mcnemar_p_value": summary["mcnemar"]["p_value"],
+            "report_html_megabytes": round((analysis / "report.html").stat().st_size / 1e6, 2),
+            "summary_md_bytes": (analysis / "summary.md").stat().st_size})
     elif arguments.benchmark == "determinism":
         # The seed CNN for 3 epochs on 5,000 training images, without and twice with deterministic ops.
         subset = {"data": {"max_per_class": 500}}
