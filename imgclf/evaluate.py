@@ -7,7 +7,8 @@ Outputs (in the evaluate directory):
 - `<model>_probabilities.npz`: every class score of every test image (for the analysis stage);
 - `<model>_per_class.csv`, `<model>_confusion.csv` (DVC `confusion` plot data), `<model>_confusion.png`;
 - `reliability.png`: reliability diagrams of both models before and after temperature scaling;
-- `runs.json`: the MLflow run ids (both training runs and the comparison run) for the analysis stage.
+- `runs.json`: the MLflow run ids (both training runs, the comparison run and the group) for the analysis
+  stage, and the registered model versions (`registry`: name, version, whether it is new, `champion`).
 """
 
 from __future__ import annotations
@@ -306,13 +307,17 @@ def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_
 
 
 def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: dict[str, Path],
-                   out_dir: Path, project_root: Path, data_sha256: str | None) -> dict[str, str]:
-    """Test metrics into each model's run; a parent comparison run groups this pipeline execution."""
+                   out_dir: Path, project_root: Path, data_sha256: str | None) -> dict:
+    """Test metrics into each model's run; a parent comparison run groups this pipeline execution (the
+    `mlflow run` run does, when there is one, with the comparison run beside the training runs); both models
+    registered, `champion` on the better one. Returns the run ids and registered versions (`runs.json`)."""
     tracking.configure(project_root, params.mlflow.experiment)
     tags = tracking.run_tags(params, stage="evaluate", project_root=project_root, data_sha256=data_sha256)
     run_ids = {name: tracking.read_run(model_dirs[name])["run_id"] for name in MODEL_NAMES}
-    name = "comparison" + (f"-{tags['dvc.experiment']}" if "dvc.experiment" in tags else "")
-    with mlflow.start_run(run_name=name, tags={**tags, "model": "comparison"}) as parent:
+    client = mlflow.MlflowClient()
+    with tracking.start_run(run_name=tracking.run_name(params, model="comparison"),
+                            tags={**tags, "model": "comparison"}) as parent:
+        comparison_id = parent.info.run_id
         mlflow.log_params({f"evaluate.{key}": value for key, value in dataclasses.asdict(params.evaluate).items()})
         for model_name in MODEL_NAMES:
             mlflow.log_metrics({f"{model_name}_test_{key}": value
@@ -320,12 +325,42 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
             mlflow.set_tag(f"{model_name}_run_id", run_ids[model_name])
         for artifact in (METRICS_FILE, DETAILS_FILE, RELIABILITY_FILE):
             mlflow.log_artifact(str(out_dir / artifact))
-    client = mlflow.MlflowClient()
+        registry = _register(client, params, all_metrics, model_dirs=model_dirs, run_ids=run_ids,
+                             comparison_id=comparison_id, tags=tags)
+        mlflow.set_tags({"champion": registry["champion"],
+                         **{f"registry.{name}": f"{entry['name']}/{entry['version']}"
+                            for name, entry in registry["models"].items()}})
+    group = tracking.outer_run_id() or comparison_id
     for model_name, run_id in run_ids.items():
-        client.set_tag(run_id, "mlflow.parentRunId", parent.info.run_id)
+        # Reused (cached) training runs join this execution's group too: the group shows what was compared.
+        client.set_tag(run_id, "mlflow.parentRunId", group)
         for key, value in headline(all_metrics[model_name]).items():
             client.log_metric(run_id, f"test_{key}", value)
         for artifact in (f"{model_name}_confusion.png", predictions_file(model_name), f"{model_name}_per_class.csv",
                          RELIABILITY_FILE):
             client.log_artifact(run_id, str(out_dir / artifact), artifact_path="evaluation")
-    return {"comparison": parent.info.run_id, **run_ids}
+    return {"comparison": comparison_id, **run_ids, "group": group, "registry": registry}
+
+
+def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str, dict], *,
+              model_dirs: dict[str, Path], run_ids: dict[str, str], comparison_id: str, tags: dict[str, str]) -> dict:
+    """Register both models (reusing the version of an unchanged model file) and move `champion`."""
+    accuracies = {name: float(all_metrics[name]["accuracy"]) for name in MODEL_NAMES}
+    champion = tracking.champion_of(accuracies, {name: all_metrics[name]["parameter_count"] for name in MODEL_NAMES})
+    versions, entries = {}, {}
+    for name in MODEL_NAMES:
+        version_tags = {"test_accuracy": f"{accuracies[name]:.6f}", "comparison_run_id": comparison_id,
+                        **{key: tags[key] for key in ("git.commit", "dvc.experiment", "data.prepared_md5")
+                           if key in tags}}
+        version, created = tracking.register(client, name=tracking.REGISTERED_MODELS[name], run_id=run_ids[name],
+                                             model_file=Path(model_dirs[name]) / train.MODEL_FILE, tags=version_tags)
+        versions[name] = version
+        entries[name] = {"name": version.name, "version": int(version.version), "created": created,
+                         "run_id": run_ids[name], "test_accuracy": accuracies[name],
+                         "model_sha256": version.tags.get(tracking.MODEL_SHA_TAG)}
+        log.info("registry: %s version %s (%s)", version.name, version.version, "new" if created else "unchanged")
+    tracking.set_champion(client, versions, champion)
+    log.info("registry: %s is the %s (test accuracy %.4f vs %.4f)", tracking.REGISTERED_MODELS[champion],
+             tracking.CHAMPION, accuracies[champion], min(accuracies.values()))
+    return {"champion": champion, "champion_uri": f"models:/{tracking.REGISTERED_MODELS[champion]}@"
+            f"{tracking.CHAMPION}", "models": entries}

@@ -1,13 +1,16 @@
 """MLflow on an embedded store: SQLite file in the project, no server, overridable by MLFLOW_TRACKING_URI.
 
 Each training stage opens one run and records its id in `run.json` beside the model, so the evaluate
-stage can add test metrics to the same run and group the runs of one pipeline execution under a parent
-"comparison" run (nested in the UI, compared side by side).
+stage can add test metrics to the same run and group the runs of one pipeline execution: under the run
+`mlflow run` opened (MLFLOW_RUN_ID) when there is one, else under a parent "comparison" run. The evaluate
+stage also registers both models (`imgclf-scratch`, `imgclf-transfer`) and moves the `champion` alias to
+the one with the better test accuracy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import yaml
 
 from imgclf import fileio
 from imgclf.config import Params, flatten, params_to_dict
@@ -22,6 +26,17 @@ from imgclf.config import Params, flatten, params_to_dict
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 RUN_FILE = "run.json"
+# `mlflow run` exports the id of the run it opened; `mlflow.start_run()` would silently resume that run.
+OUTER_RUN_ENV = "MLFLOW_RUN_ID"
+# Set by DVC for every stage command (dvc/stage/run.py) and, under `dvc exp run`, for the experiment
+# (dvc/repo/experiments/queue/base.py passes them to the stages as `run_env`).
+DVC_STAGE_ENV = "DVC_STAGE"
+DVC_EXP_NAME_ENV = "DVC_EXP_NAME"
+DVC_EXP_BASELINE_ENV = "DVC_EXP_BASELINE_REV"
+# Written by DVC while the pipeline runs, so it never makes the code "dirty".
+GIT_DIRTY_IGNORED = ("dvc.lock",)
+
+log = logging.getLogger(__name__)
 
 
 def tracking_uri(project_root: Path) -> str:
@@ -29,10 +44,34 @@ def tracking_uri(project_root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(project_root).resolve() / STORE_FILE}"
 
 
+def outer_run_id() -> str | None:
+    """The run `mlflow run` opened for this command (MLFLOW_RUN_ID), if any: the group of our runs."""
+    return os.environ.get(OUTER_RUN_ENV) or None
+
+
 def configure(project_root: Path, experiment: str) -> str:
-    """Point MLflow at the store and select (or create) the experiment; return the experiment id."""
+    """Point MLflow at the store and select (or create) the experiment; return the experiment id.
+
+    Under `mlflow run`, the experiment is the one its run is in: a child run must live in its parent's
+    experiment to show nested in the UI. `mlflow run . --experiment-name <mlflow.experiment>` makes the two agree.
+    """
     uri = tracking_uri(project_root)
     mlflow.set_tracking_uri(uri)
+    outer = outer_run_id()
+    if outer is not None:
+        try:
+            outer_experiment_id = mlflow.MlflowClient().get_run(outer).info.experiment_id
+        except mlflow.exceptions.MlflowException as error:
+            raise RuntimeError(f"{OUTER_RUN_ENV}={outer} is set (by `mlflow run`?) but no such run is in the "
+                               f"tracking store {uri}: unset {OUTER_RUN_ENV} or point MLFLOW_TRACKING_URI at "
+                               "the store `mlflow run` used") from error
+        outer_name = mlflow.MlflowClient().get_experiment(outer_experiment_id).name
+        if outer_name != experiment:
+            log.warning("recording in MLflow experiment %r, the one of the `mlflow run` run %s, not %r from "
+                        "params.yaml (mlflow.experiment); pass --experiment-name %s to `mlflow run` to use it",
+                        outer_name, outer, experiment, experiment)
+        mlflow.set_experiment(experiment_id=outer_experiment_id)
+        return outer_experiment_id
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is not None:
         experiment_id = existing.experiment_id
@@ -46,7 +85,8 @@ def configure(project_root: Path, experiment: str) -> str:
 
 
 def git_tags(project_root: Path) -> dict[str, str]:
-    """The commit the code came from and whether the working tree had uncommitted changes."""
+    """The commit the code came from and whether the working tree had uncommitted changes to tracked files
+    (params.yaml included; dvc.lock, which DVC rewrites while the pipeline runs, excluded)."""
     def git(*args: str) -> str:
         result = subprocess.run(["git", *args], cwd=project_root, capture_output=True, text=True, check=False)
         return result.stdout.strip() if result.returncode == 0 else ""
@@ -54,23 +94,82 @@ def git_tags(project_root: Path) -> dict[str, str]:
     commit = git("rev-parse", "HEAD")
     if not commit:
         return {}
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+    excluded = [f":(exclude){path}" for path in GIT_DIRTY_IGNORED]
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
+    tags = {"git.commit": commit, "git.dirty": str(bool(changed)).lower(), "mlflow.source.git.commit": commit}
+    if changed:  # which files, so "dirty" can be judged at a glance (params.yaml under `dvc exp run`)
+        files = sorted(line.split(maxsplit=1)[-1] for line in changed.splitlines())
+        tags["git.dirty_files"] = ", ".join(files)[:1000]
+    return tags
+
+
+def prepared_data_md5(project_root: Path) -> str | None:
+    """DVC's checksum of the prepared data (`data/prepared` in dvc.lock, written when preprocess finished)."""
+    lock = Path(project_root) / "dvc.lock"
+    if not lock.is_file():
+        return None
+    try:
+        stage = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get("preprocess", {})
+    except yaml.YAMLError:
+        return None
+    for out in stage.get("outs", []):
+        if out.get("path") == "data/prepared":
+            return out.get("md5")
+    return None
+
+
+def dvc_experiment() -> str | None:
+    """The name `dvc exp run` gave this experiment (DVC_EXP_NAME), None under `dvc repro`."""
+    return os.environ.get(DVC_EXP_NAME_ENV) or None
 
 
 def run_tags(params: Params, *, stage: str, project_root: Path, data_sha256: str | None) -> dict[str, str]:
+    """What a run is and where it came from: stage, git commit and dirty flag, DVC experiment, data checksums,
+    and the `mlflow run` run it belongs to."""
     tags = {"stage": stage, "data.source": params.data.source, **git_tags(project_root)}
-    if data_sha256:
+    if data_sha256:  # the downloaded archive's digest (none for generated data)
         tags["data.sha256"] = data_sha256
-    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`
-        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    prepared = prepared_data_md5(project_root)
+    if prepared:
+        tags["data.prepared_md5"] = prepared
+    if dvc_experiment():
+        tags["dvc.experiment"] = dvc_experiment()
+        if os.environ.get(DVC_EXP_BASELINE_ENV):
+            tags["dvc.baseline_rev"] = os.environ[DVC_EXP_BASELINE_ENV]
+    if outer_run_id():
+        tags["group_run_id"] = outer_run_id()
     return tags
 
 
 def run_name(params: Params, *, model: str) -> str:
-    experiment = os.environ.get("DVC_EXP_NAME")
-    detail = params.transfer.backbone.rsplit("/", 1)[-1] if model == "transfer" else "cnn"
-    return f"{model}-{detail}" + (f"-{experiment}" if experiment else "")
+    """`scratch-cnn`, `transfer-<backbone>` or `comparison`, suffixed with the DVC experiment name."""
+    if model == "transfer":
+        detail = "-" + Path(params.transfer.backbone).name.removesuffix(".keras")
+    elif model == "scratch":
+        detail = "-cnn"
+    else:
+        detail = ""
+    experiment = dvc_experiment()
+    return f"{model}{detail}" + (f"-{experiment}" if experiment else "")
+
+
+@contextlib.contextmanager
+def start_run(*, run_name: str | None = None, tags: dict[str, str] | None = None,
+              run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """`mlflow.start_run` that opens a new run nested under the `mlflow run` run when there is one (instead
+    of resuming it, which is what MLFLOW_RUN_ID alone would do), or reopens `run_id`."""
+    outer = outer_run_id()
+    saved = os.environ.pop(OUTER_RUN_ENV, None)
+    try:
+        if run_id is not None:
+            context = mlflow.start_run(run_id=run_id)
+        else:
+            context = mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=outer)
+    finally:
+        if saved is not None:  # later runs of this process (and its children) still belong to the group
+            os.environ[OUTER_RUN_ENV] = saved
+    with context as run:
+        yield run
 
 
 @contextlib.contextmanager
@@ -86,9 +185,9 @@ def training_run(params: Params, *, model: str, project_root: Path, out_dir: Pat
             run_id = None  # the store was reset since: start afresh
     tags = run_tags(params, stage=f"train_{model}", project_root=project_root, data_sha256=data_sha256)
     if run_id is None:
-        context = mlflow.start_run(run_name=run_name(params, model=model), tags={**tags, "model": model})
+        context = start_run(run_name=run_name(params, model=model), tags={**tags, "model": model})
     else:
-        context = mlflow.start_run(run_id=run_id)
+        context = start_run(run_id=run_id)
     with context as run:
         if run_id is None:
             mlflow.log_params({key: _param_value(value) for key, value in logged_params.items()})
@@ -131,3 +230,72 @@ def pip_requirements() -> list[str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             requirements.append(f"{name}=={metadata.version(name)}")
     return requirements
+
+
+# --- Model registry ------------------------------------------------------------------------------------------
+
+REGISTERED_MODELS = {"scratch": "imgclf-scratch", "transfer": "imgclf-transfer"}
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_SHA_TAG = "model_sha256"  # sha256 of model.keras: the same file is never registered twice
+LOGGED_MODEL_NAME = "model"  # what the training stages log: runs:/<run_id>/model
+
+
+def find_version(client: mlflow.MlflowClient, name: str, model_sha256: str):
+    """The newest version of registered model `name` tagged with this model file's sha256, or None."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}' AND tags.{MODEL_SHA_TAG} = '{model_sha256}'")
+    except mlflow.exceptions.MlflowException as error:
+        if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code):
+            return None
+        raise
+    return max(versions, key=lambda version: int(version.version), default=None)
+
+
+def register(client: mlflow.MlflowClient, *, name: str, run_id: str, model_file: Path,
+             tags: dict[str, str]) -> tuple[Any, bool]:
+    """Register `runs:/<run_id>/model` as a version of `name`, or reuse the version of the same model file.
+
+    Returns (model version, created). Tags of a reused version are updated (test accuracy, comparison run).
+    """
+    digest = fileio.sha256_file(model_file)
+    existing = find_version(client, name, digest)
+    if existing is not None:
+        for key, value in tags.items():
+            client.set_model_version_tag(name, existing.version, key, value)
+        return client.get_model_version(name, existing.version), False
+    uri = f"runs:/{run_id}/{LOGGED_MODEL_NAME}"
+    try:
+        version = mlflow.register_model(uri, name, tags={**tags, MODEL_SHA_TAG: digest})
+    except mlflow.exceptions.MlflowException as error:
+        raise RuntimeError(f"could not register {uri} as {name!r} in {mlflow.get_tracking_uri()}: {error}. "
+                           f"The training run must log its model under the name {LOGGED_MODEL_NAME!r}; rerun "
+                           "the training stage (dvc repro --force train_<model>) if its run was deleted") from error
+    return client.get_model_version(name, version.version), True  # with its tags
+
+
+def champion_of(accuracies: dict[str, float], parameter_counts: dict[str, int]) -> str:
+    """The model with the higher test accuracy; on a tie the one with fewer parameters (cheaper to serve),
+    then the first in alphabetical order (scratch), so the choice is deterministic."""
+    return min(accuracies, key=lambda name: (-accuracies[name], parameter_counts.get(name, 0), name))
+
+
+def set_champion(client: mlflow.MlflowClient, versions: dict[str, Any], champion: str) -> None:
+    """`champion` on the winner's version, `challenger` on the other's; each alias exists on one registered
+    model only, so `models:/imgclf-<model>@champion` resolves for exactly one of the two."""
+    for model, version in versions.items():
+        keep, drop = (CHAMPION, CHALLENGER) if model == champion else (CHALLENGER, CHAMPION)
+        client.set_registered_model_alias(version.name, keep, version.version)
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # absent: nothing to remove
+            client.delete_registered_model_alias(version.name, drop)
+
+
+def champion_uri(client: mlflow.MlflowClient | None = None) -> str:
+    """`models:/<name>@champion` of whichever registered model holds the alias; a clear error when none does."""
+    client = client or mlflow.MlflowClient()
+    for name in REGISTERED_MODELS.values():
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            client.get_model_version_by_alias(name, CHAMPION)
+            return f"models:/{name}@{CHAMPION}"
+    raise RuntimeError(f"no registered model has the alias {CHAMPION!r} in {mlflow.get_tracking_uri()}: run the "
+                       "pipeline through the evaluate stage first (dvc repro), or pass a model path or URI")
