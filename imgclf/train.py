@@ -1,11 +1,10 @@
-"""The train-from-scratch stage, and what both training stages share: model files, MLflow model logging."""
+"""The train-from-scratch stage, and what both training stages share: model files, precision, callbacks."""
 
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-import types
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import keras
 import mlflow
 import numpy as np
 
-from imgclf import fileio, fitting, models, tracking
+from imgclf import fileio, fitting, models, serving, tracking
 from imgclf.config import FitConfig, Params
 
 log = logging.getLogger(__name__)
@@ -36,24 +35,6 @@ def save_model(model: keras.Model, path: Path) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-def _save_keras_flavor(path: str, **kwargs) -> None:
-    # MLflow 3.17's keras flavor writes the input example before creating the model directory
-    # (FileNotFoundError); creating it first is the only change to the stock `mlflow.keras.save_model`.
-    os.makedirs(path, exist_ok=True)
-    mlflow.keras.save_model(path=path, **kwargs)
-
-
-_KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_flavor)
-
-
-def log_model(model: keras.Model, example_images: np.ndarray) -> None:
-    """Log the model to the active MLflow run with a signature and an input example (raw pixels)."""
-    example = example_images[:2].astype(np.float32)
-    signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
-    mlflow.models.Model.log(artifact_path=None, name="model", flavor=_KERAS_FLAVOR, model=model, signature=signature,
-                            input_example=example, pip_requirements=tracking.pip_requirements())
 
 
 def read_meta(prepared_dir: Path) -> dict:
@@ -140,7 +121,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
                   callbacks=callbacks, verbose=2)
         fitting.restore_best(model, config, resume.phase_dir("fit"))
         save_model(model, out_dir / MODEL_FILE)
-        log_model(model, first_images(val_data))
+        serving.log_model(out_dir / MODEL_FILE, meta, first_images(val_data, count=1)[0])
         summary = summarize(logger.rows, model)
         mlflow.log_dict(summary, "train_summary.json")
     fileio.atomic_write_json(out_dir / SUMMARY_FILE, summary)

@@ -20,7 +20,7 @@ import keras
 import mlflow
 import numpy as np
 
-from imgclf import features, fileio, fitting, models, tracking, train
+from imgclf import features, fileio, fitting, models, serving, tracking, train
 from imgclf.config import Params, TransferConfig
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
                              prepared_dir=prepared_dir, val_data=val_data, run_id=run.info.run_id,
                              project_root=project_root)
         train.save_model(model, out_dir / train.MODEL_FILE)
-        train.log_model(model, train.first_images(val_data))
+        serving.log_model(out_dir / train.MODEL_FILE, meta, train.first_images(val_data, count=1)[0])
         summary = train.summarize(rows, model)
         summary["finetune_epochs"] = sum(1 for row in rows if row.get("phase") == FINETUNE_PHASE)
         mlflow.log_dict(summary, "train_summary.json")
