@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
+
+# A usage error (bad model path or URI, missing meta.json, non-empty export directory): one line, exit 2.
+EXIT_USAGE = 2
+DEFAULT_META = Path("data/prepared/meta.json")
+MODEL_HELP = ("a .keras file (with --meta) or an MLflow model URI: runs:/<run_id>/model, "
+              "models:/imgclf-transfer@champion (store: MLFLOW_TRACKING_URI, else ./mlflow.db)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +33,25 @@ def main(argv: list[str] | None = None) -> None:
     finder.add_argument("--end", type=float, default=10.0)
     exp_args = commands.add_parser("exp-args", help="turn a params profile into `dvc exp run -S` arguments")
     exp_args.add_argument("profile", type=Path, help="YAML overrides of params.yaml, e.g. profiles/scratch_best.yaml")
+    predict = commands.add_parser("predict", help="classify image files or folders with a trained model")
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files, or folders (recursive)")
+    predict.add_argument("--model", required=True, help=MODEL_HELP)
+    predict.add_argument("--meta", type=Path, default=DEFAULT_META,
+                         help=f"meta.json of the model's prepared data, for a .keras model (default: {DEFAULT_META})")
+    predict.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5, at most all)")
+    predict.add_argument("--format", choices=["table", "json", "csv"], default="table", dest="output_format")
+    predict.add_argument("--output", type=Path, help="write the predictions to this file (default: stdout)")
+    predict.add_argument("--score-bars", type=Path, metavar="DIR", help="write one class-score PNG per image here")
+    export = commands.add_parser("export", help="write a TensorFlow SavedModel for TF Serving (raw 0-255 pixels in)")
+    export.add_argument("--model", required=True, help=MODEL_HELP)
+    export.add_argument("--meta", type=Path, default=DEFAULT_META,
+                        help=f"meta.json of the model's prepared data, for a .keras model (default: {DEFAULT_META})")
+    export.add_argument("--out", type=Path, required=True,
+                        help="the SavedModel directory (for TF Serving: <model base path>/<version>)")
+    export.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
     arguments = parser.parse_args(argv)
+    if arguments.command in ("predict", "export"):
+        sys.exit(_serve_command(arguments))
 
     if arguments.command == "smoke":
         from imgclf import fileio, sandbox
@@ -59,6 +85,29 @@ def main(argv: list[str] | None = None) -> None:
         from imgclf import config
 
         print(json.dumps(config.params_to_dict(config.load_params(arguments.path)), indent=2))
+
+
+def _serve_command(arguments: argparse.Namespace) -> int:
+    """`predict` and `export`: the exit code; a usage error is one line on stderr and exit 2."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ start-up chatter
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from imgclf import predict, serving
+    from imgclf.errors import UserError
+
+    try:
+        if arguments.command == "predict":
+            return predict.run(arguments.paths, model=arguments.model, meta=arguments.meta, top_k=arguments.top_k,
+                               output_format=arguments.output_format, output=arguments.output,
+                               score_bars=arguments.score_bars, project_root=Path.cwd())
+        classifier = serving.load_classifier(arguments.model, meta=arguments.meta, project_root=Path.cwd())
+        out = serving.export_saved_model(classifier, arguments.out, force=arguments.force)
+        print(f"SavedModel in {out} (endpoint `serve`: float32 pixels 0-255, shape "
+              f"(batch, {classifier.preprocessing.image_size}, {classifier.preprocessing.image_size}, "
+              f"{classifier.preprocessing.channels}))")
+        return 0
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,19 +105,20 @@ class Classifier:
     @classmethod
     def from_files(cls, model_file: Path, preprocessing_file: Path) -> Classifier:
         """Load a `.keras` file and the `meta.json` (or `preprocessing.json`) of its data."""
-        preprocessing_file = Path(preprocessing_file)
+        model_file, preprocessing_file = Path(model_file), Path(preprocessing_file)
+        if not model_file.is_file():
+            raise ModelSourceError(f"model file {model_file} not found; give a .keras file or an MLflow model URI "
+                                   "(runs:/<run_id>/model, models:/imgclf-transfer@champion)")
         if not preprocessing_file.is_file():
             raise ModelSourceError(f"{preprocessing_file} not found: a .keras model needs the meta.json of its "
                                    "prepared data for class names and image size; pass --meta PATH (or run the "
                                    "preprocess stage: dvc repro preprocess)")
         preprocessing = Preprocessing.from_meta(fileio.read_json(preprocessing_file), source=str(preprocessing_file))
         try:
-            model = models.load_model(Path(model_file))
-        except FileNotFoundError as error:
-            raise ModelSourceError(f"model file {model_file} not found; give a .keras file or an MLflow model URI "
-                                   "(runs:/<run_id>/model, models:/imgclf-transfer@champion)") from error
-        except ValueError as error:  # Keras reports a file that is not a .keras archive this way
-            raise ModelSourceError(f"{model_file} is not a Keras model file ({error})") from error
+            model = models.load_model(model_file)
+        except (ValueError, OSError, zipfile.BadZipFile) as error:  # how Keras reports a file that is no model
+            raise ModelSourceError(f"{model_file} is not a Keras model file ({error}); give a .keras file saved "
+                                   "by a training stage") from error
         return cls(model, preprocessing)
 
     @property
