@@ -332,8 +332,10 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
                             for name, entry in registry["models"].items()}})
     group = tracking.outer_run_id() or comparison_id
     for model_name, run_id in run_ids.items():
-        # Reused (cached) training runs join this execution's group too: the group shows what was compared.
-        client.set_tag(run_id, "mlflow.parentRunId", group)
+        # A training run made in this execution joins its group; one DVC reused from an earlier execution
+        # stays in that one's group (a run has one parent), linked from here by the `<model>_run_id` tag.
+        if "mlflow.parentRunId" not in client.get_run(run_id).data.tags:
+            client.set_tag(run_id, "mlflow.parentRunId", group)
         for key, value in headline(all_metrics[model_name]).items():
             client.log_metric(run_id, f"test_{key}", value)
         for artifact in (f"{model_name}_confusion.png", predictions_file(model_name), f"{model_name}_per_class.csv",
