@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -11,8 +12,8 @@ from mlflow.projects import _project_spec
 
 from imgclf import pipeline, sandbox
 
-from .conftest import PROJECT_ROOT
-from .test_tracking import EXPERIMENT, experiment_copy
+from .conftest import PROJECT_ROOT, copy_trained_project
+from .test_tracking import EXPERIMENT
 
 
 def test_entry_points_cover_the_pipeline_every_stage_and_predict():
@@ -45,8 +46,12 @@ def test_overrides_become_a_dvc_experiment_and_need_git(tmp_path):
 
 
 @pytest.mark.slow
-def test_mlflow_run_main_with_overrides_nests_the_runs(trained_project, tmp_path_factory):
-    root = experiment_copy(trained_project, tmp_path_factory)
+def test_mlflow_run_main_with_overrides_nests_the_runs(trained_project, tmp_path):
+    # Its own copy: the registry and results it changes are not those the tracking and UI tests read.
+    root = copy_trained_project(trained_project, tmp_path / "p")
+    for name in ("MLproject", "python_env.yaml"):  # not among the sandbox's entries
+        shutil.copy2(PROJECT_ROOT / name, root / name)
+    sandbox.commit(root, "MLproject")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     executable = str(sys.executable).removesuffix("python") + "mlflow"
