@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -90,16 +91,15 @@ def mlflow_server(project, tmp_path_factory):
         _wait_until_up(f"http://127.0.0.1:{port}/health", process, log)
         yield f"http://127.0.0.1:{port}"
     finally:
-        with_group = os.getpgid(process.pid) if process.poll() is None else None
-        if with_group is not None:
-            os.killpg(with_group, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(with_group, signal.SIGKILL)
-                process.wait(timeout=15)
-        else:
-            process.wait(timeout=5)
+        # The whole group: `mlflow server` also starts job consumers (huey) that outlive a killed parent.
+        group = process.pid  # start_new_session: the group id is the server's pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)  # whatever ignored SIGTERM
+        process.wait(timeout=15)
 
 
 def test_compare_view_shows_both_experiments_with_test_accuracy(project, mlflow_server, tmp_path):
