@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from imgclf import fileio, serving
+from imgclf.errors import UserError
 
 FORMATS = ("table", "json", "csv")
 CHUNK = 256  # images decoded and held in memory at a time; the model sees them in batches of serving.BATCH_SIZE
@@ -163,11 +164,11 @@ def run(paths: Sequence[Path], *, model: str, meta: Path, top_k: int, output_for
         score_bars: Path | None, project_root: Path) -> int:
     """The `imgclf predict` command; returns the exit code. Raises `errors.UserError` for a usage error."""
     if top_k < 1:
-        raise serving.ModelSourceError(f"--top-k must be at least 1, got {top_k}")
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
     files = find_images(paths)
     if not files:
-        raise serving.ModelSourceError(f"no image files in {', '.join(map(str, paths))}; give image files or "
-                                       "folders that contain some")
+        raise UserError(f"no image files in {', '.join(map(str, paths))}; give image files or "
+                        "folders that contain some")
     classifier = serving.load_classifier(model, meta=meta, project_root=project_root)
     top_k = min(top_k, len(classifier.class_names))
     # The legend of score bars: the URI, or the model file with its folder (scratch/model.keras).

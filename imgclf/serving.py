@@ -281,9 +281,13 @@ def _download(uri: str, destination: Path, *, project_root: Path) -> ModelFiles:
         # Opening a missing SQLite store would create an empty one here and report the model as unknown.
         raise ModelSourceError(f"no MLflow store at {tracking_uri.removeprefix('sqlite:///')}: run from the project "
                                "root or set MLFLOW_TRACKING_URI to the store that holds the model")
+    registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+    # MLflow 3.17 resolves runs:/<id>/model to the logged model (models:/m-<id>) with the global client, not
+    # the URIs passed below, so the global tracking URI must name the store too.
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination),
+                                                         tracking_uri=tracking_uri, registry_uri=registry_uri))
     except mlflow.exceptions.MlflowException as error:
         raise ModelSourceError(f"cannot load the MLflow model {uri} from {tracking_uri}: {error.message.strip()}; "
                                "check the run id or the registered name and alias") from error

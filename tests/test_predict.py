@@ -143,6 +143,24 @@ def test_run_uri_matches_the_keras_model_on_preprocessed_pixels(trained_project,
 
 
 @pytest.mark.slow
+def test_registered_alias_in_the_project_store(trained_project, image_folder, tmp_path, capsys, cli_env):
+    """`models:/<name>@champion`, registered as the evaluate stage does, found in ./mlflow.db when
+    MLFLOW_TRACKING_URI is unset (a copy of the store: the trained project stays untouched)."""
+    shutil.copy(trained_project / "mlflow.db", tmp_path / "mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = tracking.read_run(trained_project / "models" / "scratch")["run_id"]
+    version = mlflow.register_model(f"runs:/{run_id}/model", "imgclf-scratch")
+    mlflow.MlflowClient().set_registered_model_alias("imgclf-scratch", "champion", version.version)
+    cli_env.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cli_env.chdir(tmp_path)
+    assert run_cli("predict", str(image_folder / "data_0.png"), "--model", "models:/imgclf-scratch@champion",
+                   "--format", "csv") == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    class_names = json.loads((trained_project / "data" / "prepared" / "meta.json").read_text())["class_names"]
+    assert len(rows) == 1 and rows[0]["predicted_class"] in class_names and rows[0]["error"] == ""
+
+
+@pytest.mark.slow
 def test_usage_errors_exit_2(trained_project, image_folder, tmp_path, capsys, cli_env):
     model = trained_project / "models" / "scratch" / "model.keras"
     cli_env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained_project / 'mlflow.db'}")

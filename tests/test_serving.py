@@ -79,10 +79,11 @@ def model_server(model_uri: str, *, tracking_uri: str, workdir: Path) -> Iterato
     """`mlflow models serve` on a free 127.0.0.1 port, started from `workdir` (outside this checkout); its base
     URL once /ping answers. The server is always stopped."""
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    bin_dir = Path(sys.executable).parent  # mlflow runs `uvicorn` from PATH
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     log_path = workdir / "server.log"
-    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri,
+    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri,
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -182,7 +183,8 @@ def test_export_saved_model_serves_what_the_keras_model_predicts(trained_project
                                           channels=meta["channels"]) for path in data_images(trained_project, 3)])
     pixels = pixels.astype(np.float32)
     expected = models.load_model(model).predict(pixels, verbose=0)
-    served = tf.saved_model.load(str(out)).serve(tf.constant(pixels)).numpy()
+    saved_model = tf.saved_model.load(str(out))  # held: its variables die with it
+    served = saved_model.serve(tf.constant(pixels)).numpy()
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
 
 
