@@ -18,7 +18,7 @@ import yaml
 
 from imgclf.config import params_from_dict
 
-PROJECT_ENTRIES = ("dvc.yaml", "params.yaml", "stages", "imgclf")
+PROJECT_ENTRIES = ("dvc.yaml", "params.yaml", "stages", "imgclf", "MLproject", "python_env.yaml")
 # Also copied when the copy is a git repository, so git and DVC ignore what the project ignores.
 GIT_ENTRIES = (".gitignore", ".dvcignore")
 # Commits in a copy need an author even on a machine with no git identity (CI).

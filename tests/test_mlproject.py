@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -49,9 +48,6 @@ def test_overrides_become_a_dvc_experiment_and_need_git(tmp_path):
 def test_mlflow_run_main_with_overrides_nests_the_runs(trained_project, tmp_path):
     # Its own copy: the registry and results it changes are not those the tracking and UI tests read.
     root = copy_trained_project(trained_project, tmp_path / "p")
-    for name in ("MLproject", "python_env.yaml"):  # not among the sandbox's entries
-        shutil.copy2(PROJECT_ROOT / name, root / name)
-    sandbox.commit(root, "MLproject")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     executable = str(sys.executable).removesuffix("python") + "mlflow"

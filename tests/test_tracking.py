@@ -16,7 +16,7 @@ import pytest
 
 from imgclf import fileio, sandbox, tracking
 
-from .conftest import PROJECT_ROOT, copy_trained_project
+from .conftest import copy_trained_project
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +35,6 @@ def experiment_copy(trained_project: Path, tmp_path_factory) -> Path:
         shutil.rmtree(root.parent)  # a half-made copy of an interrupted session
     root.parent.mkdir(parents=True)
     copy_trained_project(trained_project, root)
-    for name in ("MLproject", "python_env.yaml"):  # not among the sandbox's entries
-        shutil.copy2(PROJECT_ROOT / name, root / name)
-    sandbox.commit(root, "MLproject")
     result = sandbox.dvc(root, "exp", "run", "-S", VARIANT)
     match = re.search(r"Ran experiment\(s\): (\S+)", result.stdout)
     assert match, result.stdout[-2000:]
