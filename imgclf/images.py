@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -28,8 +29,9 @@ class ImageDecodeError(ValueError):
     """An image file that cannot be read; the message is the reason shown in the skipped-files report."""
 
 
-def decode_file(path: Path, *, image_size: int, resize: str, channels: int = 3) -> np.ndarray:
-    """Read `path` and return uint8 pixels of shape (image_size, image_size, channels)."""
+def decode_file(path: Path | BinaryIO, *, image_size: int, resize: str, channels: int = 3) -> np.ndarray:
+    """Read `path` (a file, or bytes in a binary stream: served images) and return uint8 pixels of shape
+    (image_size, image_size, channels)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

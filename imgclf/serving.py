@@ -214,16 +214,6 @@ def model_signature(class_names: Sequence[str]) -> mlflow.models.ModelSignature:
     return mlflow.models.ModelSignature(inputs=Schema([ColSpec("string", IMAGE_COLUMN)]), outputs=Schema(outputs))
 
 
-def serving_requirements() -> list[str]:
-    """The logged model's pinned requirements: the training environment's, plus PyYAML (imgclf.config)."""
-    from importlib import metadata
-
-    requirements = tracking.pip_requirements()
-    with contextlib.suppress(metadata.PackageNotFoundError):
-        requirements.append(f"pyyaml=={metadata.version('pyyaml')}")
-    return requirements
-
-
 def log_model(model_file: Path, meta: dict[str, Any], example_pixels: np.ndarray) -> mlflow.models.model.ModelInfo:
     """Log the pyfunc image classifier as `model` in the active run, once: a model logged earlier in the same
     run (a resumed stage killed after logging) is deleted after the new one is logged.
@@ -244,7 +234,7 @@ def log_model(model_file: Path, meta: dict[str, Any], example_pixels: np.ndarray
             # The package itself travels with the model: it defines the pyfunc class and the custom layers.
             code_paths=[str(Path(__file__).resolve().parent)],
             signature=model_signature(preprocessing.class_names), input_example=example,
-            pip_requirements=serving_requirements())
+            pip_requirements=tracking.pip_requirements())
     client = mlflow.MlflowClient()
     for model in earlier:
         client.delete_logged_model(model.model_id)

@@ -219,7 +219,7 @@ def pip_requirements() -> list[str]:
     """Pinned requirements of a logged model, taken from this environment (no slow inference)."""
     from importlib import metadata
 
-    names = ["keras", "numpy", "pillow"]
+    names = ["keras", "numpy", "pillow", "pyyaml"]  # pyyaml: imgclf.config, imported by the logged model's code
     try:
         metadata.version("tensorflow-cpu")
         names.append("tensorflow-cpu")
