@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from imgclf.errors import ModelConfigError
+
 # Splits whose decoded pixels fit under this many bytes are cached in memory after the first epoch.
 IN_MEMORY_CACHE_BUDGET_BYTES = 3 * 1024**3
 SHUFFLE_BUFFER = 20_000
@@ -123,13 +125,20 @@ def steps_per_epoch(example_count: int, batch_size: int) -> int:
 
 def distribution_strategy(name: str) -> tf.distribute.Strategy:
     """`none`: the default (one device); `mirrored`: every local GPU, else every logical CPU device;
-    `multi_worker`: synchronous training across the machines described by TF_CONFIG."""
+    `multi_worker` (across the machines in TF_CONFIG) is refused, see below. Create it before any other
+    TensorFlow op: a multi-worker strategy must configure collective ops at program start."""
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # Keras 3's TensorFlow trainer cannot reduce its per-step logs under MultiWorkerMirroredStrategy: two
+        # workers on loopback fail at the first step with "Invalid reduction dimension 0 for input with 0
+        # dimensions" (tensorflow/tensorflow#72388). Refuse before any work rather than after data loading.
+        raise ModelConfigError(
+            "training.distribute: multi_worker does not work with Keras 3's model.fit (TensorFlow issue 72388: "
+            "per-replica logs cannot be reduced across workers); use `mirrored` for the GPUs of one machine, or "
+            "`none`")
     return tf.distribute.get_strategy()
 
 

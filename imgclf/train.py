@@ -80,6 +80,8 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
     """The train-from-scratch stage: fit the seed CNN on the prepared data and save `model.keras`."""
     from imgclf import augment, tfdata
 
+    # First: MultiWorkerMirroredStrategy configures collective ops, which TensorFlow allows only before any op ran.
+    strategy = tfdata.distribution_strategy(params.training.distribute)
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
     set_precision(params.training.precision)
     meta = read_meta(prepared_dir)
@@ -100,7 +102,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
     val_data = tfdata.make_dataset(prepared_dir, "val", image_shape=shape, num_classes=num_classes,
                                    batch_size=config.batch_size, example_count=meta["counts"]["val"])
 
-    with tfdata.distribution_strategy(params.training.distribute).scope():
+    with strategy.scope():
         model = models.build_scratch_model(config, input_shape=shape, num_classes=num_classes)
         compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
     logged = tracking.stage_params(params, "data", "preprocess", "augment", "scratch", "training")

@@ -203,3 +203,12 @@ def test_transfer_fine_tuning_continues_the_step_axis(workspace):
     run_id = json.loads((out / "run.json").read_text())["run_id"]
     run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").get_run(run_id)
     assert run.data.params["train_features"] == str(2 * extracted["timings"]["train"]["images"])
+
+
+def test_multi_worker_is_refused_before_any_work_with_the_upstream_reason():
+    # Two workers on loopback fail at Keras 3's first step (tensorflow/tensorflow#72388); say so up front.
+    from imgclf import tfdata
+    from imgclf.errors import ModelConfigError
+
+    with pytest.raises(ModelConfigError, match=r"multi_worker does not work .* use `mirrored`"):
+        tfdata.distribution_strategy("multi_worker")
