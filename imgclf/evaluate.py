@@ -18,6 +18,7 @@ import dataclasses
 import io
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
-from imgclf import calibration, fileio, models, plots, tracking, train
+from imgclf import calibration, fileio, fitting, models, plots, serving, tracking, train
 from imgclf.config import Params
 from imgclf.errors import EvaluationError
 
@@ -301,20 +302,23 @@ def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_
     fileio.atomic_write_json(out_dir / METRICS_FILE, {name: headline(all_metrics[name]) for name in MODEL_NAMES})
     fileio.atomic_write_json(out_dir / DETAILS_FILE, {"class_names": class_names, **all_metrics})
     runs = _log_to_mlflow(params, all_metrics, model_dirs=model_dirs, out_dir=out_dir, project_root=project_root,
-                          data_sha256=meta.get("source_sha256"))
+                          meta=meta, example_image=lambda: next(batches("test"))[0][0])
     fileio.atomic_write_json(out_dir / RUNS_FILE, runs)
     return all_metrics
 
 
 def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: dict[str, Path],
-                   out_dir: Path, project_root: Path, data_sha256: str | None) -> dict:
+                   out_dir: Path, project_root: Path, meta: dict, example_image: Callable[[], np.ndarray]) -> dict:
     """Test metrics into each model's run; a parent comparison run groups this pipeline execution (the
     `mlflow run` run does, when there is one, with the comparison run beside the training runs); both models
     registered, `champion` on the better one. Returns the run ids and registered versions (`runs.json`)."""
     tracking.configure(project_root, params.mlflow.experiment)
-    tags = tracking.run_tags(params, stage="evaluate", project_root=project_root, data_sha256=data_sha256)
-    run_ids = {name: tracking.read_run(model_dirs[name])["run_id"] for name in MODEL_NAMES}
+    tags = tracking.run_tags(params, stage="evaluate", project_root=project_root,
+                             data_sha256=meta.get("source_sha256"))
     client = mlflow.MlflowClient()
+    run_ids = {name: _training_run_id(client, params, name=name, model_dir=Path(model_dirs[name]), meta=meta,
+                                      example_image=example_image, tags=tags)
+               for name in MODEL_NAMES}
     with tracking.start_run(run_name=tracking.run_name(params, model="comparison"),
                             tags={**tags, "model": "comparison"}) as parent:
         comparison_id = parent.info.run_id
@@ -342,6 +346,32 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
                          RELIABILITY_FILE):
             client.log_artifact(run_id, str(out_dir / artifact), artifact_path="evaluation")
     return {"comparison": comparison_id, **run_ids, "group": group, "registry": registry}
+
+
+def _training_run_id(client: mlflow.MlflowClient, params: Params, *, name: str, model_dir: Path, meta: dict,
+                     example_image: Callable[[], np.ndarray], tags: dict[str, str]) -> str:
+    """The MLflow run of a trained model: the one its training stage recorded (`run.json`) when this store has
+    it. A model trained elsewhere and fetched with `dvc pull` names a run in another machine's store; its
+    curves and model are then recorded in a new run here, so it can be compared, registered and served."""
+    recorded = tracking.read_run(model_dir)["run_id"]
+    try:
+        client.get_run(recorded)
+        return recorded
+    except mlflow.exceptions.MlflowException:
+        pass
+    log.warning("%s: training run %s is not in %s (a model from a DVC remote, trained with another store?); "
+                "recording its history and model in a new run here. Point MLFLOW_TRACKING_URI at a shared "
+                "tracking server to keep one run per training.", name, recorded, mlflow.get_tracking_uri())
+    with tracking.start_run(run_name=tracking.run_name(params, model=name),
+                            tags={**tags, "stage": f"train_{name}", "model": name,
+                                  "imgclf.recorded_run_id": recorded}) as run:
+        for row in fitting.read_history(model_dir / train.HISTORY_FILE):
+            mlflow.log_metrics({key: value for key, value in row.items() if isinstance(value, float)},
+                               step=int(row["epoch"]))
+        if (model_dir / train.SUMMARY_FILE).is_file():
+            mlflow.log_dict(fileio.read_json(model_dir / train.SUMMARY_FILE), train.SUMMARY_FILE)
+        serving.log_model(model_dir / train.MODEL_FILE, meta, example_image())
+    return run.info.run_id
 
 
 def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str, dict], *,

@@ -7,11 +7,14 @@ retrain script in such a clone applies a params override, pushes, and writes the
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
 
+import mlflow
 import pytest
+import yaml
 
 from imgclf import sandbox
 
@@ -104,3 +107,34 @@ def test_retrain_script_in_a_clone_reports_params_and_metrics_diff(pushed, tmp_p
                      r"\s*0\.9\s*\|", text, re.MULTILINE), text
     summary = (copy / "results" / "analysis" / "summary.md").read_text()
     assert "90%" in summary and text.rstrip().endswith(summary.rstrip())
+
+
+def test_partial_retrain_in_a_clone_records_the_pulled_model_in_its_own_store(pushed, tmp_path):
+    # A clone's embedded store lacks the runs of the machine that trained the pulled models: retraining one
+    # model must still compare, register and crown both (the pulled one is recorded in a new run here).
+    project, _remote, _result, _base = pushed
+    copy = clone(project, tmp_path / "clone")
+    sandbox.dvc(copy, "pull")
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["transfer"]["epochs"] += 1
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    repro = sandbox.dvc(copy, "repro")
+    assert "Running stage 'train_transfer'" in repro.stdout and "Running stage 'train_scratch'" not in repro.stdout
+    assert "is not in" in repro.stderr, "the missing run is reported"
+
+    pulled_run = json.loads((copy / "models" / "scratch" / "run.json").read_text())["run_id"]
+    runs = json.loads((copy / "results" / "evaluate" / "runs.json").read_text())
+    assert runs["scratch"] != pulled_run
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{copy / 'mlflow.db'}")
+    recorded = client.get_run(runs["scratch"])
+    assert recorded.data.tags["imgclf.recorded_run_id"] == pulled_run
+    assert recorded.data.tags["mlflow.parentRunId"] == runs["comparison"]
+    epochs = params["scratch"]["epochs"]
+    assert len(client.get_metric_history(runs["scratch"], "val_accuracy")) == epochs
+    assert "test_accuracy" in recorded.data.metrics
+    for model in ("scratch", "transfer"):
+        entry = runs["registry"]["models"][model]
+        assert client.get_model_version(entry["name"], str(entry["version"])).run_id == runs[model]
+    champion = client.get_model_version_by_alias(f"imgclf-{runs['registry']['champion']}", "champion")
+    assert champion.run_id == runs[runs["registry"]["champion"]]
