@@ -10,7 +10,7 @@ import yaml
 
 from imgclf import sandbox
 
-from .conftest import PROJECT_ROOT
+from .conftest import copy_trained_project
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +21,9 @@ def _runs(root):
     return client, client.search_runs([experiment.experiment_id])
 
 
-def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
-    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=sandbox.SMOKE_OVERRIDES)
-    sandbox.dvc(root, "repro")
+def test_dvc_repro_end_to_end_then_up_to_date(trained_project, tmp_path):
+    # `trained_project` ran the real `dvc repro` with the smoke settings (tests/conftest.py).
+    root = trained_project
 
     for path in ("data/raw/source.json", "data/prepared/meta.json", "data/prepared/manifest.csv",
                  "data/prepared/skipped.csv", "data/prepared/augmentation_preview.png",
@@ -65,6 +65,7 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
     assert len(_runs(root)[1]) == 3, "an unchanged pipeline records no new runs"
 
     # A head-only change reuses the cached backbone features: only the head and what follows rerun.
+    root = copy_trained_project(trained_project, tmp_path / "copy")
     params_path = root / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
     params["transfer"]["epochs"] = 2
