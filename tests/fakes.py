@@ -37,7 +37,7 @@ def write_prepared(root: Path, *, class_names: list[str], per_class: dict[str, i
         writer.writeheader()
         writer.writerows(rows)
     meta = {"source": "synthetic", "class_names": class_names, "num_classes": len(class_names), "image_size": size,
-            "channels": 3, "counts": {split: int(sum(value)) for split, value in counts.items()},
+            "channels": 3, "resize": "pad", "counts": {split: int(sum(value)) for split, value in counts.items()},
             "counts_per_class": counts}
     fileio.atomic_write_json(root / "meta.json", meta)
     return meta

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgclf import calibration, evaluate, train
+from imgclf import calibration, evaluate, serving, train
 from imgclf.config import params_from_dict
 from imgclf.errors import EvaluationError
 
@@ -115,14 +115,16 @@ def test_predictions_file_lists_top_k_that_exist(tmp_path):
 
 @pytest.fixture
 def evaluate_project(tmp_path, tiny_params_dict, monkeypatch):
-    """Prepared data, two tiny models with MLflow runs, params: what the evaluate stage reads."""
+    """Prepared data, two tiny models each logged in its MLflow run (as the training stages leave them), params:
+    what the evaluate stage reads."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    write_prepared(tmp_path / "prepared", class_names=CLASSES, per_class={"train": 2, "val": 4, "test": 6})
+    meta = write_prepared(tmp_path / "prepared", class_names=CLASSES, per_class={"train": 2, "val": 4, "test": 6})
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("evaluate-test")
     for name, classes in (("scratch", 3), ("transfer", 3)):
         train.save_model(_tiny_model(8, classes), tmp_path / name / train.MODEL_FILE)
-        run = mlflow.MlflowClient().create_run(experiment, tags={"model": name})
+        with mlflow.start_run(experiment_id=experiment, tags={"model": name}) as run:
+            serving.log_model(tmp_path / name / train.MODEL_FILE, meta, np.zeros((8, 8, 3), np.uint8))
         (tmp_path / name / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))
     tiny_params_dict["mlflow"]["experiment"] = "evaluate-test"
     return tmp_path, params_from_dict(tiny_params_dict)
