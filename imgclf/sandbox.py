@@ -21,6 +21,7 @@ from imgclf.config import params_from_dict
 PROJECT_ENTRIES = ("dvc.yaml", "params.yaml", "stages", "imgclf", "MLproject", "python_env.yaml")
 # Also copied when the copy is a git repository, so git and DVC ignore what the project ignores.
 GIT_ENTRIES = (".gitignore", ".dvcignore")
+INHERITED_MLFLOW_IDS = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
 # Commits in a copy need an author even on a machine with no git identity (CI).
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "imgclf sandbox", "GIT_AUTHOR_EMAIL": "sandbox@imgclf.invalid",
                 "GIT_COMMITTER_NAME": "imgclf sandbox", "GIT_COMMITTER_EMAIL": "sandbox@imgclf.invalid"}
@@ -98,7 +99,9 @@ def commit(root: Path, message: str) -> None:
 
 def environment(root: Path) -> dict[str, str]:
     """This interpreter first on PATH (dvc.yaml says `python`), the sandbox's own MLflow store."""
-    env = dict(os.environ)
+    # The copy has its own store: an experiment or run id of another store (mlflow.set_experiment exports
+    # MLFLOW_EXPERIMENT_ID into this process's environment) would point its stages at something absent.
+    env = {key: value for key, value in os.environ.items() if key not in INHERITED_MLFLOW_IDS}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(root) / 'mlflow.db'}"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
