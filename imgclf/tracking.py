@@ -252,6 +252,18 @@ def find_version(client: mlflow.MlflowClient, name: str, model_sha256: str):
     return max(versions, key=lambda version: int(version.version), default=None)
 
 
+def logged_model_uri(client: mlflow.MlflowClient, run_id: str) -> str:
+    """`models:/<model id>` of the model a training run logged under LOGGED_MODEL_NAME (MLflow 3 keeps logged
+    models beside, not inside, the run's artifacts: registering `runs:/<id>/model` works but warns each time);
+    `runs:/<id>/model` when none is found, so the registry's own error says what is missing."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    models = client.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{LOGGED_MODEL_NAME}'")
+    newest = max(models, key=lambda model: model.creation_timestamp, default=None)
+    return f"models:/{newest.model_id}" if newest is not None else f"runs:/{run_id}/{LOGGED_MODEL_NAME}"
+
+
 def register(client: mlflow.MlflowClient, *, name: str, run_id: str, model_file: Path,
              tags: dict[str, str]) -> tuple[Any, bool]:
     """Register `runs:/<run_id>/model` as a version of `name`, or reuse the version of the same model file.
@@ -264,7 +276,7 @@ def register(client: mlflow.MlflowClient, *, name: str, run_id: str, model_file:
         for key, value in tags.items():
             client.set_model_version_tag(name, existing.version, key, value)
         return client.get_model_version(name, existing.version), False
-    uri = f"runs:/{run_id}/{LOGGED_MODEL_NAME}"
+    uri = logged_model_uri(client, run_id)
     try:
         version = mlflow.register_model(uri, name, tags={**tags, MODEL_SHA_TAG: digest})
     except mlflow.exceptions.MlflowException as error:
