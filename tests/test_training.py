@@ -137,7 +137,7 @@ def test_every_switch_on(workspace):
     params = _write_params(root, base, "switches", {
         "deterministic": False,
         "augment": {"enabled": True, "rotate": 0.05, "zoom": 0.1, "contrast": 0.1},
-        "scratch": {"epochs": 3, "optimizer": "adamw", "weight_decay": 1e-4, "label_smoothing": 0.1,
+        "scratch": {"epochs": 2, "optimizer": "adamw", "weight_decay": 1e-4, "label_smoothing": 0.1,
                     "lr_schedule": "one_cycle", "early_stopping": True, "early_stopping_patience": 1,
                     "checkpoint_best": True},
         "training": {"tensorboard": True, "precision": "mixed_bfloat16", "jit_compile": True}})
@@ -183,8 +183,10 @@ def test_mirrored_strategy_on_two_logical_cpus(workspace):
 def test_transfer_fine_tuning_continues_the_step_axis(workspace):
     root, base = workspace
     params = _write_params(root, base, "finetune", {"augment": {"enabled": True},
-                                                    "transfer": {"epochs": 2, "finetune_epochs": 2,
-                                                                 "finetune_layers": 10, "augment_copies": 1}})
+                                                    # a light backbone: what is tested is the phases
+                                                    "transfer": {"backbone": "mobilenet_v2", "epochs": 2,
+                                                                 "finetune_epochs": 2, "finetune_layers": 10,
+                                                                 "augment_copies": 1}})
     features = root / "features"
     _run([sys.executable, "-m", "stages.extract_features", "--params", str(params), "--data",
           str(root / "prepared"), "--out", str(features)], root)
