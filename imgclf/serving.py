@@ -38,7 +38,6 @@ from PIL import Image
 from imgclf import fileio, images, models, tracking
 from imgclf.errors import UserError
 
-LOGGED_MODEL_NAME = "model"  # runs:/<run_id>/model, what the evaluate stage registers
 MODEL_ARTIFACT = "keras_model"
 PREPROCESSING_ARTIFACT = "preprocessing"
 PREPROCESSING_FILE = "preprocessing.json"
@@ -221,15 +220,15 @@ def log_model(model_file: Path, meta: dict[str, Any], example_pixels: np.ndarray
     `example_pixels` is one decoded image of the data, logged as a base64 PNG input example."""
     preprocessing = Preprocessing.from_meta(meta, source="meta.json")
     run_id = mlflow.active_run().info.run_id
-    earlier = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}' AND name = '{LOGGED_MODEL_NAME}'",
-                                          output_format="list")
+    earlier = mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run_id}' AND name = '{tracking.LOGGED_MODEL_NAME}'", output_format="list")
     example = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(encode_png(example_pixels)).decode("ascii")]})
     with tempfile.TemporaryDirectory() as staging:
         preprocessing_file, code_file = Path(staging) / PREPROCESSING_FILE, Path(staging) / MODEL_CODE_FILE
         fileio.atomic_write_json(preprocessing_file, preprocessing.to_dict())
         fileio.atomic_write_text(code_file, MODEL_CODE)
         info = mlflow.pyfunc.log_model(
-            name=LOGGED_MODEL_NAME, python_model=str(code_file),
+            name=tracking.LOGGED_MODEL_NAME, python_model=str(code_file),
             artifacts={MODEL_ARTIFACT: str(model_file), PREPROCESSING_ARTIFACT: str(preprocessing_file)},
             # The package itself travels with the model: it defines the pyfunc class and the custom layers.
             code_paths=[str(Path(__file__).resolve().parent)],

@@ -80,7 +80,8 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
     """The train-from-scratch stage: fit the seed CNN on the prepared data and save `model.keras`."""
     from imgclf import augment, tfdata
 
-    # First: MultiWorkerMirroredStrategy configures collective ops, which TensorFlow allows only before any op ran.
+    # First: a multi-worker strategy must configure collective ops before any TensorFlow op (and a refused one
+    # stops the stage before any work).
     strategy = tfdata.distribution_strategy(params.training.distribute)
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
     set_precision(params.training.precision)
