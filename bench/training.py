@@ -81,17 +81,19 @@ def test_accuracy(directory: Path, model_path: Path, prepared: Path, *, features
     """Test accuracy of a saved model; for transfer, its head on the cached test features (same computation)."""
     code = f"""
 import json, numpy as np
-from imgclf import models, tfdata, train
+from imgclf.data import tfdata
+from imgclf import artifacts
+from imgclf.training import models
 model = models.load_model({str(model_path)!r})
 if {str(features) if features else None!r}:
-    from imgclf import features
-    x, y = features.load_features({str(features)!r}, "test")
+    from imgclf.training import common
+    x, y = common.load_features({str(features)!r}, "test")
     head = model.get_layer("head")
     print(json.dumps(float((np.argmax(head.predict(x, batch_size=1024, verbose=0), 1) == y).mean())))
 else:
-    meta = train.read_meta({str(prepared)!r})
-    data = tfdata.make_dataset({str(prepared)!r}, "test", image_shape=train.image_shape(meta),
-                               num_classes=meta["num_classes"], batch_size=512)
+    meta = artifacts.read_prepared_meta({str(prepared)!r})
+    data = tfdata.make_dataset({str(prepared)!r}, "test", image_shape=meta.image_shape,
+                               num_classes=meta.num_classes, batch_size=512)
     right = total = 0
     for images, targets in data:
         right += int((np.argmax(model.predict(images, verbose=0), 1) == np.argmax(targets, 1)).sum())
@@ -150,24 +152,26 @@ def backbone_in_loop_epoch_seconds(directory: Path, prepared: Path, size: int, i
     """One epoch of the head with the frozen backbone in the loop, timed on `images` training images."""
     code = f"""
 import json, time, keras, numpy as np
-from imgclf import models, tfdata, train
+from imgclf.data import tfdata
+from imgclf import artifacts
+from imgclf.training import models
 from imgclf.config import TransferConfig
-meta = train.read_meta({str(prepared)!r})
+meta = artifacts.read_prepared_meta({str(prepared)!r})
 config = TransferConfig(backbone={str(BACKBONE)!r}, input_size={size})
 backbone, mode = models.load_backbone(config)
 backbone.trainable = False
-extractor = models.build_feature_extractor(backbone, mode, input_shape=train.image_shape(meta), input_size={size})
+extractor = models.build_feature_extractor(backbone, mode, input_shape=meta.image_shape, input_size={size})
 head = models.build_head(config, train_features=np.zeros((2, extractor.output_shape[-1]), "float32"),
-                         num_classes=meta["num_classes"])
+                         num_classes=meta.num_classes)
 model = models.assemble_transfer_model(extractor, head)
 model.compile(optimizer="adam", loss="categorical_crossentropy")
-data = tfdata.make_dataset({str(prepared)!r}, "train", image_shape=train.image_shape(meta),
-                           num_classes=meta["num_classes"], batch_size=64, training=True, example_count=64000)
+data = tfdata.make_dataset({str(prepared)!r}, "train", image_shape=meta.image_shape,
+                           num_classes=meta.num_classes, batch_size=64, training=True, example_count=64000)
 steps = {images} // 64
 model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)  # trace and warm up
 started = time.perf_counter()
 model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-print(json.dumps((time.perf_counter() - started) / (steps * 64) * meta["counts"]["train"]))
+print(json.dumps((time.perf_counter() - started) / (steps * 64) * meta.counts["train"]))
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=directory, env=sandbox.environment(directory),
                             capture_output=True, text=True, check=True)
@@ -178,10 +182,12 @@ def pipeline_ratio(directory: Path, prepared: Path, steps: int = 150) -> dict:
     """Training images/s of the seed CNN fed by the tf.data pipeline vs. by in-memory tensors."""
     code = f"""
 import json, time, keras, numpy as np
-from imgclf import models, tfdata, train
+from imgclf.data import tfdata
+from imgclf import artifacts
+from imgclf.training import models
 from imgclf.config import Params
-meta = train.read_meta({str(prepared)!r})
-shape, classes, count = train.image_shape(meta), meta["num_classes"], meta["counts"]["train"]
+meta = artifacts.read_prepared_meta({str(prepared)!r})
+shape, classes, count = meta.image_shape, meta.num_classes, meta.counts["train"]
 def model():
     m = models.build_scratch_model(Params().scratch, input_shape=shape, num_classes=classes)
     m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])

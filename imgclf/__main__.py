@@ -8,9 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+from imgclf import artifacts
+
 # A usage error (bad model path or URI, missing meta.json, non-empty export directory): one line, exit 2.
 EXIT_USAGE = 2
-DEFAULT_META = Path("data/prepared/meta.json")
+DEFAULT_META = Path(artifacts.PREPARED_DIR) / artifacts.META_FILE
 MODEL_HELP = ("a .keras file (with --meta) or an MLflow model URI: runs:/<run_id>/model, "
               "models:/imgclf-transfer@champion (store: MLFLOW_TRACKING_URI, else ./mlflow.db)")
 
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     finder = commands.add_parser("lr-find", help="learning-rate finder: loss against an exponentially rising rate")
     finder.add_argument("--model", choices=["scratch", "transfer"], default="scratch")
     finder.add_argument("--params", type=Path, default=Path("params.yaml"))
-    finder.add_argument("--data", type=Path, default=Path("data/prepared"), help="prepared data directory")
+    finder.add_argument("--data", type=Path, default=Path(artifacts.PREPARED_DIR), help="prepared data directory")
     finder.add_argument("--features", type=Path, default=Path("data/features"), help="cached features (transfer)")
     finder.add_argument("--out", type=Path, default=Path("results/lr_find"), help="where the plot and CSV go")
     finder.add_argument("--steps", type=int, default=100, help="batches in the sweep")
@@ -57,12 +59,13 @@ def main(argv: list[str] | None = None) -> None:
         from imgclf import fileio, sandbox
 
         seconds = sandbox.smoke(arguments.dir, source_root=Path.cwd())
-        metrics = fileio.read_json(arguments.dir / "results" / "evaluate" / "metrics.json")
+        metrics = fileio.read_json(arguments.dir / "results" / "evaluate" / artifacts.METRICS_FILE)
         for model, values in metrics.items():
             print(f"{model:>9}: test accuracy {values['accuracy']:.3f}")
         print(f"smoke run: all stages in {seconds:.1f} s (outputs in {arguments.dir}/)")
     elif arguments.command == "lr-find":
-        from imgclf import config, lr_finder
+        from imgclf import config
+        from imgclf.training import lr_finder
 
         suggestions = lr_finder.run(config.load_params(arguments.params), model_name=arguments.model,
                                     prepared_dir=arguments.data, features_dir=arguments.features,
@@ -91,8 +94,8 @@ def _serve_command(arguments: argparse.Namespace) -> int:
     """`predict` and `export`: the exit code; a usage error is one line on stderr and exit 2."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ start-up chatter
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from imgclf import predict, serving
     from imgclf.errors import UserError
+    from imgclf.serving import predict, serving
 
     try:
         if arguments.command == "predict":

@@ -16,8 +16,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-STAGES = ("download", "preprocess", "train_scratch", "extract_features", "train_transfer", "evaluate", "analyze")
-CHAMPION = "champion"  # the predict entry point's default model: whichever registered model holds the alias
+import yaml
+
+from imgclf.artifacts import CHAMPION, DVC_FILE  # CHAMPION: predict's default, the model holding that alias
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def stage_names(root: Path = PROJECT_ROOT) -> tuple[str, ...]:
+    """The pipeline's stages in dvc.yaml order: the one list (MLproject's entry points are tested against it)."""
+    return tuple(yaml.safe_load((Path(root) / DVC_FILE).read_text(encoding="utf-8"))["stages"])
 
 
 class PipelineError(Exception):
@@ -47,8 +55,8 @@ def is_git_repository(root: Path) -> bool:
 
 def dvc_command(*, overrides: list[str], stage: str | None, name: str | None, git: bool) -> list[str]:
     """`dvc exp run [-n NAME] -S k=v ... [STAGE]` for an experiment, `dvc repro [STAGE]` otherwise."""
-    if stage is not None and stage not in STAGES:
-        raise PipelineError(f"unknown stage {stage!r}; one of: {', '.join(STAGES)}")
+    if stage is not None and stage not in stage_names():
+        raise PipelineError(f"unknown stage {stage!r}; one of: {', '.join(stage_names())}")
     targets = [stage] if stage else []
     if not overrides and not name:
         return [_dvc(), "repro", *targets]
@@ -127,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="the DVC pipeline, or one stage, with optional params overrides")
     run.add_argument("--overrides", default="", help='space-separated params.yaml overrides, "key=value ..."')
-    run.add_argument("--stage", default="", help=f"run this stage (and what it needs that changed): {STAGES}")
+    run.add_argument("--stage", default="", help="run this stage (and what it needs that changed): one of dvc.yaml's")
     run.add_argument("--name", default="", help="DVC experiment name (implies dvc exp run)")
     predict = commands.add_parser("predict", help="classify images with a model path, URI or 'champion'")
     predict.add_argument("--images", required=True, help="space-separated image files or folders")

@@ -20,12 +20,10 @@ from typing import Any
 import mlflow
 import yaml
 
-from imgclf import fileio
+from imgclf import artifacts, fileio
+from imgclf.artifacts import CHAMPION
 from imgclf.config import Params, flatten, params_to_dict
 
-STORE_FILE = "mlflow.db"
-ARTIFACT_DIR = "mlartifacts"
-RUN_FILE = "run.json"
 # `mlflow run` exports the id of the run it opened; `mlflow.start_run()` would silently resume that run.
 OUTER_RUN_ENV = "MLFLOW_RUN_ID"
 # Set by DVC for every stage command (dvc/stage/run.py) and, under `dvc exp run`, for the experiment
@@ -41,7 +39,8 @@ log = logging.getLogger(__name__)
 
 def tracking_uri(project_root: Path) -> str:
     """MLFLOW_TRACKING_URI if set, else a SQLite store in the project root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(project_root).resolve() / STORE_FILE}"
+    store = Path(project_root).resolve() / artifacts.MLFLOW_STORE_FILE
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store}"
 
 
 def outer_run_id() -> str | None:
@@ -78,7 +77,7 @@ def configure(project_root: Path, experiment: str) -> str:
     else:
         artifact_location = None
         if uri.startswith("sqlite:"):  # keep artifacts beside the embedded store, not in the working dir
-            artifact_location = (Path(project_root).resolve() / ARTIFACT_DIR).as_uri()
+            artifact_location = (Path(project_root).resolve() / artifacts.MLFLOW_ARTIFACT_DIR).as_uri()
         experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
@@ -113,7 +112,7 @@ def prepared_data_md5(project_root: Path) -> str | None:
     except yaml.YAMLError:
         return None
     for out in stage.get("outs", []):
-        if out.get("path") == "data/prepared":
+        if out.get("path") == artifacts.PREPARED_DIR:
             return out.get("md5")
     return None
 
@@ -191,7 +190,7 @@ def training_run(params: Params, *, model: str, project_root: Path, out_dir: Pat
     with context as run:
         if run_id is None:
             mlflow.log_params({key: _param_value(value) for key, value in logged_params.items()})
-        fileio.atomic_write_json(Path(out_dir) / RUN_FILE, {
+        fileio.atomic_write_json(Path(out_dir) / artifacts.RUN_FILE, {
             "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": mlflow.get_tracking_uri(),
         })
@@ -212,7 +211,7 @@ def _param_value(value: Any) -> str:
 
 
 def read_run(model_dir: Path) -> dict[str, str]:
-    return fileio.read_json(Path(model_dir) / RUN_FILE)
+    return fileio.read_json(Path(model_dir) / artifacts.RUN_FILE)
 
 
 def pip_requirements() -> list[str]:
@@ -235,7 +234,6 @@ def pip_requirements() -> list[str]:
 # --- Model registry ------------------------------------------------------------------------------------------
 
 REGISTERED_MODELS = {"scratch": "imgclf-scratch", "transfer": "imgclf-transfer"}
-CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_SHA_TAG = "model_sha256"  # sha256 of model.keras: the same file is never registered twice
 LOGGED_MODEL_NAME = "model"  # what the training stages log: runs:/<run_id>/model

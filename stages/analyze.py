@@ -1,13 +1,17 @@
 """DVC stage `analyze`: is one model really better, where does each fail, and one HTML report of it all."""
 
-from imgclf import analysis, cli
+from imgclf import cli
+from imgclf.evaluation import analysis
+
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
+PARAMS = ("seed", "analysis")
 
 
 def main() -> None:
-    cli.stage(__doc__, {"data": "prepared data directory", "evaluation": "evaluate stage output directory",
-                        "scratch_history": "history.csv of the scratch model",
-                        "transfer_history": "history.csv of the transfer model",
-                        "out": "analysis directory to write"},
+    cli.stage(__doc__, PARAMS, {"data": "prepared data directory", "evaluation": "evaluate stage output directory",
+                                "scratch_history": "history.csv of the scratch model",
+                                "transfer_history": "history.csv of the transfer model",
+                                "out": "analysis directory to write"},
               lambda params, args: analysis.run(
                   params, prepared_dir=args.data, evaluate_dir=args.evaluation,
                   history_paths={"scratch": args.scratch_history, "transfer": args.transfer_history},

@@ -1,6 +1,11 @@
 """DVC stage `download`: fetch the configured data source (checksummed) into the raw data directory."""
 
-from imgclf import cli, sources
+from imgclf import cli
+from imgclf.data import sources
+
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
+PARAMS = ("seed", "data.source", "data.path", "data.sha256", "data.synthetic_classes", "data.synthetic_per_class",
+          "data.synthetic_image_size")
 
 
 def main() -> None:
@@ -12,8 +17,8 @@ def main() -> None:
                              synthetic_per_class=data.synthetic_per_class,
                              synthetic_image_size=data.synthetic_image_size)
 
-    cli.stage(__doc__, {"out": "raw data directory to write",
-                        "download_dir": "where downloaded archives are kept between runs"}, body)
+    cli.stage(__doc__, PARAMS, {"out": "raw data directory to write",
+                                "download_dir": "where downloaded archives are kept between runs"}, body)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """DVC stage `evaluate`: both models on the same test split; metrics, calibration, confusion, predictions."""
 
-from imgclf import cli, evaluate
+from imgclf import cli
+from imgclf.evaluation import evaluate
+
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
+PARAMS = ("seed", "deterministic", "evaluate", "mlflow.experiment")
 
 
 def main() -> None:
-    cli.stage(__doc__, {"data": "prepared data directory", "scratch": "scratch model directory",
-                        "transfer": "transfer model directory", "out": "evaluation directory to write"},
+    cli.stage(__doc__, PARAMS, {"data": "prepared data directory", "scratch": "scratch model directory",
+                                "transfer": "transfer model directory", "out": "evaluation directory to write"},
               lambda params, args: evaluate.run(params, prepared_dir=args.data,
                                                 model_dirs={"scratch": args.scratch, "transfer": args.transfer},
                                                 out_dir=args.out, project_root=cli.project_root()))

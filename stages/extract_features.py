@@ -1,10 +1,15 @@
 """DVC stage `extract_features`: run the frozen backbone once per image and cache the pooled features."""
 
-from imgclf import cli, features
+from imgclf import cli
+from imgclf.training import features
+
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
+PARAMS = ("seed", "deterministic", "transfer.backbone", "transfer.weights", "transfer.input_size",
+          "transfer.feature_batch_size", "transfer.augment_copies", "augment")
 
 
 def main() -> None:
-    cli.stage(__doc__, {"data": "prepared data directory", "out": "features directory to write"},
+    cli.stage(__doc__, PARAMS, {"data": "prepared data directory", "out": "features directory to write"},
               lambda params, args: features.extract_features(params, prepared_dir=args.data, out_dir=args.out))
 
 

@@ -1,11 +1,15 @@
 """DVC stage `preprocess`: decode, split and shard the raw images; write meta, manifest and previews."""
 
-from imgclf import cli, preprocess
+from imgclf import cli
+from imgclf.data import preprocess
+
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
+PARAMS = ("seed", "data.val_fraction", "data.test_fraction", "data.max_per_class", "preprocess", "augment")
 
 
 def main() -> None:
-    cli.stage(__doc__, {"raw": "raw data directory (download stage output)",
-                        "out": "prepared data directory to write"},
+    cli.stage(__doc__, PARAMS, {"raw": "raw data directory (download stage output)",
+                                "out": "prepared data directory to write"},
               lambda params, args: preprocess.run(params, raw_dir=args.raw, out_dir=args.out))
 
 

@@ -1,11 +1,15 @@
 """DVC stage `train_scratch`: train the seed CNN from scratch and save it as .keras."""
 
-from imgclf import cli, train
+from imgclf import cli
+from imgclf.training import scratch
+
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
+PARAMS = ("seed", "deterministic", "augment", "scratch", "training", "mlflow.experiment")
 
 
 def main() -> None:
-    cli.stage(__doc__, {"data": "prepared data directory", "out": "model directory to write"},
-              lambda params, args: train.train_scratch(params, prepared_dir=args.data, out_dir=args.out,
+    cli.stage(__doc__, PARAMS, {"data": "prepared data directory", "out": "model directory to write"},
+              lambda params, args: scratch.train_scratch(params, prepared_dir=args.data, out_dir=args.out,
                                                        project_root=cli.project_root()))
 
 

@@ -1,11 +1,21 @@
 """DVC stage `train_transfer`: train the new head on cached backbone features; save the whole model as .keras."""
 
-from imgclf import cli, transfer
+from imgclf import cli
+from imgclf.training import transfer
+
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
+PARAMS = ("seed", "deterministic", "augment", "training", "mlflow.experiment", "transfer.head_dropout",
+          "transfer.head_units", "transfer.optimizer", "transfer.learning_rate", "transfer.weight_decay",
+          "transfer.momentum", "transfer.label_smoothing", "transfer.lr_schedule", "transfer.lr_step_epochs",
+          "transfer.lr_decay_factor", "transfer.lr_plateau_patience", "transfer.early_stopping",
+          "transfer.early_stopping_patience", "transfer.early_stopping_min_delta", "transfer.restore_best_weights",
+          "transfer.checkpoint_best", "transfer.epochs", "transfer.batch_size", "transfer.finetune_epochs",
+          "transfer.finetune_layers", "transfer.finetune_learning_rate")
 
 
 def main() -> None:
-    cli.stage(__doc__, {"data": "prepared data directory", "features": "cached features directory",
-                        "out": "model directory to write"},
+    cli.stage(__doc__, PARAMS, {"data": "prepared data directory", "features": "cached features directory",
+                                "out": "model directory to write"},
               lambda params, args: transfer.train_transfer(params, prepared_dir=args.data,
                                                            features_dir=args.features, out_dir=args.out,
                                                            project_root=cli.project_root()))

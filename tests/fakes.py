@@ -9,17 +9,18 @@ from pathlib import Path
 import numpy as np
 from scipy import special
 
-from imgclf import evaluate, fileio
+from imgclf import artifacts, fileio
+from imgclf.evaluation import evaluate
 
 
 def write_prepared(root: Path, *, class_names: list[str], per_class: dict[str, int], size: int = 8,
                    seed: int = 0) -> dict:
     """`root` as the preprocess stage leaves it: shards per split, meta.json and manifest.csv."""
-    from imgclf import tfdata
+    from imgclf.data import tfdata
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
-    rows, counts, next_id = [], {}, 0
+    rows, counts, shards, next_id = [], {}, {}, 0
     for split, count in per_class.items():
         labels = np.repeat(np.arange(len(class_names)), count)
         ids = np.arange(next_id, next_id + len(labels))
@@ -27,7 +28,7 @@ def write_prepared(root: Path, *, class_names: list[str], per_class: dict[str, i
         colours = (np.arange(len(class_names))[:, None] * np.array([70, 130, 200]) % 256).astype(np.int64)
         pixels = [np.clip(colours[label] + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
                   for label in labels]
-        tfdata.write_shards(root, split, zip(pixels, labels, ids, strict=True), count=len(labels),
+        shards[split] = tfdata.write_shards(root, split, zip(pixels, labels, ids, strict=True), count=len(labels),
                             examples_per_shard=1000)
         rows += [{"id": int(i), "split": split, "label": int(label), "class_name": class_names[label],
                   "original": f"{class_names[label]}/{i}.png"} for i, label in zip(ids, labels, strict=True)]
@@ -38,8 +39,8 @@ def write_prepared(root: Path, *, class_names: list[str], per_class: dict[str, i
         writer.writerows(rows)
     meta = {"source": "synthetic", "class_names": class_names, "num_classes": len(class_names), "image_size": size,
             "channels": 3, "resize": "pad", "counts": {split: int(sum(value)) for split, value in counts.items()},
-            "counts_per_class": counts}
-    fileio.atomic_write_json(root / "meta.json", meta)
+            "counts_per_class": counts, "source_sha256": None, "skipped": 0, "shards": shards}
+    fileio.atomic_write_json(root / artifacts.META_FILE, meta)
     return meta
 
 

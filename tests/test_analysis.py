@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from imgclf import analysis, comparison, evaluate
 from imgclf.config import params_from_dict
 from imgclf.errors import EvaluationError
+from imgclf.evaluation import analysis, comparison, evaluate
 
 from .fakes import fake_probabilities, write_evaluation, write_prepared
 

@@ -12,9 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgclf import calibration, evaluate, serving, train
+from imgclf import artifacts
 from imgclf.config import params_from_dict
 from imgclf.errors import EvaluationError
+from imgclf.evaluation import calibration, evaluate
+from imgclf.serving import serving
+from imgclf.training import common
 
 from .conftest import PROJECT_ROOT
 from .fakes import fake_probabilities, write_prepared
@@ -122,9 +125,10 @@ def evaluate_project(tmp_path, tiny_params_dict, monkeypatch):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("evaluate-test")
     for name, classes in (("scratch", 3), ("transfer", 3)):
-        train.save_model(_tiny_model(8, classes), tmp_path / name / train.MODEL_FILE)
+        common.save_model(_tiny_model(8, classes), tmp_path / name / artifacts.MODEL_FILE)
         with mlflow.start_run(experiment_id=experiment, tags={"model": name}) as run:
-            serving.log_model(tmp_path / name / train.MODEL_FILE, meta, np.zeros((8, 8, 3), np.uint8))
+            serving.log_model(tmp_path / name / artifacts.MODEL_FILE, artifacts.PreparedMeta.from_dict(meta),
+                              np.zeros((8, 8, 3), np.uint8))
         (tmp_path / name / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))
     tiny_params_dict["mlflow"]["experiment"] = "evaluate-test"
     return tmp_path, params_from_dict(tiny_params_dict)
@@ -159,7 +163,7 @@ def test_evaluate_run_writes_scalar_dvc_metrics_details_and_logs_to_mlflow(evalu
 
 def test_evaluate_stage_refuses_a_model_for_other_classes_in_one_line(evaluate_project):
     root, _ = evaluate_project
-    train.save_model(_tiny_model(8, 5), root / "transfer" / train.MODEL_FILE)
+    common.save_model(_tiny_model(8, 5), root / "transfer" / artifacts.MODEL_FILE)
     (root / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
     result = subprocess.run([sys.executable, "-m", "stages.evaluate", "--params", str(root / "params.yaml"),
                              "--data", str(root / "prepared"), "--scratch", str(root / "scratch"),

@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from imgclf import fitting, lr_finder
 from imgclf.config import params_from_dict
+from imgclf.training import fitting, lr_finder
 
 from .conftest import PROJECT_ROOT
 

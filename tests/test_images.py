@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import images
+from imgclf.data import images
 
 
 def _save(tmp_path, image: Image.Image, name: str, **kwargs):

@@ -17,7 +17,7 @@ from .test_tracking import EXPERIMENT
 
 def test_entry_points_cover_the_pipeline_every_stage_and_predict():
     project = _project_spec.load_project(str(PROJECT_ROOT))
-    assert set(pipeline.STAGES) | {"main", "predict"} <= set(project._entry_points)
+    assert set(pipeline.stage_names(PROJECT_ROOT)) | {"main", "predict"} <= set(project._entry_points)
     main = project.get_entry_point("main").compute_command({"overrides": "scratch.epochs=1 x.y=2"}, None)
     assert main == "python -m imgclf.pipeline run --overrides 'scratch.epochs=1 x.y=2' --name ''"
     stage = project.get_entry_point("evaluate").compute_command({}, None)

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from imgclf import models
 from imgclf.config import params_from_dict
+from imgclf.training import models
 
 from .conftest import SHARED_BACKBONE
 

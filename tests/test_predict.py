@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import images, models, predict, serving, tracking
+from imgclf import tracking
 from imgclf.__main__ import main
+from imgclf.data import images
+from imgclf.serving import predict, serving
+from imgclf.training import models
 
 CORRUPT = "corrupt.png"
 

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from imgclf import preprocess, sources
 from imgclf.config import params_from_dict
+from imgclf.data import preprocess, sources
 
 from .conftest import write_image_folder
 

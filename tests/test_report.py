@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import comparison, evaluate, plots, report
+from imgclf.evaluation import comparison, evaluate, plots, report
 
 from .fakes import fake_probabilities
 

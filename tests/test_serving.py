@@ -24,8 +24,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imgclf import images, models, serving, tracking
+from imgclf import tracking
 from imgclf.__main__ import main
+from imgclf.data import images
+from imgclf.serving import serving
+from imgclf.training import models
 
 SERVER_START_SECONDS = 180  # importing TensorFlow and loading the model on a busy 2-core machine
 

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import fileio, sources
+from imgclf import fileio
+from imgclf.data import sources
 
 from .conftest import write_image_folder
 

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import yaml
 
-from imgclf import fitting, preprocess, sources
 from imgclf.config import params_from_dict
+from imgclf.data import preprocess, sources
 from imgclf.sandbox import merge
+from imgclf.training import fitting
 
 from .conftest import PROJECT_ROOT
 
@@ -209,7 +210,7 @@ def test_transfer_fine_tuning_continues_the_step_axis(workspace):
 
 def test_multi_worker_is_refused_before_any_work_with_the_upstream_reason():
     # Two workers on loopback fail at Keras 3's first step (tensorflow/tensorflow#72388); say so up front.
-    from imgclf import tfdata
+    from imgclf.data import tfdata
     from imgclf.errors import ModelConfigError
 
     with pytest.raises(ModelConfigError, match=r"multi_worker does not work .* use `mirrored`"):

@@ -18,22 +18,16 @@ from pathlib import Path
 
 import keras
 import mlflow
-import numpy as np
 
-from imgclf import features, fileio, fitting, models, serving, tracking, train
+from imgclf import artifacts, fileio, tracking
 from imgclf.config import Params, TransferConfig
+from imgclf.data import augment, tfdata
+from imgclf.serving import serving
+from imgclf.training import common, fitting, models
 
 log = logging.getLogger(__name__)
 
 HEAD_PHASE, FINETUNE_PHASE = "head", "finetune"
-
-
-def training_features(features_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The training features with every augmented view, if the features stage extracted any."""
-    views = [features.load_features(features_dir, "train")]
-    augmented = sorted(Path(features_dir).glob("train_aug*.npz"))
-    views += [features.load_features(features_dir, path.stem) for path in augmented]
-    return np.concatenate([view[0] for view in views]), np.concatenate([view[1] for view in views])
 
 
 def unfreeze(extractor: keras.Model, layers: int) -> int:
@@ -49,30 +43,28 @@ def unfreeze(extractor: keras.Model, layers: int) -> int:
 def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, out_dir: Path,
                    project_root: Path) -> dict:
     """The transfer stage: fit the head on cached features, optionally fine-tune, save `model.keras`."""
-    from imgclf import tfdata
-
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
-    train.set_precision(params.training.precision)
-    meta = train.read_meta(prepared_dir)
-    features_meta = fileio.read_json(Path(features_dir) / features.FEATURES_META)
-    num_classes, config, out_dir = meta["num_classes"], params.transfer, Path(out_dir)
-    train_x, train_y = training_features(features_dir)
-    val_x, val_y = features.load_features(features_dir, "val")
-    resume = fitting.ResumeState(out_dir / train.RESUME_DIR, enabled=params.training.resume,
-                                 fingerprint={**train.fingerprint(params, meta, "augment", "transfer", "training"),
+    common.set_precision(params.training.precision)
+    meta = artifacts.read_prepared_meta(prepared_dir)
+    features_meta = fileio.read_json(Path(features_dir) / artifacts.FEATURES_META)
+    num_classes, config, out_dir = meta.num_classes, params.transfer, Path(out_dir)
+    train_x, train_y = common.training_features(features_dir)
+    val_x, val_y = common.load_features(features_dir, "val")
+    resume = fitting.ResumeState(out_dir / artifacts.RESUME_DIR, enabled=params.training.resume,
+                                 fingerprint={**common.fingerprint(params, meta, "augment", "transfer", "training"),
                                               "features": features_meta})
     head = models.build_head(config, train_features=train_x, num_classes=num_classes)
     head_weights = resume.phase_dir(HEAD_PHASE) / "head.weights.h5"
     logged = tracking.stage_params(params, "data", "preprocess", "augment", "transfer", "training")
-    val_data = tfdata.make_dataset(prepared_dir, "val", image_shape=train.image_shape(meta), num_classes=num_classes,
-                                   batch_size=config.batch_size, example_count=meta["counts"]["val"])
+    val_data = tfdata.make_dataset(prepared_dir, "val", image_shape=meta.image_shape, num_classes=num_classes,
+                                   batch_size=config.batch_size, example_count=meta.counts["val"])
     with tracking.training_run(params, model="transfer", project_root=project_root, out_dir=out_dir,
-                               data_sha256=meta.get("source_sha256"), logged_params=logged,
+                               data_sha256=meta.source_sha256, logged_params=logged,
                                run_id=resume.run_id()) as run:
         resume.remember_run(run.info.run_id)
         mlflow.log_params({"feature_dim": int(train_x.shape[1]), "train_features": len(train_y),
                            "backbone_parameters": features_meta["backbone_parameters"]})
-        history_paths = [out_dir / train.HISTORY_FILE]
+        history_paths = [out_dir / artifacts.HISTORY_FILE]
         if resume.phase_done(HEAD_PHASE):
             head.load_weights(head_weights)
             rows = fitting.read_history(resume.history_path(HEAD_PHASE))
@@ -82,18 +74,18 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
                              train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, num_classes=num_classes)
             head.save_weights(head_weights)
             resume.mark_phase_done(HEAD_PHASE)
-        extractor = models.load_model(Path(features_dir) / features.EXTRACTOR_FILE)
+        extractor = models.load_model(Path(features_dir) / artifacts.EXTRACTOR_FILE)
         model = models.assemble_transfer_model(extractor, head)
         if config.finetune_epochs:
             rows = _finetune(model, extractor, params, resume, history_paths, rows, meta=meta,
                              prepared_dir=prepared_dir, val_data=val_data, run_id=run.info.run_id,
                              project_root=project_root)
-        train.save_model(model, out_dir / train.MODEL_FILE)
-        serving.log_model(out_dir / train.MODEL_FILE, meta, train.first_images(val_data, count=1)[0])
-        summary = train.summarize(rows, model)
+        common.save_model(model, out_dir / artifacts.MODEL_FILE)
+        serving.log_model(out_dir / artifacts.MODEL_FILE, meta, common.first_images(val_data, count=1)[0])
+        summary = common.summarize(rows, model)
         summary["finetune_epochs"] = sum(1 for row in rows if row.get("phase") == FINETUNE_PHASE)
-        mlflow.log_dict(summary, "train_summary.json")
-    fileio.atomic_write_json(out_dir / train.SUMMARY_FILE, summary)
+        mlflow.log_dict(summary, artifacts.SUMMARY_FILE)
+    fileio.atomic_write_json(out_dir / artifacts.SUMMARY_FILE, summary)
     resume.clear()
     return summary
 
@@ -101,15 +93,13 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
 def _fit_head(head, config: TransferConfig, params: Params, resume: fitting.ResumeState, history_paths, run_id,
               project_root, *, train_x, train_y, val_x, val_y, num_classes) -> list[dict]:
     steps = -(-len(train_y) // config.batch_size)
-    train.compile_model(head, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
+    common.compile_model(head, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
     history = resume.history(HEAD_PHASE)
     logger = fitting.EpochLogger([*history_paths, resume.history_path(HEAD_PHASE)], examples_per_epoch=len(train_y),
                                  rows=history, phase=HEAD_PHASE)
-    callbacks = [*fitting.standard_callbacks(config, seed=params.seed, checkpoint_dir=resume.phase_dir(HEAD_PHASE),
-                                             history=history),
-                 logger, *train.extra_callbacks(params, model_name="transfer", run_id=run_id,
-                                                project_root=project_root),
-                 *resume.callbacks(HEAD_PHASE)]
+    callbacks = common.training_callbacks(params, config, resume=resume, phase=HEAD_PHASE, logger=logger,
+                                          history=history, model_name="transfer", run_id=run_id,
+                                          project_root=project_root)
     head.fit(train_x, keras.utils.to_categorical(train_y, num_classes), batch_size=config.batch_size,
              validation_data=(val_x, keras.utils.to_categorical(val_y, num_classes)),
              epochs=config.epochs, shuffle=True, callbacks=callbacks, verbose=2)
@@ -120,32 +110,27 @@ def _fit_head(head, config: TransferConfig, params: Params, resume: fitting.Resu
 def _finetune(model, extractor, params: Params, resume: fitting.ResumeState, history_paths, head_rows, *, meta,
               prepared_dir, val_data, run_id, project_root) -> list[dict]:
     """Phase 2: unfreeze and train end to end on images, continuing the head's epoch numbering."""
-    from imgclf import augment, tfdata
-
     config = params.transfer
     unfrozen = unfreeze(extractor, config.finetune_layers)
     mlflow.log_param("finetune_trainable_layers", unfrozen)
     start = len(head_rows)
     total = start + config.finetune_epochs
     first_epoch = max(start, resume.completed_epochs(FINETUNE_PHASE))
-    train_count = meta["counts"]["train"]
+    train_count = meta.counts["train"]
     steps = tfdata.steps_per_epoch(train_count, config.batch_size)
     augmentation = augment.build_augmentation(params.augment, seed=params.seed) if params.augment.enabled else None
-    train_data = tfdata.make_dataset(prepared_dir, "train", image_shape=train.image_shape(meta),
-                                     num_classes=meta["num_classes"], batch_size=config.batch_size, training=True,
+    train_data = tfdata.make_dataset(prepared_dir, "train", image_shape=meta.image_shape,
+                                     num_classes=meta.num_classes, batch_size=config.batch_size, training=True,
                                      seed=params.seed, augment=augmentation, example_count=train_count,
                                      epochs=total, first_epoch=first_epoch)
-    train.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile,
+    common.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile,
                         epochs=config.finetune_epochs, learning_rate=config.finetune_learning_rate)
     history = head_rows + [row for row in resume.history(FINETUNE_PHASE) if row["epoch"] > start]
     logger = fitting.EpochLogger([*history_paths, resume.history_path(FINETUNE_PHASE)],
                                  examples_per_epoch=train_count, rows=history, phase=FINETUNE_PHASE)
-    callbacks = [*fitting.standard_callbacks(config, seed=params.seed,
-                                             checkpoint_dir=resume.phase_dir(FINETUNE_PHASE),
-                                             history=history[start:]),
-                 logger, *train.extra_callbacks(params, model_name="transfer", run_id=run_id,
-                                                project_root=project_root),
-                 *resume.callbacks(FINETUNE_PHASE)]
+    callbacks = common.training_callbacks(params, config, resume=resume, phase=FINETUNE_PHASE, logger=logger,
+                                          history=history[start:], model_name="transfer", run_id=run_id,
+                                          project_root=project_root)
     model.fit(train_data, validation_data=val_data, epochs=total, initial_epoch=start, steps_per_epoch=steps,
               callbacks=callbacks, verbose=2)
     fitting.restore_best(model, config, resume.phase_dir(FINETUNE_PHASE))

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgclf import fileio, serving
+from imgclf import fileio
 from imgclf.errors import UserError
+from imgclf.serving import serving
 
 FORMATS = ("table", "json", "csv")
 CHUNK = 256  # images decoded and held in memory at a time; the model sees them in batches of serving.BATCH_SIZE
@@ -147,7 +148,7 @@ def write_score_bars(path: Path, *, pixels: np.ndarray, scores: np.ndarray, pred
                      class_names: Sequence[str], model_label: str) -> None:
     """One figure: the image as the model saw it and its score per class (the top classes beyond
     SCORE_BAR_CLASSES classes)."""
-    from imgclf import plots
+    from imgclf.evaluation import plots
 
     if len(class_names) <= SCORE_BAR_CLASSES:
         shown = list(range(len(class_names)))

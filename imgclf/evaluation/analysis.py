@@ -20,16 +20,25 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from imgclf import comparison, evaluate, fileio, plots, report, tracking, train
+from imgclf import artifacts, fileio, tracking
+from imgclf.artifacts import (
+    DETAILS_FILE,
+    MARKDOWN_FILE,
+    MODEL_NAMES,
+    RELIABILITY_FILE,
+    REPORT_FILE,
+    RUNS_FILE,
+    confusion_plot,
+    predictions_file,
+    probabilities_file,
+)
 from imgclf.config import AnalysisConfig, Params
 from imgclf.errors import EvaluationError
+from imgclf.evaluation import comparison, plots, report
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
-REPORT_FILE = "report.html"
-MARKDOWN_FILE = "summary.md"
-MODELS = evaluate.MODEL_NAMES
+MODELS = MODEL_NAMES
 SHORT = {"scratch": "S", "transfer": "T"}
 OUTCOMES = ("both_right", "only_scratch_right", "only_transfer_right", "both_wrong")
 
@@ -47,8 +56,8 @@ class ModelPredictions:
 def load_predictions(evaluate_dir: Path, model: str, *, num_classes: int) -> ModelPredictions:
     """Read `<model>_probabilities.npz` and `<model>_predictions.csv`; refuse missing or mismatched files."""
     evaluate_dir = Path(evaluate_dir)
-    table_path = evaluate_dir / evaluate.predictions_file(model)
-    scores_path = evaluate_dir / evaluate.probabilities_file(model)
+    table_path = evaluate_dir / predictions_file(model)
+    scores_path = evaluate_dir / probabilities_file(model)
     for path in (table_path, scores_path):
         if not path.is_file():
             raise EvaluationError(f"{path} not found: the analysis needs both models' test predictions; run the "
@@ -193,13 +202,13 @@ def shown_classes(scores: dict[str, np.ndarray], *, true_label: int, limit: int)
 
 def test_images(prepared_dir: Path, ids: set[int], meta: dict) -> dict[int, np.ndarray]:
     """The uint8 pixels of the requested test images, read from the shards in one streaming pass."""
-    from imgclf import tfdata
+    from imgclf.data import tfdata
 
     wanted, found = set(ids), {}
     if not wanted:
         return found
-    dataset = tfdata.make_dataset(prepared_dir, "test", image_shape=train.image_shape(meta),
-                                  num_classes=meta["num_classes"], batch_size=256, with_index=True)
+    dataset = tfdata.make_dataset(prepared_dir, "test", image_shape=meta.image_shape,
+                                  num_classes=meta.num_classes, batch_size=256, with_index=True)
     for images, _, index in tfdata.iterate_numpy(dataset):
         for image, row_id in zip(images, index, strict=True):
             if int(row_id) in wanted:
@@ -385,8 +394,8 @@ def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths
         project_root: Path) -> dict:
     """The error-analysis stage."""
     settings = params.analysis
-    meta = train.read_meta(prepared_dir)
-    class_names = meta["class_names"]
+    meta = artifacts.read_prepared_meta(prepared_dir)
+    class_names = list(meta.class_names)
     predictions = {model: load_predictions(evaluate_dir, model, num_classes=len(class_names)) for model in MODELS}
     table = compare(predictions["scratch"], predictions["transfer"], class_names=class_names)
     summary = comparison.compare(table["right_scratch"].to_numpy(), table["right_transfer"].to_numpy(),
@@ -413,18 +422,18 @@ def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths
 
     histories = {model: read_history(history_paths[model]) for model in MODELS}
     plots.training_curves(histories, out_dir / "training_curves.png")
-    fileio.atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    fileio.atomic_write_json(out_dir / artifacts.ANALYSIS_SUMMARY_FILE, summary)
 
-    details = fileio.read_json(Path(evaluate_dir) / evaluate.DETAILS_FILE)
+    details = fileio.read_json(Path(evaluate_dir) / DETAILS_FILE)
     inputs = report.ReportInputs(
-        data={"source": meta.get("source", ""), "classes": len(class_names), "image_size": meta.get("image_size"),
-              "counts": meta.get("counts", {})},
+        data={"source": meta.source, "classes": len(class_names), "image_size": meta.image_size,
+              "counts": meta.counts},
         class_names=class_names, metrics={model: details[model] for model in MODELS}, summary=summary,
         training={model: training_summary(histories[model]) for model in MODELS},
         figures={name: (path).read_bytes() for name, path in {
-            "confusion_scratch": Path(evaluate_dir) / "scratch_confusion.png",
-            "confusion_transfer": Path(evaluate_dir) / "transfer_confusion.png",
-            "reliability": Path(evaluate_dir) / evaluate.RELIABILITY_FILE,
+            "confusion_scratch": Path(evaluate_dir) / confusion_plot("scratch"),
+            "confusion_transfer": Path(evaluate_dir) / confusion_plot("transfer"),
+            "reliability": Path(evaluate_dir) / RELIABILITY_FILE,
             "training_curves": out_dir / "training_curves.png"}.items() if path.is_file()},
         galleries=galleries(table, selections, pixels), score_bars=score_items,
         thumbnail_size=settings.thumbnail_size)
@@ -438,7 +447,7 @@ def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths
 
 def _log_to_mlflow(summary: dict, *, evaluate_dir: Path, out_dir: Path, project_root: Path) -> None:
     """The report, Markdown summary and comparison statistics into the evaluate stage's comparison run."""
-    runs_path = evaluate_dir / evaluate.RUNS_FILE
+    runs_path = evaluate_dir / RUNS_FILE
     if not runs_path.is_file():
         log.warning("%s not found: the report is not logged to MLflow", runs_path)
         return
@@ -456,5 +465,5 @@ def _log_to_mlflow(summary: dict, *, evaluate_dir: Path, out_dir: Path, project_
                **{key: summary[key] for key in OUTCOMES}}
     for key, value in numbers.items():
         client.log_metric(run_id, key, float(value))
-    for name in (REPORT_FILE, MARKDOWN_FILE, SUMMARY_FILE):
+    for name in (REPORT_FILE, MARKDOWN_FILE, artifacts.ANALYSIS_SUMMARY_FILE):
         client.log_artifact(run_id, str(out_dir / name), artifact_path="analysis")

@@ -1,6 +1,6 @@
 """The features stage: every prepared image through the frozen backbone exactly once, pooled features cached.
 
-Kept apart from the head training code (imgclf/transfer.py) so that editing the head never invalidates
+Kept apart from the head training code (imgclf/training/transfer.py) so that editing the head never invalidates
 the cached features in DVC's eyes.
 """
 
@@ -14,23 +14,21 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from imgclf import fileio, models, train
+from imgclf import artifacts, fileio
 from imgclf.config import Params
+from imgclf.data import augment, tfdata
+from imgclf.training import common, models
 
 log = logging.getLogger(__name__)
 
-EXTRACTOR_FILE = "extractor.keras"
-FEATURES_META = "features.json"
 SPLITS = ("train", "val", "test")
 
 
 def extract_features(params: Params, *, prepared_dir: Path, out_dir: Path) -> dict:
     """The features stage: run the frozen backbone once over every split; write `<split>.npz` and the extractor."""
-    from imgclf import augment, tfdata
-
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
-    meta = train.read_meta(prepared_dir)
-    shape, config = train.image_shape(meta), params.transfer
+    meta = artifacts.read_prepared_meta(prepared_dir)
+    shape, config = meta.image_shape, params.transfer
     backbone, preprocessing = models.load_backbone(config)
     backbone.trainable = False
     extractor = models.build_feature_extractor(backbone, preprocessing, input_shape=shape,
@@ -45,7 +43,7 @@ def extract_features(params: Params, *, prepared_dir: Path, out_dir: Path) -> di
     timings = {}
     for name, augmentation, copy in views:
         split = name.split("_aug")[0]
-        dataset = tfdata.make_dataset(prepared_dir, split, image_shape=shape, num_classes=meta["num_classes"],
+        dataset = tfdata.make_dataset(prepared_dir, split, image_shape=shape, num_classes=meta.num_classes,
                                       batch_size=config.feature_batch_size, with_index=True,
                                       training=augmentation is not None, augment=augmentation,
                                       seed=params.seed + copy, epochs=1)
@@ -57,12 +55,12 @@ def extract_features(params: Params, *, prepared_dir: Path, out_dir: Path) -> di
         log.info("%s: %d images through the backbone at %.1f images/s", name, len(labels),
                  timings[name]["images_per_second"])
         _save_npz(out_dir / f"{name}.npz", features=features, labels=labels)
-    train.save_model(extractor, out_dir / EXTRACTOR_FILE)
+    common.save_model(extractor, out_dir / artifacts.EXTRACTOR_FILE)
     summary = {"backbone": config.backbone, "weights": config.weights, "input_size": config.input_size,
                "preprocessing": preprocessing, "feature_dim": int(extractor.output_shape[-1]),
                "backbone_parameters": int(backbone.count_params()),
                "augmented_views": [name for name, _, copy in views if copy], "timings": timings}
-    fileio.atomic_write_json(out_dir / FEATURES_META, summary)
+    fileio.atomic_write_json(out_dir / artifacts.FEATURES_META, summary)
     return summary
 
 
@@ -79,11 +77,3 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     fileio.atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_features(features_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    path = Path(features_dir) / f"{name}.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run the extract_features stage first (dvc repro)")
-    with np.load(path) as data:
-        return data["features"], data["labels"]

@@ -2,7 +2,7 @@
 
 Everything that turns image files into class probabilities goes through `Classifier`: the `imgclf predict`
 command, the MLflow pyfunc model that `mlflow models serve` runs, and `imgclf export`. It decodes with the
-preprocess stage's own code (`imgclf.images.decode_file`, same mode and resize policy), so a served image
+preprocess stage's own code (`imgclf.data.images.decode_file`, same mode and resize policy), so a served image
 becomes exactly the pixels a training image became.
 
 Each training run logs the pyfunc model under the name `model` (`runs:/<run_id>/model`). Its artifacts are
@@ -35,8 +35,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from imgclf import fileio, images, models, tracking
+from imgclf import artifacts, fileio, tracking
+from imgclf.artifacts import PreparedMeta
+from imgclf.data import images
 from imgclf.errors import UserError
+from imgclf.training import models
 
 MODEL_ARTIFACT = "keras_model"
 PREPROCESSING_ARTIFACT = "preprocessing"
@@ -46,7 +49,7 @@ MODEL_CODE_FILE = "imgclf_model.py"
 # MLflow's models-from-code: the logged model is this script, not a pickle; it runs with the logged `imgclf`
 # package (code_paths) on sys.path.
 MODEL_CODE = ('"""The imgclf image classifier, as MLflow models-from-code (see imgclf/serving.py)."""\n'
-              "import mlflow\n\nfrom imgclf.serving import ImageClassifier\n\n"
+              "import mlflow\n\nfrom imgclf.serving.serving import ImageClassifier\n\n"
               "mlflow.models.set_model(ImageClassifier())\n")
 IMAGE_COLUMN = "image"
 PREDICTED_CLASS = "predicted_class"
@@ -213,12 +216,12 @@ def model_signature(class_names: Sequence[str]) -> mlflow.models.ModelSignature:
     return mlflow.models.ModelSignature(inputs=Schema([ColSpec("string", IMAGE_COLUMN)]), outputs=Schema(outputs))
 
 
-def log_model(model_file: Path, meta: dict[str, Any], example_pixels: np.ndarray) -> mlflow.models.model.ModelInfo:
+def log_model(model_file: Path, meta: PreparedMeta, example_pixels: np.ndarray) -> mlflow.models.model.ModelInfo:
     """Log the pyfunc image classifier as `model` in the active run, once: a model logged earlier in the same
     run (a resumed stage killed after logging) is deleted after the new one is logged.
 
     `example_pixels` is one decoded image of the data, logged as a base64 PNG input example."""
-    preprocessing = Preprocessing.from_meta(meta, source="meta.json")
+    preprocessing = Preprocessing.from_meta(meta.to_dict(), source=artifacts.META_FILE)
     run_id = mlflow.active_run().info.run_id
     earlier = mlflow.search_logged_models(
         filter_string=f"source_run_id = '{run_id}' AND name = '{tracking.LOGGED_MODEL_NAME}'", output_format="list")
@@ -231,7 +234,7 @@ def log_model(model_file: Path, meta: dict[str, Any], example_pixels: np.ndarray
             name=tracking.LOGGED_MODEL_NAME, python_model=str(code_file),
             artifacts={MODEL_ARTIFACT: str(model_file), PREPROCESSING_ARTIFACT: str(preprocessing_file)},
             # The package itself travels with the model: it defines the pyfunc class and the custom layers.
-            code_paths=[str(Path(__file__).resolve().parent)],
+            code_paths=[str(Path(__file__).resolve().parents[1])],
             signature=model_signature(preprocessing.class_names), input_example=example,
             pip_requirements=tracking.pip_requirements())
     client = mlflow.MlflowClient()

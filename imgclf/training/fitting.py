@@ -21,15 +21,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from imgclf import fileio
+from imgclf import artifacts, fileio
 from imgclf.config import FitConfig
 
 log = logging.getLogger(__name__)
 
 BACKUP_SUBDIR = "backup"
 FINGERPRINT_FILE = "fingerprint.json"
-HISTORY_FILE = "history.csv"
-RUN_FILE = "run.json"
 
 
 @keras.saving.register_keras_serializable(package="imgclf")
@@ -229,10 +227,10 @@ class ResumeState:
     def history(self, phase: str) -> list[dict[str, Any]]:
         """History rows up to the last backed-up epoch (a kill between the two writes drops the extra row)."""
         done = self.completed_epochs(phase)
-        return [row for row in read_history(self.directory / phase / HISTORY_FILE) if row["epoch"] <= done]
+        return [row for row in read_history(self.directory / phase / artifacts.HISTORY_FILE) if row["epoch"] <= done]
 
     def history_path(self, phase: str) -> Path:
-        return self.phase_dir(phase) / HISTORY_FILE
+        return self.phase_dir(phase) / artifacts.HISTORY_FILE
 
     def callbacks(self, phase: str) -> list[keras.callbacks.Callback]:
         """The backup callback; put it last, so the history row of an epoch is written before its backup."""
@@ -241,11 +239,11 @@ class ResumeState:
         return [keras.callbacks.BackupAndRestore(str(self.backup_dir(phase)), delete_checkpoint=False)]
 
     def run_id(self) -> str | None:
-        path = self.directory / RUN_FILE
+        path = self.directory / artifacts.RUN_FILE
         return fileio.read_json(path)["run_id"] if path.is_file() else None
 
     def remember_run(self, run_id: str) -> None:
-        fileio.atomic_write_json(self.directory / RUN_FILE, {"run_id": run_id})
+        fileio.atomic_write_json(self.directory / artifacts.RUN_FILE, {"run_id": run_id})
 
     def mark_phase_done(self, phase: str) -> None:
         fileio.atomic_write_json(self.directory / phase / "done.json", {})

@@ -16,7 +16,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from imgclf import comparison
+from imgclf.evaluation import comparison
 
 MODELS = ("scratch", "transfer")
 SHORT = {"scratch": "S", "transfer": "T"}

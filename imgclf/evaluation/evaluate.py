@@ -27,26 +27,34 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
-from imgclf import calibration, fileio, fitting, models, plots, serving, tracking, train
+from imgclf import artifacts, fileio, tracking
+from imgclf.artifacts import (
+    DETAILS_FILE,
+    HISTORY_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    MODEL_NAMES,
+    RELIABILITY_FILE,
+    RUNS_FILE,
+    SUMMARY_FILE,
+    PreparedMeta,
+    confusion_file,
+    confusion_plot,
+    per_class_file,
+    predictions_file,
+    probabilities_file,
+)
 from imgclf.config import Params
+from imgclf.data import tfdata
 from imgclf.errors import EvaluationError
+from imgclf.evaluation import calibration, plots
+from imgclf.serving import serving
+from imgclf.training import fitting, models
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("scratch", "transfer")
-METRICS_FILE = "metrics.json"
-DETAILS_FILE = "details.json"
-RUNS_FILE = "runs.json"
-RELIABILITY_FILE = "reliability.png"
 TOP_K_ACCURACY = 5  # top-5 accuracy is reported when there are more than this many classes
-
-
-def predictions_file(name: str) -> str:
-    return f"{name}_predictions.csv"
-
-
-def probabilities_file(name: str) -> str:
-    return f"{name}_probabilities.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +244,7 @@ def write_probabilities(path: Path, predictions: Predictions) -> None:
 
 def _originals(prepared_dir: Path) -> dict[int, str]:
     """Manifest id -> original file (so a user can find a misclassified photo); empty without a manifest."""
-    path = Path(prepared_dir) / "manifest.csv"
+    path = Path(prepared_dir) / MANIFEST_FILE
     if not path.is_file():
         return {}
     manifest = pd.read_csv(path, usecols=["id", "original"], dtype={"original": str}, keep_default_na=False)
@@ -246,13 +254,11 @@ def _originals(prepared_dir: Path) -> dict[int, str]:
 def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_dir: Path,
         project_root: Path) -> dict:
     """The evaluate stage."""
-    from imgclf import tfdata
-
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
-    meta = train.read_meta(prepared_dir)
-    class_names, shape = meta["class_names"], train.image_shape(meta)
-    if "counts_per_class" in meta:  # fail before loading any model
-        check_test_covers_classes(np.repeat(np.arange(len(class_names)), meta["counts_per_class"]["test"]),
+    meta = artifacts.read_prepared_meta(prepared_dir)
+    class_names, shape = list(meta.class_names), meta.image_shape
+    if meta.counts_per_class:  # fail before loading any model
+        check_test_covers_classes(np.repeat(np.arange(len(class_names)), meta.counts_per_class["test"]),
                                   class_names)
     settings = params.evaluate
     out_dir = Path(out_dir)
@@ -266,13 +272,13 @@ def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_
 
     all_metrics: dict[str, dict] = {}
     for name in MODEL_NAMES:
-        model_path = Path(model_dirs[name]) / train.MODEL_FILE
+        model_path = Path(model_dirs[name]) / MODEL_FILE
         model = models.load_model(model_path)
         check_model_fits(model, name=name, image_shape=shape, num_classes=len(class_names))
         test = predict(model, batches("test"))
         check_probabilities(test.probabilities, name=name)
         check_test_covers_classes(test.labels, class_names)
-        has_validation = meta.get("counts", {}).get("val", 1) > 0
+        has_validation = meta.counts.get("val", 1) > 0
         validation = predict(model, batches("val")) if has_validation else None
         result = classification_metrics(test.labels, test.probabilities, class_names)
         result.update(calibration_metrics(
@@ -290,9 +296,9 @@ def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_
         write_predictions(out_dir / predictions_file(name), test, class_names, top_k=settings.top_k,
                           originals=originals)
         write_probabilities(out_dir / probabilities_file(name), test)
-        write_per_class(out_dir / f"{name}_per_class.csv", result["per_class"])
-        write_confusion_data(out_dir / f"{name}_confusion.csv", test.labels, predicted, class_names)
-        plots.confusion_matrix(np.asarray(result["confusion_matrix"]), class_names, out_dir / f"{name}_confusion.png",
+        write_per_class(out_dir / per_class_file(name), result["per_class"])
+        write_confusion_data(out_dir / confusion_file(name), test.labels, predicted, class_names)
+        plots.confusion_matrix(np.asarray(result["confusion_matrix"]), class_names, out_dir / confusion_plot(name),
                                title=f"{name}: accuracy {result['accuracy']:.3f}")
         all_metrics[name] = result
         log.info("%s: test accuracy %.4f, ECE %.3f -> %.3f (T=%.2f), %.0f images/s", name, result["accuracy"],
@@ -314,7 +320,7 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
     registered, `champion` on the better one. Returns the run ids and registered versions (`runs.json`)."""
     tracking.configure(project_root, params.mlflow.experiment)
     tags = tracking.run_tags(params, stage="evaluate", project_root=project_root,
-                             data_sha256=meta.get("source_sha256"))
+                             data_sha256=meta.source_sha256)
     client = mlflow.MlflowClient()
     run_ids = {name: _training_run_id(client, params, name=name, model_dir=Path(model_dirs[name]), meta=meta,
                                       example_image=example_image, tags=tags)
@@ -342,13 +348,13 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
             client.set_tag(run_id, "mlflow.parentRunId", group)
         for key, value in headline(all_metrics[model_name]).items():
             client.log_metric(run_id, f"test_{key}", value)
-        for artifact in (f"{model_name}_confusion.png", predictions_file(model_name), f"{model_name}_per_class.csv",
-                         RELIABILITY_FILE):
+        for artifact in (confusion_plot(model_name), predictions_file(model_name),
+                         per_class_file(model_name), RELIABILITY_FILE):
             client.log_artifact(run_id, str(out_dir / artifact), artifact_path="evaluation")
     return {"comparison": comparison_id, **run_ids, "group": group, "registry": registry}
 
 
-def _training_run_id(client: mlflow.MlflowClient, params: Params, *, name: str, model_dir: Path, meta: dict,
+def _training_run_id(client: mlflow.MlflowClient, params: Params, *, name: str, model_dir: Path, meta: PreparedMeta,
                      example_image: Callable[[], np.ndarray], tags: dict[str, str]) -> str:
     """The MLflow run of a trained model: the one its training stage recorded (`run.json`) when this store has
     it. A model trained elsewhere and fetched with `dvc pull` names a run in another machine's store; its
@@ -365,12 +371,12 @@ def _training_run_id(client: mlflow.MlflowClient, params: Params, *, name: str, 
     with tracking.start_run(run_name=tracking.run_name(params, model=name),
                             tags={**tags, "stage": f"train_{name}", "model": name,
                                   "imgclf.recorded_run_id": recorded}) as run:
-        for row in fitting.read_history(model_dir / train.HISTORY_FILE):
+        for row in fitting.read_history(model_dir / HISTORY_FILE):
             mlflow.log_metrics({key: value for key, value in row.items() if isinstance(value, float)},
                                step=int(row["epoch"]))
-        if (model_dir / train.SUMMARY_FILE).is_file():
-            mlflow.log_dict(fileio.read_json(model_dir / train.SUMMARY_FILE), train.SUMMARY_FILE)
-        serving.log_model(model_dir / train.MODEL_FILE, meta, example_image())
+        if (model_dir / SUMMARY_FILE).is_file():
+            mlflow.log_dict(fileio.read_json(model_dir / SUMMARY_FILE), SUMMARY_FILE)
+        serving.log_model(model_dir / MODEL_FILE, meta, example_image())
     return run.info.run_id
 
 
@@ -385,7 +391,7 @@ def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str
                         **{key: tags[key] for key in ("git.commit", "dvc.experiment", "data.prepared_md5")
                            if key in tags}}
         version, created = tracking.register(client, name=tracking.REGISTERED_MODELS[name], run_id=run_ids[name],
-                                             model_file=Path(model_dirs[name]) / train.MODEL_FILE, tags=version_tags)
+                                             model_file=Path(model_dirs[name]) / MODEL_FILE, tags=version_tags)
         versions[name] = version
         entries[name] = {"name": version.name, "version": int(version.version), "created": created,
                          "run_id": run_ids[name], "test_accuracy": accuracies[name],

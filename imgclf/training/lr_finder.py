@@ -7,6 +7,7 @@ the steepest descent of the smoothed loss (fastai's `steep`); `min_loss / 10` is
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from pathlib import Path
@@ -14,7 +15,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from imgclf import fileio
+from imgclf import artifacts, fileio
+from imgclf.data import tfdata
+from imgclf.training import common, models
 
 
 class LearningRateSweep(keras.callbacks.Callback):
@@ -71,7 +74,7 @@ def suggest(rates: list[float], losses: list[float]) -> dict[str, float]:
 
 def write_results(out_dir: Path, name: str, rates: list[float], losses: list[float]) -> dict[str, float]:
     """`lr_find_<name>.csv` and `.png` (loss against log learning rate, suggestions marked)."""
-    from imgclf import plots
+    from imgclf.evaluation import plots
 
     out_dir = Path(out_dir)
     buffer = io.StringIO()
@@ -97,30 +100,30 @@ def write_results(out_dir: Path, name: str, rates: list[float], losses: list[flo
 def run(params, *, model_name: str, prepared_dir: Path, features_dir: Path, out_dir: Path, steps: int = 100,
         start: float = 1e-7, end: float = 10.0) -> dict[str, float]:
     """Sweep the learning rate for the scratch model (on images) or the transfer head (on cached features)."""
-    from imgclf import models, tfdata, train, transfer
-
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
-    meta = train.read_meta(prepared_dir)
+    meta = artifacts.read_prepared_meta(prepared_dir)
     sweep = LearningRateSweep(start=start, end=end, steps=steps)
     if model_name == "scratch":
         config = params.scratch
-        count = meta["counts"]["train"]
+        count = meta.counts["train"]
         per_epoch = tfdata.steps_per_epoch(count, config.batch_size)
         epochs = -(-steps // per_epoch)
-        data = tfdata.make_dataset(prepared_dir, "train", image_shape=train.image_shape(meta),
-                                   num_classes=meta["num_classes"], batch_size=config.batch_size, training=True,
+        data = tfdata.make_dataset(prepared_dir, "train", image_shape=meta.image_shape,
+                                   num_classes=meta.num_classes, batch_size=config.batch_size, training=True,
                                    seed=params.seed, example_count=count, epochs=epochs)
-        model = models.build_scratch_model(config, input_shape=train.image_shape(meta), num_classes=meta["num_classes"])
+        model = models.build_scratch_model(config, input_shape=meta.image_shape, num_classes=meta.num_classes)
         fit_args = {"x": data, "steps_per_epoch": per_epoch}
     else:
         config = params.transfer
-        train_x, train_y = transfer.training_features(features_dir)
+        train_x, train_y = common.training_features(features_dir)
         per_epoch = -(-len(train_y) // config.batch_size)
         epochs = -(-steps // per_epoch)
-        model = models.build_head(config, train_features=train_x, num_classes=meta["num_classes"])
-        fit_args = {"x": train_x, "y": keras.utils.to_categorical(train_y, meta["num_classes"]),
+        model = models.build_head(config, train_features=train_x, num_classes=meta.num_classes)
+        fit_args = {"x": train_x, "y": keras.utils.to_categorical(train_y, meta.num_classes),
                     "batch_size": config.batch_size, "shuffle": True}
-    model.compile(optimizer=keras.optimizers.Adam(start), loss=keras.losses.CategoricalCrossentropy(),
-                  metrics=["accuracy"])
+    # The stage's own compile path (configured optimizer, weight decay, label smoothing); a constant rate,
+    # since the sweep sets the rate itself before every batch.
+    common.compile_model(model, dataclasses.replace(config, lr_schedule="constant"), steps_per_epoch=per_epoch,
+                         jit_compile=False, learning_rate=start)
     model.fit(**fit_args, epochs=epochs, callbacks=[sweep], verbose=0)
     return write_results(out_dir, model_name, sweep.recorded_rates, sweep.losses)

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf import fileio, images
+from imgclf import fileio
+from imgclf.data import images
 from imgclf.config import Params
 from imgclf.errors import PreprocessError
-from imgclf.sources import RawExample, iter_examples
+from imgclf.data.sources import RawExample, iter_examples
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def _store(results, positions, pixels, failures) -> None:
 
 def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = None) -> dict:
     """The preprocess stage: write shards, meta.json, manifest.csv, skipped.csv and previews to out_dir."""
-    from imgclf import tfdata  # TensorFlow only where the shards are written
+    from imgclf.data import tfdata  # TensorFlow only where the shards are written
 
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     source_info = fileio.read_json(raw_dir / "source.json")
@@ -259,7 +260,8 @@ def _write_manifest(rows: list[dict], path: Path) -> None:
 
 def _write_previews(out_dir: Path, pixels: np.ndarray, train: np.ndarray, labels: np.ndarray,
                     class_names: list[str], counts: dict[str, list[int]], params: Params) -> None:
-    from imgclf import augment, plots
+    from imgclf.data import augment
+    from imgclf.evaluation import plots
 
     plots.class_distribution(counts, class_names, out_dir / "class_distribution.png")
     count = min(params.augment.preview_images, len(train))

@@ -1,0 +1,125 @@
+"""Every artifact's file and directory name, and the typed metadata of the prepared data.
+
+The lowest layer: it imports nothing from imgclf, so every module (and dvc.yaml's reader, the deps test) may
+use it. No other module spells a file name that one stage writes and another reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+PARAMS_FILE = "params.yaml"
+CHAMPION = "champion"  # the registry alias of the better model (the evaluate stage moves it)
+DVC_FILE = "dvc.yaml"
+
+# download stage (data/raw)
+SOURCE_FILE = "source.json"  # what was fetched, with its checksum
+
+# preprocess stage (data/prepared)
+PREPARED_DIR = "data/prepared"  # dvc.yaml's default; commands that take a prepared directory default to it
+META_FILE = "meta.json"  # PreparedMeta below
+MANIFEST_FILE = "manifest.csv"  # one row per kept image: id, split, label, original file
+SKIPPED_FILE = "skipped.csv"  # images that could not be read, and why
+CLASS_DISTRIBUTION_PLOT = "class_distribution.png"
+AUGMENTATION_PREVIEW_PLOT = "augmentation_preview.png"
+
+# extract_features stage (data/features)
+EXTRACTOR_FILE = "extractor.keras"
+FEATURES_META = "features.json"
+
+# training stages (models/<name>)
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.csv"  # one row per epoch; drawn by dvc.yaml's plots
+SUMMARY_FILE = "train_summary.json"
+RUN_FILE = "run.json"  # the MLflow run that trained the model
+RESUME_DIR = "resume"  # backups of a killed run, removed once the stage succeeds
+
+# evaluate stage (results/evaluate)
+MODEL_NAMES = ("scratch", "transfer")  # models/<name>, and the prefix of each per-model result file
+METRICS_FILE = "metrics.json"
+DETAILS_FILE = "details.json"
+RUNS_FILE = "runs.json"
+RELIABILITY_FILE = "reliability.png"
+
+
+
+def predictions_file(model: str) -> str:
+    return f"{model}_predictions.csv"
+
+
+def probabilities_file(model: str) -> str:
+    return f"{model}_probabilities.npz"
+
+
+def confusion_file(model: str) -> str:
+    return f"{model}_confusion.csv"  # DVC's confusion plot data
+
+
+def confusion_plot(model: str) -> str:
+    return f"{model}_confusion.png"
+
+
+def per_class_file(model: str) -> str:
+    return f"{model}_per_class.csv"
+
+
+# analyze stage (results/analysis)
+ANALYSIS_SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
+MARKDOWN_FILE = "summary.md"
+
+# MLflow's local store, beside dvc.yaml
+MLFLOW_STORE_FILE = "mlflow.db"
+MLFLOW_ARTIFACT_DIR = "mlartifacts"
+
+
+class MetadataError(ValueError):
+    """A `meta.json` this version cannot read; the CLI shows it as one line (imgclf.cli)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedMeta:
+    """What the preprocess stage says about its output (`meta.json`); every later stage reads it."""
+
+    source: str
+    source_sha256: str | None
+    class_names: tuple[str, ...]
+    image_size: int
+    channels: int
+    resize: str
+    counts: dict[str, int]  # images per split: train, val, test
+    counts_per_class: dict[str, list[int]]  # per split, images of each class in class_names order
+    skipped: int  # images that could not be read
+    shards: dict[str, list[str]]  # per split, its TFRecord shard files
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, self.channels)
+
+    def to_dict(self) -> dict:
+        """The `meta.json` form (what the preprocess stage writes, and serving logs beside a model)."""
+        return {**dataclasses.asdict(self), "class_names": list(self.class_names), "num_classes": self.num_classes}
+
+    @classmethod
+    def from_dict(cls, raw: dict, *, source: str = META_FILE) -> PreparedMeta:
+        names = [field.name for field in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in raw]
+        if missing:
+            raise MetadataError(f"{source} lacks {', '.join(missing)}: it was written by another version of the "
+                             "preprocess stage; rerun it (dvc repro preprocess)")
+        values = {name: raw[name] for name in names}
+        return cls(**{**values, "class_names": tuple(values["class_names"])})
+
+
+def read_prepared_meta(prepared_dir: Path) -> PreparedMeta:
+    """The metadata of a prepared data directory, with a one-line error saying which stage to run."""
+    path = Path(prepared_dir) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run the preprocess stage first (dvc repro preprocess)")
+    return PreparedMeta.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))

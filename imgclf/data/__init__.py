@@ -1,0 +1,1 @@
+"""Data phase (download, preprocess stages): sources, image decoding, the split and shards, tf.data, augmentation."""

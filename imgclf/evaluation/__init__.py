@@ -1,0 +1,1 @@
+"""Evaluation phase (evaluate, analyze stages): metrics, calibration, the model comparison, report and plots."""

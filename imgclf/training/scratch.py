@@ -1,0 +1,68 @@
+"""The train-from-scratch stage: fit the seed CNN on the prepared data and save it as `model.keras`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+
+from imgclf import artifacts, fileio, tracking
+from imgclf.config import Params
+from imgclf.data import augment, tfdata
+from imgclf.serving import serving
+from imgclf.training import common, fitting, models
+
+log = logging.getLogger(__name__)
+
+
+def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_root: Path) -> dict:
+    """The train-from-scratch stage: fit the seed CNN on the prepared data and save `model.keras`."""
+    # First: a multi-worker strategy must configure collective ops before any TensorFlow op (and a refused one
+    # stops the stage before any work).
+    strategy = tfdata.distribution_strategy(params.training.distribute)
+    tfdata.configure(seed=params.seed, deterministic=params.deterministic)
+    common.set_precision(params.training.precision)
+    meta = artifacts.read_prepared_meta(prepared_dir)
+    shape, num_classes, train_count = meta.image_shape, meta.num_classes, meta.counts["train"]
+    config = params.scratch
+    out_dir = Path(out_dir)
+    resume = fitting.ResumeState(out_dir / artifacts.RESUME_DIR, enabled=params.training.resume,
+                                 fingerprint=common.fingerprint(params, meta, "augment", "scratch", "training"))
+    first_epoch = resume.completed_epochs("fit")
+    if first_epoch:
+        log.info("resuming from the end of epoch %d of %d", first_epoch, config.epochs)
+    steps = tfdata.steps_per_epoch(train_count, config.batch_size)
+    augmentation = augment.build_augmentation(params.augment, seed=params.seed) if params.augment.enabled else None
+    train_data = tfdata.make_dataset(prepared_dir, "train", image_shape=shape, num_classes=num_classes,
+                                     batch_size=config.batch_size, training=True, seed=params.seed,
+                                     augment=augmentation, example_count=train_count, epochs=config.epochs,
+                                     first_epoch=first_epoch)
+    val_data = tfdata.make_dataset(prepared_dir, "val", image_shape=shape, num_classes=num_classes,
+                                   batch_size=config.batch_size, example_count=meta.counts["val"])
+
+    with strategy.scope():
+        model = models.build_scratch_model(config, input_shape=shape, num_classes=num_classes)
+        common.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
+    logged = tracking.stage_params(params, "data", "preprocess", "augment", "scratch", "training")
+    with tracking.training_run(params, model="scratch", project_root=project_root, out_dir=out_dir,
+                               data_sha256=meta.source_sha256, logged_params=logged,
+                               run_id=resume.run_id()) as run:
+        resume.remember_run(run.info.run_id)
+        mlflow.log_params({"parameter_count": model.count_params(), "train_images": train_count})
+        history = resume.history("fit")
+        logger = fitting.EpochLogger([out_dir / artifacts.HISTORY_FILE, resume.history_path("fit")],
+                                     examples_per_epoch=train_count, rows=history)
+        callbacks = common.training_callbacks(params, config, resume=resume, phase="fit", logger=logger,
+                                              history=history, model_name="scratch", run_id=run.info.run_id,
+                                              project_root=project_root)
+        model.fit(train_data, validation_data=val_data, epochs=config.epochs, steps_per_epoch=steps,
+                  callbacks=callbacks, verbose=2)
+        fitting.restore_best(model, config, resume.phase_dir("fit"))
+        common.save_model(model, out_dir / artifacts.MODEL_FILE)
+        serving.log_model(out_dir / artifacts.MODEL_FILE, meta, common.first_images(val_data, count=1)[0])
+        summary = common.summarize(logger.rows, model)
+        mlflow.log_dict(summary, artifacts.SUMMARY_FILE)
+    fileio.atomic_write_json(out_dir / artifacts.SUMMARY_FILE, summary)
+    resume.clear()
+    return summary
