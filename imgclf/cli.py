@@ -9,11 +9,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from imgclf import artifacts
 from imgclf.config import Params, load_params, params_to_dict
 from imgclf.errors import UserError
 
 # Input a user can fix: shown as one line, no traceback. A missing file names the stage to run first.
-_USER_ERRORS = (UserError, FileNotFoundError)
+_USER_ERRORS = (UserError, FileNotFoundError, artifacts.MetadataError)
 
 
 def stage(description: str, declared_params: Sequence[str], paths: dict[str, str],

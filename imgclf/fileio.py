@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import secrets
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +52,48 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def staging_dir(target: Path) -> Path:
+    """A fresh hidden directory beside `target`, on the same file system so it can be renamed into place."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    folder.chmod(0o755)  # mkdtemp's 0700 would otherwise become the final directory's mode
+    return folder
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Put the finished `staging` directory at `target` by renames only; on failure the old target is restored.
+
+    A directory cannot be renamed over a non-empty one, so the old target is first renamed aside, and removed
+    only once the new one is in place: a crash at any point leaves either the old or the new directory."""
+    staging, target = Path(staging), Path(target)
+    if not os.path.lexists(target):
+        os.replace(staging, target)
+        return
+    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
+
+
+@contextlib.contextmanager
+def staged_directory(target: Path) -> Iterator[Path]:
+    """Write a directory's contents into the yielded staging directory; it replaces `target` on success only.
+
+    On any exception (a killed stage included) the staging directory is removed and `target` is untouched."""
+    staging = staging_dir(target)
+    try:
+        yield staging
+        replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

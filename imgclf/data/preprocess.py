@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf import fileio
+from imgclf import artifacts, fileio
 from imgclf.data import images
 from imgclf.config import Params
 from imgclf.errors import PreprocessError
@@ -134,7 +134,7 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
     from imgclf.data import tfdata  # TensorFlow only where the shards are written
 
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    source_info = fileio.read_json(raw_dir / "source.json")
+    source_info = fileio.read_json(raw_dir / artifacts.SOURCE_FILE)
     class_names, example_iter = iter_examples(raw_dir)
     examples = list(example_iter)
     if not examples:
@@ -143,14 +143,13 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
     size = params.preprocess.image_size
     workers = workers or max(1, os.cpu_count() or 1)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    staging = fileio.staging_dir(out_dir)
     try:
         pixels = np.lib.format.open_memmap(staging / "pixels.tmp.npy", mode="w+", dtype=np.uint8,
                                            shape=(len(examples), size, size, channels))
         failures = decode_all(examples, pixels, image_size=size, resize=params.preprocess.resize,
                               workers=workers)
-        _report_skipped(failures, examples, staging / "skipped.csv")
+        _report_skipped(failures, examples, staging / artifacts.SKIPPED_FILE)
 
         labels = np.array([example.label for example in examples], dtype=np.int64)
         official_test = np.array([example.split == "test" for example in examples])
@@ -179,7 +178,7 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
                 count=len(members), examples_per_shard=params.preprocess.examples_per_shard)
             counts[name] = np.bincount(labels[members], minlength=len(class_names)).tolist()
 
-        _write_manifest(manifest_rows, staging / "manifest.csv")
+        _write_manifest(manifest_rows, staging / artifacts.MANIFEST_FILE)
         meta = {
             "source": source_info["source"],
             "source_sha256": source_info.get("sha256"),
@@ -193,13 +192,11 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
             "skipped": len(failures),
             "shards": shards,
         }
-        fileio.atomic_write_json(staging / "meta.json", meta)
+        fileio.atomic_write_json(staging / artifacts.META_FILE, meta)
         _write_previews(staging, pixels, split.train, labels, class_names, counts, params)
         del pixels
         (staging / "pixels.tmp.npy").unlink()
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        fileio.replace_directory(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -263,7 +260,7 @@ def _write_previews(out_dir: Path, pixels: np.ndarray, train: np.ndarray, labels
     from imgclf.data import augment
     from imgclf.evaluation import plots
 
-    plots.class_distribution(counts, class_names, out_dir / "class_distribution.png")
+    plots.class_distribution(counts, class_names, out_dir / artifacts.CLASS_DISTRIBUTION_PLOT)
     count = min(params.augment.preview_images, len(train))
     chosen = np.random.default_rng(params.seed).choice(train, size=count, replace=False)
     originals = np.asarray(pixels[np.sort(chosen)], dtype=np.float32)
@@ -272,4 +269,4 @@ def _write_previews(out_dir: Path, pixels: np.ndarray, train: np.ndarray, labels
     shown = np.clip(augmented, 0, 255).astype(np.uint8)
     state = "on" if params.augment.enabled else "off (preview of the policy only)"
     plots.image_grid(list(shown), [class_names[labels[p]] for p in np.sort(chosen)],
-                     out_dir / "augmentation_preview.png", title=f"Augmented training samples: augment {state}")
+                     out_dir / artifacts.AUGMENTATION_PREVIEW_PLOT, title=f"Augmented training samples: augment {state}")

@@ -51,7 +51,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from imgclf import fileio
+from imgclf import artifacts, fileio
 from imgclf.errors import DataSourceError, UnsafeArchiveError
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def fetch_source(*, source: str, path: str | None, sha256: str | None, raw_dir: 
     path = None if path is None else str(path)
     raw_dir, download_dir = Path(raw_dir), Path(download_dir)
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = _make_sibling_dir(raw_dir)
+    staging = fileio.staging_dir(raw_dir)
     try:
         if source in CIFAR_SOURCES:
             info = _fetch_cifar(source, path, expected, staging, download_dir)
@@ -188,8 +188,8 @@ def fetch_source(*, source: str, path: str | None, sha256: str | None, raw_dir: 
             info = _write_synthetic(staging, seed=seed, num_classes=synthetic_classes,
                                     per_class=synthetic_per_class, image_size=synthetic_image_size)
         info = {"source": source, **info}
-        fileio.atomic_write_json(staging / "source.json", info)
-        _swap_into_place(staging, raw_dir)
+        fileio.atomic_write_json(staging / artifacts.SOURCE_FILE, info)
+        fileio.replace_directory(staging, raw_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -454,31 +454,6 @@ def _copy_classes(source: Path, destination: Path, class_names: list[str], *, mo
     return count
 
 
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Replace `target` by the finished `staging` directory; on failure the old target is restored."""
-    if not os.path.lexists(target):
-        os.replace(staging, target)
-        return
-    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
-    os.replace(target, old)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()
-
-
-def _make_sibling_dir(target: Path) -> Path:
-    """A fresh hidden directory beside `target`, on the same file system so it can be renamed into place."""
-    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    folder.chmod(0o755)  # mkdtemp's 0700 would otherwise become the final directory's mode
-    return folder
-
-
 def _existing_file(path: str, *, what: str) -> Path:
     file = Path(path).expanduser()
     if not file.is_file():
@@ -595,7 +570,7 @@ def safe_extract(archive: Path, target: Path) -> None:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise DataSourceError(f"cannot extract {archive} into {target}: it exists and is not empty")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = _make_sibling_dir(target)
+    staging = fileio.staging_dir(target)
     try:
         if not archive.is_file():
             raise DataSourceError(f"{archive} is not a file")
@@ -606,9 +581,7 @@ def safe_extract(archive: Path, target: Path) -> None:
         else:
             raise DataSourceError(f"{archive} is not a .tar, .tar.gz/.tgz or .zip archive, or it is corrupt; "
                                   "check data.path")
-        if target.exists():
-            target.rmdir()
-        os.replace(staging, target)
+        fileio.replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -765,7 +738,7 @@ def iter_examples(raw_dir: Path) -> tuple[list[str], Iterator[RawExample]]:
     file path (image folders). The iterator reads lazily; a damaged file raises `DataSourceError` then.
     """
     raw_dir = Path(raw_dir)
-    info = fileio.read_json(raw_dir / "source.json")
+    info = fileio.read_json(raw_dir / artifacts.SOURCE_FILE)
     readers = {"cifar_binary": _iter_cifar, "idx": _iter_idx, "image_folder": _iter_image_folder}
     reader = readers.get(info.get("format"))
     if reader is None:

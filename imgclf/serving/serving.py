@@ -22,7 +22,6 @@ import dataclasses
 import io
 import os
 import re
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -48,7 +47,7 @@ PREPROCESSING_KEYS = ("class_names", "image_size", "channels", "resize")
 MODEL_CODE_FILE = "imgclf_model.py"
 # MLflow's models-from-code: the logged model is this script, not a pickle; it runs with the logged `imgclf`
 # package (code_paths) on sys.path.
-MODEL_CODE = ('"""The imgclf image classifier, as MLflow models-from-code (see imgclf/serving.py)."""\n'
+MODEL_CODE = ('"""The imgclf image classifier, as MLflow models-from-code (see imgclf/serving/serving.py)."""\n'
               "import mlflow\n\nfrom imgclf.serving.serving import ImageClassifier\n\n"
               "mlflow.models.set_model(ImageClassifier())\n")
 IMAGE_COLUMN = "image"
@@ -310,16 +309,12 @@ def export_saved_model(classifier: Classifier, out_dir: Path, *, force: bool = F
         raise ModelSourceError(f"{out_dir} is a file; give a directory for the SavedModel")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise ModelSourceError(f"{out_dir} is not empty; pass --force to replace it or choose another --out")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        built = staging / "saved_model"
-        classifier.model.export(str(built), format="tf_saved_model", verbose=False)
+    with fileio.staged_directory(out_dir) as built:
+        # model.export wants to create its directory itself
+        classifier.model.export(str(built / "saved_model"), format="tf_saved_model", verbose=False)
+        for item in (built / "saved_model").iterdir():
+            os.replace(item, built / item.name)
+        (built / "saved_model").rmdir()
         # TF Serving ignores assets.extra/; clients read the class names and resize policy there.
         fileio.atomic_write_json(built / "assets.extra" / PREPROCESSING_FILE, classifier.preprocessing.to_dict())
-        if out_dir.exists():
-            os.replace(out_dir, staging / "previous")  # a directory cannot be renamed over a non-empty one
-        os.replace(built, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from imgclf import artifacts, fileio
+from imgclf.artifacts import PreparedMeta
 from imgclf.config import Params
 from imgclf.data import augment, tfdata
 from imgclf.training import common, models
@@ -33,8 +34,15 @@ def extract_features(params: Params, *, prepared_dir: Path, out_dir: Path) -> di
     backbone.trainable = False
     extractor = models.build_feature_extractor(backbone, preprocessing, input_shape=shape,
                                                input_size=config.input_size)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Every file goes to a staging directory that replaces out_dir at the end: never a mix of two runs.
+    with fileio.staged_directory(out_dir) as staging:
+        return _extract_views(extractor, backbone, preprocessing, params, prepared_dir=prepared_dir, meta=meta,
+                              out_dir=staging)
+
+
+def _extract_views(extractor: keras.Model, backbone: keras.Model, preprocessing: str, params: Params, *,
+                   prepared_dir: Path, meta: PreparedMeta, out_dir: Path) -> dict:
+    config, shape = params.transfer, meta.image_shape
     # (output name, augmentation or None, view number): the plain splits, then augmented training views.
     views = [(split, None, 0) for split in SPLITS]
     if params.augment.enabled and config.augment_copies:

@@ -1,0 +1,59 @@
+"""The staged-directory helper every directory-writing stage uses: all of the new directory or all of the old."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from imgclf import artifacts, fileio
+
+
+def test_staged_directory_replaces_the_old_one_whole(tmp_path):
+    target = tmp_path / "out"
+    (target / "stale").mkdir(parents=True)
+    (target / "stale" / "old.txt").write_text("old")
+    with fileio.staged_directory(target) as staging:
+        assert staging.parent == target.parent and staging != target
+        (staging / "new.txt").write_text("new")
+        assert (target / "stale" / "old.txt").is_file(), "the old directory stays until the new one is complete"
+    assert sorted(path.name for path in target.iterdir()) == ["new.txt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"], "no staging or old copy left behind"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o755)
+
+
+def test_a_failure_while_writing_leaves_the_old_directory_untouched(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), fileio.staged_directory(target) as staging:
+        (staging / "half.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]
+    assert [path.name for path in target.iterdir()] == ["old.txt"]
+
+
+def test_a_failed_swap_restores_the_old_directory(tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    staging = fileio.staging_dir(target)
+    real_replace = os.replace
+
+    def replace(source, destination):
+        if str(source) == str(staging):
+            raise OSError("disk gone")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="disk gone"):
+        fileio.replace_directory(staging, target)
+    assert (target / "old.txt").read_text() == "old"
+
+
+def test_prepared_meta_says_which_stage_to_rerun(tmp_path):
+    (tmp_path / artifacts.META_FILE).write_text('{"class_names": ["a", "b"], "image_size": 8}')
+    with pytest.raises(artifacts.MetadataError, match=r"lacks .*channels.*dvc repro preprocess"):
+        artifacts.read_prepared_meta(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run the preprocess stage"):
+        artifacts.read_prepared_meta(tmp_path / "missing")
