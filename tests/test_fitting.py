@@ -87,3 +87,24 @@ def test_exp_args_turns_a_profile_into_dvc_arguments():
                             cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     arguments = result.stdout.split()
     assert "scratch.lr_schedule=\"one_cycle\"" in arguments and arguments.count("-S") == len(arguments) // 2
+
+
+def test_lr_finder_compiles_through_the_stage_compile_path(tmp_path, tiny_params_dict, monkeypatch):
+    """The sweep uses the configured optimizer and label smoothing (a constant rate, which it sets itself)."""
+    from imgclf.training import common
+
+    from .fakes import write_prepared
+
+    write_prepared(tmp_path / "prepared", class_names=["a", "b"], per_class={"train": 16, "val": 2, "test": 2})
+    tiny_params_dict["scratch"].update(optimizer="sgd", label_smoothing=0.1, lr_schedule="cosine")
+    compiled = []
+    real_compile = common.compile_model
+    monkeypatch.setattr(common, "compile_model", lambda model, config, **kwargs: (
+        compiled.append((config, kwargs)), real_compile(model, config, **kwargs))[1])
+    suggestions = lr_finder.run(params_from_dict(tiny_params_dict), model_name="scratch",
+                                prepared_dir=tmp_path / "prepared", features_dir=tmp_path / "features",
+                                out_dir=tmp_path / "out", steps=12)
+    (config, kwargs), = compiled
+    assert (config.optimizer, config.label_smoothing, config.lr_schedule) == ("sgd", 0.1, "constant")
+    assert kwargs["learning_rate"] == pytest.approx(1e-7)
+    assert set(suggestions) == {"steepest", "min_loss_over_10"} and (tmp_path / "out" / "lr_find_scratch.csv").is_file()
