@@ -42,6 +42,7 @@ METRICS_FILE = "metrics.json"
 DETAILS_FILE = "details.json"
 RUNS_FILE = "runs.json"
 RELIABILITY_FILE = "reliability.png"
+DEGENERATE_FILE = "degenerate.json"  # why a model was flagged degenerate (evaluate.degenerate_reasons)
 
 
 

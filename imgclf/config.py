@@ -101,6 +101,7 @@ class ScratchConfig(FitConfig):
     dropout: float = _field(0.2, minimum=0.0, maximum=0.9)
     batch_norm: bool = True
     max_norm: float | None = _field(3.0, minimum=0.0, exclusive_minimum=True)
+    batch_norm_images: int = _field(4096, minimum=0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -172,3 +172,54 @@ def test_evaluate_stage_refuses_a_model_for_other_classes_in_one_line(evaluate_p
     assert result.returncode == 2, result.stderr
     assert "the transfer model predicts 5 classes but the prepared data has 3" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_model_predicting_one_class_for_almost_every_image_is_degenerate():
+    labels = np.repeat([0, 1, 2], 20)
+    predicted = np.where(np.arange(60) < 57, 1, labels)  # 'dog' for 95% of the images, a third of which are dogs
+    reasons = evaluate.degenerate_reasons(labels, predicted, CLASSES)
+    assert any("predicts 'dog' for 95% of the test images (33% of them are)" in reason for reason in reasons)
+    # A data set that really is 95% dogs, predicted right, is not degenerate for predicting dogs.
+    skewed = np.where(np.arange(60) < 57, 1, 0)
+    assert evaluate.degenerate_reasons(skewed, skewed, CLASSES) == []
+
+
+def test_accuracy_at_chance_or_at_the_majority_class_baseline_is_degenerate():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 100)
+    guessing = rng.integers(0, 3, size=300)
+    assert any(reason.startswith("is at chance") for reason in evaluate.degenerate_reasons(labels, guessing, CLASSES))
+    # 70% of the images are cats: 73% accuracy is no better than always saying 'cat', though far above 1/3.
+    skewed = np.repeat([0, 1, 2], [210, 45, 45])
+    predicted = skewed.copy()
+    predicted[:80] = 1  # 80 cats taken for dogs: 73.3% right
+    assert any("always the majority class 70.0%" in reason
+               for reason in evaluate.degenerate_reasons(skewed, predicted, CLASSES))
+    good = np.where(rng.random(300) < 0.9, labels, (labels + 1) % 3)
+    assert evaluate.degenerate_reasons(labels, good, CLASSES) == []
+
+
+def test_validation_accuracy_far_below_training_accuracy_is_degenerate():
+    labels = np.repeat([0, 1, 2], 30)
+    right = labels.copy()
+    assert evaluate.degenerate_reasons(labels, right, CLASSES, training_accuracy=0.93, validation_accuracy=0.5) == [
+        "ends training at 93.0% training accuracy but 50.0% validation accuracy"]
+    assert evaluate.degenerate_reasons(labels, right, CLASSES, training_accuracy=0.93, validation_accuracy=0.8) == []
+
+
+def test_evaluate_flags_a_collapsed_model_in_metrics_and_names_the_causes(evaluate_project, caplog):
+    root, params = evaluate_project
+    collapsed = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+                                  keras.layers.Dense(3, activation="softmax", kernel_initializer="zeros",
+                                                     bias_initializer=keras.initializers.Constant([0.0, 5.0, 0.0]))])
+    common.save_model(collapsed, root / "scratch" / artifacts.MODEL_FILE)
+    (root / "scratch" / artifacts.HISTORY_FILE).write_text("epoch,accuracy,val_accuracy\n1,0.6,0.4\n2,0.93,0.33\n")
+    out = root / "evaluate"
+    with caplog.at_level("WARNING", logger="imgclf.evaluation.evaluate"):
+        evaluate.run(params, prepared_dir=root / "prepared", model_dirs={m: root / m for m in ("scratch", "transfer")},
+                     out_dir=out, project_root=root)
+    assert json.loads((out / "metrics.json").read_text())["scratch"]["degenerate"] == 1
+    flagged = json.loads((out / artifacts.DEGENERATE_FILE).read_text())["scratch"]
+    assert flagged["degenerate"] is True and len(flagged["reasons"]) == 3, flagged
+    assert any("the scratch model is degenerate" in record.message and "BatchNorm" in record.message
+               for record in caplog.records)

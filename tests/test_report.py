@@ -123,3 +123,17 @@ def test_report_renders_in_headless_chromium(tmp_path):
     for section in SECTIONS:
         assert f'id="{section}"' in dom, section
     assert dom.count('class="tile"') >= 20 and "The transfer model" in dom
+
+
+def test_a_degenerate_model_means_no_winner_in_the_headline_and_the_markdown(tmp_path):
+    inputs = _inputs(tmp_path)
+    reasons = ["predicts 'dog' for 98% of the test images (33% of them are)"]
+    inputs.metrics["scratch"].update(degenerate=1, degenerate_reasons=reasons)
+    page = report.render_html(inputs)
+    headline = page[page.index('id="headline"'):page.index('id="metrics"')]
+    assert "No winner: the comparison is not meaningful" in headline and "the scratch model predicts" in headline
+    assert "is better" not in headline and "scores higher" not in headline
+    markdown = report.render_markdown(inputs)
+    assert markdown.splitlines()[2].startswith("No winner: the comparison is not meaningful")
+    inputs.metrics["scratch"].update(degenerate=0, degenerate_reasons=[])
+    assert "No winner" not in report.render_html(inputs)

@@ -422,9 +422,11 @@ def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths
 
     histories = {model: read_history(history_paths[model]) for model in MODELS}
     plots.training_curves(histories, out_dir / "training_curves.png")
+    details = fileio.read_json(Path(evaluate_dir) / DETAILS_FILE)
+    # 0 when the evaluate stage found a model degenerate: the headline then names no winner.
+    summary["comparison_meaningful"] = int(not report.degenerate_models({model: details[model] for model in MODELS}))
     fileio.atomic_write_json(out_dir / artifacts.ANALYSIS_SUMMARY_FILE, summary)
 
-    details = fileio.read_json(Path(evaluate_dir) / DETAILS_FILE)
     inputs = report.ReportInputs(
         data={"source": meta.source, "classes": len(class_names), "image_size": meta.image_size,
               "counts": meta.counts},
@@ -440,7 +442,7 @@ def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths
     fileio.atomic_write_text(out_dir / REPORT_FILE, report.render_html(inputs))
     fileio.atomic_write_text(out_dir / MARKDOWN_FILE, report.render_markdown(inputs, report_name=REPORT_FILE))
     _log_to_mlflow(summary, evaluate_dir=Path(evaluate_dir), out_dir=out_dir, project_root=project_root)
-    log.info("%s", comparison.verdict(summary))
+    log.info("%s", comparison.verdict(summary, degenerate=report.degenerate_models(inputs.metrics)))
     log.info("report: %s (%.0f KB)", out_dir / REPORT_FILE, (out_dir / REPORT_FILE).stat().st_size / 1024)
     return summary
 

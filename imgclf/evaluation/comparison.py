@@ -91,8 +91,15 @@ def compare(scratch_right: np.ndarray, transfer_right: np.ndarray, *, resamples:
     }
 
 
-def verdict(summary: dict) -> str:
-    """One sentence: which model wins, by how much, and whether the difference is significant."""
+def verdict(summary: dict, *, degenerate: dict[str, list[str]] | None = None) -> str:
+    """One sentence: which model wins, by how much, and whether the difference is significant; or, when a
+    model is degenerate (`degenerate`: model -> reasons from the evaluate stage), that there is no winner."""
+    broken = {model: reasons for model, reasons in (degenerate or {}).items() if reasons}
+    if broken:
+        described = "; ".join(f"the {model} model {' and '.join(reasons)}" for model, reasons in broken.items())
+        return (f"No winner: the comparison is not meaningful, because {described}. Fix that model first (see the "
+                "evaluate stage's warning for likely causes); until then its accuracy says nothing about "
+                "scratch versus transfer.")
     difference = summary["accuracy_difference"]
     interval = summary["accuracy_difference_ci"]
     p_value = summary["mcnemar"]["p_value"]

@@ -6,6 +6,8 @@ Outputs (in the evaluate directory):
 - `<model>_predictions.csv`: id, file, true and predicted label, top-k classes with probabilities;
 - `<model>_probabilities.npz`: every class score of every test image (for the analysis stage);
 - `<model>_per_class.csv`, `<model>_confusion.csv` (DVC `confusion` plot data), `<model>_confusion.png`;
+- `degenerate.json`: per model, whether it is degenerate (one class for almost every image, at chance, or
+  validation accuracy far below training accuracy) and why; `metrics.json` carries the flag (`degenerate`);
 - `reliability.png`: reliability diagrams of both models before and after temperature scaling;
 - `runs.json`: the MLflow run ids (both training runs, the comparison run and the group) for the analysis
   stage, and the registered model versions (`registry`: name, version, whether it is new, `champion`).
@@ -29,6 +31,7 @@ from sklearn import metrics as sk_metrics
 
 from imgclf import artifacts, fileio, tracking
 from imgclf.artifacts import (
+    DEGENERATE_FILE,
     DETAILS_FILE,
     HISTORY_FILE,
     MANIFEST_FILE,
@@ -55,6 +58,13 @@ from imgclf.training import fitting, models
 log = logging.getLogger(__name__)
 
 TOP_K_ACCURACY = 5  # top-5 accuracy is reported when there are more than this many classes
+# A degenerate model (its numbers say nothing about scratch vs transfer):
+ONE_CLASS_SHARE = 0.9  # predicts one class for at least this share of test images, 0.1 more than its true share
+CHANCE_STANDARD_ERRORS = 2.0  # accuracy within this many standard errors of the best trivial baseline
+TRAIN_VALIDATION_GAP = 0.3  # final training accuracy this far above the saved model's validation accuracy
+LIKELY_CAUSES = ("BatchNorm inference statistics that do not match training (scratch.batch_norm_images), too few "
+                 "training steps or images, a learning rate too high for the data (diverged), labels that do not "
+                 "match the images, or a strongly imbalanced training set")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +202,48 @@ def _nan_to_none(values: np.ndarray) -> list[float | None]:
     return [None if np.isnan(value) else float(value) for value in values]
 
 
+def degenerate_reasons(labels: np.ndarray, predicted: np.ndarray, class_names: list[str], *,
+                       training_accuracy: float | None = None,
+                       validation_accuracy: float | None = None) -> list[str]:
+    """Why a model's test numbers cannot be compared (empty: they can), each reason a clause after "the model".
+
+    One class for almost every test image, accuracy no better than chance (1/classes) or the majority class
+    within `CHANCE_STANDARD_ERRORS` standard errors, or a final training accuracy far above the validation
+    accuracy of the saved model: the signatures of a collapsed model (issue 9: BatchNorm statistics).
+    """
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    total, num_classes = len(labels), len(class_names)
+    if not total:
+        return []
+    reasons = []
+    predicted_counts = np.bincount(predicted, minlength=num_classes)
+    true_counts = np.bincount(labels, minlength=num_classes)
+    dominant = int(predicted_counts.argmax())
+    share, true_share = predicted_counts[dominant] / total, true_counts[dominant] / total
+    if share >= ONE_CLASS_SHARE and share - true_share >= 0.1:
+        reasons.append(f"predicts {class_names[dominant]!r} for {100 * share:.0f}% of the test images "
+                       f"({100 * true_share:.0f}% of them are)")
+    accuracy = float(np.mean(labels == predicted))
+    chance, majority = 1 / num_classes, true_counts.max() / total
+    baseline = max(chance, majority)
+    margin = CHANCE_STANDARD_ERRORS * np.sqrt(baseline * (1 - baseline) / total)
+    # Capped halfway to perfect: on a few, skewed test images the margin alone would flag a perfect model.
+    if accuracy <= min(baseline + margin, (1 + baseline) / 2):
+        reasons.append(f"is at chance (test accuracy {100 * accuracy:.1f}%; chance {100 * chance:.1f}%, "
+                       f"always the majority class {100 * majority:.1f}%, {total} test images)")
+    if (training_accuracy is not None and validation_accuracy is not None
+            and training_accuracy - validation_accuracy >= TRAIN_VALIDATION_GAP):
+        reasons.append(f"ends training at {100 * training_accuracy:.1f}% training accuracy but "
+                       f"{100 * validation_accuracy:.1f}% validation accuracy")
+    return reasons
+
+
+def final_training_accuracy(model_dir: Path) -> float | None:
+    """The last epoch's training accuracy from the stage's history (None without one)."""
+    rows = fitting.read_history(Path(model_dir) / HISTORY_FILE)
+    return float(rows[-1]["accuracy"]) if rows and "accuracy" in rows[-1] else None
+
+
 def headline(result: dict) -> dict:
     """The scalar metrics (what `dvc metrics diff` and `dvc exp show` compare)."""
     return {key: value for key, value in result.items()
@@ -291,6 +343,16 @@ def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_
                        "model_size_mb": model_path.stat().st_size / 1e6})
         keras.backend.clear_session()  # free the model before loading the next one
         del model
+        validation_accuracy = (float(np.mean(validation.probabilities.argmax(axis=1) == validation.labels))
+                               if validation is not None and len(validation.labels) else None)
+        reasons = degenerate_reasons(test.labels, test.probabilities.argmax(axis=1), class_names,
+                                     training_accuracy=final_training_accuracy(model_dirs[name]),
+                                     validation_accuracy=validation_accuracy)
+        result["degenerate"] = int(bool(reasons))
+        result["degenerate_reasons"] = reasons
+        if reasons:
+            log.warning("the %s model is degenerate, so comparing it is not meaningful: it %s. Likely causes: %s.",
+                        name, "; it ".join(reasons), LIKELY_CAUSES)
 
         predicted = test.probabilities.argmax(axis=1)
         write_predictions(out_dir / predictions_file(name), test, class_names, top_k=settings.top_k,
@@ -307,6 +369,9 @@ def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_
     plots.reliability_diagrams({name: all_metrics[name] for name in MODEL_NAMES}, out_dir / RELIABILITY_FILE)
     fileio.atomic_write_json(out_dir / METRICS_FILE, {name: headline(all_metrics[name]) for name in MODEL_NAMES})
     fileio.atomic_write_json(out_dir / DETAILS_FILE, {"class_names": class_names, **all_metrics})
+    fileio.atomic_write_json(out_dir / DEGENERATE_FILE, {
+        name: {"degenerate": bool(all_metrics[name]["degenerate"]), "reasons": all_metrics[name]["degenerate_reasons"],
+               "likely_causes": LIKELY_CAUSES if all_metrics[name]["degenerate"] else ""} for name in MODEL_NAMES})
     runs = _log_to_mlflow(params, all_metrics, model_dirs=model_dirs, out_dir=out_dir, project_root=project_root,
                           meta=meta, example_image=lambda: next(batches("test"))[0][0])
     fileio.atomic_write_json(out_dir / RUNS_FILE, runs)

@@ -263,6 +263,12 @@ def _table(header: list[str], rows: list[list[str]], *, best: list[int | None] |
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def degenerate_models(metrics: dict[str, dict]) -> dict[str, list[str]]:
+    """Model -> why the evaluate stage found it degenerate (models it did not flag are left out)."""
+    return {model: list(metrics[model].get("degenerate_reasons") or []) for model in MODELS
+            if metrics.get(model, {}).get("degenerate_reasons")}
+
+
 def _headline_html(inputs: ReportInputs) -> str:
     summary = inputs.summary
     interval = summary["accuracy_difference_ci"]
@@ -292,7 +298,9 @@ def _headline_html(inputs: ReportInputs) -> str:
         warning = (f'<p class="warn">{len(small)} class(es) have fewer than {NOISY_SUPPORT} test images, so their '
                    f"per-class numbers are noisy: {_e(listed)}. Macro averages weigh them like the large ones; "
                    "weighted averages do not.</p>")
-    return (f'<section id="headline"><h2>Headline</h2><p class="verdict">{_e(comparison.verdict(summary))}</p>'
+    verdict = comparison.verdict(summary, degenerate=degenerate_models(inputs.metrics))
+    css = "verdict warn" if degenerate_models(inputs.metrics) else "verdict"
+    return (f'<section id="headline"><h2>Headline</h2><p class="{css}">{_e(verdict)}</p>'
             f'<div class="cards">{card_html}</div>'
             f"<h3>Same {summary['test_images']:,} test images, 2×2</h3>{two_by_two}"
             '<p class="note">McNemar\'s test uses only the images exactly one model gets right (the off-diagonal '
@@ -391,7 +399,8 @@ def render_markdown(inputs: ReportInputs, *, report_name: str = "report.html") -
     summary, metrics = inputs.summary, inputs.metrics
     rows = [("accuracy", "accuracy", "{:.4f}"), ("macro F1", "macro_f1", "{:.4f}"),
             ("ECE (after temperature scaling)", None, ""), ("inference images/s", "images_per_second", "{:,.0f}")]
-    lines = [f"### {inputs.title}", "", comparison.verdict(summary), "", "| | scratch | transfer |",
+    lines = [f"### {inputs.title}", "", comparison.verdict(summary, degenerate=degenerate_models(metrics)), "",
+             "| | scratch | transfer |",
              "|---|---:|---:|"]
     for label, key, style in rows:
         if key is None:

@@ -81,9 +81,14 @@ def extra_callbacks(params: Params, *, model_name: str, run_id: str, project_roo
 
 def training_callbacks(params: Params, config: FitConfig, *, resume: fitting.ResumeState, phase: str,
                        logger: fitting.EpochLogger, history: list[dict], model_name: str, run_id: str,
-                       project_root: Path) -> list:
-    """Every callback of one training phase, in the order they must run (the one builder all phases use)."""
-    return [*fitting.standard_callbacks(config, seed=params.seed, checkpoint_dir=resume.phase_dir(phase),
+                       project_root: Path, validation: keras.callbacks.Callback | None = None) -> list:
+    """Every callback of one training phase, in the order they must run (the one builder all phases use).
+
+    `validation`, when given, computes the val_* logs itself (fitting.ValidateWithPopulationStatistics): it runs
+    first, so checkpointing, early stopping, the schedule and the logger all read its figures.
+    """
+    return [*([validation] if validation else []),
+            *fitting.standard_callbacks(config, seed=params.seed, checkpoint_dir=resume.phase_dir(phase),
                                         history=history),
             logger, *extra_callbacks(params, model_name=model_name, run_id=run_id, project_root=project_root),
             *resume.callbacks(phase)]

@@ -5,6 +5,8 @@ schedule position) at the end of each epoch. Randomness is made a pure function 
 dropout/augmentation seed-generator state is reset at the start of each epoch, and the training data is
 shuffled with a per-epoch seed — so a resumed run replays exactly the epochs an uninterrupted run would.
 A fingerprint of the params and data guards against resuming from a stale backup.
+
+BatchNorm's inference statistics: see `reestimate_batch_norm` and `ValidateWithPopulationStatistics`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import json
 import logging
 import math
 import shutil
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +103,97 @@ class EpochSeeds(keras.callbacks.Callback):
             state.assign(np.array([self.seed * 7919 + index, epoch * 1_000_003], dtype=state.dtype))
 
 
+def trainable_batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer that normalises with batch statistics in training, nested ones included.
+
+    A frozen BatchNorm (`trainable=False`, as in a fine-tuned backbone) always uses its moving statistics in
+    Keras 3, in training as at inference, so it has nothing to re-estimate.
+    """
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+
+
+def reestimate_batch_norm(model: keras.Model, batches: Iterable) -> int:
+    """Set every trainable BatchNorm's moving mean and variance to the average of its batch statistics over
+    `batches` (image batches, or `(images, ...)` tuples), computed with the rest of the model in inference
+    mode; return the number of images used.
+
+    Why: BatchNorm normalises with batch statistics in training but with moving averages at inference. With
+    momentum 0.99, after a few dozen steps those averages are still mostly their initial 0/1, and in the seed
+    CNN each BatchNorm follows a Dropout, which in training inflates the variance BatchNorm sees (Li et al.,
+    CVPR 2019, "Understanding the disharmony between dropout and batch normalization"). On small data sets
+    the model then predicts one class for every image at inference while training accuracy is high. The fix
+    measures the statistics the trained weights really produce, with dropout off, as inference runs it.
+
+    How (pure keras, any backend, sequential, functional or nested models, mixed precision): the model runs
+    with `training=False`, so Dropout and random layers are off, while each BatchNorm layer temporarily runs
+    Keras' own training branch (batch moments, then `moving = moving * momentum + batch * (1 - momentum)`)
+    with momentum `seen / (seen + batch_size)`: after the last batch, the moving statistics are the
+    image-weighted average of the batch statistics. A BatchNorm layer called with an explicit
+    `training=False` inside a trainable model would be re-estimated too; this project has none.
+    """
+    layers = trainable_batch_norm_layers(model)
+    if not layers:
+        return 0
+    momenta = {id(layer): layer.momentum for layer in layers}
+    for layer in layers:
+        # An instance attribute shadows the class's `call`; Keras' `Layer.__call__` looks it up at each call.
+        layer.call = _batch_statistics_call(layer)
+    seen = 0
+    try:
+        for batch in batches:
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            count = int(keras.ops.shape(images)[0])
+            if not count:
+                continue
+            for layer in layers:
+                layer.momentum = seen / (seen + count)
+            model(images, training=False)
+            seen += count
+    finally:
+        for layer in layers:
+            del layer.call
+            layer.momentum = momenta[id(layer)]
+    return seen
+
+
+def _batch_statistics_call(layer: keras.layers.BatchNormalization) -> Callable:
+    original = type(layer).call.__get__(layer)
+
+    def call(inputs, training=None, mask=None):
+        return original(inputs, training=True, mask=mask)
+
+    return call
+
+
+class ValidateWithPopulationStatistics(keras.callbacks.Callback):
+    """At each epoch end: re-estimate BatchNorm's inference statistics, then evaluate the validation data.
+
+    Put it first among the callbacks, and do not pass `validation_data` to `fit`: the `val_*` values it
+    writes into the epoch's logs are what every later callback reads (early stopping, best checkpoint,
+    plateau schedule, history, MLflow), and they are measured with the statistics the saved model carries
+    (a checkpoint or a restored best epoch holds the statistics of its own epoch; the resume backup too).
+    `batchnorm_seconds` in the logs is the re-estimation's cost.
+    """
+
+    def __init__(self, validation_data, *, statistics_batches: Callable[[], Iterable]):
+        super().__init__()
+        self.validation_data = validation_data
+        self.statistics_batches = statistics_batches
+
+    def on_epoch_end(self, epoch, logs=None):
+        started = time.perf_counter()
+        images = reestimate_batch_norm(self.model, self.statistics_batches())
+        seconds = time.perf_counter() - started
+        if images:
+            log.info("epoch %d: BatchNorm statistics re-estimated on %d training images in %.2f s", epoch + 1,
+                     images, seconds)
+        results = self.model.evaluate(self.validation_data, verbose=0, return_dict=True)
+        if logs is not None:
+            logs.update({f"val_{name}": float(value) for name, value in results.items()})
+            logs["batchnorm_seconds"] = seconds
+
+
 class EpochLogger(keras.callbacks.Callback):
     """After each epoch: metrics, learning rate, epoch time and images/s to MLflow and to CSV files."""
 
@@ -112,13 +207,9 @@ class EpochLogger(keras.callbacks.Callback):
         self._started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
-        import time
-
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        import time
-
         import mlflow
 
         seconds = time.perf_counter() - self._started

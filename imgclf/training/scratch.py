@@ -40,6 +40,12 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
                                      first_epoch=first_epoch)
     val_data = tfdata.make_dataset(prepared_dir, "val", image_shape=shape, num_classes=num_classes,
                                    batch_size=config.batch_size, example_count=meta.counts["val"])
+    # BatchNorm's inference statistics are re-estimated on shuffled, unaugmented training batches of the
+    # training batch size (batch statistics depend on it) before each validation (fitting.reestimate_batch_norm).
+    statistics_batches = -(-(config.batch_norm_images or train_count) // config.batch_size)
+    statistics_data = tfdata.make_dataset(prepared_dir, "train", image_shape=shape, num_classes=num_classes,
+                                          batch_size=config.batch_size, training=True, seed=params.seed,
+                                          example_count=train_count).take(statistics_batches)
 
     with strategy.scope():
         model = models.build_scratch_model(config, input_shape=shape, num_classes=num_classes)
@@ -55,9 +61,10 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
                                      examples_per_epoch=train_count, rows=history)
         callbacks = common.training_callbacks(params, config, resume=resume, phase="fit", logger=logger,
                                               history=history, model_name="scratch", run_id=run.info.run_id,
-                                              project_root=project_root)
-        model.fit(train_data, validation_data=val_data, epochs=config.epochs, steps_per_epoch=steps,
-                  callbacks=callbacks, verbose=2)
+                                              project_root=project_root,
+                                              validation=fitting.ValidateWithPopulationStatistics(
+                                                  val_data, statistics_batches=lambda: statistics_data))
+        model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=2)
         fitting.restore_best(model, config, resume.phase_dir("fit"))
         common.save_model(model, out_dir / artifacts.MODEL_FILE)
         serving.log_model(out_dir / artifacts.MODEL_FILE, meta, common.first_images(val_data, count=1)[0])
