@@ -99,6 +99,29 @@ def _name_group_run(root: Path, *, stage: str | None, overrides: list[str]) -> N
         client.set_tag(run_id, "dvc.experiment", experiments[0])
 
 
+def _record_predict_run(root: Path, *, command: list[str], output: str, output_format: str, exit_code: int) -> None:
+    """Name the `mlflow run -e predict` run after the model it used and log what it did: the images, the model
+    URI (the champion resolved), the predictions."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    import mlflow
+
+    from imgclf import tracking
+
+    model = command[command.index("--model") + 1]
+    images = command[command.index("predict") + 1:command.index("--model")]
+    client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(root))
+    short_model = model.removeprefix("models:/").removeprefix("runs:/").replace("/", "-")
+    client.set_tag(run_id, "mlflow.runName", f"predict-{Path(short_model).name}")
+    client.set_tag(run_id, "stage", "predict")
+    client.set_tag(run_id, "model_uri", model)
+    client.set_tag(run_id, "images", " ".join(images)[:5000])
+    client.log_metric(run_id, "exit_code", exit_code)
+    extension = "txt" if output_format == "table" else output_format
+    client.log_text(run_id, output, f"predictions.{extension}")
+
+
 def run_pipeline(root: Path, *, overrides: str = "", stage: str | None = None, name: str | None = None) -> int:
     """Run the pipeline (or `stage` and what it needs that changed) in `root`; return dvc's exit status."""
     items = parse_overrides(overrides)
@@ -150,7 +173,11 @@ def main(argv: list[str] | None = None) -> None:
                                   name=arguments.name or None))
         command = predict_command(images=arguments.images, model=arguments.model,
                                   output_format=arguments.output_format, top_k=arguments.top_k, root=root)
-        sys.exit(subprocess.run(command, cwd=root, check=False).returncode)
+        result = subprocess.run(command, cwd=root, check=False, stdout=subprocess.PIPE, text=True)
+        sys.stdout.write(result.stdout)
+        _record_predict_run(root, command=command, output=result.stdout, output_format=arguments.output_format,
+                            exit_code=result.returncode)
+        sys.exit(result.returncode)
     except (PipelineError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

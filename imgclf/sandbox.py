@@ -21,6 +21,8 @@ from imgclf.config import params_from_dict
 PROJECT_ENTRIES = ("dvc.yaml", "params.yaml", "stages", "imgclf", "MLproject", "python_env.yaml")
 # Also copied when the copy is a git repository, so git and DVC ignore what the project ignores.
 GIT_ENTRIES = (".gitignore", ".dvcignore")
+# The plot templates and the offline plots page that dvc.yaml's `plots:` use (config plots.html_template).
+DVC_PLOTS = Path(".dvc") / "plots"
 INHERITED_MLFLOW_IDS = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
 # Commits in a copy need an author even on a machine with no git identity (CI).
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "imgclf sandbox", "GIT_AUTHOR_EMAIL": "sandbox@imgclf.invalid",
@@ -76,6 +78,8 @@ def create(destination: Path, *, source_root: Path, overrides: dict[str, Any], g
     else:
         dvc(destination, "init", "--no-scm", "--quiet")
     dvc(destination, "config", "core.analytics", "false")
+    shutil.copytree(Path(source_root) / DVC_PLOTS, destination / DVC_PLOTS)
+    dvc(destination, "config", "plots.html_template", "plots/page.html")
     if git:
         commit(destination, "imgclf sandbox")
     return destination

@@ -10,6 +10,7 @@ the one with the better test accuracy.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -19,6 +20,8 @@ from typing import Any
 
 import mlflow
 import yaml
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
 
 from imgclf import artifacts, fileio
 from imgclf.artifacts import CHAMPION
@@ -31,6 +34,11 @@ OUTER_RUN_ENV = "MLFLOW_RUN_ID"
 DVC_STAGE_ENV = "DVC_STAGE"
 DVC_EXP_NAME_ENV = "DVC_EXP_NAME"
 DVC_EXP_BASELINE_ENV = "DVC_EXP_BASELINE_REV"
+# MLflow 3 opens an experiment on its GenAI overview (traces, tokens) unless it is marked as model development;
+# the values are the UI's ExperimentKind enum (mlflow/server/js).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+TEST_PREFIX = "test_"
 # Written by DVC while the pipeline runs, so it never makes the code "dirty".
 GIT_DIRTY_IGNORED = ("dvc.lock",)
 
@@ -70,6 +78,7 @@ def configure(project_root: Path, experiment: str) -> str:
                         "params.yaml (mlflow.experiment); pass --experiment-name %s to `mlflow run` to use it",
                         outer_name, outer, experiment, experiment)
         mlflow.set_experiment(experiment_id=outer_experiment_id)
+        _mark_model_development(outer_experiment_id)
         return outer_experiment_id
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is not None:
@@ -80,7 +89,61 @@ def configure(project_root: Path, experiment: str) -> str:
             artifact_location = (Path(project_root).resolve() / artifacts.MLFLOW_ARTIFACT_DIR).as_uri()
         experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
+    _mark_model_development(experiment_id)
     return experiment_id
+
+
+def _mark_model_development(experiment_id: str) -> None:
+    """Make `mlflow ui` open the experiment on its runs; a kind someone chose in the UI is kept."""
+    client = mlflow.MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+
+
+def as_test_metric(key: str) -> str:
+    """`test_<key>`, without doubling a prefix the key already has (`test_images`, not `test_test_images`)."""
+    return key if key.startswith(TEST_PREFIX) else TEST_PREFIX + key
+
+
+class PreparedDataset(MetaDataset):
+    """The prepared data as an MLflow dataset input: a reference (name, DVC digest, location) with the split
+    sizes as its profile, not a copy of the images."""
+
+    def __init__(self, *, source: LocalArtifactDatasetSource, name: str, digest: str | None,
+                 split_sizes: dict[str, int]):
+        self._split_sizes = dict(split_sizes)
+        super().__init__(source=source, name=name, digest=digest)
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return dict(self._split_sizes)
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self.profile)}
+
+
+def prepared_dataset(project_root: Path, *, name: str) -> PreparedDataset | None:
+    """The prepared data of `project_root` (its meta.json split counts, DVC's md5 as digest); None before the
+    preprocess stage ran."""
+    folder = Path(project_root).resolve() / artifacts.PREPARED_DIR
+    if not (folder / artifacts.META_FILE).is_file():
+        return None
+    counts = artifacts.read_prepared_meta(folder).counts
+    md5 = prepared_data_md5(project_root)
+    return PreparedDataset(source=LocalArtifactDatasetSource(folder.as_uri()), name=name,
+                           digest=md5.removesuffix(".dir") if md5 else None,
+                           split_sizes={f"{split}_images": int(count) for split, count in counts.items()})
+
+
+def log_prepared_data(params: Params, *, project_root: Path, context: str) -> None:
+    """Log the prepared data as the active run's dataset input (`training` or `evaluation`), so the runs table's
+    Dataset column says which data a run saw."""
+    dataset = prepared_dataset(project_root, name=f"{params.data.source}-prepared")
+    if dataset is None:
+        log.warning("no %s/%s: the run has no dataset input (run the preprocess stage)", artifacts.PREPARED_DIR,
+                    artifacts.META_FILE)
+        return
+    mlflow.log_input(dataset, context=context, tags={key: str(value) for key, value in dataset.profile.items()})
 
 
 def git_tags(project_root: Path) -> dict[str, str]:
@@ -190,6 +253,7 @@ def training_run(params: Params, *, model: str, project_root: Path, out_dir: Pat
     with context as run:
         if run_id is None:
             mlflow.log_params({key: _param_value(value) for key, value in logged_params.items()})
+            log_prepared_data(params, project_root=project_root, context="training")
         fileio.atomic_write_json(Path(out_dir) / artifacts.RUN_FILE, {
             "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": mlflow.get_tracking_uri(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from mlflow.projects import _project_spec
 
 from imgclf import pipeline, sandbox
 
-from .conftest import PROJECT_ROOT, copy_trained_project
+from .conftest import PROJECT_ROOT, copy_trained_project, write_image_folder
 from .test_tracking import EXPERIMENT
 
 
@@ -78,3 +79,22 @@ def test_mlflow_run_main_with_overrides_nests_the_runs(trained_project, tmp_path
     # The group is the comparison's parent too; the registry got the new transfer model.
     assert by_model["comparison"].data.tags["registry.transfer"].startswith("imgclf-transfer/")
     assert "test_accuracy" in transfer.data.metrics
+
+
+@pytest.mark.slow
+def test_mlflow_run_predict_is_named_after_its_model_and_logs_the_predictions(trained_project, tmp_path):
+    root = copy_trained_project(trained_project, tmp_path / "p")
+    images = write_image_folder(tmp_path / "images", {"a": 2, "b": 1}, size=32)
+    executable = str(sys.executable).removesuffix("python") + "mlflow"
+    result = subprocess.run([executable, "run", ".", "-e", "predict", "--env-manager", "local", "--experiment-name",
+                             EXPERIMENT, "-P", f"images={images}", "-P", "format=json"], cwd=root,
+                            env=sandbox.environment(root), capture_output=True, text=True, check=False, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`mlflow.project.entryPoint` = 'predict'")
+    assert run.info.run_name.startswith("predict-imgclf-") and run.info.run_name.endswith("@champion")
+    assert run.data.tags["model_uri"].endswith("@champion") and run.data.tags["images"] == str(images)
+    predictions = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/predictions.json"))
+    assert len(predictions) == 3

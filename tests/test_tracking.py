@@ -155,3 +155,25 @@ def test_champion_tie_rule():
     assert tracking.champion_of({"scratch": 0.8, "transfer": 0.9}, {"scratch": 10, "transfer": 5}) == "transfer"
     assert tracking.champion_of({"scratch": 0.9, "transfer": 0.9}, {"scratch": 10, "transfer": 5}) == "transfer"
     assert tracking.champion_of({"scratch": 0.9, "transfer": 0.9}, {"scratch": 5, "transfer": 5}) == "scratch"
+
+
+def test_experiment_opens_on_runs_and_runs_show_their_data_set(project, store):
+    client, runs, _ = store
+    experiment = client.get_experiment(runs[0].info.experiment_id)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_DEVELOPMENT  # not the GenAI overview
+    by_name = _by_name(runs)
+    expected_contexts = {"scratch-cnn": "training", "transfer-resnet50": "training", "comparison": "evaluation"}
+    meta = json.loads((project / "data/prepared/meta.json").read_text())
+    for name, context in expected_contexts.items():
+        run = client.get_run(by_name[name].info.run_id)  # search_runs leaves inputs out
+        (dataset_input,) = run.inputs.dataset_inputs
+        dataset = dataset_input.dataset
+        assert dataset.name == "synthetic-prepared"
+        assert dataset.digest == run.data.tags["data.prepared_md5"].removesuffix(".dir")
+        assert json.loads(dataset.source)["uri"].endswith("/data/prepared")
+        assert json.loads(dataset.profile) == {f"{split}_images": count for split, count in meta["counts"].items()}
+        assert {tag.key: tag.value for tag in dataset_input.tags}["mlflow.data.context"] == context
+    for run in runs:
+        doubled = [key for key in run.data.metrics if "test_test" in key]
+        assert not doubled, f"{run.info.run_name}: {doubled}"
+    assert "test_images" in by_name["scratch-cnn"].data.metrics

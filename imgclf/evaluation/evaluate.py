@@ -394,8 +394,9 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
                             tags={**tags, "model": "comparison"}) as parent:
         comparison_id = parent.info.run_id
         mlflow.log_params({f"evaluate.{key}": value for key, value in dataclasses.asdict(params.evaluate).items()})
+        tracking.log_prepared_data(params, project_root=project_root, context="evaluation")
         for model_name in MODEL_NAMES:
-            mlflow.log_metrics({f"{model_name}_test_{key}": value
+            mlflow.log_metrics({f"{model_name}_{tracking.as_test_metric(key)}": value
                                 for key, value in headline(all_metrics[model_name]).items()})
             mlflow.set_tag(f"{model_name}_run_id", run_ids[model_name])
         for artifact in (METRICS_FILE, DETAILS_FILE, RELIABILITY_FILE):
@@ -412,7 +413,7 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
         if "mlflow.parentRunId" not in client.get_run(run_id).data.tags:
             client.set_tag(run_id, "mlflow.parentRunId", group)
         for key, value in headline(all_metrics[model_name]).items():
-            client.log_metric(run_id, f"test_{key}", value)
+            client.log_metric(run_id, tracking.as_test_metric(key), value)
         for artifact in (confusion_plot(model_name), predictions_file(model_name),
                          per_class_file(model_name), RELIABILITY_FILE):
             client.log_artifact(run_id, str(out_dir / artifact), artifact_path="evaluation")
