@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -142,8 +141,7 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
     size = params.preprocess.image_size
     workers = workers or max(1, os.cpu_count() or 1)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    staging = fileio.make_staging_dir(out_dir)
     try:
         pixels = np.lib.format.open_memmap(staging / "pixels.tmp.npy", mode="w+", dtype=np.uint8,
                                            shape=(len(examples), size, size, channels))
@@ -156,6 +154,7 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
         usable = np.ones(len(examples), dtype=bool)
         usable[list(failures)] = False
         class_names, labels, usable = _apply_class_minimum(class_names, labels, usable, params)
+        _require_two_classes(class_names, labels, usable, raw_dir)
 
         positions = np.flatnonzero(usable)
         local = make_splits(labels[positions], official_test[positions], params=params)
@@ -238,6 +237,15 @@ def _apply_class_minimum(class_names: list[str], labels: np.ndarray, usable: np.
     remap[kept] = np.arange(len(kept))
     new_labels = remap[labels]
     return [class_names[label] for label in kept], new_labels, usable & (new_labels >= 0)
+
+
+def _require_two_classes(class_names: list[str], labels: np.ndarray, usable: np.ndarray, raw_dir: Path) -> None:
+    """A classifier needs two classes: with one, training "succeeds" at accuracy 1.0 and evaluation breaks."""
+    present = [class_names[label] for label in np.unique(labels[usable])]
+    if len(present) < 2:
+        found = f"only {present[0]!r}" if present else "none"
+        raise PreprocessError(f"{raw_dir}: a classifier needs at least 2 classes with readable images, found "
+                              f"{found}; add a folder per class (data.path) or choose another data.source")
 
 
 def _check_split_coverage(split: Split, labels: np.ndarray, class_names: list[str]) -> None:

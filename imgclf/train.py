@@ -31,6 +31,7 @@ def save_model(model: keras.Model, path: Path) -> None:
     os.close(descriptor)
     try:
         model.save(temporary)
+        os.chmod(temporary, fileio.umask_mode())  # mkstemp made it 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -10,7 +10,9 @@ def main() -> None:
                              download_dir=args.download_dir, seed=params.seed,
                              synthetic_classes=data.synthetic_classes,
                              synthetic_per_class=data.synthetic_per_class,
-                             synthetic_image_size=data.synthetic_image_size)
+                             synthetic_image_size=data.synthetic_image_size,
+                             limits=sources.ExtractionLimits(max_extracted_mb=data.max_extracted_mb,
+                                                             max_expansion_ratio=data.max_expansion_ratio))
 
     cli.stage(__doc__, {"out": "raw data directory to write",
                         "download_dir": "where downloaded archives are kept between runs"}, body)

@@ -1,0 +1,201 @@
+"""Hostile and careless inputs: each gets a one-line error or a skip-and-report, nothing half-written.
+
+A compact set (well under a minute) that keeps issue 10's cases fixed: decompression bombs, poisoned
+downloads, one-class data, links out of the source folder, file modes, disk full, broken MLflow stores and
+the error policy of the command-line entry points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from imgclf import fileio, preprocess, sources
+from imgclf.config import params_from_dict
+from imgclf.errors import DataSourceError, PreprocessError
+
+from .conftest import write_image_folder
+from .test_sources import http_server  # noqa: F401  (a fixture)
+
+BOMB_BYTES = 40 << 20  # 40 MiB of zeros: ~40 KB compressed, a 1000:1 ratio
+
+
+def _fetch_folder(tmp_path: Path, path: str | Path, **options) -> dict:
+    return sources.fetch_source(source="image_folder", path=str(path), sha256=None, raw_dir=tmp_path / "raw",
+                                download_dir=tmp_path / "downloads", seed=0, **options)
+
+
+def _image_tar(path: Path, folder: Path) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="data")
+    return path
+
+
+def _bomb(path: Path, kind: str) -> Path:
+    """An archive of two small images per class and one huge run of zeros named like an image."""
+    zeros = bytes(BOMB_BYTES)
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+            bundle.writestr("cats/0.png", b"x")
+            bundle.writestr("dogs/bomb.png", zeros)
+        return path
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in (("cats/0.png", b"x"), ("dogs/bomb.png", zeros)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in folder.iterdir() if entry.name.startswith("."))
+
+
+# ------------------------------------------------------------------------------- 1. bounded archives
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_decompression_bomb_is_refused_by_its_expansion_ratio(tmp_path, kind):
+    archive = _bomb(tmp_path / f"bomb.{kind}", kind)
+    assert archive.stat().st_size < BOMB_BYTES / 500
+    with pytest.raises(DataSourceError, match=r"\d+-fold, past data\.max_expansion_ratio=100; .*decompression bomb"):
+        _fetch_folder(tmp_path, archive)
+    assert not (tmp_path / "raw").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_archive_larger_than_max_extracted_mb_is_refused(tmp_path, kind):
+    archive = _bomb(tmp_path / f"big.{kind}", kind)
+    limits = sources.ExtractionLimits(max_extracted_mb=10, max_expansion_ratio=1e9)
+    with pytest.raises(DataSourceError, match=r"past data\.max_extracted_mb=10 MB"):
+        _fetch_folder(tmp_path, archive, limits=limits)
+    assert not (tmp_path / "raw").exists() and _leftovers(tmp_path) == []
+
+
+def test_zip_whose_directory_understates_sizes_is_still_bounded(tmp_path):
+    """The count is of bytes actually decompressed, not the sizes the archive claims."""
+    archive = _bomb(tmp_path / "liar.zip", "zip")
+    data = bytearray(archive.read_bytes())
+    declared = BOMB_BYTES.to_bytes(4, "little")
+    data[:] = data.replace(declared, (10).to_bytes(4, "little"))  # local header and central directory
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DataSourceError, match=r"max_expansion_ratio|corrupt"):
+        sources.safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- 2. poisoned downloads
+
+@pytest.mark.parametrize("bad_body", ["html", "truncated"])
+def test_bad_download_is_removed_and_fetched_again_once_the_server_is_fixed(tmp_path, http_server, bad_body):  # noqa: F811
+    good = _image_tar(tmp_path / "good.tar.gz", write_image_folder(tmp_path / "photos", {"a": 3, "b": 3}))
+    served = http_server.root / "data.tar.gz"
+    served.write_bytes(b"<html><body>503 try later</body></html>" if bad_body == "html"
+                       else good.read_bytes()[: good.stat().st_size // 2])
+    url = f"{http_server.url}/data.tar.gz"
+    with pytest.raises(DataSourceError, match=r"corrupt|not a \.tar"):
+        _fetch_folder(tmp_path, url)
+    assert [path.name for path in (tmp_path / "downloads").iterdir()] == []  # nothing cached to reuse
+
+    served.write_bytes(good.read_bytes())  # the server is fixed
+    info = _fetch_folder(tmp_path, url)
+    assert info["num_examples"]["train"] == 6 and len(http_server.requests) == 2
+    _fetch_folder(tmp_path, url)  # verified last time: reused, not fetched again
+    assert len(http_server.requests) == 2
+
+
+def test_cached_file_that_never_verified_is_not_reused(tmp_path, http_server):  # noqa: F811
+    good = _image_tar(tmp_path / "good.tar.gz", write_image_folder(tmp_path / "photos", {"a": 3, "b": 3}))
+    (http_server.root / "data.tar.gz").write_bytes(good.read_bytes())
+    url = f"{http_server.url}/data.tar.gz"
+    # A bad file left in the cache by an older version (which kept it after failing) is replaced.
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / sources._url_cache_name(url)).write_bytes(b"<html>oops</html>")
+    assert _fetch_folder(tmp_path, url)["num_examples"]["train"] == 6
+    assert len(http_server.requests) == 1
+
+
+# ---------------------------------------------------------------------------------------- 3. one class
+
+@pytest.mark.parametrize("policy", ["error", "drop"])
+def test_one_class_is_refused_at_preprocess(tmp_path, tiny_params_dict, policy):
+    folder = write_image_folder(tmp_path / "photos", {"only": 12})
+    tiny_params_dict["preprocess"]["small_class_policy"] = policy
+    params = params_from_dict(tiny_params_dict)
+    _fetch_folder(tmp_path, folder)
+    with pytest.raises(PreprocessError, match=r"at least 2 classes.*found only 'only'"):
+        preprocess.run(params, raw_dir=tmp_path / "raw", out_dir=tmp_path / "prepared", workers=1)
+    assert not (tmp_path / "prepared").exists() and _leftovers(tmp_path) == []
+
+
+# -------------------------------------------------------------------------------------------- 6. links
+
+def test_links_out_of_the_source_folder_are_skipped_and_reported(tmp_path, caplog):
+    folder = write_image_folder(tmp_path / "photos", {"cats": 2, "dogs": 2})
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"password")
+    (folder / "cats" / "x.png").symlink_to(secret)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "y.png").write_bytes(b"private")
+    (folder / "birds").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (folder / "dogs" / "inside.png").symlink_to(folder / "cats" / "0000.png")  # stays inside: kept
+    info = _fetch_folder(tmp_path, folder)
+    raw_files = {path.relative_to(tmp_path / "raw").as_posix() for path in (tmp_path / "raw").rglob("*.png")}
+    assert "images/train/cats/x.png" not in raw_files and "images/train/birds/y.png" not in raw_files
+    assert "images/train/dogs/inside.png" in raw_files
+    assert all(b"password" not in path.read_bytes() for path in (tmp_path / "raw").rglob("*.png"))
+    assert info["skipped_links"] == sorted([str(folder / "birds" / "y.png"), str(folder / "cats" / "x.png")])
+    assert "skipped 2 link(s) to files outside the folder" in caplog.text
+
+
+def test_archive_links_to_other_members_work_whatever_the_member_order(tmp_path):
+    folder = write_image_folder(tmp_path / "photos", {"cats": 2, "dogs": 2})
+    # Each link sorts after its target, so moving the target first (as the extraction does) broke it.
+    (folder / "cats" / "zz.png").symlink_to("0000.png")
+    (folder / "dogs" / "zz.png").symlink_to("../cats/0001.png")
+    (folder / "owls").symlink_to("cats", target_is_directory=True)
+    info = _fetch_folder(tmp_path, _image_tar(tmp_path / "linked.tar.gz", folder))
+    images = tmp_path / "raw" / "images" / "train"
+    assert (images / "cats" / "zz.png").read_bytes() == (images / "cats" / "0000.png").read_bytes()
+    assert (images / "dogs" / "zz.png").read_bytes() == (images / "cats" / "0001.png").read_bytes()
+    assert sorted(path.name for path in (images / "owls").iterdir()) == ["0000.png", "0001.png", "zz.png"]
+    assert info["num_examples"]["train"] == 9 and info["skipped_links"] == []
+
+
+# ---------------------------------------------------------------------------------------- 8. file modes
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_results_and_prepared_data_get_the_umask_mode(tmp_path, tiny_params_dict, umask_022):
+    fileio.atomic_write_json(tmp_path / "results" / "metrics.json", {"accuracy": 1})
+    assert stat.S_IMODE((tmp_path / "results" / "metrics.json").stat().st_mode) == 0o644
+    folder = write_image_folder(tmp_path / "photos", {"cats": 12, "dogs": 12})
+    _fetch_folder(tmp_path, folder)
+    preprocess.run(params_from_dict(tiny_params_dict), raw_dir=tmp_path / "raw", out_dir=tmp_path / "prepared",
+                   workers=1)
+    for path in [tmp_path / "raw", tmp_path / "prepared", *(tmp_path / "prepared").rglob("*")]:
+        expected = 0o755 if path.is_dir() else 0o644
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+    os.umask(0o077)
+    fileio.atomic_write_text(tmp_path / "private.txt", "x")
+    assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+
+
+def test_sha256_of_a_verified_download_is_recorded(tmp_path, http_server):  # noqa: F811
+    good = _image_tar(tmp_path / "good.tar.gz", write_image_folder(tmp_path / "photos", {"a": 3, "b": 3}))
+    (http_server.root / "data.tar.gz").write_bytes(good.read_bytes())
+    info = _fetch_folder(tmp_path, f"{http_server.url}/data.tar.gz")
+    assert info["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "raw" / "source.json").read_text())["sha256"] == info["sha256"]
