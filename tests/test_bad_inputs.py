@@ -199,3 +199,53 @@ def test_sha256_of_a_verified_download_is_recorded(tmp_path, http_server):  # no
     info = _fetch_folder(tmp_path, f"{http_server.url}/data.tar.gz")
     assert info["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
     assert json.loads((tmp_path / "raw" / "source.json").read_text())["sha256"] == info["sha256"]
+
+
+# --------------------------------------------------------------------------------- 5. MLflow store, runs
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh SQLite store in tmp_path, as a stage would use it (no MLFLOW_TRACKING_URI, no outer run)."""
+    from imgclf import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    tracking.configure(tmp_path, "hostile")
+    return tracking
+
+
+def test_discarded_resume_state_ends_its_run_as_killed(tmp_path, store):
+    import mlflow
+
+    from imgclf import fitting
+
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name("hostile").experiment_id
+    killed = client.create_run(experiment).info.run_id  # what kill -9 mid-training leaves: RUNNING
+    fitting.ResumeState(tmp_path / "resume", fingerprint={"epochs": 4}, enabled=True).remember_run(killed)
+    state = fitting.ResumeState(tmp_path / "resume", fingerprint={"epochs": 5}, enabled=True)  # params changed
+    assert state.run_id() is None
+    state.remember_run(client.create_run(experiment).info.run_id)
+    assert client.get_run(killed).info.status == "KILLED"
+
+
+def test_failed_training_leaves_no_run_json(tmp_path, store, tiny_params_dict):
+    params = params_from_dict(tiny_params_dict)
+    with (pytest.raises(RuntimeError, match="boom"),
+          store.training_run(params, model="scratch", project_root=tmp_path, out_dir=tmp_path / "model",
+                             data_sha256=None, logged_params={"a": 1})):
+        assert (tmp_path / "model" / "run.json").is_file()
+        raise RuntimeError("boom")
+    assert not (tmp_path / "model" / "run.json").exists()
+
+
+def test_corrupt_mlflow_db_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    from imgclf import tracking
+    from imgclf.errors import TrackingStoreError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlflow.db").write_bytes(os.urandom(20000))
+    with pytest.raises(TrackingStoreError) as caught:
+        tracking.configure(tmp_path, "hostile")
+    message = str(caught.value)
+    assert "\n" not in message and str(tmp_path / "mlflow.db") in message and "move it aside" in message
