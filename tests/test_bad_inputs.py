@@ -249,3 +249,65 @@ def test_corrupt_mlflow_db_is_one_line_naming_the_file(tmp_path, monkeypatch):
         tracking.configure(tmp_path, "hostile")
     message = str(caught.value)
     assert "\n" not in message and str(tmp_path / "mlflow.db") in message and "move it aside" in message
+
+
+# ------------------------------------------------------------------------------- 7. one error policy
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    """`imgclf ARGV` in this process: (exit status, stderr)."""
+    from imgclf.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["missing", "yaml", "not-a-mapping"])
+def test_cli_params_and_profile_trouble_is_one_line_exit_2(tmp_path, capsys, monkeypatch, case):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # exp-args reads the project's params.yaml
+    profile = tmp_path / "profile.yaml"
+    if case == "yaml":
+        profile.write_text("scratch: {epochs: [1\n")
+    elif case == "not-a-mapping":
+        profile.write_text("- scratch.epochs=3\n")
+    for command in ("check-params", "exp-args"):
+        status, err = _cli(capsys, command, str(profile))
+        assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, (command, err)
+        assert str(profile) in err and "Traceback" not in err
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> tuple[Path, Path]:
+    """A real (untrained) two-class .keras model on 8x8 RGB and the meta.json of its data."""
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
+    model_path = tmp_path / "model.keras"
+    keras.Model(inputs, outputs).save(model_path)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"class_names": ["a", "b"], "image_size": 8, "channels": 3, "resize": "pad"}))
+    return model_path, meta
+
+
+def test_predict_output_and_score_bars_mistakes_fail_before_any_work(tmp_path, capsys, tiny_model):
+    model, meta = tiny_model
+    write_image_folder(tmp_path / "images", {"x": 2}, size=8)
+    (tmp_path / "taken.png").write_bytes(b"")
+    for option, value, message in (("--output", tmp_path, "is a directory"),
+                                   ("--score-bars", tmp_path / "taken.png", "is not a folder")):
+        status, err = _cli(capsys, "predict", str(tmp_path / "images"), "--model", str(model), "--meta",
+                           str(meta), option, str(value))
+        assert status == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_score_bar_trouble_never_loses_the_predictions(tmp_path, capsys, tiny_model):
+    model, meta = tiny_model
+    write_image_folder(tmp_path / "images", {"x": 2}, size=8)
+    bars = tmp_path / "bars"
+    (bars / "0000-0000.png").mkdir(parents=True)  # the first figure cannot be written (IsADirectoryError)
+    output = tmp_path / "predictions.csv"
+    status, err = _cli(capsys, "predict", str(tmp_path / "images"), "--model", str(model), "--meta", str(meta),
+                       "--format", "csv", "--output", str(output), "--score-bars", str(bars))
+    assert status == 2 and "score bars stopped" in err and "predictions above are complete" in err
+    assert len(output.read_text().splitlines()) == 3  # header and both images
