@@ -16,11 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from imgclf import cli
+from imgclf.errors import UserError
+
 STAGES = ("download", "preprocess", "train_scratch", "extract_features", "train_transfer", "evaluate", "analyze")
 CHAMPION = "champion"  # the predict entry point's default model: whichever registered model holds the alias
 
 
-class PipelineError(Exception):
+class PipelineError(UserError):
     """A mistake in the entry point's parameters: printed as one line, exit status 2."""
 
 
@@ -136,16 +139,20 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--top-k", type=float, default=5, help="classes listed per image")
     arguments = parser.parse_args(argv)
     root = Path.cwd()
-    try:
+
+    def body() -> int:
         if arguments.command == "run":
-            sys.exit(run_pipeline(root, overrides=arguments.overrides, stage=arguments.stage or None,
-                                  name=arguments.name or None))
+            return run_pipeline(root, overrides=arguments.overrides, stage=arguments.stage or None,
+                                name=arguments.name or None)
         command = predict_command(images=arguments.images, model=arguments.model,
                                   output_format=arguments.output_format, top_k=arguments.top_k, root=root)
-        sys.exit(subprocess.run(command, cwd=root, check=False).returncode)
-    except (PipelineError, RuntimeError) as error:
+        return subprocess.run(command, cwd=root, check=False).returncode
+
+    try:
+        sys.exit(cli.exit_on_user_error(body))  # the policy of every entry point: one `error:` line, exit 2
+    except RuntimeError as error:  # MLFLOW_RUN_ID naming a run the store lacks (tracking.configure)
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(cli.EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -22,7 +25,7 @@ from imgclf import fileio, preprocess, sources
 from imgclf.config import params_from_dict
 from imgclf.errors import DataSourceError, PreprocessError
 
-from .conftest import write_image_folder
+from .conftest import PROJECT_ROOT, write_image_folder
 from .test_sources import http_server  # noqa: F401  (a fixture)
 
 BOMB_BYTES = 40 << 20  # 40 MiB of zeros: ~40 KB compressed, a 1000:1 ratio
@@ -311,3 +314,36 @@ def test_score_bar_trouble_never_loses_the_predictions(tmp_path, capsys, tiny_mo
                        "--format", "csv", "--output", str(output), "--score-bars", str(bars))
     assert status == 2 and "score bars stopped" in err and "predictions above are complete" in err
     assert len(output.read_text().splitlines()) == 3  # header and both images
+
+
+def test_stage_with_a_broken_params_file_is_one_line_exit_2(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("data: {source: [synthetic\n")
+    result = subprocess.run([sys.executable, "-m", "stages.download", "--params", str(params), "--out",
+                             str(tmp_path / "raw"), "--download-dir", str(tmp_path / "dl")],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+    assert result.stderr.count("\n") == 1 and str(params) in result.stderr
+
+
+def test_mlproject_entry_point_mistake_is_one_line_exit_2(capsys):
+    from imgclf import pipeline
+
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.main(["predict", "--images", "", "--model", "x.keras"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: images:") and err.count("\n") == 1
+
+
+def test_environment_programs_run_stages_with_its_python_without_activation(tmp_path):
+    """What `make setup` installs: `.venv/bin/dvc repro` then finds .venv's python for dvc.yaml's `python`."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    shutil.copy(PROJECT_ROOT / "ci" / "venv_on_path.pth", Path(purelib) / "imgclf_venv_on_path.pth")
+    # As DVC runs a stage: a shell, with the caller's PATH, which does not hold the environment.
+    found = subprocess.run([python, "-c", "import subprocess; subprocess.run('command -v python', shell=True)"],
+                           env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True).stdout
+    assert found.strip() == str(python)
