@@ -9,8 +9,10 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import errno
 import io
 import logging
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -141,10 +143,19 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
     size = params.preprocess.image_size
     workers = workers or max(1, os.cpu_count() or 1)
 
+    pixel_bytes = len(examples) * size * size * channels
+    # The staging array, then the shards (raw pixels too) beside it, before the array is deleted.
+    needed_mb = math.ceil(2 * pixel_bytes / (1 << 20)) + 1
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(out_dir.parent, needed_mb)
     staging = fileio.make_staging_dir(out_dir)
     try:
         pixels = np.lib.format.open_memmap(staging / "pixels.tmp.npy", mode="w+", dtype=np.uint8,
                                            shape=(len(examples), size, size, channels))
+        # Reserve the blocks now: a memory-mapped file that cannot grow on a full disk kills the process
+        # with SIGBUS (no message, staging and worker processes left behind); this raises ENOSPC instead.
+        with open(staging / "pixels.tmp.npy", "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
         failures = decode_all(examples, pixels, image_size=size, resize=params.preprocess.resize,
                               workers=workers)
         _report_skipped(failures, examples, staging / "skipped.csv")
@@ -198,10 +209,23 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if error.errno != errno.ENOSPC:
+            raise
+        raise PreprocessError(f"no space left on {out_dir.parent}, need about {needed_mb} MB; free some space "
+                              "(or lower preprocess.image_size) and run the stage again") from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return meta
+
+
+def _check_free_space(folder: Path, needed_mb: int) -> None:
+    free_mb = shutil.disk_usage(folder).free // (1 << 20)
+    if free_mb < needed_mb:
+        raise PreprocessError(f"no space left on {folder}, need about {needed_mb} MB ({free_mb} MB free); free "
+                              "some space (or lower preprocess.image_size) and run the stage again")
 
 
 def _report_skipped(failures: dict[int, str], examples: Sequence[RawExample], path: Path) -> None:

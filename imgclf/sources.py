@@ -26,6 +26,7 @@ from __future__ import annotations
 import colorsys
 import contextlib
 import dataclasses
+import errno
 import gzip
 import hashlib
 import http.client
@@ -656,7 +657,7 @@ def _stream(url: str, partial: Path) -> str:
     """Write the body at `url` to `partial` with a progress bar; return its sha256."""
     hasher = hashlib.sha256()
     request = urllib.request.Request(url, headers={"User-Agent": "imgclf-download/1"})
-    written = 0
+    written, total = 0, None
     try:
         with (urllib.request.urlopen(request, timeout=_DOWNLOAD_TIMEOUT_S) as response,
               open(partial, "wb") as handle):
@@ -680,6 +681,12 @@ def _stream(url: str, partial: Path) -> str:
         reason = getattr(error, "reason", None) or error
         raise DataSourceError(f"downloading {url} failed ({reason}); check the network connection, or "
                               "download the file yourself and point data.path at it") from error
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        need = f"about {math.ceil(total / (1 << 20))} MB" if total else f"more than {written >> 20} MB"
+        raise DataSourceError(f"no space left on {partial.parent}, need {need} for {url}; free some space "
+                              "and run the stage again") from error
     if total is not None and written != total:
         raise DataSourceError(f"downloading {url} stopped after {written} of {total} bytes; run the stage "
                               "again")

@@ -347,3 +347,56 @@ def test_environment_programs_run_stages_with_its_python_without_activation(tmp_
     found = subprocess.run([python, "-c", "import subprocess; subprocess.run('command -v python', shell=True)"],
                            env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True).stdout
     assert found.strip() == str(python)
+
+
+# ---------------------------------------------------------------------------------------- 4. disk full
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (needs root, as in the CI container); skipped where mounting is not allowed."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def _children() -> list[str]:
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    return [pid for task in tasks.iterdir() for pid in (task / "children").read_text().split()]
+
+
+def test_preprocess_on_a_full_disk_says_how_much_space_and_leaves_nothing(tmp_path, tiny_params_dict, small_disk):
+    folder = write_image_folder(tmp_path / "photos", {"cats": 30, "dogs": 30})
+    tiny_params_dict["preprocess"]["image_size"] = 128  # 60 x 128 x 128 x 3: about 3 MB, twice over
+    _fetch_folder(tmp_path, folder)
+    with pytest.raises(PreprocessError, match=rf"no space left on {small_disk}, need about 7 MB \(4 MB free\)"):
+        preprocess.run(params_from_dict(tiny_params_dict), raw_dir=tmp_path / "raw",
+                       out_dir=small_disk / "prepared", workers=2)
+    assert list(small_disk.iterdir()) == [] and _children() == []
+
+
+def test_disk_filling_up_during_preprocess_is_an_error_not_a_crash(tmp_path, tiny_params_dict, monkeypatch):
+    from imgclf import tfdata
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "prepared-shard"))
+
+    monkeypatch.setattr(tfdata, "write_shards", disk_full)  # ENOSPC injected where the shards are written
+    # More images than one decode chunk, so the worker processes run and must be gone afterwards.
+    folder = write_image_folder(tmp_path / "photos", {"cats": 150, "dogs": 150}, size=8)
+    _fetch_folder(tmp_path, folder)
+    with pytest.raises(PreprocessError, match=rf"no space left on {tmp_path}, need about 3 MB"):
+        preprocess.run(params_from_dict(tiny_params_dict), raw_dir=tmp_path / "raw", out_dir=tmp_path / "prepared",
+                       workers=2)
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "prepared").exists() and _children() == []
+
+
+def test_download_on_a_full_disk_says_how_much_space_and_leaves_no_part_file(small_disk, http_server):  # noqa: F811
+    (http_server.root / "big.tar.gz").write_bytes(os.urandom(6 << 20))
+    with pytest.raises(DataSourceError, match=rf"no space left on {small_disk}, need about 6 MB"):
+        sources.download(f"{http_server.url}/big.tar.gz", small_disk / "big.tar.gz", sha256=None)
+    assert list(small_disk.iterdir()) == []
