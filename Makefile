@@ -16,7 +16,14 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m pip install --quiet --no-deps -e ".[dev]"
 	touch $@
 
-setup: $(VENV)/.installed ## create .venv with the pinned dependencies (first use only)
+# dvc.yaml's stages run `python`, found on PATH: this .pth puts .venv/bin first on PATH for every program of
+# the environment, so `.venv/bin/dvc repro` runs the stages in .venv without activating it (ci/venv_on_path.pth).
+VENV_PATH_HOOK = $(VENV)/.venv_on_path.installed
+$(VENV_PATH_HOOK): ci/venv_on_path.pth $(VENV)/.installed
+	cp ci/venv_on_path.pth "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/imgclf_venv_on_path.pth"
+	touch $@
+
+setup: $(VENV)/.installed $(VENV_PATH_HOOK) ## create .venv with the pinned dependencies (first use only)
 
 run: setup ## the main job: the whole pipeline, rerunning only what changed (dvc repro)
 	dvc repro

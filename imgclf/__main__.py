@@ -10,8 +10,6 @@ from pathlib import Path
 
 from imgclf import artifacts
 
-# A usage error (bad model path or URI, missing meta.json, non-empty export directory): one line, exit 2.
-EXIT_USAGE = 2
 DEFAULT_META = Path(artifacts.PREPARED_DIR) / artifacts.META_FILE
 MODEL_HELP = ("a .keras file (with --meta) or an MLflow model URI: runs:/<run_id>/model, "
               "models:/imgclf-transfer@champion (store: MLFLOW_TRACKING_URI, else ./mlflow.db)")
@@ -53,8 +51,30 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
     arguments = parser.parse_args(argv)
     if arguments.command in ("predict", "export"):
-        sys.exit(_serve_command(arguments))
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ start-up chatter
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from imgclf import cli
 
+    # One policy for every subcommand: a condition the user can fix is one `error:` line and exit status 2.
+    sys.exit(cli.exit_on_user_error(lambda: _run(arguments)) or 0)
+
+
+def _read_yaml(path: Path) -> object:
+    """A YAML file the user named; a syntax error names the file."""
+    import yaml
+
+    from imgclf import cli
+    from imgclf.errors import ConfigError
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({cli.yaml_problem(error)}); fix the file") from error
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    if arguments.command in ("predict", "export"):
+        return _serve_command(arguments)
     if arguments.command == "smoke":
         from imgclf import fileio, sandbox
 
@@ -75,12 +95,14 @@ def main(argv: list[str] | None = None) -> None:
               f"{suggestions['min_loss_over_10']:.2e} (minimum loss / 10)")
         print(f"plot: {arguments.out / f'lr_find_{arguments.model}.png'}")
     elif arguments.command == "exp-args":
-        import yaml
 
         from imgclf import config, sandbox
 
-        overrides = yaml.safe_load(arguments.profile.read_text()) or {}
-        base = yaml.safe_load(Path("params.yaml").read_text())
+        overrides = _read_yaml(arguments.profile) or {}
+        if not isinstance(overrides, dict):
+            raise config.ConfigError(f"{arguments.profile}: a profile is a mapping of params.yaml sections "
+                                     "to overrides, e.g. `scratch: {epochs: 10}`")
+        base = _read_yaml(Path("params.yaml"))
         config.params_from_dict(sandbox.merge(base, overrides), source=str(arguments.profile))
         flat = config.flatten(overrides)
         print(" ".join(f"-S {key}={json.dumps(value, separators=(',', ':'))}" for key, value in flat.items()))
@@ -88,29 +110,23 @@ def main(argv: list[str] | None = None) -> None:
         from imgclf import config
 
         print(json.dumps(config.params_to_dict(config.load_params(arguments.path)), indent=2))
+    return 0
 
 
 def _serve_command(arguments: argparse.Namespace) -> int:
-    """`predict` and `export`: the exit code; a usage error is one line on stderr and exit 2."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ start-up chatter
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from imgclf.errors import UserError
+    """`predict` and `export`: the exit code."""
     from imgclf.serving import predict, serving
 
-    try:
-        if arguments.command == "predict":
-            return predict.run(arguments.paths, model=arguments.model, meta=arguments.meta, top_k=arguments.top_k,
-                               output_format=arguments.output_format, output=arguments.output,
-                               score_bars=arguments.score_bars, project_root=Path.cwd())
-        classifier = serving.load_classifier(arguments.model, meta=arguments.meta, project_root=Path.cwd())
-        out = serving.export_saved_model(classifier, arguments.out, force=arguments.force)
-        print(f"SavedModel in {out} (endpoint `serve`: float32 pixels 0-255, shape "
-              f"(batch, {classifier.preprocessing.image_size}, {classifier.preprocessing.image_size}, "
-              f"{classifier.preprocessing.channels}))")
-        return 0
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    if arguments.command == "predict":
+        return predict.run(arguments.paths, model=arguments.model, meta=arguments.meta, top_k=arguments.top_k,
+                           output_format=arguments.output_format, output=arguments.output,
+                           score_bars=arguments.score_bars, project_root=Path.cwd())
+    classifier = serving.load_classifier(arguments.model, meta=arguments.meta, project_root=Path.cwd())
+    out = serving.export_saved_model(classifier, arguments.out, force=arguments.force)
+    print(f"SavedModel in {out} (endpoint `serve`: float32 pixels 0-255, shape "
+          f"(batch, {classifier.preprocessing.image_size}, {classifier.preprocessing.image_size}, "
+          f"{classifier.preprocessing.channels}))")
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,18 +3,55 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import yaml
+
 from imgclf import artifacts
 from imgclf.config import Params, load_params, params_to_dict
 from imgclf.errors import UserError
 
-# Input a user can fix: shown as one line, no traceback. A missing file names the stage to run first.
-_USER_ERRORS = (UserError, FileNotFoundError, artifacts.MetadataError)
+# Exit status of every entry point for a condition the user can fix (after one `error: ...` line).
+EXIT_USER_ERROR = 2
+# Conditions a user can fix, shown as one line without a traceback; anything else is a bug and keeps it.
+_PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """`expected ',' or ']' at line 2, column 1`: the gist of a YAML syntax error, on one line."""
+    problem = getattr(error, "problem", None) or str(error)
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for one that is a bug."""
+    if isinstance(error, yaml.YAMLError):
+        message = f"not valid YAML: {yaml_problem(error)}; fix the file"
+    elif isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        message = f"no space left on {error.filename or os.getcwd()}; free some space and run it again"
+    elif isinstance(error, (UserError, artifacts.MetadataError, *_PATH_ERRORS)):
+        message = str(error)
+    else:
+        return None
+    return " ".join(message.split())  # one line, even for a message quoting a multi-line parser error
+
+
+def exit_on_user_error(body: Callable[[], object]) -> object:
+    """Run `body`; an error the user can fix becomes `error: <one line>` on stderr and exit status 2."""
+    try:
+        return body()
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 def stage(description: str, declared_params: Sequence[str], paths: dict[str, str],
@@ -31,11 +68,7 @@ def stage(description: str, declared_params: Sequence[str], paths: dict[str, str
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("IMGCLF_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        body(load_params(arguments.params), arguments)
-    except _USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(lambda: body(load_params(arguments.params), arguments))
 
 
 def project_root() -> Path:

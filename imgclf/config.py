@@ -49,6 +49,8 @@ class DataConfig:
     synthetic_classes: int = _field(4, minimum=2, maximum=100)
     synthetic_per_class: int = _field(60, minimum=4)
     synthetic_image_size: int = _field(32, minimum=8, maximum=512)
+    max_extracted_mb: float = _field(20480.0, minimum=1.0)
+    max_expansion_ratio: float = _field(100.0, minimum=1.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,5 +28,9 @@ class ModelConfigError(UserError):
     """A model setting that cannot work with this data or this Keras."""
 
 
+class TrackingStoreError(UserError):
+    """An MLflow tracking store that cannot be read or written (corrupt, read-only, locked)."""
+
+
 class EvaluationError(UserError):
     """A model or prediction file that does not fit the data."""

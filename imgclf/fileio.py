@@ -14,12 +14,26 @@ from pathlib import Path
 from typing import Any
 
 
+def umask_mode(base: int = 0o666) -> int:
+    """`base` less the process umask: the mode open() would give a new file (mkstemp always gives 0600)."""
+    try:  # Linux reports it without changing it (os.umask can only be read by setting it, racing threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return base & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return base & ~current
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it into place."""
+    """Write `data` to a temporary file beside `path`, then rename it into place (with the umask's mode)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(descriptor, umask_mode())
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -55,11 +69,12 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
 
 
 def staging_dir(target: Path) -> Path:
-    """A fresh hidden directory beside `target`, on the same file system so it can be renamed into place."""
+    """A fresh hidden directory beside `target` (same file system, so it can be renamed into place), with
+    the mode a plain mkdir would give, not mkdtemp's 0700 (which would become the final directory's mode)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    folder.chmod(0o755)  # mkdtemp's 0700 would otherwise become the final directory's mode
+    folder.chmod(umask_mode(0o777))
     return folder
 
 

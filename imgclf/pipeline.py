@@ -18,7 +18,9 @@ from pathlib import Path
 
 import yaml
 
+from imgclf import cli
 from imgclf.artifacts import CHAMPION, DVC_FILE  # CHAMPION: predict's default, the model holding that alias
+from imgclf.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +30,7 @@ def stage_names(root: Path = PROJECT_ROOT) -> tuple[str, ...]:
     return tuple(yaml.safe_load((Path(root) / DVC_FILE).read_text(encoding="utf-8"))["stages"])
 
 
-class PipelineError(Exception):
+class PipelineError(UserError):
     """A mistake in the entry point's parameters: printed as one line, exit status 2."""
 
 
@@ -167,20 +169,24 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--top-k", type=float, default=5, help="classes listed per image")
     arguments = parser.parse_args(argv)
     root = Path.cwd()
-    try:
+
+    def body() -> int:
         if arguments.command == "run":
-            sys.exit(run_pipeline(root, overrides=arguments.overrides, stage=arguments.stage or None,
-                                  name=arguments.name or None))
+            return run_pipeline(root, overrides=arguments.overrides, stage=arguments.stage or None,
+                                name=arguments.name or None)
         command = predict_command(images=arguments.images, model=arguments.model,
                                   output_format=arguments.output_format, top_k=arguments.top_k, root=root)
         result = subprocess.run(command, cwd=root, check=False, stdout=subprocess.PIPE, text=True)
         sys.stdout.write(result.stdout)
         _record_predict_run(root, command=command, output=result.stdout, output_format=arguments.output_format,
                             exit_code=result.returncode)
-        sys.exit(result.returncode)
-    except (PipelineError, RuntimeError) as error:
+        return result.returncode
+
+    try:
+        sys.exit(cli.exit_on_user_error(body))  # the policy of every entry point: one `error:` line, exit 2
+    except RuntimeError as error:  # MLFLOW_RUN_ID naming a run the store lacks (tracking.configure)
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(cli.EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import sqlalchemy.exc
 import yaml
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
@@ -26,6 +28,7 @@ from mlflow.data.sources import LocalArtifactDatasetSource
 from imgclf import artifacts, fileio
 from imgclf.artifacts import CHAMPION
 from imgclf.config import Params, flatten, params_to_dict
+from imgclf.errors import TrackingStoreError
 
 # `mlflow run` exports the id of the run it opened; `mlflow.start_run()` would silently resume that run.
 OUTER_RUN_ENV = "MLFLOW_RUN_ID"
@@ -56,6 +59,34 @@ def outer_run_id() -> str | None:
     return os.environ.get(OUTER_RUN_ENV) or None
 
 
+def _is_store_failure(error: BaseException) -> bool:
+    """A database error, raised as it is or wrapped by MLflow (which keeps only its text, or the cause)."""
+    while error is not None:
+        if isinstance(error, (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error)):
+            return True
+        if isinstance(error, mlflow.exceptions.MlflowException) and "sqlite3." in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextlib.contextmanager
+def store_errors(uri: str | None = None) -> Iterator[None]:
+    """Turn a corrupt, read-only or locked store into one `TrackingStoreError` line that names it."""
+    try:
+        yield
+    except Exception as error:
+        if not _is_store_failure(error):
+            raise
+        uri = uri or mlflow.get_tracking_uri()
+        where = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri
+        reason = str(error).strip().splitlines()[0][:200]
+        raise TrackingStoreError(
+            f"the MLflow tracking store {where} cannot be used ({reason}): if it is read-only, fix its "
+            "permissions; if it is corrupt, move it aside (a fresh one is created) or set MLFLOW_TRACKING_URI "
+            "to another store") from error
+
+
 def configure(project_root: Path, experiment: str) -> str:
     """Point MLflow at the store and select (or create) the experiment; return the experiment id.
 
@@ -63,6 +94,22 @@ def configure(project_root: Path, experiment: str) -> str:
     experiment to show nested in the UI. `mlflow run . --experiment-name <mlflow.experiment>` makes the two agree.
     """
     uri = tracking_uri(project_root)
+    with store_errors(uri):
+        return _configure(uri, experiment, project_root)
+
+
+def end_abandoned_run(run_id: str) -> None:
+    """Mark a run whose training will never continue (its resume state was discarded) KILLED, not RUNNING."""
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+            log.info("ended MLflow run %s as KILLED: its interrupted training is not resumed", run_id)
+    except mlflow.exceptions.MlflowException as error:  # the store was reset since: nothing to end
+        log.debug("could not end abandoned run %s: %s", run_id, error)
+
+
+def _configure(uri: str, experiment: str, project_root: Path) -> str:
     mlflow.set_tracking_uri(uri)
     outer = outer_run_id()
     if outer is not None:
@@ -240,25 +287,35 @@ def training_run(params: Params, *, model: str, project_root: Path, out_dir: Pat
     """Open the MLflow run of one training stage (or reopen `run_id`, when resuming) and write its id to
     `out_dir/run.json`."""
     configure(project_root, params.mlflow.experiment)
-    if run_id is not None:
-        try:
-            mlflow.get_run(run_id)
-        except mlflow.exceptions.MlflowException:
-            run_id = None  # the store was reset since: start afresh
-    tags = run_tags(params, stage=f"train_{model}", project_root=project_root, data_sha256=data_sha256)
-    if run_id is None:
-        context = start_run(run_name=run_name(params, model=model), tags={**tags, "model": model})
-    else:
-        context = start_run(run_id=run_id)
-    with context as run:
+    run_file = Path(out_dir) / artifacts.RUN_FILE
+    with store_errors():
+        if run_id is not None:
+            try:
+                mlflow.get_run(run_id)
+            except mlflow.exceptions.MlflowException as error:
+                if _is_store_failure(error):
+                    raise
+                run_id = None  # the store was reset since: start afresh
+        tags = run_tags(params, stage=f"train_{model}", project_root=project_root, data_sha256=data_sha256)
         if run_id is None:
-            mlflow.log_params({key: _param_value(value) for key, value in logged_params.items()})
-            log_prepared_data(params, project_root=project_root, context="training")
-        fileio.atomic_write_json(Path(out_dir) / artifacts.RUN_FILE, {
-            "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-            "tracking_uri": mlflow.get_tracking_uri(),
-        })
-        yield run
+            context = start_run(run_name=run_name(params, model=model), tags={**tags, "model": model})
+        else:
+            context = start_run(run_id=run_id)
+        try:
+            with context as run:
+                if run_id is None:
+                    mlflow.log_params({key: _param_value(value) for key, value in logged_params.items()})
+                    log_prepared_data(params, project_root=project_root, context="training")
+                fileio.atomic_write_json(run_file, {
+                    "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                    "tracking_uri": mlflow.get_tracking_uri(),
+                })
+                yield run
+        except Exception:
+            # run.json belongs with a finished model.keras: one left by a failed training would point at a
+            # FAILED (or, when the store broke, never-ended) run.
+            run_file.unlink(missing_ok=True)
+            raise
 
 
 def stage_params(params: Params, *sections: str) -> dict[str, Any]:

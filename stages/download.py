@@ -5,7 +5,7 @@ from imgclf.data import sources
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
 PARAMS = ("seed", "data.source", "data.path", "data.sha256", "data.synthetic_classes", "data.synthetic_per_class",
-          "data.synthetic_image_size")
+          "data.synthetic_image_size", "data.max_extracted_mb", "data.max_expansion_ratio")
 
 
 def main() -> None:
@@ -15,7 +15,9 @@ def main() -> None:
                              download_dir=args.download_dir, seed=params.seed,
                              synthetic_classes=data.synthetic_classes,
                              synthetic_per_class=data.synthetic_per_class,
-                             synthetic_image_size=data.synthetic_image_size)
+                             synthetic_image_size=data.synthetic_image_size,
+                             limits=sources.ExtractionLimits(max_extracted_mb=data.max_extracted_mb,
+                                                             max_expansion_ratio=data.max_expansion_ratio))
 
     cli.stage(__doc__, PARAMS, {"out": "raw data directory to write",
                                 "download_dir": "where downloaded archives are kept between runs"}, body)

@@ -170,7 +170,7 @@ def test_mirrored_strategy_on_two_logical_cpus(workspace):
         "import tensorflow as tf\n"
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
         "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
-        "from imgclf import tfdata\n"
+        "from imgclf.data import tfdata\n"
         "assert tfdata.distribution_strategy('mirrored').num_replicas_in_sync == 2\n"
         "import sys; from stages import train_scratch\n"
         f"sys.argv = ['train_scratch', '--params', {str(params)!r}, '--data', {str(root / 'prepared')!r},"

@@ -9,11 +9,12 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import errno
 import io
 import logging
+import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -143,10 +144,19 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
     size = params.preprocess.image_size
     workers = workers or max(1, os.cpu_count() or 1)
 
+    pixel_bytes = len(examples) * size * size * channels
+    # The staging array, then the shards (raw pixels too) beside it, before the array is deleted.
+    needed_mb = math.ceil(2 * pixel_bytes / (1 << 20)) + 1
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(out_dir.parent, needed_mb)
     staging = fileio.staging_dir(out_dir)
     try:
         pixels = np.lib.format.open_memmap(staging / "pixels.tmp.npy", mode="w+", dtype=np.uint8,
                                            shape=(len(examples), size, size, channels))
+        # Reserve the blocks now: a memory-mapped file that cannot grow on a full disk kills the process
+        # with SIGBUS (no message, staging and worker processes left behind); this raises ENOSPC instead.
+        with open(staging / "pixels.tmp.npy", "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
         failures = decode_all(examples, pixels, image_size=size, resize=params.preprocess.resize,
                               workers=workers)
         _report_skipped(failures, examples, staging / artifacts.SKIPPED_FILE)
@@ -156,6 +166,7 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
         usable = np.ones(len(examples), dtype=bool)
         usable[list(failures)] = False
         class_names, labels, usable = _apply_class_minimum(class_names, labels, usable, params)
+        _require_two_classes(class_names, labels, usable, raw_dir)
 
         positions = np.flatnonzero(usable)
         local = make_splits(labels[positions], official_test[positions], params=params)
@@ -197,10 +208,23 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
         del pixels
         (staging / "pixels.tmp.npy").unlink()
         fileio.replace_directory(staging, out_dir)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if error.errno != errno.ENOSPC:
+            raise
+        raise PreprocessError(f"no space left on {out_dir.parent}, need about {needed_mb} MB; free some space "
+                              "(or lower preprocess.image_size) and run the stage again") from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return meta
+
+
+def _check_free_space(folder: Path, needed_mb: int) -> None:
+    free_mb = shutil.disk_usage(folder).free // (1 << 20)
+    if free_mb < needed_mb:
+        raise PreprocessError(f"no space left on {folder}, need about {needed_mb} MB ({free_mb} MB free); free "
+                              "some space (or lower preprocess.image_size) and run the stage again")
 
 
 def _report_skipped(failures: dict[int, str], examples: Sequence[RawExample], path: Path) -> None:
@@ -236,6 +260,15 @@ def _apply_class_minimum(class_names: list[str], labels: np.ndarray, usable: np.
     remap[kept] = np.arange(len(kept))
     new_labels = remap[labels]
     return [class_names[label] for label in kept], new_labels, usable & (new_labels >= 0)
+
+
+def _require_two_classes(class_names: list[str], labels: np.ndarray, usable: np.ndarray, raw_dir: Path) -> None:
+    """A classifier needs two classes: with one, training "succeeds" at accuracy 1.0 and evaluation breaks."""
+    present = [class_names[label] for label in np.unique(labels[usable])]
+    if len(present) < 2:
+        found = f"only {present[0]!r}" if present else "none"
+        raise PreprocessError(f"{raw_dir}: a classifier needs at least 2 classes with readable images, found "
+                              f"{found}; add a folder per class (data.path) or choose another data.source")
 
 
 def _check_split_coverage(split: Split, labels: np.ndarray, class_names: list[str]) -> None:

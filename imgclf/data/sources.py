@@ -24,7 +24,9 @@ and that is the value `data.sha256` must hold to pin them.
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import dataclasses
+import errno
 import gzip
 import hashlib
 import http.client
@@ -37,7 +39,6 @@ import shutil
 import ssl
 import stat
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -68,6 +69,45 @@ _CIFAR_PIXEL_BYTES = _CIFAR_SIDE * _CIFAR_SIDE * 3
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _SPECIAL_FILE_TYPES = frozenset({stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK})
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractionLimits:
+    """How much an archive may write: a decompression bomb stops with an error, not a full disk.
+
+    Checked member by member while extracting; `max_expansion_ratio` compares what is written with the
+    archive's size and only applies past the first `_RATIO_FREE_BYTES` (tiny archives compress well too).
+    """
+
+    max_extracted_mb: float = 20480.0  # data.max_extracted_mb
+    max_expansion_ratio: float = 100.0  # data.max_expansion_ratio
+
+
+_RATIO_FREE_BYTES = 16 << 20
+
+
+class _ExtractionBudget:
+    """Counts the bytes an extraction writes and refuses the member that would go over a limit."""
+
+    def __init__(self, archive: Path, limits: ExtractionLimits):
+        self.archive, self.limits = archive, limits
+        self.archive_bytes = max(1, archive.stat().st_size)
+        self.written = 0
+
+    def add(self, count: int, member: str) -> None:
+        self.written += count
+        limit_bytes = self.limits.max_extracted_mb * (1 << 20)
+        if self.written > limit_bytes:
+            raise DataSourceError(
+                f"{self.archive}: extracting {member!r} takes the archive past data.max_extracted_mb="
+                f"{self.limits.max_extracted_mb:g} MB; raise data.max_extracted_mb if the data set really is "
+                "that big, or check the archive (it may be a decompression bomb)")
+        ratio = self.written / self.archive_bytes
+        if self.written > _RATIO_FREE_BYTES and ratio > self.limits.max_expansion_ratio:
+            raise DataSourceError(
+                f"{self.archive}: extracting {member!r} expands the archive {ratio:.0f}-fold, past "
+                f"data.max_expansion_ratio={self.limits.max_expansion_ratio:g}; this looks like a decompression "
+                "bomb: check where the archive came from, or raise data.max_expansion_ratio")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: comparing pixel arrays field by field is ambiguous
@@ -162,7 +202,7 @@ IDX_SOURCES: dict[str, IdxSpec] = {
 
 def fetch_source(*, source: str, path: str | None, sha256: str | None, raw_dir: Path, download_dir: Path,
                  seed: int, synthetic_classes: int = 4, synthetic_per_class: int = 60,
-                 synthetic_image_size: int = 32) -> dict:
+                 synthetic_image_size: int = 32, limits: ExtractionLimits = ExtractionLimits()) -> dict:
     """Materialise `source` into raw_dir (replacing what is there) and write raw_dir/source.json; return it.
 
     Everything is built in a temporary sibling of raw_dir and swapped in at the end, so a failure leaves
@@ -177,11 +217,11 @@ def fetch_source(*, source: str, path: str | None, sha256: str | None, raw_dir: 
     staging = fileio.staging_dir(raw_dir)
     try:
         if source in CIFAR_SOURCES:
-            info = _fetch_cifar(source, path, expected, staging, download_dir)
+            info = _fetch_cifar(source, path, expected, staging, download_dir, limits)
         elif source in IDX_SOURCES:
             info = _fetch_idx(source, path, expected, staging, download_dir)
         elif source == "image_folder":
-            info = _fetch_image_folder(path, expected, staging, download_dir)
+            info = _fetch_image_folder(path, expected, staging, download_dir, limits)
         else:
             if path is not None or expected is not None:
                 log.warning("data.path and data.sha256 are ignored by the synthetic source")
@@ -223,17 +263,20 @@ def _info(*, format_name: str, class_names: list[str], channels: int, sha256: st
 
 
 def _fetch_cifar(source: str, path: str | None, expected: str | None, staging: Path,
-                 download_dir: Path) -> dict:
+                 download_dir: Path, limits: ExtractionLimits) -> dict:
     spec = CIFAR_SOURCES[source]
     if path is not None:
         archive = _existing_file(path, what=f"a local copy of {_url_file_name(spec.url)}")
         digest = _verify_local(archive, expected, official=spec.sha256)
-        origin = path
-    else:
-        archive, digest = _download(spec.url, download_dir / _url_file_name(spec.url),
-                                    sha256=expected or spec.sha256)
-        origin = spec.url
-    safe_extract(archive, staging)
+        return _read_cifar_archive(spec, archive, digest, path, staging, limits)
+    with _verified_download(spec.url, download_dir / _url_file_name(spec.url),
+                            sha256=expected or spec.sha256) as (archive, digest):
+        return _read_cifar_archive(spec, archive, digest, spec.url, staging, limits)
+
+
+def _read_cifar_archive(spec: CifarSpec, archive: Path, digest: str, origin: str, staging: Path,
+                        limits: ExtractionLimits) -> dict:
+    safe_extract(archive, staging, limits)
     folder = _find_cifar_folder(staging, spec, archive)
     record_bytes = spec.label_bytes + _CIFAR_PIXEL_BYTES
     files: dict[str, list[str]] = {}
@@ -302,14 +345,27 @@ def _fetch_idx(source: str, path: str | None, expected: str | None, staging: Pat
                             "because data.sha256 is not set", folder / name, digests[name], official)
         files = {name: folder / name for name in _IDX_NAMES}
         origin = path
-    else:
-        files = {}
+        return _read_idx_files(source, files, digests, expected, origin, staging)
+    files = {}
+    try:
         for name in _IDX_NAMES:
             # With data.sha256 set, the manifest digest below replaces the per-file pins.
             pinned = None if expected else spec.sha256.get(name)
             files[name], digests[name] = _download(spec.base_url + name, download_dir / source / name,
                                                    sha256=pinned)
-        origin = spec.base_url
+        info = _read_idx_files(source, files, digests, expected, spec.base_url, staging)
+    except DataSourceError:
+        for file in files.values():  # which of the four is bad is not known: none is reused
+            _discard_download(file)
+        raise
+    for name, file in files.items():
+        _mark_verified(file, digests[name])
+    return info
+
+
+def _read_idx_files(source: str, files: dict[str, Path], digests: dict[str, str], expected: str | None,
+                    origin: str, staging: Path) -> dict:
+    spec = IDX_SOURCES[source]
     manifest = idx_manifest_sha256(digests)
     if expected is not None and manifest != expected:
         raise DataSourceError(f"the {source} files' manifest sha256 is {manifest} but data.sha256 is "
@@ -337,15 +393,16 @@ def _check_idx_pair(images: np.ndarray, labels: np.ndarray, images_name: str, la
     _check_labels(labels, num_classes, labels_name)
 
 
-def _fetch_image_folder(path: str | None, expected: str | None, staging: Path, download_dir: Path) -> dict:
+def _fetch_image_folder(path: str | None, expected: str | None, staging: Path, download_dir: Path,
+                       limits: ExtractionLimits) -> dict:
     if not path:
         raise DataSourceError("data.source image_folder needs data.path: a directory of class folders, a "
                               ".tar.gz/.tgz/.tar/.zip archive of one, or an http(s) URL of such an archive")
     extracted = staging / ".extracted"
     if _is_url(path):
-        archive, digest = _download(path, download_dir / _url_cache_name(path), sha256=expected)
-        safe_extract(archive, extracted)
-        root, move = extracted, True
+        with _verified_download(path, download_dir / _url_cache_name(path), sha256=expected) as (archive, digest):
+            safe_extract(archive, extracted, limits)
+            return _read_image_folder(path, extracted, digest, staging, move=True)
     else:
         local = Path(path).expanduser()
         if local.is_dir():
@@ -356,11 +413,18 @@ def _fetch_image_folder(path: str | None, expected: str | None, staging: Path, d
             root, digest, move = local, None, False
         elif local.is_file():
             digest = _verify_local(local, expected, official=None)
-            safe_extract(local, extracted)
+            safe_extract(local, extracted, limits)
             root, move = extracted, True
         else:
             raise DataSourceError(f"data.path {path!r} does not exist; give a directory of class folders, an "
                                   "archive of one, or an http(s) URL")
+    return _read_image_folder(path, root, digest, staging, move=move)
+
+
+def _read_image_folder(path: str, root: Path, digest: str | None, staging: Path, *, move: bool) -> dict:
+    """Normalise the class folders under `root` (extracted, or the user's own folder) into staging/images."""
+    extracted = staging / ".extracted"
+    boundary = os.path.realpath(root)  # no link may lead the copy out of this folder
     root = find_dataset_root(root)
     train_dir, test_dir = (root / "train", root / "test") if (root / "train").is_dir() else (root, None)
     if test_dir is not None and not test_dir.is_dir():
@@ -382,18 +446,28 @@ def _fetch_image_folder(path: str | None, expected: str | None, staging: Path, d
     if test_dir is not None and not test_classes:
         raise DataSourceError(f"{path}: test/ holds no class folders; fill it as test/<class>/<images> or "
                               "remove it")
-    num_examples = {"train": _copy_classes(train_dir, staging / "images" / "train", class_names, move=move),
-                    "test": 0}
-    if num_examples["train"] == 0:
+    copies = {"train": _plan_copies(train_dir, staging / "images" / "train", class_names),
+              "test": _plan_copies(test_dir, staging / "images" / "test", test_classes) if test_dir else []}
+    outside = sorted(str(copy.source) for split in _SPLITS for copy in copies[split]
+                     if not _inside(copy.real, boundary))
+    if outside:
+        # A link to /etc/passwd named x.png would otherwise land in data/raw, the DVC cache and its remote.
+        log.warning("%s: skipped %d link(s) to files outside the folder: %s", path, len(outside),
+                    ", ".join(outside[:10]) + (" ..." if len(outside) > 10 else ""))
+        copies = {split: [copy for copy in copies[split] if _inside(copy.real, boundary)] for split in _SPLITS}
+    if not copies["train"]:
         extensions = " ".join(sorted(IMAGE_EXTENSIONS))
         raise DataSourceError(f"{path}: the class folders hold no image files ({extensions}); "
                               "check data.path")
-    if test_dir is not None:
-        num_examples["test"] = _copy_classes(test_dir, staging / "images" / "test", test_classes, move=move)
+    for split, names in (("train", class_names), ("test", test_classes)):
+        for name in names:  # every class keeps its folder, even one left empty: the reader expects it
+            (staging / "images" / split / name).mkdir(parents=True, exist_ok=True)
+    _carry_out(copies["train"] + copies["test"], move=move)
     shutil.rmtree(extracted, ignore_errors=True)
     return _info(format_name="image_folder", class_names=class_names, channels=3, sha256=digest, origin=path,
-                 has_test_split=test_dir is not None, num_examples=num_examples, train_dir="images/train",
-                 test_dir="images/test" if test_dir is not None else None)
+                 has_test_split=test_dir is not None,
+                 num_examples={split: len(copies[split]) for split in _SPLITS}, train_dir="images/train",
+                 test_dir="images/test" if test_dir is not None else None, skipped_links=outside)
 
 
 def find_dataset_root(root: Path) -> Path:
@@ -433,25 +507,39 @@ def image_files(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def _copy_classes(source: Path, destination: Path, class_names: list[str], *, move: bool) -> int:
-    """Copy (or move) each class folder's image files to destination/<class>/; return how many."""
-    count = 0
-    source_real = os.path.realpath(source)
+@dataclasses.dataclass(frozen=True)
+class _Copy:
+    source: Path  # the image file as listed
+    target: Path
+    real: str  # where it really is, every link resolved
+    linked: bool  # reached through a link (the file, its class folder or one in between)
+
+
+def _plan_copies(split_dir: Path, destination: Path, class_names: list[str]) -> list[_Copy]:
+    """Every image file of each class folder, and where it goes (destination/<class>/<relative path>)."""
+    split_real = os.path.realpath(split_dir)
+    plan = []
     for name in class_names:
-        (destination / name).mkdir(parents=True, exist_ok=True)
-        # Only plain files of our own extraction are moved. What a link reaches (perhaps another class's
-        # files) is copied so it stays in place; os.walk follows no link below the class folder, so only
-        # the folder itself and its files can be links.
-        movable = move and os.path.realpath(source / name) == os.path.join(source_real, name)
-        for relative in image_files(source / name):
-            file, target = source / name / relative, destination / name / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if movable and not file.is_symlink():
-                os.replace(file, target)
-            else:
-                shutil.copyfile(file, target)
-            count += 1
-    return count
+        for relative in image_files(split_dir / name):
+            file = split_dir / name / relative
+            real = os.path.realpath(file)
+            plan.append(_Copy(source=file, target=destination / name / relative, real=real,
+                              linked=real != os.path.join(split_real, name, relative)))
+    return plan
+
+
+def _carry_out(copies: list[_Copy], *, move: bool) -> None:
+    """Copy the planned files, or move those of our own extraction that no link reaches through.
+
+    Linked files are copied first, across all classes and both splits: a link to another member must
+    still find it, whatever the order of the names (moving its target first would break it).
+    """
+    for copy in sorted(copies, key=lambda copy: not copy.linked):
+        copy.target.parent.mkdir(parents=True, exist_ok=True)
+        if move and not copy.linked:
+            os.replace(copy.source, copy.target)
+        else:
+            shutil.copyfile(copy.source, copy.target)
 
 
 def _existing_file(path: str, *, what: str) -> Path:
@@ -478,11 +566,41 @@ def _verify_local(file: Path, expected: str | None, *, official: str | None) -> 
 def download(url: str, destination: Path, *, sha256: str | None) -> Path:
     """Download `url` to `destination`, verified against `sha256` before it is renamed into place.
 
-    A complete file already at `destination` is reused when its checksum matches (or none is given), and
-    downloaded again when it does not. The transfer goes to `<destination>.part`, never mistaken for a
-    complete file.
+    A complete file already at `destination` is reused when its checksum matches, or, with no checksum
+    given, when it was marked verified after an earlier use; otherwise it is downloaded again. The
+    transfer goes to `<destination>.part`, never mistaken for a complete file.
     """
     return _download(url, Path(destination), sha256=normalise_sha256(sha256))[0]
+
+
+@contextlib.contextmanager
+def _verified_download(url: str, destination: Path, *, sha256: str | None) -> Iterator[tuple[Path, str]]:
+    """Download (or reuse) `url`; the body reads it. A file the body finds bad is deleted, a good one marked.
+
+    Without a pinned digest only reading the file proves it good (an HTML error page or a truncated body
+    has no Content-Length to betray it), so the mark, not the file's presence, decides reuse.
+    """
+    file, digest = _download(url, destination, sha256=sha256)
+    try:
+        yield file, digest
+    except DataSourceError:
+        _discard_download(file)
+        raise
+    _mark_verified(file, digest)
+
+
+def _verified_mark(file: Path) -> Path:
+    return file.with_name(file.name + ".verified")
+
+
+def _mark_verified(file: Path, digest: str) -> None:
+    fileio.atomic_write_text(_verified_mark(file), digest + "\n")
+
+
+def _discard_download(file: Path) -> None:
+    log.warning("removing %s: it failed verification, so the next run downloads it again", file)
+    file.unlink(missing_ok=True)
+    _verified_mark(file).unlink(missing_ok=True)
 
 
 def _download(url: str, destination: Path, *, sha256: str | None) -> tuple[Path, str]:
@@ -490,10 +608,14 @@ def _download(url: str, destination: Path, *, sha256: str | None) -> tuple[Path,
         raise DataSourceError(f"cannot download {url!r}: only http:// and https:// URLs are supported")
     if destination.is_file():
         digest = fileio.sha256_file(destination)
-        if sha256 is None or digest == sha256:
+        mark = _verified_mark(destination)
+        verified = mark.is_file() and mark.read_text().strip() == digest
+        if digest == sha256 or (sha256 is None and verified):
             log.info("using %s, downloaded earlier", destination)
             return destination, digest
-        log.warning("%s has sha256 %s, not %s; downloading it again", destination, digest, sha256)
+        log.warning("%s (sha256 %s) %s; downloading it again", destination, digest,
+                    f"is not the expected {sha256}" if sha256 else "was never verified")
+        _verified_mark(destination).unlink(missing_ok=True)
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
     try:
@@ -512,7 +634,7 @@ def _stream(url: str, partial: Path) -> str:
     """Write the body at `url` to `partial` with a progress bar; return its sha256."""
     hasher = hashlib.sha256()
     request = urllib.request.Request(url, headers={"User-Agent": "imgclf-download/1"})
-    written = 0
+    written, total = 0, None
     try:
         with (urllib.request.urlopen(request, timeout=_DOWNLOAD_TIMEOUT_S) as response,
               open(partial, "wb") as handle):
@@ -536,6 +658,12 @@ def _stream(url: str, partial: Path) -> str:
         reason = getattr(error, "reason", None) or error
         raise DataSourceError(f"downloading {url} failed ({reason}); check the network connection, or "
                               "download the file yourself and point data.path at it") from error
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        need = f"about {math.ceil(total / (1 << 20))} MB" if total else f"more than {written >> 20} MB"
+        raise DataSourceError(f"no space left on {partial.parent}, need {need} for {url}; free some space "
+                              "and run the stage again") from error
     if total is not None and written != total:
         raise DataSourceError(f"downloading {url} stopped after {written} of {total} bytes; run the stage "
                               "again")
@@ -558,13 +686,13 @@ def _url_cache_name(url: str) -> str:
 
 # ------------------------------------------------------------------------------------------- extraction
 
-def safe_extract(archive: Path, target: Path) -> None:
+def safe_extract(archive: Path, target: Path, limits: ExtractionLimits = ExtractionLimits()) -> None:
     """Extract a .tar (optionally gz/bz2/xz-compressed) or .zip archive into `target`, refusing escapes.
 
     Every member is checked before anything is written: absolute paths, `..` components, device files and
     FIFOs raise `UnsafeArchiveError`; links must resolve inside the target, both by name and once created.
     Extraction happens in a temporary sibling directory renamed into place at the end, so a failure leaves
-    no partial `target`. `target` must not exist or be an empty directory.
+    no partial `target`. `target` must not exist or be an empty directory. `limits` bound what is written.
     """
     archive, target = Path(archive), Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -574,10 +702,11 @@ def safe_extract(archive: Path, target: Path) -> None:
     try:
         if not archive.is_file():
             raise DataSourceError(f"{archive} is not a file")
+        budget = _ExtractionBudget(archive, limits)
         if tarfile.is_tarfile(archive):
-            _extract_tar(archive, staging)
+            _extract_tar(archive, staging, budget)
         elif zipfile.is_zipfile(archive):
-            _extract_zip(archive, staging)
+            _extract_zip(archive, staging, budget)
         else:
             raise DataSourceError(f"{archive} is not a .tar, .tar.gz/.tgz or .zip archive, or it is corrupt; "
                                   "check data.path")
@@ -603,14 +732,18 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
 
-def _extract_tar(archive: Path, staging: Path) -> None:
+def _extract_tar(archive: Path, staging: Path, budget: _ExtractionBudget) -> None:
     root = os.path.realpath(staging)
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
             plain, links = [], []
-            for member in members:
+            # Iterated lazily: headers are read as the stream is decompressed, so a bomb is refused at the
+            # member that overflows the budget, before its data is decompressed or anything is written
+            # (tarfile writes exactly `size` bytes per file).
+            for member in tar:
                 _check_member_name(archive, member.name)
+                if member.isreg():
+                    budget.add(member.size, member.name)
                 if member.isreg() or member.isdir():
                     plain.append(member)
                 elif member.issym() or member.islnk():
@@ -661,7 +794,7 @@ def _make_links(archive: Path, links: list[tarfile.TarInfo], staging: Path, root
                           f"links to {member.linkname!r}, which resolves outside the extraction directory")
 
 
-def _extract_zip(archive: Path, staging: Path) -> None:
+def _extract_zip(archive: Path, staging: Path, budget: _ExtractionBudget) -> None:
     try:
         with zipfile.ZipFile(archive) as bundle:
             for info in bundle.infolist():
@@ -672,9 +805,19 @@ def _extract_zip(archive: Path, staging: Path) -> None:
                 if info.flag_bits & 0x1:
                     raise DataSourceError(f"{archive}: member {info.filename!r} is encrypted; extract the "
                                           "archive yourself and point data.path at the folder")
-            # zipfile writes a zip "symlink" as a plain file holding the target's name: nothing escapes.
-            bundle.extractall(staging)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+            # A zip "symlink" is written as a plain file holding the target's name: nothing escapes. Sizes in
+            # the directory can lie, so the bytes are counted as they are decompressed.
+            for info in bundle.infolist():
+                target = staging.joinpath(*[part for part in re.split(r"[\\/]", info.filename) if part])
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with bundle.open(info) as member, open(target, "wb") as handle:
+                    while chunk := member.read(_DOWNLOAD_CHUNK):
+                        budget.add(len(chunk), info.filename)
+                        handle.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotADirectoryError, IsADirectoryError) as error:
         raise DataSourceError(f"{archive} is corrupt or truncated ({error}); fetch it again") from error
 
 

@@ -26,7 +26,7 @@ from imgclf.serving import serving
 FORMATS = ("table", "json", "csv")
 CHUNK = 256  # images decoded and held in memory at a time; the model sees them in batches of serving.BATCH_SIZE
 SCORE_BAR_CLASSES = 20  # beyond this many classes, a score-bar figure shows the top classes only
-EXIT_OK, EXIT_SOME_FAILED = 0, 1
+EXIT_OK, EXIT_SOME_FAILED, EXIT_SCORE_BARS_FAILED = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +166,11 @@ def run(paths: Sequence[Path], *, model: str, meta: Path, top_k: int, output_for
     """The `imgclf predict` command; returns the exit code. Raises `errors.UserError` for a usage error."""
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
+    # Checked before any work, so a mistyped option never costs a long run.
+    if output is not None and Path(output).is_dir():
+        raise UserError(f"--output {output} is a directory; give a file name, e.g. {Path(output) / 'predictions.csv'}")
+    if score_bars is not None and Path(score_bars).exists() and not Path(score_bars).is_dir():
+        raise UserError(f"--score-bars {score_bars} exists and is not a folder; give a folder for the PNGs")
     files = find_images(paths)
     if not files:
         raise UserError(f"no image files in {', '.join(map(str, paths))}; give image files or "
@@ -175,14 +180,18 @@ def run(paths: Sequence[Path], *, model: str, meta: Path, top_k: int, output_for
     # The legend of score bars: the URI, or the model file with its folder (scratch/model.keras).
     model_label = model if serving.is_model_uri(model) else str(Path(Path(model).parent.name) / Path(model).name)
     predictions = []
+    score_bar_error = None
     for position, (prediction, pixels, scores) in enumerate(classify(classifier, files, top_k=top_k)):
         predictions.append(prediction)
         if prediction.error:
             print(f"error: {prediction.file}: {prediction.error}", file=sys.stderr)
-        elif score_bars is not None:
-            write_score_bars(Path(score_bars) / score_bar_name(position, prediction.file), pixels=pixels,
-                             scores=scores, prediction=prediction, class_names=classifier.class_names,
-                             model_label=model_label)
+        elif score_bars is not None and score_bar_error is None:
+            try:
+                write_score_bars(Path(score_bars) / score_bar_name(position, prediction.file), pixels=pixels,
+                                 scores=scores, prediction=prediction, class_names=classifier.class_names,
+                                 model_label=model_label)
+            except OSError as error:  # a full disk or a read-only folder: the predictions still come out
+                score_bar_error = error
     text = render(predictions, output_format, top_k=top_k)
     if output is None:
         sys.stdout.write(text)
@@ -191,4 +200,8 @@ def run(paths: Sequence[Path], *, model: str, meta: Path, top_k: int, output_for
     failed = sum(1 for prediction in predictions if prediction.error)
     print(f"classified {len(predictions) - failed} of {len(predictions)} files"
           + (f"; {failed} could not be read" if failed else ""), file=sys.stderr)
+    if score_bar_error is not None:
+        print(f"error: score bars stopped ({score_bar_error}); the predictions above are complete",
+              file=sys.stderr)
+        return EXIT_SCORE_BARS_FAILED
     return EXIT_SOME_FAILED if failed else EXIT_OK

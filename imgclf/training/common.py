@@ -14,7 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from imgclf import tracking
+from imgclf import fileio, tracking
 from imgclf.artifacts import PreparedMeta
 from imgclf.config import FitConfig, Params
 from imgclf.training import fitting
@@ -30,6 +30,7 @@ def save_model(model: keras.Model, path: Path) -> None:
     os.close(descriptor)
     try:
         model.save(temporary)
+        os.chmod(temporary, fileio.umask_mode())  # mkstemp made it 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -298,9 +298,12 @@ class ResumeState:
         self.fingerprint = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
         stored = self.directory / FINGERPRINT_FILE
         stale = stored.is_file() and fileio.read_json(stored).get("sha256") != self.fingerprint
+        # The MLflow run of the discarded state: ended as KILLED once the store is configured (remember_run).
+        self.abandoned_run_id: str | None = None
         if self.directory.exists() and (stale or not enabled):
             log.info("discarding resume state in %s (%s)", self.directory,
                      "params or data changed" if stale else "training.resume is off")
+            self.abandoned_run_id = self.run_id()
             shutil.rmtree(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         fileio.atomic_write_json(stored, {"sha256": self.fingerprint})
@@ -334,6 +337,11 @@ class ResumeState:
         return fileio.read_json(path)["run_id"] if path.is_file() else None
 
     def remember_run(self, run_id: str) -> None:
+        if self.abandoned_run_id not in (None, run_id):
+            from imgclf import tracking  # here, not at the top: the lr finder uses this module without MLflow
+
+            tracking.end_abandoned_run(self.abandoned_run_id)  # else it stays RUNNING forever
+            self.abandoned_run_id = None
         fileio.atomic_write_json(self.directory / artifacts.RUN_FILE, {"run_id": run_id})
 
     def mark_phase_done(self, phase: str) -> None:
