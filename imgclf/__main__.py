@@ -72,12 +72,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{suggestions['min_loss_over_10']:.2e} (minimum loss / 10)")
         print(f"plot: {arguments.out / f'lr_find_{arguments.model}.png'}")
     elif arguments.command == "exp-args":
-        import yaml
-
         from imgclf import config, sandbox
 
-        overrides = yaml.safe_load(arguments.profile.read_text()) or {}
-        base = yaml.safe_load(Path("params.yaml").read_text())
+        overrides = config.read_params_yaml(arguments.profile)
+        base = config.read_params_yaml("params.yaml")
         config.params_from_dict(sandbox.merge(base, overrides), source=str(arguments.profile))
         flat = config.flatten(overrides)
         print(" ".join(f"-S {key}={json.dumps(value, separators=(',', ':'))}" for key, value in flat.items()))

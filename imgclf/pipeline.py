@@ -16,7 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-STAGES = ("download", "preprocess", "train_scratch", "extract_features", "train_transfer", "evaluate", "analyze")
+STAGES = ("check_params", "download", "preprocess", "train_scratch", "extract_features", "train_transfer", "evaluate",
+          "analyze")
 CHAMPION = "champion"  # the predict entry point's default model: whichever registered model holds the alias
 
 
