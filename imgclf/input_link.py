@@ -58,5 +58,9 @@ def point(link: Path, *, source: str, path: str | None, root: Path) -> None:
     link.parent.mkdir(parents=True, exist_ok=True)
     staging = link.with_name(f".{link.name}.{os.getpid()}.tmp")
     staging.unlink(missing_ok=True)
-    os.symlink(target, staging)
+    try:
+        os.symlink(target, staging)
+    except OSError as error:  # Windows without Developer Mode, or a file system without links
+        raise DataSourceError(f"cannot create the link {link} -> {target} ({error.strerror}); enable symbolic "
+                              "links (Windows: Developer Mode) or run on a file system that has them") from error
     os.replace(staging, link)

@@ -92,8 +92,13 @@ def test_the_input_link_never_replaces_a_real_directory_and_refuses_a_missing_pa
     link = tmp_path / "data" / "other"
     with pytest.raises(DataSourceError, match="does not exist"):
         input_link.point(link, source="image_folder", path="absent", root=tmp_path)
+    (tmp_path / "photos").mkdir()
+    input_link.point(link, source="image_folder", path="photos", root=tmp_path)
+    assert link.is_symlink() and str(link.readlink()) == "../photos", "relative data.path: a relative link"
     input_link.point(link, source="image_folder", path="https://example.com/a.tar.gz", root=tmp_path)
-    assert link.read_text() == input_link.PLACEHOLDER
+    assert not link.is_symlink() and link.read_text() == input_link.PLACEHOLDER
+    input_link.point(link, source="cifar10", path=None, root=tmp_path)
+    assert link.read_text() == input_link.PLACEHOLDER and (tmp_path / "photos").is_dir()
 
 
 @pytest.mark.slow
