@@ -113,3 +113,23 @@ def test_a_param_change_reruns_only_the_check_and_the_stages_that_read_it(traine
     result = sandbox.dvc(root, "repro")
     assert _ran(result) == ["check_params", "train_scratch", "evaluate", "analyze"]
     assert "Data and pipelines are up to date." in sandbox.dvc(root, "status").stdout
+
+
+def test_an_experiment_on_another_folder_commits_the_link_not_the_images(tmp_path):
+    """`dvc exp run -S data.path=...` reruns download on the new folder, and the experiment's git commit holds
+    data/input as a link (mode 120000), not copies of the images it points to (.gitignore: /data/input/)."""
+    first = write_image_folder(tmp_path / "first", {"cat": 6, "dog": 6})
+    second = write_image_folder(tmp_path / "second", {"cat": 6, "dog": 7}, seed=3)
+    overrides = sandbox.merge(sandbox.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(first)}})
+    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=overrides, git=True)
+    sandbox.dvc(root, "repro", "download")
+    sandbox.commit(root, "first folder")
+
+    result = sandbox.dvc(root, "exp", "run", "--name", "second", "-S", f"data.path={second}", "download")
+    assert _ran(result) == ["check_params", "download"]
+    assert (root / "data" / "input").resolve() == second.resolve()
+    assert "Data and pipelines are up to date." in sandbox.dvc(root, "status", "download").stdout
+    refs = sandbox.run_git(root, "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+    (ref,) = [name for name in refs if name.endswith("/second")]
+    tree = sandbox.run_git(root, "ls-tree", "-r", ref, "data/").stdout.splitlines()
+    assert len(tree) == 1 and tree[0].startswith("120000 blob ") and tree[0].endswith("\tdata/input")
