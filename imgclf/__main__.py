@@ -59,19 +59,6 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(cli.exit_on_user_error(lambda: _run(arguments)) or 0)
 
 
-def _read_yaml(path: Path) -> object:
-    """A YAML file the user named; a syntax error names the file."""
-    import yaml
-
-    from imgclf import cli
-    from imgclf.errors import ConfigError
-
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({cli.yaml_problem(error)}); fix the file") from error
-
-
 def _run(arguments: argparse.Namespace) -> int:
     if arguments.command in ("predict", "export"):
         return _serve_command(arguments)
@@ -95,14 +82,13 @@ def _run(arguments: argparse.Namespace) -> int:
               f"{suggestions['min_loss_over_10']:.2e} (minimum loss / 10)")
         print(f"plot: {arguments.out / f'lr_find_{arguments.model}.png'}")
     elif arguments.command == "exp-args":
-
         from imgclf import config, sandbox
 
-        overrides = _read_yaml(arguments.profile) or {}
+        overrides = config.read_params_yaml(arguments.profile)
         if not isinstance(overrides, dict):
             raise config.ConfigError(f"{arguments.profile}: a profile is a mapping of params.yaml sections "
                                      "to overrides, e.g. `scratch: {epochs: 10}`")
-        base = _read_yaml(Path("params.yaml"))
+        base = config.read_params_yaml("params.yaml")
         config.params_from_dict(sandbox.merge(base, overrides), source=str(arguments.profile))
         flat = config.flatten(overrides)
         print(" ".join(f"-S {key}={json.dumps(value, separators=(',', ':'))}" for key, value in flat.items()))

@@ -16,6 +16,8 @@ from imgclf import artifacts
 from imgclf.config import Params, load_params, params_to_dict
 from imgclf.errors import UserError
 
+# A stage that reads every key of params.yaml declares PARAMS = (EVERY_PARAM,); dvc.yaml lists `- params.yaml:`.
+EVERY_PARAM = "params.yaml:"
 # Exit status of every entry point for a condition the user can fix (after one `error: ...` line).
 EXIT_USER_ERROR = 2
 # Conditions a user can fix, shown as one line without a traceback; anything else is a bug and keeps it.
@@ -80,6 +82,8 @@ def check_declared(keys: Sequence[str]) -> None:
     """Every declared key names a section or a `section.key` of the params (a misspelt declaration fails loudly)."""
     known = params_to_dict(Params())
     for key in keys:
+        if key == EVERY_PARAM:
+            continue
         section, _, field = key.partition(".")
         if section not in known or (field and (not isinstance(known[section], dict) or field not in known[section])):
             raise ValueError(f"the stage declares params key {key!r}, which params.yaml does not have")

@@ -13,7 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from imgclf.errors import ConfigError
 
@@ -181,11 +182,20 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found; run from the project root or pass --params")
+    return params_from_dict(read_params_yaml(path), source=str(path))
+
+
+def read_params_yaml(path: str | Path) -> Any:
+    """A params file parsed exactly as DVC parses it (ruamel.yaml, YAML 1.2), so that the values a stage
+    validates are the values DVC tracks: `3e-4` is a float and `yes` is a string, where PyYAML (YAML 1.1)
+    reads a string and a boolean."""
+    path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
-    return params_from_dict(raw if raw is not None else {}, source=str(path))
+        raw = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except YAMLError as error:
+        message = " ".join(str(error).split())  # one line: ruamel spreads its message and position over several
+        raise ConfigError(f"{path}: not valid YAML: {message}") from error
+    return raw if raw is not None else {}
 
 
 def params_from_dict(raw: Any, *, source: str = "params") -> Params:

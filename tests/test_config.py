@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -112,3 +113,57 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 
 def test_flatten_gives_readable_keys():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def _scalar_fields(cls: type, prefix: str = "") -> dict[str, type]:
+    """Every leaf field of the configuration with its declared scalar types (`int | None` -> {int, None})."""
+    import typing
+
+    fields = {}
+    for name, annotation in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(annotation):
+            fields.update(_scalar_fields(annotation, f"{prefix}{name}."))
+        else:
+            fields[f"{prefix}{name}"] = set(typing.get_args(annotation)) or {annotation}
+    return fields
+
+
+def _set(mapping: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for parent in parents:
+        mapping = mapping[parent]
+    mapping[leaf] = value
+
+
+def test_a_boolean_is_not_a_number_in_any_int_or_float_field(params_dict):
+    numeric = [key for key, types in _scalar_fields(Params).items() if types & {int, float}]
+    assert {"scratch.epochs", "scratch.learning_rate", "data.max_per_class", "seed"} <= set(numeric)
+    for key in numeric:
+        changed = yaml.safe_load(yaml.safe_dump(params_dict))
+        _set(changed, key, True)
+        with pytest.raises(ConfigError, match=rf"{re.escape(key)}: expected .*, got True"):
+            params_from_dict(changed)
+
+
+def test_numbers_parse_as_dvc_parses_them(tmp_path):
+    """YAML 1.2, as DVC reads params.yaml: PyYAML (YAML 1.1) reads 3e-4 as a string and `yes` as a boolean."""
+    from dvc.utils.serialize import parse_yaml
+
+    from imgclf.config import read_params_yaml
+
+    text = "a: 3e-4\nb: 1e3\nc: .5\nd: 1_000\ne: yes\nf: 0x1F\ng: 017\nh: on\n"
+    path = tmp_path / "scalars.yaml"
+    path.write_text(text)
+    ours = read_params_yaml(path)
+    assert ours == parse_yaml(text, str(path))
+    assert ours["a"] == 3e-4 and isinstance(ours["a"], float) and ours["e"] == "yes"
+
+
+def test_exponent_learning_rate_is_a_float_and_yes_is_not_a_boolean(tmp_path):
+    text = (PROJECT_ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("learning_rate: 0.001 ", "learning_rate: 3e-4  ", 1))
+    assert load_params(path).scratch.learning_rate == pytest.approx(3e-4)
+    path.write_text(text.replace("enabled: false ", "enabled: yes   ", 1))
+    with pytest.raises(ConfigError, match=r"augment\.enabled: expected true or false, got 'yes'"):
+        load_params(path)

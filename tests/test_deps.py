@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgclf import artifacts
+from imgclf import artifacts, cli
 
 from .conftest import PROJECT_ROOT
 
@@ -100,7 +100,9 @@ def declared_params(module: str) -> list[str] | None:
     path = module_file(module)
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and any(getattr(target, "id", "") == "PARAMS" for target in node.targets):
-            return list(ast.literal_eval(node.value))
+            # `(cli.EVERY_PARAM,)`: the stage reads the whole file; anything else is a tuple of literal keys.
+            return [cli.EVERY_PARAM if isinstance(item, ast.Attribute) and item.attr == "EVERY_PARAM"
+                    else ast.literal_eval(item) for item in node.value.elts]
     return None
 
 
@@ -112,6 +114,9 @@ def test_stage_params_are_its_declared_params(stage, module):
     declared = declared_params(module)
     assert declared is not None, f"{module_file(module)} declares no PARAMS (the params keys its stage reads)"
     listed = STAGES[stage].get("params", [])
+    if declared == [cli.EVERY_PARAM]:  # the whole file: dvc.yaml says `- params.yaml:`
+        assert listed == [{artifacts.PARAMS_FILE: None}], f"dvc.yaml stage {stage} must track all of params.yaml"
+        return
     assert sorted(listed) == sorted(declared), (
         f"dvc.yaml stage {stage} params {sorted(listed)} differ from PARAMS in {module}: {sorted(declared)}")
 
