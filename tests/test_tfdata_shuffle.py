@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imgclf import tfdata
+from imgclf.data import tfdata
 
 
 def test_class_sorted_shards_give_mixed_batches(tmp_path, monkeypatch):
