@@ -106,7 +106,7 @@ def test_too_many_blocks_for_the_image_size_is_refused(params_dict):
 
 def test_residual_net_loss_falls_and_round_trips(params_dict, tmp_path):
     """A few SGD steps of the real recipe (profile optimizer, warm-up, label smoothing) on two learnable classes."""
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(1)
     params_dict = sandbox.merge(params_dict, yaml.safe_load((PROFILES / "scratch_residual.yaml").read_text()))
     params_dict["scratch"].update(residual_widths=[16, 32], batch_size=32, epochs=6, warmup_epochs=1.0,
                                   learning_rate=0.1)
