@@ -8,6 +8,13 @@
     .venv/bin/python bench/training.py best-scratch      # profiles/scratch_best.yaml under the same wall time
     .venv/bin/python bench/training.py small-finetune    # max_per_class 100: transfer head, then 3 unfrozen epochs
     .venv/bin/python bench/training.py small-report      # evaluate + analyze of the small-data models (run it after)
+    .venv/bin/python bench/training.py seed-recipe-25    # the write-up's recipe exactly: all 25 epochs
+    .venv/bin/python bench/training.py residual          # profiles/scratch_residual.yaml (target: >= 93% in 60 min)
+    .venv/bin/python bench/training.py transfer-finetune  # profiles/transfer_finetune.yaml (target: >= 92%)
+    .venv/bin/python bench/training.py throughput        # images/s: float32 vs mixed_bfloat16, XLA off/on, % of peak
+
+The long runs write per-epoch validation accuracy with epoch and cumulative seconds (`per_epoch`) next to the
+final test accuracy; run them on an otherwise idle machine, one at a time, or the seconds mean nothing.
 
 Every experiment runs the real stage code (`python -m stages.<name>`) on data prepared by the real
 download and preprocess stages in a scratch copy of the project (--dir, default /tmp/bench-imgclf).
@@ -77,8 +84,10 @@ def stage(directory: Path, name: str, *args: str) -> float:
     return time.perf_counter() - started
 
 
-def test_accuracy(directory: Path, model_path: Path, prepared: Path, *, features: Path | None = None) -> float:
-    """Test accuracy of a saved model; for transfer, its head on the cached test features (same computation)."""
+def test_accuracy(directory: Path, model_path: Path, prepared: Path, *, features: Path | None = None,
+                  tta_flip: bool = False) -> float:
+    """Test accuracy of a saved model; for transfer, its head on the cached test features (same computation).
+    `tta_flip`: scores averaged with the mirror image's, as the evaluate stage does with `evaluate.tta_flip`."""
     code = f"""
 import json, numpy as np
 from imgclf.data import tfdata
@@ -96,7 +105,10 @@ else:
                                num_classes=meta.num_classes, batch_size=512)
     right = total = 0
     for images, targets in data:
-        right += int((np.argmax(model.predict(images, verbose=0), 1) == np.argmax(targets, 1)).sum())
+        scores = model.predict(images, verbose=0)
+        if {tta_flip!r}:
+            scores = (scores + model.predict(images.numpy()[:, :, ::-1], verbose=0)) / 2
+        right += int((np.argmax(scores, 1) == np.argmax(targets, 1)).sum())
         total += len(targets)
     print(json.dumps(right / total))
 """
@@ -112,16 +124,30 @@ def history(out: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def per_epoch(rows: list[dict]) -> list[dict]:
+    """Validation accuracy at each epoch end against that epoch's and the cumulative training seconds."""
+    cumulative, table = 0.0, []
+    for row in rows:
+        cumulative += float(row["epoch_seconds"])
+        table.append({"epoch": int(row["epoch"]), "phase": row.get("phase") or "fit",
+                      "val_accuracy": round(float(row["val_accuracy"]), 4),
+                      "epoch_seconds": round(float(row["epoch_seconds"]), 1),
+                      "cumulative_seconds": round(cumulative, 1)})
+    return table
+
+
 def train_scratch(directory: Path, name: str, overrides: dict, prepared: Path) -> dict:
     params = write_params(directory, name, overrides)
     out = directory / "bench" / name
     seconds = stage(directory, "train_scratch", "--params", str(params), "--data", str(prepared), "--out", str(out))
     rows = history(out)
+    tta_flip = bool(overrides.get("evaluate", {}).get("tta_flip", False))
     return {"stage_seconds": round(seconds, 1), "epochs": len(rows),
             "seconds_per_epoch": round(sum(float(row["epoch_seconds"]) for row in rows) / len(rows), 1),
             "train_images_per_second": round(sum(float(row["images_per_second"]) for row in rows) / len(rows), 1),
             "final_val_accuracy": round(float(rows[-1]["val_accuracy"]), 4),
-            "test_accuracy": round(test_accuracy(directory, out / "model.keras", prepared), 4)}
+            "test_accuracy": round(test_accuracy(directory, out / "model.keras", prepared, tta_flip=tta_flip), 4),
+            "tta_flip": tta_flip, "per_epoch": per_epoch(rows)}
 
 
 def train_transfer(directory: Path, name: str, overrides: dict, prepared: Path, *, features_test: bool = True) -> dict:
@@ -137,6 +163,7 @@ def train_transfer(directory: Path, name: str, overrides: dict, prepared: Path, 
     images = sum(split["images"] for split in timings.values())
     backbone_seconds = sum(split["seconds"] for split in timings.values())
     rows = history(out)
+    tta_flip = bool(overrides.get("evaluate", {}).get("tta_flip", False))
     return {"extract_stage_seconds": round(extraction, 1), "extraction_images": images,
             "extraction_images_per_second": round(images / backbone_seconds, 1),
             "transfer_stage_seconds": round(fitting_seconds, 1),
@@ -144,7 +171,9 @@ def train_transfer(directory: Path, name: str, overrides: dict, prepared: Path, 
                                         / max(1, sum(1 for r in rows if r.get("phase") == "head")), 3),
             "final_val_accuracy": round(float(rows[-1]["val_accuracy"]), 4),
             "test_accuracy": round(test_accuracy(directory, out / "model.keras", prepared,
-                                                 features=features if features_test else None), 4),
+                                                 features=features if features_test else None,
+                                                 tta_flip=tta_flip and not features_test), 4),
+            "tta_flip": tta_flip and not features_test, "per_epoch": per_epoch(rows),
             "features_dir": str(features)}
 
 
@@ -224,6 +253,49 @@ print(json.dumps(result))
             "in_memory_images_per_second": round(memory, 1), "ratio": round(pipeline / memory, 3), "runs": rates}
 
 
+# Two 256-bit FMA pipes per core (AMD Zen 2-4, Intel client cores): 2 x 8 float32 lanes x 2 FLOPs (multiply and
+# add) per cycle. The CPU the project was measured on is an AMD EPYC (family 25) whose hypervisor exposes AVX2 and
+# FMA but no AVX-512, so neither float32 nor bfloat16 has a wider path there; pass --flops-per-cycle otherwise.
+FLOPS_PER_CYCLE = 32
+
+
+def arithmetic_peak_gflops(flops_per_cycle: int = FLOPS_PER_CYCLE) -> dict:
+    """The CPU's float32 peak: cores x clock x FLOPs per cycle (the clock as /proc/cpuinfo reports it)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    megahertz = next((float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")), 0.0)
+    flags = next((line.split(":")[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    vector_flags = sorted(flag for flag in flags if flag.startswith(("avx", "fma", "amx")) or "bf16" in flag)
+    cores = os.cpu_count() or 1
+    return {"cores": cores, "megahertz": megahertz, "flops_per_cycle": flops_per_cycle, "vector_flags": vector_flags,
+            "peak_gflops": round(cores * megahertz / 1000 * flops_per_cycle, 1)}
+
+
+def throughput(*, seconds: float, flops_per_cycle: int) -> dict:
+    """bench/throughput.py for each model x precision x XLA setting, one process each; share of the peak."""
+    peak = arithmetic_peak_gflops(flops_per_cycle)
+    profile = ROOT / "profiles" / "scratch_residual.yaml"
+    runs = []
+    for architecture, batch_size in (("residual", 512), ("seed_cnn", 64)):
+        for precision in ("float32", "mixed_bfloat16"):
+            for jit_compile in (False, True):
+                command = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--architecture", architecture,
+                           "--precision", precision, "--batch-size", str(batch_size), "--images", "512",
+                           "--seconds", str(seconds)]
+                if architecture == "residual":
+                    command += ["--profile", str(profile)]
+                if jit_compile:
+                    command.append("--jit-compile")
+                result = subprocess.run(command, capture_output=True, text=True, check=False)
+                if result.returncode != 0:
+                    runs.append({"architecture": architecture, "precision": precision, "jit_compile": jit_compile,
+                                 "error": result.stderr.strip().splitlines()[-1:]})
+                    continue
+                run = json.loads(result.stdout.strip().splitlines()[-1])
+                run["share_of_peak"] = round(run["training_gflops_per_second"] / peak["peak_gflops"], 4)
+                runs.append(run)
+    return {"peak": peak, "seconds_per_setting": seconds, "runs": runs}
+
+
 def save(name: str, result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": name, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -235,11 +307,17 @@ def save(name: str, result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("benchmark", choices=["pipeline-ratio", "transfer", "small-data", "determinism",
-                                              "seed-recipe", "best-scratch", "small-finetune", "small-report"])
+                                              "seed-recipe", "best-scratch", "small-finetune", "small-report",
+                                              "seed-recipe-25", "residual", "transfer-finetune", "throughput"])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-imgclf"))
     parser.add_argument("--size", type=int, default=96, help="transfer input size")
     parser.add_argument("--finetune-epochs", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=60.0, help="throughput: timed seconds per setting")
+    parser.add_argument("--flops-per-cycle", type=int, default=FLOPS_PER_CYCLE, help="throughput: per core")
     arguments = parser.parse_args()
+    if arguments.benchmark == "throughput":  # generated images: no data preparation needed
+        save("throughput", throughput(seconds=arguments.seconds, flops_per_cycle=arguments.flops_per_cycle))
+        return
     directory = project(arguments.dir)
     prepared = directory / "data" / "prepared"
     lite0 = {"backbone": str(BACKBONE), "epochs": 15, "batch_size": 256}
@@ -313,6 +391,18 @@ def main() -> None:
                                                              / runs["off"]["seconds_per_epoch"], 3)})
     elif arguments.benchmark == "seed-recipe":
         save("seed-recipe", train_scratch(directory, "seed-recipe", {"scratch": {"epochs": 10}}, prepared))
+    elif arguments.benchmark == "seed-recipe-25":
+        save("seed-recipe-25", train_scratch(directory, "seed-recipe-25", {"scratch": {"epochs": 25}}, prepared))
+    elif arguments.benchmark == "residual":
+        profile = yaml.safe_load((ROOT / "profiles" / "scratch_residual.yaml").read_text())
+        save("residual", train_scratch(directory, "residual", profile, prepared))
+    elif arguments.benchmark == "transfer-finetune":
+        profile = yaml.safe_load((ROOT / "profiles" / "transfer_finetune.yaml").read_text())
+        profile["transfer"]["backbone"] = str(BACKBONE)  # the profile's path is relative to a project checkout
+        result = train_transfer(directory, "transfer-finetune", profile, prepared, features_test=False)
+        phases = [row for row in result["per_epoch"] if row["phase"] == "head"]
+        result["head_only_final_val_accuracy"] = phases[-1]["val_accuracy"] if phases else None
+        save("transfer-finetune", result)
     elif arguments.benchmark == "best-scratch":
         profile = yaml.safe_load((ROOT / "profiles" / "scratch_best.yaml").read_text())
         save("best-scratch", train_scratch(directory, "best-scratch", profile, prepared))

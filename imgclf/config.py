@@ -23,9 +23,11 @@ ResizePolicy = Literal["pad", "crop", "stretch"]
 SmallClassPolicy = Literal["error", "drop"]
 FlipMode = Literal["none", "horizontal", "vertical", "horizontal_and_vertical"]
 Optimizer = Literal["adam", "adamw", "sgd"]
-LrSchedule = Literal["constant", "step", "cosine", "one_cycle", "plateau"]
+LrSchedule = Literal["constant", "step", "cosine", "one_cycle", "plateau", "linear"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Distribute = Literal["none", "mirrored", "multi_worker"]
+ScratchArchitecture = Literal["seed_cnn", "residual"]
+Activation = Literal["gelu", "relu"]
 
 
 
@@ -82,8 +84,10 @@ class FitConfig:
     learning_rate: float = _field(0.001, minimum=0.0, exclusive_minimum=True)
     weight_decay: float = _field(0.0, minimum=0.0)
     momentum: float = _field(0.9, minimum=0.0, maximum=1.0)
+    nesterov: bool = False
     label_smoothing: float = _field(0.0, minimum=0.0, maximum=0.5)
     lr_schedule: LrSchedule = "constant"
+    warmup_epochs: float = _field(0.0, minimum=0.0)
     lr_step_epochs: int = _field(10, minimum=1)
     lr_decay_factor: float = _field(0.1, minimum=0.0, maximum=1.0, exclusive_minimum=True)
     lr_plateau_patience: int = _field(3, minimum=1)
@@ -98,6 +102,10 @@ class FitConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ScratchConfig(FitConfig):
+    architecture: ScratchArchitecture = "seed_cnn"
+    residual_widths: list[int] = _field([64, 256, 256], minimum=1)
+    residual_activation: Activation = "gelu"
+    residual_head_scale: float = _field(1 / 9, minimum=0.0, exclusive_minimum=True)
     conv_filters: list[int] = _field([32, 64, 64, 128])
     pool_after: list[int] = _field([2, 3])
     dense_units: list[int] = _field([256, 128])
@@ -138,6 +146,7 @@ class EvaluateConfig:
     batch_size: int = _field(256, minimum=1)
     calibration_bins: int = _field(15, minimum=2, maximum=100)
     top_k: int = _field(5, minimum=1, maximum=20)
+    tta_flip: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +243,13 @@ def _check_cross_field(params: Params) -> None:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ValueError("data.sha256: expected 64 hex characters (the output of `sha256sum`), "
                              f"got {params.data.sha256!r}")
+    for section in ("scratch", "transfer"):
+        fit = getattr(params, section)
+        if fit.warmup_epochs > 0 and fit.lr_schedule in ("one_cycle", "plateau"):
+            raise ValueError(f"{section}.warmup_epochs: not used with lr_schedule {fit.lr_schedule!r} (one_cycle warms "
+                             "up by itself, plateau lowers a plain rate); set it to 0 or pick another schedule")
+    if not params.scratch.residual_widths:
+        raise ValueError("scratch.residual_widths: expected a non-empty list of positive integers")
     blocks = len(params.scratch.conv_filters)
     if not params.scratch.conv_filters or any(f < 1 for f in params.scratch.conv_filters):
         raise ValueError("scratch.conv_filters: expected a non-empty list of positive integers")

@@ -10,7 +10,7 @@ PARAMS = ("seed", "deterministic", "augment", "training", "mlflow.experiment", "
           "transfer.lr_decay_factor", "transfer.lr_plateau_patience", "transfer.early_stopping",
           "transfer.early_stopping_patience", "transfer.early_stopping_min_delta", "transfer.restore_best_weights",
           "transfer.checkpoint_best", "transfer.epochs", "transfer.batch_size", "transfer.finetune_epochs",
-          "transfer.finetune_layers", "transfer.finetune_learning_rate")
+          "transfer.finetune_layers", "transfer.finetune_learning_rate", "transfer.nesterov", "transfer.warmup_epochs")
 
 
 def main() -> None:

@@ -152,10 +152,16 @@ def iterate_numpy(dataset: tf.data.Dataset) -> Iterator:
     yield from dataset.as_numpy_iterator()
 
 
+SEED_ZERO_STANDIN = 2_147_483_629  # a large prime nobody types as `seed`
+
+
 def configure(*, seed: int, deterministic: bool) -> None:
     """Seed every RNG and, if asked, make TensorFlow ops deterministic (slower, bit-reproducible)."""
     import keras
 
     keras.utils.set_random_seed(seed)
+    # tf.data compares (global seed, op seed) with (0, 0) in Python: with a global seed of 0 and a tensor op seed
+    # (each epoch's shuffle seed) that comparison fails while tracing. Seed 0 gets a fixed non-zero stand-in.
+    tf.random.set_seed(seed if seed != 0 else SEED_ZERO_STANDIN)
     if deterministic:
         tf.config.experimental.enable_op_determinism()

@@ -113,8 +113,11 @@ def check_probabilities(probabilities: np.ndarray, *, name: str) -> None:
                               f"with this project (dvc repro train_{name})")
 
 
-def predict(model: keras.Model, batches) -> Predictions:
+def predict(model: keras.Model, batches, *, flip: bool = False) -> Predictions:
     """Stream `(images, one-hot, ids)` numpy batches through the model, keeping only the scores.
+
+    `flip` (`evaluate.tta_flip`): test-time augmentation, each image's scores averaged with those of its
+    left-right mirror image (twice the inference cost; the images/s below counts both passes).
 
     Images per second counts model time only, after the first batch (which includes tracing), so it is the
     steady-state inference speed; with a single batch that batch is used.
@@ -124,6 +127,9 @@ def predict(model: keras.Model, batches) -> Predictions:
     for images, targets, index in batches:
         started = time.perf_counter()
         scores = np.asarray(model.predict_on_batch(images), dtype=np.float32)
+        if flip:
+            mirrored = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
+            scores = (scores + np.asarray(model.predict_on_batch(mirrored), dtype=np.float32)) / 2
         seconds = time.perf_counter() - started
         if ids:
             steady_seconds, steady_count = steady_seconds + seconds, steady_count + len(scores)
@@ -327,11 +333,11 @@ def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_
         model_path = Path(model_dirs[name]) / MODEL_FILE
         model = models.load_model(model_path)
         check_model_fits(model, name=name, image_shape=shape, num_classes=len(class_names))
-        test = predict(model, batches("test"))
+        test = predict(model, batches("test"), flip=settings.tta_flip)
         check_probabilities(test.probabilities, name=name)
         check_test_covers_classes(test.labels, class_names)
         has_validation = meta.counts.get("val", 1) > 0
-        validation = predict(model, batches("val")) if has_validation else None
+        validation = predict(model, batches("val"), flip=settings.tta_flip) if has_validation else None
         result = classification_metrics(test.labels, test.probabilities, class_names)
         result.update(calibration_metrics(
             labels=test.labels, probabilities=test.probabilities,

@@ -56,11 +56,68 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "total_steps": self.total_steps, "warmup_fraction": self.warmup_fraction}
 
 
+@keras.saving.register_keras_serializable(package="imgclf")
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear decay from `peak` to 0 at `total_steps` (airbench's triangular schedule after its warm-up)."""
+
+    def __init__(self, peak: float, total_steps: int):
+        self.peak = peak
+        self.total_steps = total_steps
+
+    def __call__(self, step):
+        remaining = 1.0 - keras.ops.cast(step, "float32") / float(max(1, self.total_steps))
+        return self.peak * keras.ops.clip(remaining, 0.0, 1.0)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps}
+
+
+@keras.saving.register_keras_serializable(package="imgclf")
+class Warmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Scale another schedule (or a constant) linearly from 0 to 1 over the first `warmup_steps` steps.
+
+    A short warm-up lets high-rate SGD start without the early updates that blow up freshly initialised
+    BatchNorm statistics; after it the wrapped schedule runs on the same step axis, untouched.
+    """
+
+    def __init__(self, schedule, warmup_steps: int):
+        self.schedule = schedule
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        base = self.schedule(step) if callable(self.schedule) else self.schedule
+        return base * keras.ops.minimum(1.0, (step + 1.0) / float(max(1, self.warmup_steps)))
+
+    def get_config(self):
+        schedule = (keras.saving.serialize_keras_object(self.schedule) if callable(self.schedule)
+                    else self.schedule)
+        return {"schedule": schedule, "warmup_steps": self.warmup_steps}
+
+    @classmethod
+    def from_config(cls, config):
+        schedule = config["schedule"]
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        return cls(schedule, config["warmup_steps"])
+
+
 def learning_rate(config: FitConfig, *, steps_per_epoch: int, epochs: int | None = None,
                   initial: float | None = None):
     """A float or a `LearningRateSchedule` for the configured schedule (per-step, so it resumes exactly)."""
+    schedule = _schedule(config, steps_per_epoch=steps_per_epoch, epochs=epochs, initial=initial)
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    # one_cycle warms up by itself; plateau lowers a plain float from a callback, which a wrapper would hide.
+    if warmup_steps > 0 and config.lr_schedule not in ("one_cycle", "plateau"):
+        return Warmup(schedule, warmup_steps)
+    return schedule
+
+
+def _schedule(config: FitConfig, *, steps_per_epoch: int, epochs: int | None, initial: float | None):
     rate = config.learning_rate if initial is None else initial
     total_steps = steps_per_epoch * (epochs or config.epochs)
+    if config.lr_schedule == "linear":
+        return LinearDecay(rate, total_steps=max(1, total_steps))
     if config.lr_schedule == "step":
         return keras.optimizers.schedules.ExponentialDecay(rate, decay_steps=steps_per_epoch * config.lr_step_epochs,
                                                            decay_rate=config.lr_decay_factor, staircase=True)
@@ -78,7 +135,7 @@ def make_optimizer(config: FitConfig, *, steps_per_epoch: int, epochs: int | Non
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(rate, momentum=config.momentum, weight_decay=decay)
+        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay)
     return keras.optimizers.Adam(rate, weight_decay=decay)
 
 

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import mlflow
+import numpy as np
 
 from imgclf import artifacts, fileio, tracking
 from imgclf.config import Params
@@ -49,6 +50,9 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
 
     with strategy.scope():
         model = models.build_scratch_model(config, input_shape=shape, num_classes=num_classes)
+        if config.architecture == "residual":
+            models.set_patch_whitening(model, training_pixels(prepared_dir, image_shape=shape, num_classes=num_classes,
+                                                              seed=params.seed))
         common.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
     logged = tracking.stage_params(params, "data", "preprocess", "augment", "scratch", "training")
     with tracking.training_run(params, model="scratch", project_root=project_root, out_dir=out_dir,
@@ -73,3 +77,14 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
     fileio.atomic_write_json(out_dir / artifacts.SUMMARY_FILE, summary)
     resume.clear()
     return summary
+
+
+WHITENING_IMAGES = 5000  # airbench's sample: the 2x2 patch covariance is settled long before this
+
+
+def training_pixels(prepared_dir: Path, *, image_shape: tuple[int, int, int], num_classes: int, seed: int,
+                    count: int = WHITENING_IMAGES) -> np.ndarray:
+    """A seeded random sample of raw training pixels, unaugmented (for data-dependent initialisation)."""
+    dataset = tfdata.make_dataset(prepared_dir, "train", image_shape=image_shape, num_classes=num_classes,
+                                  batch_size=count, training=True, seed=seed)
+    return common.first_images(dataset, count=count)

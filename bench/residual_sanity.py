@@ -1,0 +1,63 @@
+"""A few-minute check that the residual recipe learns on real CIFAR-10 at its translated learning rate.
+
+    .venv/bin/python bench/residual_sanity.py
+
+3 epochs on 3,000 random training JPEGs (batch 256, the profile's rate scaled to it, 1 warm-up epoch), test
+accuracy on 1,000 random test JPEGs after each. Not a benchmark (it reads the shared archive directly, not
+through the stages); `bench/training.py residual` is the real run.
+"""
+
+import dataclasses
+import io
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import keras  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from imgclf import config, sandbox  # noqa: E402
+from imgclf.training import fitting, models  # noqa: E402
+
+rng = np.random.default_rng(0)
+members = {"train": [], "test": []}
+with tarfile.open(str(ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz")) as tar:
+    for m in tar:
+        if m.isfile() and m.name.endswith(".jpg"):
+            split, klass, _ = m.name.split("/")[-3:]
+            members[split].append((m, klass))
+    classes = sorted({k for _, k in members["train"]})
+    def load(split, count):
+        chosen = rng.choice(len(members[split]), size=count, replace=False)
+        x = np.stack([np.asarray(Image.open(io.BytesIO(tar.extractfile(members[split][i][0]).read())).convert("RGB"))
+                      for i in chosen]).astype("float32")
+        y = np.array([classes.index(members[split][i][1]) for i in chosen])
+        return x, y
+    x_train, y_train = load("train", 3000)
+    x_test, y_test = load("test", 1000)
+base = yaml.safe_load((ROOT / "params.yaml").read_text())
+profile = yaml.safe_load((ROOT / "profiles" / "scratch_residual.yaml").read_text())
+params = config.params_from_dict(sandbox.merge(base, profile))
+batch = 256
+scratch = dataclasses.replace(params.scratch, batch_size=batch, epochs=3, warmup_epochs=1.0,
+                              learning_rate=params.scratch.learning_rate * batch / params.scratch.batch_size)
+keras.utils.set_random_seed(0)
+model = models.build_scratch_model(scratch, input_shape=(32, 32, 3), num_classes=10)
+models.set_patch_whitening(model, x_train)
+steps = -(-len(x_train) // batch)
+model.compile(optimizer=fitting.make_optimizer(scratch, steps_per_epoch=steps), loss=fitting.make_loss(scratch),
+              metrics=["accuracy"], jit_compile=params.training.jit_compile)
+started = time.time()
+h = model.fit(x_train, keras.utils.to_categorical(y_train, 10), batch_size=batch, epochs=3, verbose=2,
+              validation_data=(x_test, keras.utils.to_categorical(y_test, 10)))
+print(json.dumps({"train_images": 3000, "test_images": 1000, "epochs": 3, "batch": batch,
+                  "learning_rate": scratch.learning_rate, "loss": h.history["loss"],
+                  "test_accuracy_per_epoch": h.history["val_accuracy"], "seconds": round(time.time() - started, 1)}))

@@ -1,0 +1,129 @@
+"""Training throughput of one from-scratch model in one numeric setting, and its FLOPs per image.
+
+    .venv/bin/python bench/throughput.py --architecture residual --precision mixed_bfloat16 --jit-compile
+
+Prints one JSON line. Run one setting per process: Keras' dtype policy is global and XLA's compiled steps
+stay cached, so settings measured in one process would leak into each other. The images are generated: the
+cost of a training step does not depend on pixel values. `bench/training.py throughput` runs the matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Training costs about three forward passes: the forward pass, and twice its work backwards (the gradient
+# with respect to the inputs and with respect to the weights).
+TRAINING_FLOPS_PER_FORWARD_FLOP = 3
+
+
+def forward_flops(model) -> int:
+    """Multiply-adds x 2 of every Conv2D and Dense layer for one image (the layers that do the arithmetic;
+    BatchNorm, activations and pooling add well under 1% here)."""
+    import keras
+
+    total = 0
+    for layer in _leaf_layers(model):
+        if isinstance(layer, keras.layers.Conv2D):
+            height, width, channels_out = layer.output.shape[1:]
+            kernel_height, kernel_width, channels_in, _ = layer.kernel.shape
+            total += 2 * kernel_height * kernel_width * channels_in * channels_out * height * width
+        elif isinstance(layer, keras.layers.Dense):
+            inputs, outputs = layer.kernel.shape
+            total += 2 * inputs * outputs
+    return int(total)
+
+
+def _leaf_layers(model):
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def measure(*, architecture: str, precision: str, jit_compile: bool, images: int, batch_size: int,
+            seconds: float, profile: Path | None) -> dict:
+    import keras
+    import numpy as np
+    import yaml
+
+    from imgclf import config, sandbox
+    from imgclf.training import fitting, models
+
+    keras.mixed_precision.set_dtype_policy(precision)
+    keras.utils.set_random_seed(0)
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    overrides = yaml.safe_load(profile.read_text()) if profile else {}
+    params = config.params_from_dict(sandbox.merge(base, overrides))
+    scratch = dataclasses.replace(params.scratch, architecture=architecture, batch_size=batch_size)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(images, 32, 32, 3)).astype("float32")
+    labels = keras.utils.to_categorical(rng.integers(0, 10, size=images), 10)
+    model = models.build_scratch_model(scratch, input_shape=(32, 32, 3), num_classes=10)
+    if architecture == "residual":
+        models.set_patch_whitening(model, pixels)
+    steps = max(1, images // batch_size)
+    model.compile(optimizer=fitting.make_optimizer(scratch, steps_per_epoch=steps), loss=fitting.make_loss(scratch),
+                  metrics=["accuracy"], jit_compile=jit_compile)
+
+    class Clock(keras.callbacks.Callback):
+        """Times every epoch after the first (tracing, compilation, first-touch allocations)."""
+
+        def __init__(self):
+            super().__init__()
+            self.timed_seconds, self.timed_epochs = 0.0, 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch > 0:
+                self.timed_seconds += time.perf_counter() - self.started
+                self.timed_epochs += 1
+            if self.timed_seconds >= seconds:
+                self.model.stop_training = True
+
+    clock = Clock()
+    started = time.perf_counter()
+    model.fit(pixels, labels, batch_size=batch_size, epochs=1_000_000, verbose=0, callbacks=[clock], shuffle=True)
+    rate = clock.timed_epochs * steps * batch_size / clock.timed_seconds
+    flops = forward_flops(model)
+    return {"architecture": architecture, "precision": precision, "jit_compile": jit_compile,
+            "batch_size": batch_size, "images": images, "parameter_count": int(model.count_params()),
+            "timed_seconds": round(clock.timed_seconds, 1), "wall_seconds": round(time.perf_counter() - started, 1),
+            "images_per_second": round(rate, 1), "forward_flops_per_image": flops,
+            "training_flops_per_image": TRAINING_FLOPS_PER_FORWARD_FLOP * flops,
+            "training_gflops_per_second": round(TRAINING_FLOPS_PER_FORWARD_FLOP * flops * rate / 1e9, 2),
+            "threads": os.cpu_count()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--architecture", choices=["seed_cnn", "residual"], default="residual")
+    parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32")
+    parser.add_argument("--jit-compile", action="store_true")
+    parser.add_argument("--images", type=int, default=512, help="generated training images (one epoch)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=30.0, help="timed training seconds (after a warm-up epoch)")
+    parser.add_argument("--profile", type=Path, help="params overrides (e.g. profiles/scratch_residual.yaml)")
+    arguments = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    print(json.dumps(measure(architecture=arguments.architecture, precision=arguments.precision,
+                             jit_compile=arguments.jit_compile, images=arguments.images,
+                             batch_size=arguments.batch_size, seconds=arguments.seconds,
+                             profile=arguments.profile)))
+
+
+if __name__ == "__main__":
+    main()
