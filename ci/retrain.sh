@@ -69,32 +69,34 @@ if [[ -z "$base" ]]; then
   base="origin/${GITHUB_BASE_REF:-main}"
 fi
 
-# Overrides are checked against the params schema before anything runs: DVC would add a mistyped key to
-# params.yaml without complaint, and no stage would read it.
-if [[ ${#overrides[@]} -gt 0 ]]; then
-  python - "${overrides[@]}" <<'PY' || exit 2
+# params.yaml and the overrides are checked against the params schema before anything runs: DVC would add a
+# mistyped key to params.yaml without complaint, and a YAML error would surface as a stage's failure mid-run.
+python - ${overrides[@]+"${overrides[@]}"} <<'PY' || exit 2
 import sys
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
-from imgclf.config import ConfigError, params_from_dict
+from imgclf.config import ConfigError, params_from_dict, read_params_yaml
 
-params = yaml.safe_load(open("params.yaml", encoding="utf-8"))
-for override in sys.argv[1:]:
-    key, value = override.split("=", 1)
-    *parents, leaf = key.split(".")
-    node = params
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            sys.exit(f"retrain: error: override {override}: {part} is not a section of params.yaml")
-    node[leaf] = yaml.safe_load(value)  # as `dvc exp run -S` parses it
 try:
-    params_from_dict(params, source="overrides " + " ".join(sys.argv[1:]))
+    params = read_params_yaml("params.yaml")  # parsed as DVC parses it (YAML 1.2: 3e-4 is a float)
+    for override in sys.argv[1:]:
+        key, value = override.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                sys.exit(f"retrain: error: override {override}: {part} is not a section of params.yaml")
+        try:
+            node[leaf] = YAML(typ="safe").load(value)  # as `dvc exp run -S` parses it
+        except YAMLError:
+            sys.exit(f"retrain: error: override {override}: the value is not valid YAML")
+    params_from_dict(params, source="params.yaml" + "".join(f" {override}" for override in sys.argv[1:]))
 except ConfigError as error:
     sys.exit(f"retrain: error: {error}")
 PY
-fi
 
 # 1. Pull. --allow-missing: objects the remote lacks (a first run, outputs nobody pushed) are not an error,
 # `dvc repro` rebuilds them; credentials or network failures still are.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import sys
@@ -13,13 +14,16 @@ from pathlib import Path
 import yaml
 
 from imgclf import artifacts
-from imgclf.config import Params, load_params, params_to_dict
+from imgclf.config import DeclaredParams, Params, load_params, params_to_dict
 from imgclf.errors import UserError
 
 # A stage that reads every key of params.yaml declares PARAMS = (EVERY_PARAM,); dvc.yaml lists `- params.yaml:`.
 EVERY_PARAM = "params.yaml:"
 # Exit status of every entry point for a condition the user can fix (after one `error: ...` line).
 EXIT_USER_ERROR = 2
+# Set to a file, each stage appends one JSON line {"stage", "declared", "read"}: the params keys it really read
+# (tests/test_deps.py compares them with PARAMS, so a declared key no code reads is found too).
+PARAMS_TRACE_ENV = "IMGCLF_PARAMS_TRACE"
 # Conditions a user can fix, shown as one line without a traceback; anything else is a bug and keeps it.
 _PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 
@@ -57,11 +61,12 @@ def exit_on_user_error(body: Callable[[], object]) -> object:
 
 
 def stage(description: str, declared_params: Sequence[str], paths: dict[str, str],
-          body: Callable[[Params, argparse.Namespace], object], argv: list[str] | None = None) -> None:
+          body: Callable[[DeclaredParams, argparse.Namespace], object], argv: list[str] | None = None) -> None:
     """Run a stage: `--params` plus one `--<name> PATH` per entry of `paths` (all required, given by dvc.yaml).
 
     `declared_params` are the params keys the stage reads (the stage module's PARAMS, which dvc.yaml must list
-    exactly: tests/test_deps.py); each must name a section or a key of params.yaml."""
+    exactly: tests/test_deps.py); each must name a section or a key of params.yaml. `body` gets the params
+    restricted to them (`config.DeclaredParams`): reading any other key is an error."""
     check_declared(declared_params)
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -70,7 +75,18 @@ def stage(description: str, declared_params: Sequence[str], paths: dict[str, str
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("IMGCLF_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    exit_on_user_error(lambda: body(load_params(arguments.params), arguments))
+    name = Path(sys.argv[0]).stem  # `python -m stages.download` runs stages/download.py
+    reads: set[str] = set()
+    declared = frozenset(params_to_dict(Params()) if EVERY_PARAM in declared_params else declared_params)
+
+    def run() -> None:
+        body(DeclaredParams(load_params(arguments.params), stage=name, declared=declared, reads=reads), arguments)
+        if os.environ.get(PARAMS_TRACE_ENV):
+            with open(os.environ[PARAMS_TRACE_ENV], "a", encoding="utf-8") as trace:
+                trace.write(json.dumps({"stage": name, "declared": sorted(declared_params), "read": sorted(reads)})
+                            + "\n")
+
+    exit_on_user_error(run)
 
 
 def project_root() -> Path:

@@ -352,3 +352,41 @@ def _check_range(metadata: typing.Mapping[str, Any], value: Any, *, key: str, so
         if too_low or too_high:
             raise ConfigError(f"{source}: {key}: expected a value {_describe_range(metadata)}, "
                               f"got {item!r}")
+
+
+class UndeclaredParamError(LookupError):
+    """A stage read a params key it does not declare: a bug in the stage (dvc.yaml would miss the key)."""
+
+
+class DeclaredParams:
+    """`Params` as a stage sees it: only the keys it declares (its PARAMS, which dvc.yaml lists).
+
+    Reading any other key raises `UndeclaredParamError`, so a stage cannot come to depend on a key DVC does not
+    track for it (a stale result after that key changes). Every key read is recorded in `reads`, so a test can
+    also find declared keys a stage never reads (needless reruns). Sections are views of the same kind."""
+
+    def __init__(self, values: Any, *, stage: str, declared: frozenset[str], reads: set[str], prefix: str = ""):
+        self._values, self._stage, self._declared, self._reads, self._prefix = values, stage, declared, reads, prefix
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._values, name)  # AttributeError for a name params.yaml does not have
+        key = f"{self._prefix}{name}"
+        if dataclasses.is_dataclass(value):  # a section: its keys are checked one by one as they are read
+            return DeclaredParams(value, stage=self._stage, declared=self._declared, reads=self._reads,
+                                  prefix=f"{key}.")
+        if key not in self._declared and key.partition(".")[0] not in self._declared:
+            raise UndeclaredParamError(f"stage {self._stage} reads params key {key!r}, which it does not declare; "
+                                       f"add it to PARAMS in stages/{self._stage}.py and to the stage's params "
+                                       f"in dvc.yaml")
+        self._reads.add(key)
+        return value
+
+    def __repr__(self) -> str:
+        return f"DeclaredParams({self._stage}: {self._prefix or 'params'})"
+
+
+def whole(params: Params | DeclaredParams) -> Params:
+    """The full configuration behind a stage's view, for lineage only: logging whole sections with a run (MLflow
+    params, a resume fingerprint), never for a value that shapes an output. A stage logs, for instance, the data
+    and preprocess params whose effect reaches it through data/prepared, which is what DVC tracks for it."""
+    return params._values if isinstance(params, DeclaredParams) else params

@@ -27,7 +27,7 @@ from mlflow.data.sources import LocalArtifactDatasetSource
 
 from imgclf import artifacts, fileio
 from imgclf.artifacts import CHAMPION
-from imgclf.config import Params, flatten, params_to_dict
+from imgclf.config import Params, flatten, params_to_dict, whole
 from imgclf.errors import TrackingStoreError
 
 # `mlflow run` exports the id of the run it opened; `mlflow.start_run()` would silently resume that run.
@@ -185,7 +185,7 @@ def prepared_dataset(project_root: Path, *, name: str) -> PreparedDataset | None
 def log_prepared_data(params: Params, *, project_root: Path, context: str) -> None:
     """Log the prepared data as the active run's dataset input (`training` or `evaluation`), so the runs table's
     Dataset column says which data a run saw."""
-    dataset = prepared_dataset(project_root, name=f"{params.data.source}-prepared")
+    dataset = prepared_dataset(project_root, name=f"{whole(params).data.source}-prepared")
     if dataset is None:
         log.warning("no %s/%s: the run has no dataset input (run the preprocess stage)", artifacts.PREPARED_DIR,
                     artifacts.META_FILE)
@@ -235,7 +235,8 @@ def dvc_experiment() -> str | None:
 def run_tags(params: Params, *, stage: str, project_root: Path, data_sha256: str | None) -> dict[str, str]:
     """What a run is and where it came from: stage, git commit and dirty flag, DVC experiment, data checksums,
     and the `mlflow run` run it belongs to."""
-    tags = {"stage": stage, "data.source": params.data.source, **git_tags(project_root)}
+    # Tags and names are lineage: data.source, which a training stage does not read itself (config.whole).
+    tags = {"stage": stage, "data.source": whole(params).data.source, **git_tags(project_root)}
     if data_sha256:  # the downloaded archive's digest (none for generated data)
         tags["data.sha256"] = data_sha256
     prepared = prepared_data_md5(project_root)
@@ -253,7 +254,7 @@ def run_tags(params: Params, *, stage: str, project_root: Path, data_sha256: str
 def run_name(params: Params, *, model: str) -> str:
     """`scratch-cnn`, `transfer-<backbone>` or `comparison`, suffixed with the DVC experiment name."""
     if model == "transfer":
-        detail = "-" + Path(params.transfer.backbone).name.removesuffix(".keras")
+        detail = "-" + Path(whole(params).transfer.backbone).name.removesuffix(".keras")
     elif model == "scratch":
         detail = "-cnn"
     else:
@@ -319,8 +320,9 @@ def training_run(params: Params, *, model: str, project_root: Path, out_dir: Pat
 
 
 def stage_params(params: Params, *sections: str) -> dict[str, Any]:
-    """Flat `section.key` params of the named sections plus the seed: what a run should show."""
-    everything = params_to_dict(params)
+    """Flat `section.key` params of the named sections plus the seed: what a run should show (its lineage, so
+    also sections the stage does not read itself: `config.whole`)."""
+    everything = params_to_dict(whole(params))
     chosen = {"seed": everything["seed"], "deterministic": everything["deterministic"]}
     for section in sections:
         chosen[section] = everything[section]

@@ -5,7 +5,9 @@ from imgclf.training import features
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
 PARAMS = ("seed", "deterministic", "transfer.backbone", "transfer.weights", "transfer.input_size",
-          "transfer.feature_batch_size", "transfer.augment_copies", "augment")
+          "transfer.feature_batch_size", "transfer.augment_copies",
+          "augment.enabled", "augment.flip", "augment.translate", "augment.rotate", "augment.zoom",
+          "augment.contrast")
 
 
 def main() -> None:

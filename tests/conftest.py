@@ -50,14 +50,21 @@ def write_image_folder(root: Path, counts: dict[str, int], *, size: int = 24, se
 def trained_project(tmp_path_factory) -> Path:
     """The real pipeline (`dvc repro`, smoke settings) run once in a git repository with its own MLflow store,
     results committed. Shared by every test that only reads it; a test that changes it works on a copy
-    (`copy_trained_project`)."""
-    from imgclf import sandbox
+    (`copy_trained_project`). Each stage records the params keys it read in `params_trace(root)`."""
+    from imgclf import cli, sandbox
 
     root = sandbox.create(tmp_path_factory.mktemp("trained") / "project", source_root=PROJECT_ROOT,
                           overrides=sandbox.SMOKE_OVERRIDES, git=True)
-    sandbox.dvc(root, "repro")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(cli.PARAMS_TRACE_ENV, str(params_trace(root)))
+        sandbox.dvc(root, "repro")
     sandbox.commit(root, "pipeline run")
     return root
+
+
+def params_trace(trained: Path) -> Path:
+    """Where `trained_project`'s stages recorded the params keys they read (outside the repository)."""
+    return trained.parent / "params_read.jsonl"
 
 
 def copy_trained_project(trained: Path, destination: Path) -> Path:

@@ -81,3 +81,15 @@ def test_script_refuses_bad_overrides_before_running_anything(fresh_project, ove
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert not (root / "data" / "raw").exists() and not (root / "dvc.lock").exists(), "nothing ran"
+
+
+def test_script_refuses_a_params_yaml_that_is_not_valid_yaml(tmp_path):
+    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=sandbox.SMOKE_OVERRIDES,
+                          git=True)
+    (root / "params.yaml").write_text((root / "params.yaml").read_text() + "scratch: [epochs\n")
+    result = subprocess.run(["bash", str(SCRIPT)], cwd=root, env=sandbox.environment(root), capture_output=True,
+                            text=True, check=False, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "not valid YAML" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (root / "dvc.lock").exists(), "nothing ran"

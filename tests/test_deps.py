@@ -7,15 +7,16 @@ module it never imports reruns for nothing. Both directions fail here, computed 
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from imgclf import artifacts, cli
+from imgclf import artifacts, cli, config
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, params_trace
 
 STAGES = yaml.safe_load((PROJECT_ROOT / artifacts.DVC_FILE).read_text(encoding="utf-8"))["stages"]
 PACKAGES = ("imgclf", "stages")  # the project's own code; everything else is a pinned dependency
@@ -126,3 +127,60 @@ def test_the_closure_follows_from_imports_and_package_inits():
     assert {"stages/__init__.py", "stages/download.py", "imgclf/__init__.py", "imgclf/data/__init__.py",
             "imgclf/data/sources.py", "imgclf/cli.py", "imgclf/config.py"} <= closure
     assert "imgclf/training/models.py" not in closure
+
+
+def param_keys(declared: list[str]) -> set[str]:
+    """`section` -> every `section.key` of it; `section.key` and top-level scalars as they are."""
+    known = config.params_to_dict(config.Params())
+    keys = set()
+    for key in declared:
+        value = known.get(key)
+        keys |= {f"{key}.{field}" for field in value} if isinstance(value, dict) else {key}
+    return keys
+
+
+# Keys a stage reads only under settings the smoke run (sandbox.SMOKE_OVERRIDES) does not use: the trace of that
+# run cannot show them read. Each entry says when the code reads it; any other declared key left unread fails.
+READ_ONLY_WHEN = {
+    "data.test_fraction": "the source has no official test split",
+    "preprocess.small_class_policy": "a class has fewer than preprocess.min_images_per_class images",
+    **{f"augment.{key}": "augment.enabled (train_transfer: when fine-tuning)"
+       for key in ("enabled", "flip", "translate", "rotate", "zoom", "contrast")},
+    "transfer.augment_copies": "augment.enabled",
+    **{f"{model}.{key}": "early_stopping, lr_schedule step/plateau, optimizer sgd"
+       for model in ("scratch", "transfer")
+       for key in ("early_stopping_patience", "early_stopping_min_delta", "restore_best_weights", "lr_step_epochs",
+                   "lr_decay_factor", "lr_plateau_patience", "momentum")},
+    **{key: "transfer.finetune_epochs > 0" for key in ("training.distribute", "transfer.finetune_layers",
+                                                       "transfer.finetune_learning_rate")},
+}
+
+
+@pytest.mark.slow
+def test_each_stage_reads_exactly_its_declared_params(trained_project):
+    # Reading an undeclared key already fails the stage (config.DeclaredParams); this finds declared keys that the
+    # real pipeline run never read: dvc.yaml would rerun the stage when they change, for nothing.
+    runs = [json.loads(line) for line in params_trace(trained_project).read_text(encoding="utf-8").splitlines()]
+    assert {run["stage"] for run in runs} == {name for name, _ in STAGE_MODULES}
+    problems = []
+    for run in runs:
+        if run["declared"] == [cli.EVERY_PARAM]:
+            continue  # check_params validates the whole file: that is its job, not a read to account for
+        declared, read = param_keys(run["declared"]), set(run["read"])
+        if read - declared:
+            problems.append(f"{run['stage']} read undeclared params {sorted(read - declared)}")
+        if declared - read - READ_ONLY_WHEN.keys():
+            problems.append(f"{run['stage']} declares params it never reads (needless reruns): "
+                            f"{sorted(declared - read - READ_ONLY_WHEN.keys())}")
+    assert not problems, "; ".join(problems)
+
+
+def test_a_stage_cannot_read_a_params_key_it_does_not_declare():
+    params = config.DeclaredParams(config.Params(), stage="download", declared=frozenset({"seed", "data.source"}),
+                                   reads=(reads := set()))
+    assert (params.seed, params.data.source) == (42, "cifar10")
+    assert reads == {"seed", "data.source"}
+    with pytest.raises(config.UndeclaredParamError, match=r"download reads params key 'data.path'.*add it to PARAMS"):
+        params.data.path  # noqa: B018
+    assert config.whole(params).data.path is None  # lineage logging sees everything, and is not recorded as read
+    assert reads == {"seed", "data.source"}

@@ -48,7 +48,7 @@ from imgclf.artifacts import (
     predictions_file,
     probabilities_file,
 )
-from imgclf.config import Params
+from imgclf.config import Params, whole
 from imgclf.data import tfdata
 from imgclf.errors import EvaluationError
 from imgclf.evaluation import calibration, plots
@@ -399,7 +399,8 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
     with tracking.start_run(run_name=tracking.run_name(params, model="comparison"),
                             tags={**tags, "model": "comparison"}) as parent:
         comparison_id = parent.info.run_id
-        mlflow.log_params({f"evaluate.{key}": value for key, value in dataclasses.asdict(params.evaluate).items()})
+        settings = dataclasses.asdict(whole(params).evaluate)  # lineage: all of them, whether read or not
+        mlflow.log_params({f"evaluate.{key}": value for key, value in settings.items()})
         tracking.log_prepared_data(params, project_root=project_root, context="evaluation")
         for model_name in MODEL_NAMES:
             mlflow.log_metrics({f"{model_name}_{tracking.as_test_metric(key)}": value
