@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from imgclf import artifacts, fileio
-from imgclf.data import images
 from imgclf.config import Params
+from imgclf.data import images
+from imgclf.data.formats.raw import RawExample
+from imgclf.data.sources import iter_examples
 from imgclf.errors import PreprocessError
-from imgclf.data.sources import RawExample, iter_examples
 
 log = logging.getLogger(__name__)
 
@@ -302,4 +303,5 @@ def _write_previews(out_dir: Path, pixels: np.ndarray, train: np.ndarray, labels
     shown = np.clip(augmented, 0, 255).astype(np.uint8)
     state = "on" if params.augment.enabled else "off (preview of the policy only)"
     plots.image_grid(list(shown), [class_names[labels[p]] for p in np.sort(chosen)],
-                     out_dir / artifacts.AUGMENTATION_PREVIEW_PLOT, title=f"Augmented training samples: augment {state}")
+                     out_dir / artifacts.AUGMENTATION_PREVIEW_PLOT,
+                     title=f"Augmented training samples: augment {state}")
