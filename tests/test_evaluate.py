@@ -165,6 +165,8 @@ def test_evaluate_stage_refuses_a_model_for_other_classes_in_one_line(evaluate_p
     root, _ = evaluate_project
     common.save_model(_tiny_model(8, 5), root / "transfer" / artifacts.MODEL_FILE)
     (root / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    (root / "evaluate").mkdir()
+    (root / "evaluate" / "metrics.json").write_text("{}")  # an earlier run's results
     result = subprocess.run([sys.executable, "-m", "stages.evaluate", "--params", str(root / "params.yaml"),
                              "--data", str(root / "prepared"), "--scratch", str(root / "scratch"),
                              "--transfer", str(root / "transfer"), "--out", str(root / "evaluate")],
@@ -172,6 +174,9 @@ def test_evaluate_stage_refuses_a_model_for_other_classes_in_one_line(evaluate_p
     assert result.returncode == 2, result.stderr
     assert "the transfer model predicts 5 classes but the prepared data has 3" in result.stderr
     assert "Traceback" not in result.stderr
+    # the scratch model's files were written before the refusal: staged, they never reached the earlier results
+    assert [path.name for path in (root / "evaluate").iterdir()] == ["metrics.json"]
+    assert not [path.name for path in root.iterdir() if path.name.startswith(".evaluate")]
 
 
 def test_a_model_predicting_one_class_for_almost_every_image_is_degenerate():

@@ -1,9 +1,9 @@
 """HTTP downloads into a cache folder, checked against sha256 digests before anything reads them.
 
-A download goes to `<file>.part` and is renamed into place only once complete (and verified, when a digest
-is pinned). A file the caller has read successfully gets a `<file>.verified` mark holding its digest: without
-a pinned digest, only that mark lets a later run reuse the file, since an HTML error page or a truncated
-body looks like any other file. Local files (data.path) are checked here too.
+A download goes to a hidden `.<file>.<random>.part` beside it and is renamed into place only once complete
+(and verified, when a digest is pinned). A file the caller has read successfully gets a `<file>.verified` mark
+holding its digest: without a pinned digest, only that mark lets a later run reuse the file, since an HTML
+error page or a truncated body looks like any other file. Local files (data.path) are checked here too.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import logging
 import math
-import os
 import re
 import ssl
 import urllib.error
@@ -69,7 +68,7 @@ def download(url: str, destination: Path, *, sha256: str | None) -> Path:
 
     A complete file already at `destination` is reused when its checksum matches, or, with no checksum
     given, when it was marked verified after an earlier use; otherwise it is downloaded again. The
-    transfer goes to `<destination>.part`, never mistaken for a complete file.
+    transfer goes to a hidden `.part` file beside it, never mistaken for a complete file.
     """
     return download_with_digest(url, Path(destination), sha256=normalise_sha256(sha256))[0]
 
@@ -118,21 +117,15 @@ def download_with_digest(url: str, destination: Path, *, sha256: str | None) -> 
         log.warning("%s (sha256 %s) %s; downloading it again", destination, digest,
                     f"is not the expected {sha256}" if sha256 else "was never verified")
         _verified_mark(destination).unlink(missing_ok=True)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(destination.name + ".part")
-    try:
-        digest = _stream(url, partial)
+    with fileio.atomic_path(destination, suffix=".part") as partial:
+        digest = _stream(url, partial, name=destination.name)
         if sha256 is not None and digest != sha256:
             raise DataSourceError(f"{url} downloaded with sha256 {digest}, but {sha256} was expected; check "
                                   "data.sha256 and the URL (the file may have changed upstream)")
-        os.replace(partial, destination)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     return destination, digest
 
 
-def _stream(url: str, partial: Path) -> str:
+def _stream(url: str, partial: Path, *, name: str) -> str:
     """Write the body at `url` to `partial` with a progress bar; return its sha256."""
     hasher = hashlib.sha256()
     request = urllib.request.Request(url, headers={"User-Agent": "imgclf-download/1"})
@@ -146,7 +139,7 @@ def _stream(url: str, partial: Path) -> str:
                      partial.parent)
             # disable=None: no bar when stderr is not a terminal (CI logs); the log line above remains.
             with tqdm.tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=None,
-                           desc=partial.name.removesuffix(".part")) as bar:
+                           desc=name) as bar:
                 while chunk := response.read(_DOWNLOAD_CHUNK):
                     handle.write(chunk)
                     hasher.update(chunk)

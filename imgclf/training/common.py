@@ -6,8 +6,6 @@ No stage module is imported by another: scratch, transfer, features and lr_finde
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +22,8 @@ log = logging.getLogger(__name__)
 
 def save_model(model: keras.Model, path: Path) -> None:
     """Save to a temporary `.keras` file beside `path`, then rename: a killed stage leaves no broken model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-    os.close(descriptor)
-    try:
+    with fileio.atomic_path(path, suffix=".keras") as temporary:  # Keras insists on the extension
         model.save(temporary)
-        os.chmod(temporary, fileio.umask_mode())  # mkstemp made it 0600
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def load_features(features_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
