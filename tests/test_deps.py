@@ -126,3 +126,11 @@ def test_the_closure_follows_from_imports_and_package_inits():
     assert {"stages/__init__.py", "stages/download.py", "imgclf/__init__.py", "imgclf/data/__init__.py",
             "imgclf/data/sources.py", "imgclf/cli.py", "imgclf/config.py"} <= closure
     assert "imgclf/training/models.py" not in closure
+
+
+def test_feature_extraction_does_not_rerun_when_training_code_changes():
+    # The cached features are the slowest output to rebuild: an edit to the fitting loop, the shared training
+    # toolkit or MLflow tracking must not invalidate them.
+    closure = {str(path.relative_to(PROJECT_ROOT)) for path in import_closure("stages.extract_features")}
+    assert not closure & {"imgclf/training/fitting.py", "imgclf/training/common.py", "imgclf/tracking.py",
+                          "imgclf/training/transfer.py", "imgclf/training/scratch.py"}

@@ -1,4 +1,4 @@
-"""What the training stages share, one floor below them: model files, metadata, precision, compiling, callbacks.
+"""What the training stages share, one floor below them: features, precision, compiling, callbacks, summaries.
 
 No stage module is imported by another: scratch, transfer, features and lr_finder all build on this.
 """
@@ -12,18 +12,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from imgclf import fileio, tracking
+from imgclf import tracking
 from imgclf.artifacts import PreparedMeta
 from imgclf.config import FitConfig, Params
 from imgclf.training import fitting
 
 log = logging.getLogger(__name__)
-
-
-def save_model(model: keras.Model, path: Path) -> None:
-    """Save to a temporary `.keras` file beside `path`, then rename: a killed stage leaves no broken model."""
-    with fileio.atomic_path(path, suffix=".keras") as temporary:  # Keras insists on the extension
-        model.save(temporary)
 
 
 def load_features(features_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
