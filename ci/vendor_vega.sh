@@ -22,14 +22,8 @@ page=.dvc/plots/page.html
 $license
 -->
 <html>
-<head>
-<meta charset="utf-8">
-{refresh_tag}
-<title>imgclf: DVC plots</title>
-<style>
-  body { font-family: sans-serif; margin: 16px; }
-  body > div { display: inline-block; vertical-align: top; margin: 0 24px 24px 0; }
-</style>
+<head><meta charset="utf-8">{refresh_tag}<title>imgclf: DVC plots</title>
+<style>body { font-family: sans-serif; margin: 16px; } body > div { display: inline-block; vertical-align: top; margin: 0 24px 24px 0; }</style>
 HTML
   for file in "vega-$VEGA/package/build/vega.min.js" "vega-lite-$VEGA_LITE/package/build/vega-lite.min.js" \
               "vega-embed-$VEGA_EMBED/package/build/vega-embed.min.js"; do
