@@ -27,21 +27,32 @@ def umask_mode(base: int = 0o666) -> int:
     return base & ~current
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it into place (with the umask's mode)."""
+@contextlib.contextmanager
+def atomic_path(path: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a fresh hidden file name beside `path` to write; it is renamed to `path` only if the body succeeds.
+
+    For writers that want a file name rather than bytes (`model.save`, a download). The file gets the mode a
+    plain open() would give (mkstemp's is 0600); `suffix` keeps an extension a writer insists on (`.keras`).
+    On any exception the temporary file is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(descriptor)
     try:
-        os.fchmod(descriptor, umask_mode())
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(temporary)
+        os.chmod(temporary, umask_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it into place (with the umask's mode)."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -76,6 +87,20 @@ def staging_dir(target: Path) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     folder.chmod(umask_mode(0o777))
     return folder
+
+
+def atomic_symlink(target: str, link: Path) -> None:
+    """Point `link` at `target`: a new link made beside it is renamed over it, so `link` is never missing and
+    a link it replaces is swapped, its target never touched. OSError when the file system has no links."""
+    link = Path(link)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    staging = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
+    os.symlink(target, staging)
+    try:
+        os.replace(staging, link)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
 
 
 def replace_directory(staging: Path, target: Path) -> None:

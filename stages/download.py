@@ -1,7 +1,7 @@
 """DVC stage `download`: fetch the configured data source (checksummed) into the raw data directory."""
 
 from imgclf import cli
-from imgclf.data import sources
+from imgclf.data import archives, sources
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
 PARAMS = ("seed", "data.source", "data.path", "data.sha256", "data.synthetic_classes", "data.synthetic_per_class",
@@ -16,8 +16,8 @@ def main() -> None:
                              synthetic_classes=data.synthetic_classes,
                              synthetic_per_class=data.synthetic_per_class,
                              synthetic_image_size=data.synthetic_image_size,
-                             limits=sources.ExtractionLimits(max_extracted_mb=data.max_extracted_mb,
-                                                             max_expansion_ratio=data.max_expansion_ratio))
+                             limits=archives.ExtractionLimits(max_extracted_mb=data.max_extracted_mb,
+                                                              max_expansion_ratio=data.max_expansion_ratio))
 
     cli.stage(__doc__, PARAMS, {"out": "raw data directory to write",
                                 "download_dir": "where downloaded archives are kept between runs"}, body)

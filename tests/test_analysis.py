@@ -160,7 +160,12 @@ def test_analysis_refuses_score_bar_ids_outside_the_test_split(tmp_path, tiny_pa
     write_evaluation(tmp_path / "evaluate", ids=np.arange(3), labels=labels, class_names=CLASSES, probabilities={
         model: fake_probabilities(labels, num_classes=3, accuracy=1, seed=0) for model in evaluate.MODEL_NAMES})
     tiny_params_dict["analysis"]["score_bar_ids"] = [1234]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "summary.json").write_text("{}")  # an earlier run's results
     with pytest.raises(EvaluationError, match="1234"):
         analysis.run(params_from_dict(tiny_params_dict), prepared_dir=tmp_path / "prepared",
                      evaluate_dir=tmp_path / "evaluate", history_paths={}, out_dir=tmp_path / "out",
                      project_root=tmp_path)
+    # per_image.csv was written before the refusal: staged, it never reached the earlier results
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["summary.json"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["evaluate", "out", "prepared"]

@@ -23,7 +23,7 @@ import pytest
 
 from imgclf import fileio
 from imgclf.config import params_from_dict
-from imgclf.data import preprocess, sources
+from imgclf.data import archives, download, preprocess, sources
 from imgclf.errors import DataSourceError, PreprocessError
 
 from .conftest import PROJECT_ROOT, write_image_folder
@@ -77,7 +77,7 @@ def test_decompression_bomb_is_refused_by_its_expansion_ratio(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])
 def test_archive_larger_than_max_extracted_mb_is_refused(tmp_path, kind):
     archive = _bomb(tmp_path / f"big.{kind}", kind)
-    limits = sources.ExtractionLimits(max_extracted_mb=10, max_expansion_ratio=1e9)
+    limits = archives.ExtractionLimits(max_extracted_mb=10, max_expansion_ratio=1e9)
     with pytest.raises(DataSourceError, match=r"past data\.max_extracted_mb=10 MB"):
         _fetch_folder(tmp_path, archive, limits=limits)
     assert not (tmp_path / "raw").exists() and _leftovers(tmp_path) == []
@@ -91,7 +91,7 @@ def test_zip_whose_directory_understates_sizes_is_still_bounded(tmp_path):
     data[:] = data.replace(declared, (10).to_bytes(4, "little"))  # local header and central directory
     archive.write_bytes(bytes(data))
     with pytest.raises(DataSourceError, match=r"max_expansion_ratio|corrupt"):
-        sources.safe_extract(archive, tmp_path / "out")
+        archives.safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -121,7 +121,7 @@ def test_cached_file_that_never_verified_is_not_reused(tmp_path, http_server):  
     url = f"{http_server.url}/data.tar.gz"
     # A bad file left in the cache by an older version (which kept it after failing) is replaced.
     (tmp_path / "downloads").mkdir()
-    (tmp_path / "downloads" / sources._url_cache_name(url)).write_bytes(b"<html>oops</html>")
+    (tmp_path / "downloads" / download.url_cache_name(url)).write_bytes(b"<html>oops</html>")
     assert _fetch_folder(tmp_path, url)["num_examples"]["train"] == 6
     assert len(http_server.requests) == 1
 
@@ -399,5 +399,5 @@ def test_disk_filling_up_during_preprocess_is_an_error_not_a_crash(tmp_path, tin
 def test_download_on_a_full_disk_says_how_much_space_and_leaves_no_part_file(small_disk, http_server):  # noqa: F811
     (http_server.root / "big.tar.gz").write_bytes(os.urandom(6 << 20))
     with pytest.raises(DataSourceError, match=rf"no space left on {small_disk}, need about 6 MB"):
-        sources.download(f"{http_server.url}/big.tar.gz", small_disk / "big.tar.gz", sha256=None)
+        download.download(f"{http_server.url}/big.tar.gz", small_disk / "big.tar.gz", sha256=None)
     assert list(small_disk.iterdir()) == []

@@ -186,3 +186,11 @@ def test_a_stage_cannot_read_a_params_key_it_does_not_declare():
         params.data.path  # noqa: B018
     assert config.whole(params).data.path is None  # lineage logging sees everything, and is not recorded as read
     assert reads == {"seed", "data.source"}
+
+
+def test_feature_extraction_does_not_rerun_when_training_code_changes():
+    # The cached features are the slowest output to rebuild: an edit to the fitting loop, the shared training
+    # toolkit or MLflow tracking must not invalidate them.
+    closure = {str(path.relative_to(PROJECT_ROOT)) for path in import_closure("stages.extract_features")}
+    assert not closure & {"imgclf/training/fitting.py", "imgclf/training/common.py", "imgclf/tracking.py",
+                          "imgclf/training/transfer.py", "imgclf/training/scratch.py"}

@@ -17,7 +17,7 @@ from imgclf.config import params_from_dict
 from imgclf.errors import EvaluationError
 from imgclf.evaluation import calibration, evaluate
 from imgclf.serving import serving
-from imgclf.training import common
+from imgclf.training import models
 
 from .conftest import PROJECT_ROOT
 from .fakes import fake_probabilities, write_prepared
@@ -125,7 +125,7 @@ def evaluate_project(tmp_path, tiny_params_dict, monkeypatch):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("evaluate-test")
     for name, classes in (("scratch", 3), ("transfer", 3)):
-        common.save_model(_tiny_model(8, classes), tmp_path / name / artifacts.MODEL_FILE)
+        models.save_model(_tiny_model(8, classes), tmp_path / name / artifacts.MODEL_FILE)
         with mlflow.start_run(experiment_id=experiment, tags={"model": name}) as run:
             serving.log_model(tmp_path / name / artifacts.MODEL_FILE, artifacts.PreparedMeta.from_dict(meta),
                               np.zeros((8, 8, 3), np.uint8))
@@ -163,8 +163,10 @@ def test_evaluate_run_writes_scalar_dvc_metrics_details_and_logs_to_mlflow(evalu
 
 def test_evaluate_stage_refuses_a_model_for_other_classes_in_one_line(evaluate_project):
     root, _ = evaluate_project
-    common.save_model(_tiny_model(8, 5), root / "transfer" / artifacts.MODEL_FILE)
+    models.save_model(_tiny_model(8, 5), root / "transfer" / artifacts.MODEL_FILE)
     (root / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    (root / "evaluate").mkdir()
+    (root / "evaluate" / "metrics.json").write_text("{}")  # an earlier run's results
     result = subprocess.run([sys.executable, "-m", "stages.evaluate", "--params", str(root / "params.yaml"),
                              "--data", str(root / "prepared"), "--scratch", str(root / "scratch"),
                              "--transfer", str(root / "transfer"), "--out", str(root / "evaluate")],
@@ -172,6 +174,9 @@ def test_evaluate_stage_refuses_a_model_for_other_classes_in_one_line(evaluate_p
     assert result.returncode == 2, result.stderr
     assert "the transfer model predicts 5 classes but the prepared data has 3" in result.stderr
     assert "Traceback" not in result.stderr
+    # the scratch model's files were written before the refusal: staged, they never reached the earlier results
+    assert [path.name for path in (root / "evaluate").iterdir()] == ["metrics.json"]
+    assert not [path.name for path in root.iterdir() if path.name.startswith(".evaluate")]
 
 
 def test_a_model_predicting_one_class_for_almost_every_image_is_degenerate():
@@ -212,7 +217,7 @@ def test_evaluate_flags_a_collapsed_model_in_metrics_and_names_the_causes(evalua
     collapsed = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
                                   keras.layers.Dense(3, activation="softmax", kernel_initializer="zeros",
                                                      bias_initializer=keras.initializers.Constant([0.0, 5.0, 0.0]))])
-    common.save_model(collapsed, root / "scratch" / artifacts.MODEL_FILE)
+    models.save_model(collapsed, root / "scratch" / artifacts.MODEL_FILE)
     (root / "scratch" / artifacts.HISTORY_FILE).write_text("epoch,accuracy,val_accuracy\n1,0.6,0.4\n2,0.93,0.33\n")
     out = root / "evaluate"
     with caplog.at_level("WARNING", logger="imgclf.evaluation.evaluate"):

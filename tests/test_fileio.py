@@ -51,6 +51,30 @@ def test_a_failed_swap_restores_the_old_directory(tmp_path, monkeypatch):
     assert (target / "old.txt").read_text() == "old"
 
 
+def test_atomic_path_renames_a_finished_file_and_drops_a_failed_one(tmp_path):
+    target = tmp_path / "model.keras"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), fileio.atomic_path(target, suffix=".keras") as temporary:
+        assert temporary.parent == tmp_path and temporary.suffix == ".keras"
+        temporary.write_text("half")
+        raise RuntimeError("killed")
+    assert [path.name for path in tmp_path.iterdir()] == ["model.keras"] and target.read_text() == "old"
+    with fileio.atomic_path(target, suffix=".keras") as temporary:
+        temporary.write_text("new")
+    assert [path.name for path in tmp_path.iterdir()] == ["model.keras"] and target.read_text() == "new"
+    assert oct(target.stat().st_mode & 0o777) == oct(fileio.umask_mode()), "mkstemp's 0600 is not kept"
+
+
+def test_atomic_symlink_swaps_the_link_and_never_touches_its_old_target(tmp_path):
+    (tmp_path / "old").write_text("old data")
+    (tmp_path / "new").write_text("new data")
+    link = tmp_path / "input"
+    fileio.atomic_symlink("old", link)
+    fileio.atomic_symlink("new", link)
+    assert os.readlink(link) == "new" and (tmp_path / "old").read_text() == "old data"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["input", "new", "old"]
+
+
 def test_prepared_meta_says_which_stage_to_rerun(tmp_path):
     (tmp_path / artifacts.META_FILE).write_text('{"class_names": ["a", "b"], "image_size": 8}')
     with pytest.raises(artifacts.MetadataError, match=r"lacks .*channels.*dvc repro preprocess"):

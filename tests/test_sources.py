@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import fileio
-from imgclf.data import sources
+from imgclf import errors, fileio
+from imgclf.data import archives, download, sources
+from imgclf.data.formats import cifar, idx, raw, synthetic
 
 from .conftest import write_image_folder
 
@@ -77,7 +78,7 @@ def _fetch(tmp_path: Path, source: str, path: str | Path | None = None, sha256: 
                                 **kwargs)
 
 
-def _examples(raw_dir: Path) -> tuple[list[str], list[sources.RawExample]]:
+def _examples(raw_dir: Path) -> tuple[list[str], list[raw.RawExample]]:
     class_names, examples = sources.iter_examples(raw_dir)
     return class_names, list(examples)
 
@@ -102,7 +103,7 @@ def _idx_folder(folder: Path, *, train: int = 5, test: int = 3) -> dict[str, np.
     for split, count in (("train", train), ("test", test)):
         images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, size=count).astype(np.uint8)
-        images_name, labels_name = sources.IDX_FILES[split]
+        images_name, labels_name = idx.IDX_FILES[split]
         (folder / images_name).write_bytes(_idx_images(images))
         (folder / labels_name).write_bytes(_idx_labels(labels))
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
@@ -171,7 +172,7 @@ def test_wrong_sha256_stops_before_anything_is_extracted(tmp_path):
     archive, _ = _cifar10_archive(tmp_path)
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "previous.txt").write_text("kept")
-    with pytest.raises(sources.DataSourceError, match=r"data\.sha256") as caught:
+    with pytest.raises(errors.DataSourceError, match=r"data\.sha256") as caught:
         _fetch(tmp_path, "cifar10", archive, sha256="0" * 64)
     assert fileio.sha256_file(archive) in str(caught.value) and "0" * 64 in str(caught.value)
     assert [p.name for p in (tmp_path / "raw").iterdir()] == ["previous.txt"]  # old raw_dir untouched
@@ -180,7 +181,7 @@ def test_wrong_sha256_stops_before_anything_is_extracted(tmp_path):
 
 def test_malformed_sha256_is_refused(tmp_path):
     archive, _ = _cifar10_archive(tmp_path)
-    with pytest.raises(sources.DataSourceError, match="64 hex"):
+    with pytest.raises(errors.DataSourceError, match="64 hex"):
         _fetch(tmp_path, "cifar10", archive, sha256="abc")
 
 
@@ -204,7 +205,7 @@ def test_cifar100_uses_the_fine_label(tmp_path):
 
 def test_truncated_cifar_batch_is_an_error(tmp_path):
     archive, _ = _cifar10_archive(tmp_path, corrupt="data_batch_3.bin")
-    with pytest.raises(sources.DataSourceError, match=r"data_batch_3\.bin.*truncated"):
+    with pytest.raises(errors.DataSourceError, match=r"data_batch_3\.bin.*truncated"):
         _fetch(tmp_path, "cifar10", archive)
     assert not (tmp_path / "raw").exists() and _leftovers(tmp_path) == []
 
@@ -215,22 +216,22 @@ def test_cifar_batch_damaged_after_download_fails_when_read(tmp_path):
     batch = tmp_path / "raw" / "cifar-10-batches-bin" / "test_batch.bin"
     batch.write_bytes(batch.read_bytes()[:-7])
     _, examples = sources.iter_examples(tmp_path / "raw")
-    with pytest.raises(sources.DataSourceError, match=r"test_batch\.bin"):
+    with pytest.raises(errors.DataSourceError, match=r"test_batch\.bin"):
         list(examples)
 
 
 def test_pickled_python_version_is_refused(tmp_path):
     archive = _tar_gz(tmp_path / "cifar-10-python.tar.gz", {"cifar-10-batches-py/data_batch_1": b"pickle"})
-    with pytest.raises(sources.DataSourceError, match="python version"):
+    with pytest.raises(errors.DataSourceError, match="python version"):
         _fetch(tmp_path, "cifar10", archive)
 
 
 def test_cifar10_download_is_verified_and_cached(tmp_path, http_server, monkeypatch):
     archive, _ = _cifar10_archive(http_server.root)
     digest = fileio.sha256_file(archive)
-    spec = sources.CIFAR_SOURCES["cifar10"]
+    spec = cifar.CIFAR_SOURCES["cifar10"]
     local = dataclasses.replace(spec, url=f"{http_server.url}/{archive.name}", sha256=digest)
-    monkeypatch.setitem(sources.CIFAR_SOURCES, "cifar10", local)
+    monkeypatch.setitem(cifar.CIFAR_SOURCES, "cifar10", local)
     info = _fetch(tmp_path, "cifar10")
     assert info["origin"].startswith(http_server.url) and info["sha256"] == digest
     assert (tmp_path / "downloads" / archive.name).is_file()
@@ -239,8 +240,8 @@ def test_cifar10_download_is_verified_and_cached(tmp_path, http_server, monkeypa
 
 
 def test_official_digests_are_well_formed():
-    digests = [spec.sha256 for spec in sources.CIFAR_SOURCES.values()]
-    digests += [d for spec in sources.IDX_SOURCES.values() for d in spec.sha256.values() if d is not None]
+    digests = [spec.sha256 for spec in cifar.CIFAR_SOURCES.values()]
+    digests += [d for spec in idx.IDX_SOURCES.values() for d in spec.sha256.values() if d is not None]
     assert digests and all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in digests)
 
 
@@ -252,7 +253,7 @@ def test_mnist_idx_files_from_a_local_directory(tmp_path):
     assert info["format"] == "idx" and info["channels"] == 1 and info["has_test_split"]
     assert info["class_names"] == [str(d) for d in range(10)]
     assert info["num_examples"] == {"train": 5, "test": 3}
-    assert info["sha256"] == sources.idx_manifest_sha256(info["files_sha256"])
+    assert info["sha256"] == idx.idx_manifest_sha256(info["files_sha256"])
 
     _, examples = _examples(tmp_path / "raw")
     assert [e.split for e in examples] == ["train"] * 5 + ["test"] * 3
@@ -266,7 +267,7 @@ def test_mnist_sha256_pins_the_manifest_of_the_four_files(tmp_path):
     _idx_folder(tmp_path / "mnist")
     digest = _fetch(tmp_path, "mnist", tmp_path / "mnist")["sha256"]
     assert _fetch(tmp_path, "mnist", tmp_path / "mnist", sha256=digest)["sha256"] == digest
-    with pytest.raises(sources.DataSourceError, match="manifest"):
+    with pytest.raises(errors.DataSourceError, match="manifest"):
         _fetch(tmp_path, "mnist", tmp_path / "mnist", sha256="1" * 64)
 
 
@@ -282,17 +283,17 @@ def test_idx_with_a_wrong_magic_or_missing_bytes_is_an_error(tmp_path):
     labels = tmp_path / "mnist" / "train-labels-idx1-ubyte.gz"
     good = labels.read_bytes()
     labels.write_bytes(gzip.compress(struct.pack(">II", 0x803, 5) + bytes(5)))
-    with pytest.raises(sources.DataSourceError, match="magic"):
+    with pytest.raises(errors.DataSourceError, match="magic"):
         _fetch(tmp_path, "mnist", tmp_path / "mnist")
     labels.write_bytes(gzip.compress(gzip.decompress(good)[:-1]))
-    with pytest.raises(sources.DataSourceError, match="truncated"):
+    with pytest.raises(errors.DataSourceError, match="truncated"):
         _fetch(tmp_path, "mnist", tmp_path / "mnist")
 
 
 def test_idx_directory_missing_a_file_names_it(tmp_path):
     _idx_folder(tmp_path / "mnist")
     (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(sources.DataSourceError, match=r"t10k-labels-idx1-ubyte\.gz"):
+    with pytest.raises(errors.DataSourceError, match=r"t10k-labels-idx1-ubyte\.gz"):
         _fetch(tmp_path, "mnist", tmp_path / "mnist")
 
 
@@ -375,14 +376,14 @@ def test_single_wrapping_folder_is_descended_in_a_flat_layout(tmp_path):
 def test_test_class_missing_from_train_is_named(tmp_path):
     write_image_folder(tmp_path / "photos", {"cat": 1}, split="train")
     write_image_folder(tmp_path / "photos", {"cat": 1, "zebra": 1}, split="test")
-    with pytest.raises(sources.DataSourceError, match="zebra"):
+    with pytest.raises(errors.DataSourceError, match="zebra"):
         _fetch(tmp_path, "image_folder", tmp_path / "photos")
 
 
 def test_folder_without_class_folders_explains_the_layout(tmp_path):
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "photos" / "loose.png")
-    with pytest.raises(sources.DataSourceError, match=r"<root>/<class>/<images>"):
+    with pytest.raises(errors.DataSourceError, match=r"<root>/<class>/<images>"):
         _fetch(tmp_path, "image_folder", tmp_path / "photos")
 
 
@@ -394,12 +395,12 @@ def test_folder_without_class_folders_explains_the_layout(tmp_path):
 def test_image_folder_path_mistakes_say_what_to_do(tmp_path, monkeypatch, path, sha256, message):
     monkeypatch.chdir(tmp_path)
     write_image_folder(tmp_path / "photos", {"cat": 1, "dog": 1})
-    with pytest.raises(sources.DataSourceError, match=message):
+    with pytest.raises(errors.DataSourceError, match=message):
         _fetch(tmp_path, "image_folder", path, sha256=sha256)
 
 
 def test_unknown_source_lists_the_known_ones(tmp_path):
-    with pytest.raises(sources.DataSourceError, match="image_folder"):
+    with pytest.raises(errors.DataSourceError, match="image_folder"):
         _fetch(tmp_path, "imagenet")
 
 
@@ -460,8 +461,8 @@ def test_malicious_tar_members_are_refused(tmp_path, case):
             tar.addfile(info, io.BytesIO(data))
     before = sorted(p.name for p in tmp_path.iterdir())
 
-    with pytest.raises(sources.UnsafeArchiveError) as caught:
-        sources.safe_extract(archive, tmp_path / "target")
+    with pytest.raises(errors.UnsafeArchiveError) as caught:
+        archives.safe_extract(archive, tmp_path / "target")
     assert repr(members[-1][0].name if case != "symlink_chain" else "a") in str(caught.value)
     assert not (tmp_path / "target").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written beside it either
@@ -474,7 +475,7 @@ def test_malicious_archive_leaves_raw_dir_unwritten(tmp_path):
     with tarfile.open(archive, "w:gz") as tar:
         for info, data in [_member("cat/0.png"), _member("../evil.png")]:
             tar.addfile(info, io.BytesIO(data))
-    with pytest.raises(sources.UnsafeArchiveError, match=re.escape("'../evil.png'")):
+    with pytest.raises(errors.UnsafeArchiveError, match=re.escape("'../evil.png'")):
         _fetch(tmp_path, "image_folder", archive)
     assert not (tmp_path / "raw").exists() and not (tmp_path / "evil.png").exists()
     assert _leftovers(tmp_path) == []
@@ -487,8 +488,8 @@ def test_malicious_zip_members_are_refused(tmp_path, name):
         bundle.writestr("fine.txt", b"ok")
         bundle.writestr(zipfile.ZipInfo(name), b"evil")
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(sources.UnsafeArchiveError, match=re.escape(repr(name))):
-        sources.safe_extract(archive, tmp_path / "target")
+    with pytest.raises(errors.UnsafeArchiveError, match=re.escape(repr(name))):
+        archives.safe_extract(archive, tmp_path / "target")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
@@ -500,7 +501,7 @@ def test_links_inside_the_archive_are_kept(tmp_path):
                            _member("top.txt", tarfile.SYMTYPE, "dir/../dir/file.txt"),
                            _member("hard.txt", tarfile.LNKTYPE, "dir/file.txt")]:
             tar.addfile(info, io.BytesIO(data))
-    sources.safe_extract(archive, tmp_path / "target")
+    archives.safe_extract(archive, tmp_path / "target")
     for name in ("dir/alias.txt", "top.txt", "hard.txt"):
         assert (tmp_path / "target" / name).read_bytes() == b"payload"
     assert (tmp_path / "target" / "dir" / "alias.txt").is_symlink()
@@ -510,11 +511,11 @@ def test_corrupt_archive_is_a_data_source_error(tmp_path):
     archive, _ = _cifar10_archive(tmp_path)
     truncated = tmp_path / "truncated.tar.gz"
     truncated.write_bytes(archive.read_bytes()[:2000])
-    with pytest.raises(sources.DataSourceError, match="corrupt"):
-        sources.safe_extract(truncated, tmp_path / "target")
+    with pytest.raises(errors.DataSourceError, match="corrupt"):
+        archives.safe_extract(truncated, tmp_path / "target")
     (tmp_path / "plain.txt").write_text("not an archive")
-    with pytest.raises(sources.DataSourceError, match=r"not a \.tar"):
-        sources.safe_extract(tmp_path / "plain.txt", tmp_path / "target")
+    with pytest.raises(errors.DataSourceError, match=r"not a \.tar"):
+        archives.safe_extract(tmp_path / "plain.txt", tmp_path / "target")
     assert not (tmp_path / "target").exists() and _leftovers(tmp_path) == []
 
 
@@ -524,19 +525,19 @@ def test_download_verifies_and_renames_into_place(tmp_path, http_server):
     (http_server.root / "data.bin").write_bytes(b"x" * 3000)
     digest = hashlib.sha256(b"x" * 3000).hexdigest()
     destination = tmp_path / "downloads" / "data.bin"
-    assert sources.download(f"{http_server.url}/data.bin", destination, sha256=digest) == destination
+    assert download.download(f"{http_server.url}/data.bin", destination, sha256=digest) == destination
     assert destination.read_bytes() == b"x" * 3000
-    assert not destination.with_name("data.bin.part").exists()
+    assert sorted(path.name for path in destination.parent.iterdir()) == ["data.bin"]  # no partial file left
 
 
 def test_download_checksum_mismatch_removes_the_partial_file(tmp_path, http_server):
     (http_server.root / "data.bin").write_bytes(b"tampered")
     destination = tmp_path / "downloads" / "data.bin"
     expected = hashlib.sha256(b"original").hexdigest()
-    with pytest.raises(sources.DataSourceError, match=r"data\.sha256") as caught:
-        sources.download(f"{http_server.url}/data.bin", destination, sha256=expected)
+    with pytest.raises(errors.DataSourceError, match=r"data\.sha256") as caught:
+        download.download(f"{http_server.url}/data.bin", destination, sha256=expected)
     assert expected in str(caught.value) and hashlib.sha256(b"tampered").hexdigest() in str(caught.value)
-    assert not destination.exists() and not destination.with_name("data.bin.part").exists()
+    assert not destination.exists() and list(destination.parent.iterdir()) == []  # no partial file left
 
 
 def test_download_reuses_a_good_file_and_replaces_a_bad_one(tmp_path, http_server):
@@ -544,27 +545,27 @@ def test_download_reuses_a_good_file_and_replaces_a_bad_one(tmp_path, http_serve
     digest = hashlib.sha256(b"fresh").hexdigest()
     destination = tmp_path / "data.bin"
     destination.write_bytes(b"fresh")
-    sources.download(f"{http_server.url}/data.bin", destination, sha256=digest)
+    download.download(f"{http_server.url}/data.bin", destination, sha256=digest)
     assert http_server.requests == []
 
     destination.write_bytes(b"stale")
-    sources.download(f"{http_server.url}/data.bin", destination, sha256=digest)
+    download.download(f"{http_server.url}/data.bin", destination, sha256=digest)
     assert http_server.requests == ["/data.bin"] and destination.read_bytes() == b"fresh"
 
 
 def test_leftover_part_file_is_never_taken_as_complete(tmp_path, http_server):
     (http_server.root / "data.bin").write_bytes(b"complete")
     destination = tmp_path / "data.bin"
-    destination.with_name("data.bin.part").write_bytes(b"compl")
-    sources.download(f"{http_server.url}/data.bin", destination, sha256=None)
+    destination.with_name(".data.bin.x1y2z3.part").write_bytes(b"compl")  # a killed earlier download
+    download.download(f"{http_server.url}/data.bin", destination, sha256=None)
     assert http_server.requests == ["/data.bin"] and destination.read_bytes() == b"complete"
 
 
 def test_download_errors_say_what_failed(tmp_path, http_server):
-    with pytest.raises(sources.DataSourceError, match="HTTP 404"):
-        sources.download(f"{http_server.url}/missing.bin", tmp_path / "missing.bin", sha256=None)
-    with pytest.raises(sources.DataSourceError, match="http"):
-        sources.download("ftp://example.org/x.tar.gz", tmp_path / "x.tar.gz", sha256=None)
+    with pytest.raises(errors.DataSourceError, match="HTTP 404"):
+        download.download(f"{http_server.url}/missing.bin", tmp_path / "missing.bin", sha256=None)
+    with pytest.raises(errors.DataSourceError, match="http"):
+        download.download("ftp://example.org/x.tar.gz", tmp_path / "x.tar.gz", sha256=None)
     assert list(tmp_path.glob("*.part")) == []
 
 
@@ -605,7 +606,7 @@ def test_synthetic_classes_are_learnable(tmp_path):
 
 
 def test_many_synthetic_class_names_sort_in_label_order():
-    names = sources.synthetic_class_names(12)
+    names = synthetic.synthetic_class_names(12)
     assert names == sorted(names) and names[0] == "class_00" and names[11] == "class_11"
 
 

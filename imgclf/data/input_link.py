@@ -55,12 +55,8 @@ def point(link: Path, *, source: str, path: str | None, root: Path) -> None:
     target = str(absolute) if expanded.is_absolute() else os.path.relpath(absolute, link.parent.resolve())
     if link.is_symlink() and os.readlink(link) == target:
         return  # unchanged: leave its mtime alone
-    link.parent.mkdir(parents=True, exist_ok=True)
-    staging = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    staging.unlink(missing_ok=True)
     try:
-        os.symlink(target, staging)
+        fileio.atomic_symlink(target, link)
     except OSError as error:  # Windows without Developer Mode, or a file system without links
         raise DataSourceError(f"cannot create the link {link} -> {target} ({error.strerror}); enable symbolic "
                               "links (Windows: Developer Mode) or run on a file system that has them") from error
-    os.replace(staging, link)

@@ -7,6 +7,7 @@ stays flat however large the folder; unreadable files are skipped and reported, 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import errno
@@ -15,16 +16,17 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from imgclf import artifacts, fileio
-from imgclf.data import images
 from imgclf.config import Params
+from imgclf.data import images
+from imgclf.data.formats.raw import RawExample
+from imgclf.data.sources import iter_examples
 from imgclf.errors import PreprocessError
-from imgclf.data.sources import RawExample, iter_examples
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +151,7 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
     needed_mb = math.ceil(2 * pixel_bytes / (1 << 20)) + 1
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _check_free_space(out_dir.parent, needed_mb)
-    staging = fileio.staging_dir(out_dir)
-    try:
+    with _disk_full_is_an_error(out_dir.parent, needed_mb), fileio.staged_directory(out_dir) as staging:
         pixels = np.lib.format.open_memmap(staging / "pixels.tmp.npy", mode="w+", dtype=np.uint8,
                                            shape=(len(examples), size, size, channels))
         # Reserve the blocks now: a memory-mapped file that cannot grow on a full disk kills the process
@@ -207,17 +208,19 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
         _write_previews(staging, pixels, split.train, labels, class_names, counts, params)
         del pixels
         (staging / "pixels.tmp.npy").unlink()
-        fileio.replace_directory(staging, out_dir)
+    return meta
+
+
+@contextlib.contextmanager
+def _disk_full_is_an_error(folder: Path, needed_mb: int) -> Iterator[None]:
+    """A full disk (ENOSPC) becomes a one-line PreprocessError saying how much space the stage needs."""
+    try:
+        yield
     except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
         if error.errno != errno.ENOSPC:
             raise
-        raise PreprocessError(f"no space left on {out_dir.parent}, need about {needed_mb} MB; free some space "
+        raise PreprocessError(f"no space left on {folder}, need about {needed_mb} MB; free some space "
                               "(or lower preprocess.image_size) and run the stage again") from error
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return meta
 
 
 def _check_free_space(folder: Path, needed_mb: int) -> None:
@@ -302,4 +305,5 @@ def _write_previews(out_dir: Path, pixels: np.ndarray, train: np.ndarray, labels
     shown = np.clip(augmented, 0, 255).astype(np.uint8)
     state = "on" if params.augment.enabled else "off (preview of the policy only)"
     plots.image_grid(list(shown), [class_names[labels[p]] for p in np.sort(chosen)],
-                     out_dir / artifacts.AUGMENTATION_PREVIEW_PLOT, title=f"Augmented training samples: augment {state}")
+                     out_dir / artifacts.AUGMENTATION_PREVIEW_PLOT,
+                     title=f"Augmented training samples: augment {state}")

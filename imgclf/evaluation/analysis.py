@@ -392,7 +392,18 @@ def write_gallery_pngs(out_dir: Path, table: pd.DataFrame, selections: Selection
 
 def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths: dict[str, Path], out_dir: Path,
         project_root: Path) -> dict:
-    """The error-analysis stage."""
+    """The error-analysis stage. Every file goes to a staging directory that replaces out_dir at the end, so a
+    failed or killed run leaves the previous analysis whole, never a mix of two runs."""
+    with fileio.staged_directory(out_dir) as staging:
+        summary = _analyse(params, prepared_dir=prepared_dir, evaluate_dir=evaluate_dir,
+                           history_paths=history_paths, out_dir=staging, project_root=project_root)
+    report_path = Path(out_dir) / REPORT_FILE
+    log.info("report: %s (%.0f KB)", report_path, report_path.stat().st_size / 1024)
+    return summary
+
+
+def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths: dict[str, Path],
+             out_dir: Path, project_root: Path) -> dict:
     settings = params.analysis
     meta = artifacts.read_prepared_meta(prepared_dir)
     class_names = list(meta.class_names)
@@ -401,8 +412,6 @@ def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths
     summary = comparison.compare(table["right_scratch"].to_numpy(), table["right_transfer"].to_numpy(),
                                  resamples=settings.bootstrap_resamples, confidence_level=settings.confidence_level,
                                  seed=params.seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     fileio.atomic_write_text(out_dir / "per_image.csv", table.to_csv(index=False, float_format="%.6f"))
 
     selections = select(table, settings=settings)
@@ -443,7 +452,6 @@ def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths
     fileio.atomic_write_text(out_dir / MARKDOWN_FILE, report.render_markdown(inputs, report_name=REPORT_FILE))
     _log_to_mlflow(summary, evaluate_dir=Path(evaluate_dir), out_dir=out_dir, project_root=project_root)
     log.info("%s", comparison.verdict(summary, degenerate=report.degenerate_models(inputs.metrics)))
-    log.info("report: %s (%.0f KB)", out_dir / REPORT_FILE, (out_dir / REPORT_FILE).stat().st_size / 1024)
     return summary
 
 

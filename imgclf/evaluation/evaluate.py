@@ -311,7 +311,15 @@ def _originals(prepared_dir: Path) -> dict[int, str]:
 
 def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_dir: Path,
         project_root: Path) -> dict:
-    """The evaluate stage."""
+    """The evaluate stage. Every file goes to a staging directory that replaces out_dir at the end, so a failed
+    or killed run leaves the previous results whole, never a mix of two runs."""
+    with fileio.staged_directory(out_dir) as staging:
+        return _evaluate(params, prepared_dir=prepared_dir, model_dirs=model_dirs, out_dir=staging,
+                         project_root=project_root)
+
+
+def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_dir: Path,
+              project_root: Path) -> dict:
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
     meta = artifacts.read_prepared_meta(prepared_dir)
     class_names, shape = list(meta.class_names), meta.image_shape
@@ -319,8 +327,6 @@ def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_
         check_test_covers_classes(np.repeat(np.arange(len(class_names)), meta.counts_per_class["test"]),
                                   class_names)
     settings = params.evaluate
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     originals = _originals(prepared_dir)
 
     def batches(split: str):

@@ -1,4 +1,4 @@
-"""What the training stages share, one floor below them: model files, metadata, precision, compiling, callbacks.
+"""What the training stages share, one floor below them: features, precision, compiling, callbacks, summaries.
 
 No stage module is imported by another: scratch, transfer, features and lr_finder all build on this.
 """
@@ -6,35 +6,18 @@ No stage module is imported by another: scratch, transfer, features and lr_finde
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from imgclf import fileio, tracking
+from imgclf import tracking
 from imgclf.artifacts import PreparedMeta
 from imgclf.config import FitConfig, Params
 from imgclf.training import fitting
 
 log = logging.getLogger(__name__)
-
-
-def save_model(model: keras.Model, path: Path) -> None:
-    """Save to a temporary `.keras` file beside `path`, then rename: a killed stage leaves no broken model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-    os.close(descriptor)
-    try:
-        model.save(temporary)
-        os.chmod(temporary, fileio.umask_mode())  # mkstemp made it 0600
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def load_features(features_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from imgclf import artifacts, fileio
 from imgclf.artifacts import PreparedMeta
 from imgclf.config import Params
 from imgclf.data import augment, tfdata
-from imgclf.training import common, models
+from imgclf.training import models
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _extract_views(extractor: keras.Model, backbone: keras.Model, preprocessing:
         log.info("%s: %d images through the backbone at %.1f images/s", name, len(labels),
                  timings[name]["images_per_second"])
         _save_npz(out_dir / f"{name}.npz", features=features, labels=labels)
-    common.save_model(extractor, out_dir / artifacts.EXTRACTOR_FILE)
+    models.save_model(extractor, out_dir / artifacts.EXTRACTOR_FILE)
     summary = {"backbone": config.backbone, "weights": config.weights, "input_size": config.input_size,
                "preprocessing": preprocessing, "feature_dim": int(extractor.output_shape[-1]),
                "backbone_parameters": int(backbone.count_params()),

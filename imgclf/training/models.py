@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from imgclf import fileio
 from imgclf.config import ScratchConfig, TransferConfig
 from imgclf.errors import ModelConfigError
 
@@ -313,3 +314,9 @@ def load_model(path: Path) -> keras.Model:
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} not found; run the training stage first (dvc repro)")
     return keras.models.load_model(path, compile=False, safe_mode=True)
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save to a temporary `.keras` file beside `path`, then rename: a killed stage leaves no broken model."""
+    with fileio.atomic_path(path, suffix=".keras") as temporary:  # Keras insists on the extension
+        model.save(temporary)

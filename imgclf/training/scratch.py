@@ -70,7 +70,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
                                                   val_data, statistics_batches=lambda: statistics_data))
         model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=2)
         fitting.restore_best(model, config, resume.phase_dir("fit"))
-        common.save_model(model, out_dir / artifacts.MODEL_FILE)
+        models.save_model(model, out_dir / artifacts.MODEL_FILE)
         serving.log_model(out_dir / artifacts.MODEL_FILE, meta, common.first_images(val_data, count=1)[0])
         summary = common.summarize(logger.rows, model)
         mlflow.log_dict(summary, artifacts.SUMMARY_FILE)

@@ -80,7 +80,7 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
             rows = _finetune(model, extractor, params, resume, history_paths, rows, meta=meta,
                              prepared_dir=prepared_dir, val_data=val_data, run_id=run.info.run_id,
                              project_root=project_root)
-        common.save_model(model, out_dir / artifacts.MODEL_FILE)
+        models.save_model(model, out_dir / artifacts.MODEL_FILE)
         serving.log_model(out_dir / artifacts.MODEL_FILE, meta, common.first_images(val_data, count=1)[0])
         summary = common.summarize(rows, model)
         summary["finetune_epochs"] = sum(1 for row in rows if row.get("phase") == FINETUNE_PHASE)

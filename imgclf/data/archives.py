@@ -1,0 +1,189 @@
+"""Safe, bounded extraction of .tar (gz/bz2/xz) and .zip archives: nothing escapes, no bomb fills the disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import re
+import stat
+import tarfile
+import zipfile
+import zlib
+from pathlib import Path, PureWindowsPath
+
+from imgclf import fileio
+from imgclf.errors import DataSourceError, UnsafeArchiveError
+
+_COPY_CHUNK = 1 << 20
+_SPECIAL_FILE_TYPES = frozenset({stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK})
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractionLimits:
+    """How much an archive may write: a decompression bomb stops with an error, not a full disk.
+
+    Checked member by member while extracting; `max_expansion_ratio` compares what is written with the
+    archive's size and only applies past the first `_RATIO_FREE_BYTES` (tiny archives compress well too).
+    """
+
+    max_extracted_mb: float = 20480.0  # data.max_extracted_mb
+    max_expansion_ratio: float = 100.0  # data.max_expansion_ratio
+
+
+_RATIO_FREE_BYTES = 16 << 20
+
+
+class _ExtractionBudget:
+    """Counts the bytes an extraction writes and refuses the member that would go over a limit."""
+
+    def __init__(self, archive: Path, limits: ExtractionLimits):
+        self.archive, self.limits = archive, limits
+        self.archive_bytes = max(1, archive.stat().st_size)
+        self.written = 0
+
+    def add(self, count: int, member: str) -> None:
+        self.written += count
+        limit_bytes = self.limits.max_extracted_mb * (1 << 20)
+        if self.written > limit_bytes:
+            raise DataSourceError(
+                f"{self.archive}: extracting {member!r} takes the archive past data.max_extracted_mb="
+                f"{self.limits.max_extracted_mb:g} MB; raise data.max_extracted_mb if the data set really is "
+                "that big, or check the archive (it may be a decompression bomb)")
+        ratio = self.written / self.archive_bytes
+        if self.written > _RATIO_FREE_BYTES and ratio > self.limits.max_expansion_ratio:
+            raise DataSourceError(
+                f"{self.archive}: extracting {member!r} expands the archive {ratio:.0f}-fold, past "
+                f"data.max_expansion_ratio={self.limits.max_expansion_ratio:g}; this looks like a decompression "
+                "bomb: check where the archive came from, or raise data.max_expansion_ratio")
+
+
+def safe_extract(archive: Path, target: Path, limits: ExtractionLimits = ExtractionLimits()) -> None:
+    """Extract a .tar (optionally gz/bz2/xz-compressed) or .zip archive into `target`, refusing escapes.
+
+    Every member is checked before anything is written: absolute paths, `..` components, device files and
+    FIFOs raise `UnsafeArchiveError`; links must resolve inside the target, both by name and once created.
+    Extraction happens in a temporary sibling directory renamed into place at the end, so a failure leaves
+    no partial `target`. `target` must not exist or be an empty directory. `limits` bound what is written.
+    """
+    archive, target = Path(archive), Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise DataSourceError(f"cannot extract {archive} into {target}: it exists and is not empty")
+    if not archive.is_file():
+        raise DataSourceError(f"{archive} is not a file")
+    with fileio.staged_directory(target) as staging:
+        budget = _ExtractionBudget(archive, limits)
+        if tarfile.is_tarfile(archive):
+            _extract_tar(archive, staging, budget)
+        elif zipfile.is_zipfile(archive):
+            _extract_zip(archive, staging, budget)
+        else:
+            raise DataSourceError(f"{archive} is not a .tar, .tar.gz/.tgz or .zip archive, or it is corrupt; "
+                                  "check data.path")
+
+
+def _check_member_name(archive: Path, name: str) -> None:
+    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
+        raise _unsafe(archive, name, "has an absolute path")
+    if ".." in re.split(r"[\\/]", name):
+        raise _unsafe(archive, name, "contains '..'")
+
+
+def _unsafe(archive: Path, member: str, problem: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(f"{archive}: member {member!r} {problem}; refusing to extract this archive "
+                              "(check where it came from, or extract it yourself and use the folder)")
+
+
+def is_inside(path: str, root: str) -> bool:
+    """Whether `path` is `root` or lies under it (both absolute and normalised, links resolved by the caller)."""
+    return os.path.commonpath([path, root]) == root
+
+
+def _extract_tar(archive: Path, staging: Path, budget: _ExtractionBudget) -> None:
+    root = os.path.realpath(staging)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            plain, links = [], []
+            # Iterated lazily: headers are read as the stream is decompressed, so a bomb is refused at the
+            # member that overflows the budget, before its data is decompressed or anything is written
+            # (tarfile writes exactly `size` bytes per file).
+            for member in tar:
+                _check_member_name(archive, member.name)
+                if member.isreg():
+                    budget.add(member.size, member.name)
+                if member.isreg() or member.isdir():
+                    plain.append(member)
+                elif member.issym() or member.islnk():
+                    _check_link_name(archive, member, root)
+                    links.append(member)
+                else:
+                    raise _unsafe(archive, member.name, "is a device file, FIFO or of an unknown type")
+            # Links are made last, so no file is ever written through one; the "data" filter (Python
+            # 3.11.4+) is a second line of defence on top of the checks above.
+            options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(staging, members=plain, **options)
+            _make_links(archive, links, staging, root)
+    except tarfile.FilterError as error:
+        name = error.tarinfo.name if error.tarinfo is not None else "?"
+        raise _unsafe(archive, name, f"was refused by tarfile's data filter ({error})") from error
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise DataSourceError(f"{archive} is corrupt or truncated ({error}); fetch it again") from error
+
+
+def _check_link_name(archive: Path, member: tarfile.TarInfo, root: str) -> None:
+    """Refuse a link whose target, read as a path, leaves the extraction directory."""
+    link = member.linkname
+    base = os.path.dirname(member.name) if member.issym() else ""  # hard links name a member path
+    if os.path.isabs(link) or not is_inside(os.path.normpath(os.path.join(root, base, link)), root):
+        raise _unsafe(archive, member.name, f"links to {link!r}, outside the extraction directory")
+
+
+def _make_links(archive: Path, links: list[tarfile.TarInfo], staging: Path, root: str) -> None:
+    """Create the archive's links, checking where each really resolves (chains of links included)."""
+    for member in links:
+        destination = os.path.join(staging, member.name)
+        parent = os.path.realpath(os.path.dirname(destination))
+        if not is_inside(parent, root) or os.path.lexists(destination):
+            raise _unsafe(archive, member.name, "would be written through a link or over another member")
+        os.makedirs(parent, exist_ok=True)
+        if member.issym():
+            os.symlink(member.linkname, os.path.join(parent, os.path.basename(destination)))
+            continue
+        source = os.path.realpath(os.path.join(staging, member.linkname))
+        if not is_inside(source, root) or not os.path.isfile(source):
+            raise _unsafe(archive, member.name,
+                          f"is a hard link to {member.linkname!r}, which is not a file inside the archive")
+        os.link(source, os.path.join(parent, os.path.basename(destination)))
+    # A later link can change where an earlier one resolves, so every symlink is checked once all exist.
+    for member in links:
+        if member.issym() and not is_inside(os.path.realpath(os.path.join(staging, member.name)), root):
+            raise _unsafe(archive, member.name,
+                          f"links to {member.linkname!r}, which resolves outside the extraction directory")
+
+
+def _extract_zip(archive: Path, staging: Path, budget: _ExtractionBudget) -> None:
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            for info in bundle.infolist():
+                _check_member_name(archive, info.filename)
+                # Unix type bits, when the archiver recorded them (many leave them 0).
+                if stat.S_IFMT(info.external_attr >> 16) in _SPECIAL_FILE_TYPES:
+                    raise _unsafe(archive, info.filename, "is a device file or FIFO")
+                if info.flag_bits & 0x1:
+                    raise DataSourceError(f"{archive}: member {info.filename!r} is encrypted; extract the "
+                                          "archive yourself and point data.path at the folder")
+            # A zip "symlink" is written as a plain file holding the target's name: nothing escapes. Sizes in
+            # the directory can lie, so the bytes are counted as they are decompressed.
+            for info in bundle.infolist():
+                target = staging.joinpath(*[part for part in re.split(r"[\\/]", info.filename) if part])
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with bundle.open(info) as member, open(target, "wb") as handle:
+                    while chunk := member.read(_COPY_CHUNK):
+                        budget.add(len(chunk), info.filename)
+                        handle.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotADirectoryError, IsADirectoryError) as error:
+        raise DataSourceError(f"{archive} is corrupt or truncated ({error}); fetch it again") from error
+
