@@ -401,8 +401,9 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
             mlflow.set_tag(f"{model_name}_run_id", run_ids[model_name])
         for artifact in (METRICS_FILE, DETAILS_FILE, RELIABILITY_FILE):
             mlflow.log_artifact(str(out_dir / artifact))
-        registry = _register(client, params, all_metrics, model_dirs=model_dirs, run_ids=run_ids,
-                             comparison_id=comparison_id, tags=tags)
+        with tracking.store_lock(mlflow.get_tracking_uri()):  # parallel queued experiments register too
+            registry = _register(client, params, all_metrics, model_dirs=model_dirs, run_ids=run_ids,
+                                 comparison_id=comparison_id, tags=tags)
         mlflow.set_tags({"champion": registry["champion"],
                          **{f"registry.{name}": f"{entry['name']}/{entry['version']}"
                             for name, entry in registry["models"].items()}})
