@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
-from imgclf import artifacts, fileio, tracking
+from imgclf import artifacts, fileio, progress, tracking
 from imgclf.artifacts import (
     DEGENERATE_FILE,
     DETAILS_FILE,
@@ -113,25 +113,28 @@ def check_probabilities(probabilities: np.ndarray, *, name: str) -> None:
                               f"with this project (dvc repro train_{name})")
 
 
-def predict(model: keras.Model, batches) -> Predictions:
-    """Stream `(images, one-hot, ids)` numpy batches through the model, keeping only the scores.
+def predict(model: keras.Model, batches, *, description: str = "predict", total: int | None = None) -> Predictions:
+    """Stream `(images, one-hot, ids)` numpy batches through the model, keeping only the scores (a progress bar
+    named `description` in a terminal, one line in logs).
 
     Images per second counts model time only, after the first batch (which includes tracing), so it is the
     steady-state inference speed; with a single batch that batch is used.
     """
     ids, labels, probabilities = [], [], []
     first_seconds, steady_seconds, first_count, steady_count = 0.0, 0.0, 0, 0
-    for images, targets, index in batches:
-        started = time.perf_counter()
-        scores = np.asarray(model.predict_on_batch(images), dtype=np.float32)
-        seconds = time.perf_counter() - started
-        if ids:
-            steady_seconds, steady_count = steady_seconds + seconds, steady_count + len(scores)
-        else:
-            first_seconds, first_count = seconds, len(scores)
-        probabilities.append(scores)
-        labels.append(np.argmax(np.asarray(targets), axis=-1))
-        ids.append(np.asarray(index, dtype=np.int64))
+    with progress.step(description, total=total) as counter:
+        for images, targets, index in batches:
+            started = time.perf_counter()
+            scores = np.asarray(model.predict_on_batch(images), dtype=np.float32)
+            seconds = time.perf_counter() - started
+            if ids:
+                steady_seconds, steady_count = steady_seconds + seconds, steady_count + len(scores)
+            else:
+                first_seconds, first_count = seconds, len(scores)
+            probabilities.append(scores)
+            labels.append(np.argmax(np.asarray(targets), axis=-1))
+            ids.append(np.asarray(index, dtype=np.int64))
+            counter.update(len(scores))
     if not ids:
         return Predictions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, model.output_shape[-1]),
                            np.float32), 0.0)
@@ -327,11 +330,13 @@ def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_
         model_path = Path(model_dirs[name]) / MODEL_FILE
         model = models.load_model(model_path)
         check_model_fits(model, name=name, image_shape=shape, num_classes=len(class_names))
-        test = predict(model, batches("test"))
+        test = predict(model, batches("test"), description=f"evaluate {name} (test)",
+                       total=meta.counts.get("test"))
         check_probabilities(test.probabilities, name=name)
         check_test_covers_classes(test.labels, class_names)
         has_validation = meta.counts.get("val", 1) > 0
-        validation = predict(model, batches("val")) if has_validation else None
+        validation = (predict(model, batches("val"), description=f"evaluate {name} (validation)",
+                              total=meta.counts.get("val")) if has_validation else None)
         result = classification_metrics(test.labels, test.probabilities, class_names)
         result.update(calibration_metrics(
             labels=test.labels, probabilities=test.probabilities,
