@@ -64,7 +64,8 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
                                               project_root=project_root,
                                               validation=fitting.ValidateWithPopulationStatistics(
                                                   val_data, statistics_batches=lambda: statistics_data))
-        model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
+        # shuffle=False: the dataset shuffles each epoch itself (tfdata); Keras would warn that it ignores True.
+        model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                   verbose=progress.keras_verbose())
         fitting.restore_best(model, config, resume.phase_dir("fit"))
         common.save_model(model, out_dir / artifacts.MODEL_FILE)

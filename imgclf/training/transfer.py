@@ -131,7 +131,8 @@ def _finetune(model, extractor, params: Params, resume: fitting.ResumeState, his
     callbacks = common.training_callbacks(params, config, resume=resume, phase=FINETUNE_PHASE, logger=logger,
                                           history=history[start:], model_name="transfer", run_id=run_id,
                                           project_root=project_root)
+    # shuffle=False: the dataset shuffles each epoch itself (tfdata); Keras would warn that it ignores True.
     model.fit(train_data, validation_data=val_data, epochs=total, initial_epoch=start, steps_per_epoch=steps,
-              callbacks=callbacks, verbose=progress.keras_verbose())
+              callbacks=callbacks, shuffle=False, verbose=progress.keras_verbose())
     fitting.restore_best(model, config, resume.phase_dir(FINETUNE_PHASE))
     return logger.rows
