@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run smoke test test-fast lint clean-smoke
+.PHONY: help setup run smoke compare test test-fast lint clean-smoke
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ run: setup ## the main job: the whole pipeline, rerunning only what changed (dvc
 
 smoke: setup ## all stages on tiny synthetic data in smoke/, default results untouched
 	$(PYTHON) -m imgclf smoke --dir smoke
+
+compare: setup ## experiments side by side: the params that differ, both accuracies, McNemar p (120 columns)
+	$(PYTHON) -m imgclf.evaluation.compare $(ARGS)
 
 test: setup ## the test suite
 	$(PYTHON) -m pytest

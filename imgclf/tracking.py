@@ -10,6 +10,7 @@ the one with the better test accuracy.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -37,6 +38,10 @@ OUTER_RUN_ENV = "MLFLOW_RUN_ID"
 DVC_STAGE_ENV = "DVC_STAGE"
 DVC_EXP_NAME_ENV = "DVC_EXP_NAME"
 DVC_EXP_BASELINE_ENV = "DVC_EXP_BASELINE_REV"
+DVC_ROOT_ENV = "DVC_ROOT"
+SQLITE_PREFIX = "sqlite:///"
+STORE_LOCK_SUFFIX = ".lock"
+STORE_LOCK_TIMEOUT_S = 120  # a first migration of a new store takes seconds on a busy machine
 # MLflow 3 opens an experiment on its GenAI overview (traces, tokens) unless it is marked as model development;
 # the values are the UI's ExperimentKind enum (mlflow/server/js).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -48,10 +53,58 @@ GIT_DIRTY_IGNORED = ("dvc.lock",)
 log = logging.getLogger(__name__)
 
 
+def store_root(project_root: Path) -> Path:
+    """The directory of the embedded store: the DVC project's root, also for a queued experiment.
+
+    `dvc exp run --queue` (and `--temp`) runs the stages in a temporary copy under `.dvc/tmp/exps/` that DVC
+    deletes afterwards, so a store in the stage's working directory would vanish with every run. DVC exports the
+    original project root as DVC_ROOT to those stages (dvc/repo/experiments/queue/base.py) and the repository root
+    to every other stage (dvc/stage/run.py); outside DVC (tests, `imgclf predict`) the given root is used.
+    """
+    dvc_root = os.environ.get(DVC_ROOT_ENV)
+    if dvc_root and Path(dvc_root).is_dir():
+        return Path(dvc_root).resolve()
+    return Path(project_root).resolve()
+
+
 def tracking_uri(project_root: Path) -> str:
-    """MLFLOW_TRACKING_URI if set, else a SQLite store in the project root."""
-    store = Path(project_root).resolve() / artifacts.MLFLOW_STORE_FILE
+    """MLFLOW_TRACKING_URI if set, else a SQLite store in the project's root (see `store_root`)."""
+    store = store_root(project_root) / artifacts.MLFLOW_STORE_FILE
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI (relative to the working directory, as SQLAlchemy
+    resolves it), else None."""
+    if not uri.startswith(SQLITE_PREFIX):
+        return None
+    return Path(uri[len(SQLITE_PREFIX):].split("?", 1)[0]).resolve()
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store while the block runs (nothing for other stores).
+
+    Parallel queued experiments (`dvc queue start -j N`) share the project's `mlflow.db`. MLflow waits up to 20 s
+    for SQLite's write lock on each write, which covers recording metrics; but creating the database (schema
+    migrations), the experiment and registered model versions are check-then-create sequences that two processes
+    can interleave. Those run under this lock. The database is switched to write-ahead logging once, so `mlflow
+    ui` and the other runs keep reading while one writes.
+    """
+    database = sqlite_path(uri)
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    lock_file = database.with_name(database.name + STORE_LOCK_SUFFIX)
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            with contextlib.closing(sqlite3.connect(database, timeout=STORE_LOCK_TIMEOUT_S)) as connection:
+                connection.execute("PRAGMA journal_mode=WAL")
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def outer_run_id() -> str | None:
@@ -111,6 +164,11 @@ def end_abandoned_run(run_id: str) -> None:
 
 def _configure(uri: str, experiment: str, project_root: Path) -> str:
     mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        return _select_experiment(project_root, uri, experiment)
+
+
+def _select_experiment(project_root: Path, uri: str, experiment: str) -> str:
     outer = outer_run_id()
     if outer is not None:
         try:
@@ -133,7 +191,7 @@ def _configure(uri: str, experiment: str, project_root: Path) -> str:
     else:
         artifact_location = None
         if uri.startswith("sqlite:"):  # keep artifacts beside the embedded store, not in the working dir
-            artifact_location = (Path(project_root).resolve() / artifacts.MLFLOW_ARTIFACT_DIR).as_uri()
+            artifact_location = (store_root(project_root) / artifacts.MLFLOW_ARTIFACT_DIR).as_uri()
         experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
     _mark_model_development(experiment_id)

@@ -137,3 +137,15 @@ def test_a_degenerate_model_means_no_winner_in_the_headline_and_the_markdown(tmp
     assert markdown.splitlines()[2].startswith("No winner: the comparison is not meaningful")
     inputs.metrics["scratch"].update(degenerate=0, degenerate_reasons=[])
     assert "No winner" not in report.render_html(inputs)
+
+
+def test_report_says_when_temperature_scaling_made_calibration_worse(tmp_path):
+    inputs = _inputs(tmp_path)
+    inputs.metrics["scratch"].update(ece=0.05, ece_calibrated=0.12)
+    inputs.metrics["transfer"].update(ece=0.10, ece_calibrated=0.04)
+    page = report.render_html(inputs)
+    assert "Temperature scaling did not help" in page and "scratch: ECE 0.050 → 0.120" in page
+    assert "transfer: ECE" not in page.split("Temperature scaling did not help")[1].split("</p>")[0]
+    assert "fitted on 5 validation images" in page
+    inputs.metrics["scratch"].update(ece_calibrated=0.01)
+    assert "Temperature scaling did not help" not in report.render_html(inputs)

@@ -30,6 +30,8 @@ from imgclf.data import images
 from imgclf.serving import serving
 from imgclf.training import models
 
+from .conftest import PROJECT_ROOT, copy_trained_project
+
 SERVER_START_SECONDS = 180  # importing TensorFlow and loading the model on a busy 2-core machine
 
 
@@ -77,26 +79,45 @@ def stop(process: subprocess.Popen) -> None:
             continue
 
 
+def readme_serve_script(readme: Path, port: int) -> str:
+    """The README's `mlflow models serve` command as printed (from `CHAMPION=` to its last continued line), on
+    `port` instead of the README's 5001."""
+    lines = readme.read_text().splitlines()
+    first = next(index for index, line in enumerate(lines) if line.startswith("CHAMPION="))
+    last = first
+    while lines[last].endswith("\\"):
+        last += 1
+    last += 1
+    while lines[last].endswith("\\"):
+        last += 1
+    script = "\n".join(lines[first:last + 1])
+    assert "mlflow models serve" in script and " -p 5001" in script, script
+    return script.replace(" -p 5001", f" -p {port}")
+
+
 @contextlib.contextmanager
-def model_server(model_uri: str, *, tracking_uri: str, workdir: Path) -> Iterator[str]:
-    """`mlflow models serve` on a free 127.0.0.1 port, started from `workdir` (outside this checkout); its base
-    URL once /ping answers. The server is always stopped."""
+def readme_model_server(project: Path, *, workdir: Path) -> Iterator[str]:
+    """The README's serve command, run by bash in `project` as a fresh shell would (no activated environment:
+    PATH holds only the system directories), with the project's `.venv` beside it; its base URL once /ping
+    answers. The server is always stopped."""
+    venv = Path(sys.executable).parent.parent
+    if not (project / ".venv").exists():
+        (project / ".venv").symlink_to(venv, target_is_directory=True)
     port = free_port()
-    bin_dir = Path(sys.executable).parent  # mlflow runs `uvicorn` from PATH
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    script = readme_serve_script(PROJECT_ROOT / "README.md", port)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", str(workdir)),
+           "LANG": os.environ.get("LANG", "C.UTF-8")}
     log_path = workdir / "server.log"
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri,
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(["bash", "-c", script], cwd=project, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + SERVER_START_SECONDS
         while True:
             if process.poll() is not None:
-                pytest.fail(f"mlflow models serve exited ({process.returncode}):\n{log_path.read_text()[-4000:]}")
+                pytest.fail(f"the README's serve command exited ({process.returncode}):\n{script}\n"
+                            f"{log_path.read_text()[-4000:]}")
             with contextlib.suppress(OSError):
                 if http(f"{url}/ping", timeout=2)[0] == 200:
                     break
@@ -136,14 +157,14 @@ def test_each_training_run_logs_one_pyfunc_image_classifier(trained_project):
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_classifies_base64_images(trained_project, tmp_path):
-    run_id = tracking.read_run(trained_project / "models" / "transfer")["run_id"]
+def test_readme_serve_command_classifies_base64_images(trained_project, tmp_path):
+    project = copy_trained_project(trained_project, tmp_path / "project")
     class_names = json.loads((trained_project / "data" / "prepared" / "meta.json").read_text())["class_names"]
     photo = io.BytesIO()
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (45, 60, 3), dtype=np.uint8)).save(photo, "JPEG")
     encoded = [base64.b64encode(data_images(trained_project, 1)[0].read_bytes()).decode(),
                base64.b64encode(photo.getvalue()).decode()]
-    with model_server(f"runs:/{run_id}/model", tracking_uri=store_uri(trained_project), workdir=tmp_path) as url:
+    with readme_model_server(project, workdir=tmp_path) as url:
         status, body = http(f"{url}/invocations",
                             {"dataframe_split": {"columns": ["image"], "data": [[text] for text in encoded]}})
         assert status == 200, body

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf import artifacts, fileio
+from imgclf import artifacts, fileio, progress
 from imgclf.config import Params
 from imgclf.data import images
 from imgclf.data.formats.raw import RawExample
@@ -115,21 +115,24 @@ def decode_all(examples: Sequence[RawExample], pixels: np.ndarray, *, image_size
         else:
             file_positions.append(position)
     jobs = [(str(examples[p].path), image_size, resize, channels) for p in file_positions]
-    if workers > 1 and len(jobs) > _DECODE_CHUNK:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(_decode_one, jobs, chunksize=_DECODE_CHUNK)
-            _store(results, file_positions, pixels, failures)
-    else:
-        _store(map(_decode_one, jobs), file_positions, pixels, failures)
+    # 60,000 image files take minutes: a bar in a terminal, one line in logs.
+    with progress.step("preprocess: decode images", total=len(jobs), summary=bool(jobs)) as counter:
+        if workers > 1 and len(jobs) > _DECODE_CHUNK:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+                results = pool.map(_decode_one, jobs, chunksize=_DECODE_CHUNK)
+                _store(results, file_positions, pixels, failures, counter)
+        else:
+            _store(map(_decode_one, jobs), file_positions, pixels, failures, counter)
     return failures
 
 
-def _store(results, positions, pixels, failures) -> None:
+def _store(results, positions, pixels, failures, counter: progress.Counter) -> None:
     for position, result in zip(positions, results, strict=True):
         if isinstance(result, str):
             failures[position] = result
         else:
             pixels[position] = result
+        counter.update(1)
 
 
 def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = None) -> dict:

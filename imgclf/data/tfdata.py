@@ -115,6 +115,11 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
         dataset = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch + 1)).flat_map(one_epoch)
     else:
         dataset = examples.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
+        if example_count is not None:
+            # TFRecord files have no known length: Keras then learns it by running out of data in the first
+            # `evaluate` and warns "Your input ran out of data" into the training log. With the length known it
+            # stops cleanly (and tf.data checks the count).
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-example_count // batch_size)))
     dataset = dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
-from imgclf import artifacts, fileio, tracking
+from imgclf import artifacts, fileio, progress, tracking
 from imgclf.artifacts import (
     DEGENERATE_FILE,
     DETAILS_FILE,
@@ -113,8 +113,10 @@ def check_probabilities(probabilities: np.ndarray, *, name: str) -> None:
                               f"with this project (dvc repro train_{name})")
 
 
-def predict(model: keras.Model, batches, *, flip: bool = False) -> Predictions:
-    """Stream `(images, one-hot, ids)` numpy batches through the model, keeping only the scores.
+def predict(model: keras.Model, batches, *, flip: bool = False, description: str = "predict",
+            total: int | None = None) -> Predictions:
+    """Stream `(images, one-hot, ids)` numpy batches through the model, keeping only the scores (a progress bar
+    named `description` in a terminal, one line in logs).
 
     `flip` (`evaluate.tta_flip`): test-time augmentation, each image's scores averaged with those of its
     left-right mirror image (twice the inference cost; the images/s below counts both passes).
@@ -124,20 +126,22 @@ def predict(model: keras.Model, batches, *, flip: bool = False) -> Predictions:
     """
     ids, labels, probabilities = [], [], []
     first_seconds, steady_seconds, first_count, steady_count = 0.0, 0.0, 0, 0
-    for images, targets, index in batches:
-        started = time.perf_counter()
-        scores = np.asarray(model.predict_on_batch(images), dtype=np.float32)
-        if flip:
-            mirrored = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
-            scores = (scores + np.asarray(model.predict_on_batch(mirrored), dtype=np.float32)) / 2
-        seconds = time.perf_counter() - started
-        if ids:
-            steady_seconds, steady_count = steady_seconds + seconds, steady_count + len(scores)
-        else:
-            first_seconds, first_count = seconds, len(scores)
-        probabilities.append(scores)
-        labels.append(np.argmax(np.asarray(targets), axis=-1))
-        ids.append(np.asarray(index, dtype=np.int64))
+    with progress.step(description, total=total) as counter:
+        for images, targets, index in batches:
+            started = time.perf_counter()
+            scores = np.asarray(model.predict_on_batch(images), dtype=np.float32)
+            if flip:
+                mirrored = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
+                scores = (scores + np.asarray(model.predict_on_batch(mirrored), dtype=np.float32)) / 2
+            seconds = time.perf_counter() - started
+            if ids:
+                steady_seconds, steady_count = steady_seconds + seconds, steady_count + len(scores)
+            else:
+                first_seconds, first_count = seconds, len(scores)
+            probabilities.append(scores)
+            labels.append(np.argmax(np.asarray(targets), axis=-1))
+            ids.append(np.asarray(index, dtype=np.int64))
+            counter.update(len(scores))
     if not ids:
         return Predictions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, model.output_shape[-1]),
                            np.float32), 0.0)
@@ -339,11 +343,14 @@ def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path]
         model_path = Path(model_dirs[name]) / MODEL_FILE
         model = models.load_model(model_path)
         check_model_fits(model, name=name, image_shape=shape, num_classes=len(class_names))
-        test = predict(model, batches("test"), flip=settings.tta_flip)
+        test = predict(model, batches("test"), flip=settings.tta_flip, description=f"evaluate {name} (test)",
+                       total=meta.counts.get("test"))
         check_probabilities(test.probabilities, name=name)
         check_test_covers_classes(test.labels, class_names)
         has_validation = meta.counts.get("val", 1) > 0
-        validation = predict(model, batches("val"), flip=settings.tta_flip) if has_validation else None
+        validation = (predict(model, batches("val"), flip=settings.tta_flip,
+                              description=f"evaluate {name} (validation)", total=meta.counts.get("val"))
+                      if has_validation else None)
         result = classification_metrics(test.labels, test.probabilities, class_names)
         result.update(calibration_metrics(
             labels=test.labels, probabilities=test.probabilities,
@@ -414,8 +421,9 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
             mlflow.set_tag(f"{model_name}_run_id", run_ids[model_name])
         for artifact in (METRICS_FILE, DETAILS_FILE, RELIABILITY_FILE):
             mlflow.log_artifact(str(out_dir / artifact))
-        registry = _register(client, params, all_metrics, model_dirs=model_dirs, run_ids=run_ids,
-                             comparison_id=comparison_id, tags=tags)
+        with tracking.store_lock(mlflow.get_tracking_uri()):  # parallel queued experiments register too
+            registry = _register(client, params, all_metrics, model_dirs=model_dirs, run_ids=run_ids,
+                                 comparison_id=comparison_id, tags=tags)
         mlflow.set_tags({"champion": registry["champion"],
                          **{f"registry.{name}": f"{entry['name']}/{entry['version']}"
                             for name, entry in registry["models"].items()}})

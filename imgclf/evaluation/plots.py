@@ -42,7 +42,8 @@ def class_distribution(counts_by_split: dict[str, Sequence[int]], class_names: S
     axis.invert_yaxis()
     axis.set_xlabel("images")
     axis.set_title("Images per class and split")
-    axis.legend(loc="lower right")
+    # Beside the axes, not inside: any corner inside the plot can sit on a long bar.
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     save_figure(figure, path)
 
 
@@ -223,5 +224,6 @@ def training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
     for axis in axes:
         if axis.get_lines():
             axis.legend(fontsize=8)
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole numbers
         axis.grid(alpha=0.3)
     save_figure(figure, path)

@@ -350,7 +350,26 @@ def _calibration_html(inputs: ReportInputs) -> str:
             "expected calibration error (ECE) is the average gap between confidence and accuracy over confidence "
             "bins. Temperature scaling divides the log-probabilities by one number T fitted on the validation split "
             "(T &gt; 1: the model was over-confident); it never changes a prediction, only its confidence.</p>"
-            f"{table}{figure}</section>")
+            f"{_calibration_warning(inputs)}{table}{figure}</section>")
+
+
+def calibration_not_helped(metrics: dict[str, dict]) -> list[str]:
+    """The models whose test ECE temperature scaling made worse (a temperature fitted on too few or unlike
+    validation images)."""
+    return [model for model in MODELS if metrics[model]["ece_calibrated"] > metrics[model]["ece"]]
+
+
+def _calibration_warning(inputs: ReportInputs) -> str:
+    worse = calibration_not_helped(inputs.metrics)
+    if not worse:
+        return ""
+    validation = inputs.data.get("counts", {}).get("val")
+    fitted_on = f"{validation} validation images" if validation is not None else "the validation split"
+    changes = "; ".join(f"{model}: ECE {metrics['ece']:.3f} → {metrics['ece_calibrated']:.3f}"
+                        for model, metrics in ((model, inputs.metrics[model]) for model in worse))
+    return (f'<p class="note"><b>Temperature scaling did not help</b> ({changes}). T was fitted on {fitted_on}, '
+            "too few (or too unlike the test images) to estimate it: read the unscaled numbers, or calibrate on a "
+            "larger validation split (<code>preprocess.val_fraction</code>).</p>")
 
 
 def _training_html(inputs: ReportInputs) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from imgclf import artifacts, fileio, tracking
+from imgclf import artifacts, fileio, progress, tracking
 from imgclf.config import Params
 from imgclf.data import augment, tfdata
 from imgclf.serving import serving
@@ -68,7 +68,9 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
                                               project_root=project_root,
                                               validation=fitting.ValidateWithPopulationStatistics(
                                                   val_data, statistics_batches=lambda: statistics_data))
-        model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+        # shuffle=False: the dataset shuffles each epoch itself (tfdata); Keras would warn that it ignores True.
+        model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
+                  verbose=progress.keras_verbose())
         fitting.restore_best(model, config, resume.phase_dir("fit"))
         models.save_model(model, out_dir / artifacts.MODEL_FILE)
         serving.log_model(out_dir / artifacts.MODEL_FILE, meta, common.first_images(val_data, count=1)[0])

@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import mlflow
 
-from imgclf import artifacts, fileio, tracking
+from imgclf import artifacts, fileio, progress, tracking
 from imgclf.config import Params, TransferConfig
 from imgclf.data import augment, tfdata
 from imgclf.serving import serving
@@ -102,7 +102,7 @@ def _fit_head(head, config: TransferConfig, params: Params, resume: fitting.Resu
                                           project_root=project_root)
     head.fit(train_x, keras.utils.to_categorical(train_y, num_classes), batch_size=config.batch_size,
              validation_data=(val_x, keras.utils.to_categorical(val_y, num_classes)),
-             epochs=config.epochs, shuffle=True, callbacks=callbacks, verbose=2)
+             epochs=config.epochs, shuffle=True, callbacks=callbacks, verbose=progress.keras_verbose())
     fitting.restore_best(head, config, resume.phase_dir(HEAD_PHASE))
     return logger.rows
 
@@ -131,7 +131,8 @@ def _finetune(model, extractor, params: Params, resume: fitting.ResumeState, his
     callbacks = common.training_callbacks(params, config, resume=resume, phase=FINETUNE_PHASE, logger=logger,
                                           history=history[start:], model_name="transfer", run_id=run_id,
                                           project_root=project_root)
+    # shuffle=False: the dataset shuffles each epoch itself (tfdata); Keras would warn that it ignores True.
     model.fit(train_data, validation_data=val_data, epochs=total, initial_epoch=start, steps_per_epoch=steps,
-              callbacks=callbacks, verbose=2)
+              callbacks=callbacks, shuffle=False, verbose=progress.keras_verbose())
     fitting.restore_best(model, config, resume.phase_dir(FINETUNE_PHASE))
     return logger.rows

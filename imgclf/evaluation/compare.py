@@ -1,0 +1,142 @@
+"""`make compare`: DVC experiments side by side in one 120-column screen.
+
+`dvc exp show` lists every param and metric (about 180 columns here); this keeps the params whose values differ
+between the experiments shown and the headline metrics: both models' test accuracy, transfer - scratch, and
+McNemar's p-value in scientific notation when small (DVC's own tables round 6e-21 to 0.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from imgclf.artifacts import ANALYSIS_SUMMARY_FILE, METRICS_FILE, PARAMS_FILE
+
+EVALUATE_METRICS = f"results/evaluate/{METRICS_FILE}"  # dvc.yaml `metrics:`
+ANALYSIS_SUMMARY = f"results/analysis/{ANALYSIS_SUMMARY_FILE}"
+# (column title, metrics file, dotted key, format)
+HEADLINE_METRICS = (
+    ("scratch acc", EVALUATE_METRICS, "scratch.accuracy", "accuracy"),
+    ("transfer acc", EVALUATE_METRICS, "transfer.accuracy", "accuracy"),
+    ("diff", ANALYSIS_SUMMARY, "accuracy_difference", "difference"),
+    ("McNemar p", ANALYSIS_SUMMARY, "mcnemar.p_value", "p_value"),
+)
+WIDTH = 120
+MAX_VALUE_CHARS = 22  # a long value (a backbone file path) is cut, keeping its end
+GAP = "  "
+
+
+def format_p_value(p: float) -> str:
+    """3 decimals, or scientific notation below 0.001 so a tiny p-value never reads as 0."""
+    return f"{p:.1e}" if 0 < p < 1e-3 else f"{p:.3f}"
+
+
+def format_metric(value: Any, kind: str) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    if kind == "p_value":
+        return format_p_value(float(value))
+    if kind == "difference":
+        return f"{value:+.4f}"
+    return f"{value:.4f}"
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def file_data(state: dict[str, Any], section: str, path: str) -> dict[str, Any]:
+    data = (state.get("data") or {}).get(section) or {}
+    return flatten((data.get(path) or {}).get("data") or {})
+
+
+def rows_of(exp_show: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per revision of `dvc exp show --json`: the workspace, each baseline commit and its experiments
+    (newest first, as DVC lists them), each with its name, flat params and flat metrics."""
+    rows = []
+
+    def add(state: dict[str, Any], name: str) -> None:
+        if not state.get("data"):
+            return  # a queued or failed experiment: nothing to compare yet
+        rows.append({"name": name, "params": file_data(state, "params", PARAMS_FILE),
+                     "metrics": {path: file_data(state, "metrics", path) for path in (EVALUATE_METRICS,
+                                                                                      ANALYSIS_SUMMARY)}})
+
+    for baseline in exp_show:
+        rev = baseline["rev"]
+        add(baseline, baseline.get("name") or (rev if rev == "workspace" else rev[:7]))
+        for experiment in baseline.get("experiments") or []:
+            tip = experiment["revs"][0]
+            add(tip, experiment.get("name") or tip.get("name") or tip["rev"][:7])
+    return rows
+
+
+def shorten(text: str) -> str:
+    return text if len(text) <= MAX_VALUE_CHARS else "…" + text[-(MAX_VALUE_CHARS - 1):]
+
+
+def table(rows: list[dict[str, Any]], width: int = WIDTH) -> str:
+    """Name, the params that differ, the headline metrics; params that do not fit in `width` are named below."""
+    if not rows:
+        return "no experiments to compare: run `dvc repro` or `dvc exp run` first"
+    keys = sorted({key for row in rows for key in row["params"]})
+    differing = [key for key in keys if len({json.dumps(row["params"].get(key)) for row in rows}) > 1]
+    columns: list[tuple[str, list[str]]] = [("experiment", [shorten(row["name"]) for row in rows])]
+    metric_columns = [(title, [format_metric(row["metrics"][path].get(key), kind) for row in rows])
+                      for title, path, key, kind in HEADLINE_METRICS]
+
+    def render_width(candidate: list[tuple[str, list[str]]]) -> int:
+        return sum(max(len(title), *(len(cell) for cell in cells)) for title, cells in candidate) + \
+            len(GAP) * (len(candidate) - 1)
+
+    left_out = []
+    for key in differing:
+        column = (key, [shorten(json.dumps(row["params"].get(key)).strip('"')) for row in rows])
+        if render_width([*columns, column, *metric_columns]) <= width:
+            columns.append(column)
+        else:
+            left_out.append(key)
+    columns += metric_columns
+    widths = [max(len(title), *(len(cell) for cell in cells)) for title, cells in columns]
+    lines = [GAP.join(title.rjust(size) if position else title.ljust(size)
+                      for position, ((title, _), size) in enumerate(zip(columns, widths, strict=True)))]
+    lines.append(GAP.join("-" * size for size in widths))
+    for index in range(len(rows)):
+        lines.append(GAP.join(cells[index].rjust(size) if position else cells[index].ljust(size)
+                              for position, ((_, cells), size) in enumerate(zip(columns, widths, strict=True)))
+                     .rstrip())
+    if left_out:
+        lines.append(f"also differ (too wide to show): {', '.join(left_out)}")
+    if not differing:
+        lines.append("no params differ between these revisions")
+    return "\n".join(lines)
+
+
+def exp_show_json(extra: list[str]) -> list[dict[str, Any]]:
+    result = subprocess.run(["dvc", "exp", "show", "--json", *extra], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"`dvc exp show --json` failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    return json.loads(result.stdout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="make compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=WIDTH, help="characters per line (default %(default)s)")
+    parser.add_argument("--from-json", type=Path, help="read saved `dvc exp show --json` output instead")
+    arguments, dvc_args = parser.parse_known_args(argv)  # the rest goes to dvc exp show (-A, --rev, -n)
+    exp_show = json.loads(arguments.from_json.read_text()) if arguments.from_json else exp_show_json(dvc_args)
+    print(table(rows_of(exp_show), width=arguments.width))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
