@@ -24,11 +24,14 @@ run: setup ## the main job: the whole pipeline, rerunning only what changed (dvc
 smoke: setup ## all stages on tiny synthetic data in smoke/, default results untouched
 	$(PYTHON) -m imgclf smoke --dir smoke
 
-test: setup ## the test suite
-	$(PYTHON) -m pytest
+# One pytest-xdist worker per logical CPU; tests marked xdist_group run on one worker, one after the other.
+PYTEST_PARALLEL := -n logical --dist loadgroup --durations=15
+
+test: setup ## the test suite, in parallel on every core
+	$(PYTHON) -m pytest $(PYTEST_PARALLEL)
 
 test-fast: setup ## the suite without the slow end-to-end runs
-	$(PYTHON) -m pytest -m "not slow"
+	$(PYTHON) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .

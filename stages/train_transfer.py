@@ -3,7 +3,7 @@
 from imgclf import cli
 from imgclf.training import transfer
 
-# The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
 PARAMS = ("seed", "deterministic", "augment", "training", "mlflow.experiment", "transfer.head_dropout",
           "transfer.head_units", "transfer.optimizer", "transfer.learning_rate", "transfer.weight_decay",
           "transfer.momentum", "transfer.label_smoothing", "transfer.lr_schedule", "transfer.lr_step_epochs",

@@ -17,8 +17,7 @@ import pytest
 import yaml
 
 from imgclf import sandbox
-
-from .conftest import PROJECT_ROOT, copy_trained_project
+from imgclf.pipeline import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +38,11 @@ def clone(source: Path, destination: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pushed(trained_project, tmp_path_factory):
+def pushed(copy_trained_project, tmp_path_factory):
     """The trained project with a default local remote, committed, then the retrain script's first run
     (nothing to pull, nothing to retrain, everything pushed). Returns (project, remote, script result)."""
     base = tmp_path_factory.mktemp("remote")
-    project = copy_trained_project(trained_project, base / "project")
+    project = copy_trained_project(base / "project")
     remote = base / "remote"
     sandbox.dvc(project, "remote", "add", "--default", "storage", str(remote))
     sandbox.commit(project, "DVC remote: a local directory")

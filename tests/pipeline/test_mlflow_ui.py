@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,37 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .test_tracking import EXPERIMENT, experiment_copy
+from imgclf import sandbox
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
+EXPERIMENT = sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"]
 SERVER_START_SECONDS = 90  # the first start migrates nothing (the store exists) but imports a lot on a busy CI box
-
-
-def _browser() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
-    """Poll `url` until it answers 200; fail with the server's log when it exits or takes too long."""
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server did not answer {url} within {SERVER_START_SECONDS} s:\n{log.read_text()[-3000:]}")
 
 
 def _grid_row(dom: str, label: str) -> list[float]:
@@ -70,43 +40,22 @@ def _grid_row(dom: str, label: str) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def project(trained_project, tmp_path_factory) -> Path:
-    return experiment_copy(trained_project, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(project, tmp_path_factory):
+def mlflow_server(experiment_project, tmp_path_factory, free_port, running_server):
     """`mlflow server` on 127.0.0.1 and a free port, on the project's SQLite store; always stopped after."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
-    executable = Path(sys.executable).parent / "mlflow"
-    command = [str(executable), "server", "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
+    store = f"sqlite:///{experiment_project / 'mlflow.db'}"
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store,
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
-    with log.open("w") as output:
-        # Its own process group: the server forks workers, and all of them must go at teardown.
-        process = subprocess.Popen(command, cwd=project, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        _wait_until_up(f"http://127.0.0.1:{port}/health", process, log)
+    with running_server(command, ready_url=f"http://127.0.0.1:{port}/health", cwd=experiment_project,
+                        env={**os.environ, "MLFLOW_TRACKING_URI": store}, log_path=log,
+                        start_seconds=SERVER_START_SECONDS):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        # The whole group: `mlflow server` also starts job consumers (huey) that outlive a killed parent.
-        group = process.pid  # start_new_session: the group id is the server's pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)  # whatever ignored SIGTERM
-        process.wait(timeout=15)
 
 
-def test_compare_view_shows_both_experiments_with_test_accuracy(project, mlflow_server, tmp_path):
-    browser = _browser()
-    if browser is None:
-        pytest.skip("no chromium or chromium-browser on PATH (Debian: apt-get install -y chromium); "
-                    "the MLflow UI was not opened in a browser")
+def test_compare_view_shows_both_experiments_with_test_accuracy(experiment_project, chromium, mlflow_server,
+                                                                tmp_path):
+    project, browser = experiment_project, chromium
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     transfer_runs = client.search_runs([experiment.experiment_id], "tags.model = 'transfer'",

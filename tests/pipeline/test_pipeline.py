@@ -10,8 +10,6 @@ import yaml
 
 from imgclf import sandbox
 
-from .conftest import copy_trained_project
-
 pytestmark = pytest.mark.slow
 
 
@@ -21,7 +19,7 @@ def _runs(root):
     return client, client.search_runs([experiment.experiment_id])
 
 
-def test_dvc_repro_end_to_end_then_up_to_date(trained_project, tmp_path):
+def test_dvc_repro_end_to_end_then_up_to_date(copy_trained_project, trained_project, tmp_path):
     # `trained_project` ran the real `dvc repro` with the smoke settings (tests/conftest.py).
     root = trained_project
 
@@ -60,12 +58,13 @@ def test_dvc_repro_end_to_end_then_up_to_date(trained_project, tmp_path):
     logged = {item.path for item in client.list_artifacts(by_model["comparison"].info.run_id, "analysis")}
     assert {"analysis/report.html", "analysis/summary.md"} <= logged
 
+    # In a copy (files, git history, DVC cache, store): the shared run is only read, by every xdist worker.
+    root = copy_trained_project(tmp_path / "copy")
     again = sandbox.dvc(root, "repro")
     assert "Data and pipelines are up to date." in again.stdout
     assert len(_runs(root)[1]) == 3, "an unchanged pipeline records no new runs"
 
     # A head-only change reuses the cached backbone features: only the head and what follows rerun.
-    root = copy_trained_project(trained_project, tmp_path / "copy")
     params_path = root / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
     params["transfer"]["epochs"] = 2

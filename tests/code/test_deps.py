@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 from imgclf import artifacts
-
-from .conftest import PROJECT_ROOT
+from imgclf.pipeline import PROJECT_ROOT
 
 STAGES = yaml.safe_load((PROJECT_ROOT / artifacts.DVC_FILE).read_text(encoding="utf-8"))["stages"]
 PACKAGES = ("imgclf", "stages")  # the project's own code; everything else is a pinned dependency

@@ -9,8 +9,6 @@ import pytest
 from imgclf.config import params_from_dict
 from imgclf.training import models
 
-from .conftest import SHARED_BACKBONE
-
 
 def test_seed_cnn_has_the_write_up_parameter_count(params_dict):
     params = params_from_dict(params_dict)
@@ -79,9 +77,8 @@ def test_transfer_model_round_trips_through_a_keras_file(tiny_params_dict, tmp_p
 
 
 @pytest.mark.shared
-@pytest.mark.skipif(not SHARED_BACKBONE.is_file(), reason="../shared EfficientNet-Lite0 backbone absent")
-def test_local_keras_backbone_file(params_dict):
-    params_dict["transfer"].update(backbone=str(SHARED_BACKBONE), input_size=96)
+def test_local_keras_backbone_file(params_dict, shared_backbone):
+    params_dict["transfer"].update(backbone=str(shared_backbone), input_size=96)
     backbone, mode = models.load_backbone(params_from_dict(params_dict).transfer)
     extractor = models.build_feature_extractor(backbone, mode, input_shape=(32, 32, 3), input_size=96)
     assert mode == "none" and extractor.output_shape == (None, 1280)

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from imgclf import sandbox
-
-from .conftest import PROJECT_ROOT
+from imgclf.pipeline import PROJECT_ROOT
 
 WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "retrain.yml"
 SCRIPT = PROJECT_ROOT / "ci" / "retrain.sh"

@@ -15,19 +15,11 @@ import pytest
 from PIL import Image
 
 from imgclf import tracking
-from imgclf.__main__ import main
 from imgclf.data import images
 from imgclf.serving import predict, serving
 from imgclf.training import models
 
 CORRUPT = "corrupt.png"
-
-
-def run_cli(*argv: str) -> int:
-    """`imgclf ARGV` in this process; its exit code."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    return exit_info.value.code
 
 
 @pytest.fixture
@@ -70,7 +62,7 @@ def expected_files(folder: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_folder_with_a_corrupt_file_in_every_format(trained_project, image_folder, tmp_path, capsys, cli_env):
+def test_folder_with_a_corrupt_file_in_every_format(run_cli, trained_project, image_folder, tmp_path, capsys, cli_env):
     model = trained_project / "models" / "scratch" / "model.keras"
     meta = trained_project / "data" / "prepared" / "meta.json"
     class_names = json.loads(meta.read_text())["class_names"]
@@ -112,8 +104,8 @@ def test_folder_with_a_corrupt_file_in_every_format(trained_project, image_folde
 
 
 @pytest.mark.slow
-def test_run_uri_matches_the_keras_model_on_preprocessed_pixels(trained_project, image_folder, tmp_path, capsys,
-                                                                cli_env):
+def test_run_uri_matches_the_keras_model_on_preprocessed_pixels(run_cli, trained_project, image_folder, tmp_path,
+                                                                capsys, cli_env):
     """`--model runs:/<id>/model` (downloaded from the MLflow store), stdout, all classes when --top-k is larger
     than the class count, and one score-bar figure per classified image."""
     # The scratch model: small to download and load (the transfer model is served in test_serving.py).
@@ -146,7 +138,7 @@ def test_run_uri_matches_the_keras_model_on_preprocessed_pixels(trained_project,
 
 
 @pytest.mark.slow
-def test_registered_alias_in_the_project_store(trained_project, image_folder, tmp_path, capsys, cli_env):
+def test_registered_alias_in_the_project_store(run_cli, trained_project, image_folder, tmp_path, capsys, cli_env):
     """`models:/<name>@champion`, registered as the evaluate stage does, found in ./mlflow.db when
     MLFLOW_TRACKING_URI is unset (a copy of the store: the trained project stays untouched)."""
     shutil.copy(trained_project / "mlflow.db", tmp_path / "mlflow.db")
@@ -164,7 +156,7 @@ def test_registered_alias_in_the_project_store(trained_project, image_folder, tm
 
 
 @pytest.mark.slow
-def test_usage_errors_exit_2(trained_project, image_folder, tmp_path, capsys, cli_env):
+def test_usage_errors_exit_2(run_cli, trained_project, image_folder, tmp_path, capsys, cli_env):
     model = trained_project / "models" / "scratch" / "model.keras"
     cli_env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained_project / 'mlflow.db'}")
     cases = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -13,8 +12,6 @@ import pytest
 from PIL import Image
 
 from imgclf.evaluation import comparison, evaluate, plots, report
-
-from .fakes import fake_probabilities
 
 CLASSES = ["cat", "dog", "<b>ship</b>"]
 SECTIONS = ("headline", "metrics", "calibration", "galleries", "both-wrong", "only-transfer-right",
@@ -29,7 +26,7 @@ def _tile(image_id: int, size: int = 32) -> report.Tile:
                        original=f"x/{image_id}.jpg", predictions=guesses)
 
 
-def _inputs(tmp_path) -> report.ReportInputs:
+def _inputs(tmp_path, fake_probabilities) -> report.ReportInputs:
     labels = np.arange(30) % 3
     metrics = {}
     for model, accuracy in (("scratch", 0.6), ("transfer", 0.9)):
@@ -55,8 +52,8 @@ def _inputs(tmp_path) -> report.ReportInputs:
                                                                               "transfer": [0.6, 0.3, 0.1]})])
 
 
-def test_report_is_self_contained_headline_first_and_escaped(tmp_path):
-    page = report.render_html(_inputs(tmp_path))
+def test_report_is_self_contained_headline_first_and_escaped(tmp_path, fake_probabilities):
+    page = report.render_html(_inputs(tmp_path, fake_probabilities))
     positions = [page.index(f'id="{section}"') for section in SECTIONS]
     assert positions == sorted(positions), "reading order: headline, metrics, calibration, galleries, training"
     for section in SECTIONS:
@@ -77,8 +74,8 @@ def test_thumbnails_shrink_large_images_and_leave_small_ones_for_the_browser_to_
     assert (width, height) == (96, 96) and len(uri) < 400
 
 
-def test_markdown_summary_is_short_and_leads_with_the_verdict(tmp_path):
-    inputs = _inputs(tmp_path)
+def test_markdown_summary_is_short_and_leads_with_the_verdict(tmp_path, fake_probabilities):
+    inputs = _inputs(tmp_path, fake_probabilities)
     text = report.render_markdown(inputs)
     assert comparison.verdict(inputs.summary) in text.splitlines()[2]
     assert len(text.splitlines()) < 20 and "| accuracy |" in text and "report.html" in text
@@ -96,18 +93,11 @@ def test_verdict_names_the_winner_and_says_whether_it_is_significant():
     assert comparison.verdict(summary(0.7, 0.7, 1.0)).startswith("The models tie")
 
 
-def _browser() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.browser
-def test_report_renders_in_headless_chromium(tmp_path):
-    browser = _browser()
-    if browser is None:
-        pytest.skip("no chromium or chromium-browser on PATH (Debian: apt-get install -y chromium); "
-                    "the report was not opened in a browser")
+def test_report_renders_in_headless_chromium(tmp_path, fake_probabilities, chromium):
+    browser = chromium
     path = tmp_path / "report.html"
-    path.write_text(report.render_html(_inputs(tmp_path)), encoding="utf-8")
+    path.write_text(report.render_html(_inputs(tmp_path, fake_probabilities)), encoding="utf-8")
     common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
               f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000"]
@@ -125,8 +115,8 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert dom.count('class="tile"') >= 20 and "The transfer model" in dom
 
 
-def test_a_degenerate_model_means_no_winner_in_the_headline_and_the_markdown(tmp_path):
-    inputs = _inputs(tmp_path)
+def test_a_degenerate_model_means_no_winner_in_the_headline_and_the_markdown(tmp_path, fake_probabilities):
+    inputs = _inputs(tmp_path, fake_probabilities)
     reasons = ["predicts 'dog' for 98% of the test images (33% of them are)"]
     inputs.metrics["scratch"].update(degenerate=1, degenerate_reasons=reasons)
     page = report.render_html(inputs)

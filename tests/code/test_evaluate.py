@@ -16,16 +16,14 @@ from imgclf import artifacts
 from imgclf.config import params_from_dict
 from imgclf.errors import EvaluationError
 from imgclf.evaluation import calibration, evaluate
+from imgclf.pipeline import PROJECT_ROOT
 from imgclf.serving import serving
 from imgclf.training import common
-
-from .conftest import PROJECT_ROOT
-from .fakes import fake_probabilities, write_prepared
 
 CLASSES = ["cat", "dog", "ship"]
 
 
-def test_classification_metrics_match_hand_counts():
+def test_classification_metrics_match_hand_counts(fake_probabilities):
     labels = np.array([0, 0, 1, 1, 2, 2])
     probabilities = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.6, 0.3],
                               [0.1, 0.1, 0.8], [0.5, 0.2, 0.3]])
@@ -117,7 +115,7 @@ def test_predictions_file_lists_top_k_that_exist(tmp_path):
 
 
 @pytest.fixture
-def evaluate_project(tmp_path, tiny_params_dict, monkeypatch):
+def evaluate_project(write_prepared, tmp_path, tiny_params_dict, monkeypatch):
     """Prepared data, two tiny models each logged in its MLflow run (as the training stages leave them), params:
     what the evaluate stage reads."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -12,9 +12,8 @@ from PIL import Image
 
 from imgclf import sandbox
 
-from .test_report import _browser
-
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
+# Both cases run DVC in the shared `trained_project`: one worker, one after the other (`--dist loadgroup`).
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.xdist_group("dvc-in-trained-project")]
 
 LINE_PLOT_AXIS_TITLES = {"epoch", "accuracy", "cross-entropy loss", "learning rate"}
 
@@ -46,11 +45,9 @@ def _line_colours(dom: str) -> set[str]:
 
 
 @pytest.mark.parametrize("command", [["plots", "show"], ["plots", "diff", "HEAD"]], ids=["show", "diff"])
-def test_plots_page_draws_offline_with_labelled_axes_and_a_colour_per_model(trained_project, tmp_path, command):
-    browser = _browser()
-    if browser is None:
-        pytest.skip("no chromium or chromium-browser on PATH (Debian: apt-get install -y chromium); "
-                    "the DVC plots page was not opened in a browser")
+def test_plots_page_draws_offline_with_labelled_axes_and_a_colour_per_model(trained_project, tmp_path, command,
+                                                                            chromium):
+    browser = chromium
     out = tmp_path / "dvc_plots"
     sandbox.dvc(trained_project, *command, "--out", str(out))
     page = out / "index.html"

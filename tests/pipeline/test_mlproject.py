@@ -11,9 +11,9 @@ import pytest
 from mlflow.projects import _project_spec
 
 from imgclf import pipeline, sandbox
+from imgclf.pipeline import PROJECT_ROOT
 
-from .conftest import PROJECT_ROOT, copy_trained_project, write_image_folder
-from .test_tracking import EXPERIMENT
+EXPERIMENT = sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"]
 
 
 def test_entry_points_cover_the_pipeline_every_stage_and_predict():
@@ -46,9 +46,9 @@ def test_overrides_become_a_dvc_experiment_and_need_git(tmp_path):
 
 
 @pytest.mark.slow
-def test_mlflow_run_main_with_overrides_nests_the_runs(trained_project, tmp_path):
+def test_mlflow_run_main_with_overrides_nests_the_runs(copy_trained_project, tmp_path):
     # Its own copy: the registry and results it changes are not those the tracking and UI tests read.
-    root = copy_trained_project(trained_project, tmp_path / "p")
+    root = copy_trained_project(tmp_path / "p")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     executable = str(sys.executable).removesuffix("python") + "mlflow"
@@ -82,8 +82,9 @@ def test_mlflow_run_main_with_overrides_nests_the_runs(trained_project, tmp_path
 
 
 @pytest.mark.slow
-def test_mlflow_run_predict_is_named_after_its_model_and_logs_the_predictions(trained_project, tmp_path):
-    root = copy_trained_project(trained_project, tmp_path / "p")
+def test_mlflow_run_predict_is_named_after_its_model_and_logs_the_predictions(copy_trained_project, write_image_folder,
+                                                                             tmp_path):
+    root = copy_trained_project(tmp_path / "p")
     images = write_image_folder(tmp_path / "images", {"a": 2, "b": 1}, size=32)
     executable = str(sys.executable).removesuffix("python") + "mlflow"
     result = subprocess.run([executable, "run", ".", "-e", "predict", "--env-manager", "local", "--experiment-name",

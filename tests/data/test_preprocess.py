@@ -11,7 +11,6 @@ import pytest
 from imgclf.config import params_from_dict
 from imgclf.data import preprocess, sources
 
-from .conftest import write_image_folder
 
 
 def test_stratified_split_is_deterministic_and_stratified():
@@ -61,7 +60,7 @@ def _prepare(tmp_path, params_dict, folder):
     return preprocess.run(params, raw_dir=raw, out_dir=tmp_path / "prepared", workers=1)
 
 
-def test_corrupt_files_odd_sizes_and_modes_are_handled(tmp_path, tiny_params_dict):
+def test_corrupt_files_odd_sizes_and_modes_are_handled(write_image_folder, tmp_path, tiny_params_dict):
     folder = write_image_folder(tmp_path / "photos", {"cats": 12, "dogs": 12}, size=24)
     from PIL import Image
 
@@ -88,21 +87,21 @@ def test_corrupt_files_odd_sizes_and_modes_are_handled(tmp_path, tiny_params_dic
     assert not list(tmp_path.glob(".prepared-*")), "no staging directory left behind"
 
 
-def test_small_class_stops_the_stage_with_what_to_do(tmp_path, tiny_params_dict):
+def test_small_class_stops_the_stage_with_what_to_do(write_image_folder, tmp_path, tiny_params_dict):
     folder = write_image_folder(tmp_path / "photos", {"big": 20, "tiny": 3})
     with pytest.raises(preprocess.PreprocessError, match=r"'tiny' \(3\).*small_class_policy: drop"):
         _prepare(tmp_path, tiny_params_dict, folder)
     assert not (tmp_path / "prepared").exists()
 
 
-def test_small_class_can_be_dropped(tmp_path, tiny_params_dict):
+def test_small_class_can_be_dropped(write_image_folder, tmp_path, tiny_params_dict):
     folder = write_image_folder(tmp_path / "photos", {"big": 20, "other": 20, "tiny": 3})
     tiny_params_dict["preprocess"]["small_class_policy"] = "drop"
     meta = _prepare(tmp_path, tiny_params_dict, folder)
     assert meta["class_names"] == ["big", "other"] and sum(meta["counts"].values()) == 40
 
 
-def test_split_is_reproducible_across_runs(tmp_path, tiny_params_dict):
+def test_split_is_reproducible_across_runs(write_image_folder, tmp_path, tiny_params_dict):
     folder = write_image_folder(tmp_path / "photos", {"a": 15, "b": 15})
     _prepare(tmp_path, tiny_params_dict, folder)
     first = (tmp_path / "prepared" / "manifest.csv").read_text()

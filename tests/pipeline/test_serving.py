@@ -8,11 +8,7 @@ import contextlib
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,19 +21,11 @@ import pytest
 from PIL import Image
 
 from imgclf import tracking
-from imgclf.__main__ import main
 from imgclf.data import images
 from imgclf.serving import serving
 from imgclf.training import models
 
 SERVER_START_SECONDS = 180  # importing TensorFlow and loading the model on a busy 2-core machine
-
-
-def run_cli(*argv: str) -> int:
-    """`imgclf ARGV` in this process; its exit code."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    return exit_info.value.code
 
 
 def store_uri(project: Path) -> str:
@@ -46,12 +34,6 @@ def store_uri(project: Path) -> str:
 
 def data_images(project: Path, count: int) -> list[Path]:
     return sorted((project / "data" / "raw").rglob("*.png"))[:count]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def http(url: str, payload: dict | None = None, timeout: float = 60) -> tuple[int, str]:
@@ -65,47 +47,26 @@ def http(url: str, payload: dict | None = None, timeout: float = 60) -> tuple[in
         return error.code, error.read().decode()
 
 
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's whole process group (mlflow starts uvicorn beneath it), SIGKILL if it lingers."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-@contextlib.contextmanager
-def model_server(model_uri: str, *, tracking_uri: str, workdir: Path) -> Iterator[str]:
-    """`mlflow models serve` on a free 127.0.0.1 port, started from `workdir` (outside this checkout); its base
-    URL once /ping answers. The server is always stopped."""
-    port = free_port()
-    bin_dir = Path(sys.executable).parent  # mlflow runs `uvicorn` from PATH
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    log_path = workdir / "server.log"
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri,
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
+@pytest.fixture
+def model_server(free_port, running_server):
+    """`model_server(model_uri, tracking_uri=..., workdir=...)`: `mlflow models serve` on a free 127.0.0.1 port,
+    started from `workdir` (outside this checkout); a context manager yielding its base URL once /ping answers.
+    The server is always stopped."""
+    @contextlib.contextmanager
+    def serve(model_uri: str, *, tracking_uri: str, workdir: Path) -> Iterator[str]:
+        port = free_port()
+        bin_dir = Path(sys.executable).parent  # mlflow runs `uvicorn` from PATH
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+               "TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_TRACKING_URI": tracking_uri,
+               "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+        command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri,
+                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow models serve exited ({process.returncode}):\n{log_path.read_text()[-4000:]}")
-            with contextlib.suppress(OSError):
-                if http(f"{url}/ping", timeout=2)[0] == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /ping answer in {SERVER_START_SECONDS} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        stop(process)
+        with running_server(command, ready_url=f"{url}/ping", cwd=workdir, env=env, log_path=workdir / "server.log",
+                            start_seconds=SERVER_START_SECONDS):
+            yield url
+
+    return serve
 
 
 @pytest.mark.slow
@@ -135,7 +96,7 @@ def test_each_training_run_logs_one_pyfunc_image_classifier(trained_project):
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_classifies_base64_images(trained_project, tmp_path):
+def test_mlflow_models_serve_classifies_base64_images(trained_project, tmp_path, model_server):
     run_id = tracking.read_run(trained_project / "models" / "transfer")["run_id"]
     class_names = json.loads((trained_project / "data" / "prepared" / "meta.json").read_text())["class_names"]
     photo = io.BytesIO()
@@ -161,7 +122,8 @@ def test_mlflow_models_serve_classifies_base64_images(trained_project, tmp_path)
 
 
 @pytest.mark.slow
-def test_export_saved_model_serves_what_the_keras_model_predicts(trained_project, tmp_path, capsys, monkeypatch):
+def test_export_saved_model_serves_what_the_keras_model_predicts(trained_project, tmp_path, capsys, monkeypatch,
+                                                                  run_cli):
     import tensorflow as tf
 
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")

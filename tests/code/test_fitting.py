@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from imgclf.config import params_from_dict
+from imgclf.pipeline import PROJECT_ROOT
 from imgclf.training import fitting, lr_finder
-
-from .conftest import PROJECT_ROOT
 
 
 def test_one_cycle_warms_up_then_anneals():
@@ -89,11 +88,9 @@ def test_exp_args_turns_a_profile_into_dvc_arguments():
     assert "scratch.lr_schedule=\"one_cycle\"" in arguments and arguments.count("-S") == len(arguments) // 2
 
 
-def test_lr_finder_compiles_through_the_stage_compile_path(tmp_path, tiny_params_dict, monkeypatch):
+def test_lr_finder_compiles_through_the_stage_compile_path(write_prepared, tmp_path, tiny_params_dict, monkeypatch):
     """The sweep uses the configured optimizer and label smoothing (a constant rate, which it sets itself)."""
     from imgclf.training import common
-
-    from .fakes import write_prepared
 
     write_prepared(tmp_path / "prepared", class_names=["a", "b"], per_class={"train": 16, "val": 2, "test": 2})
     tiny_params_dict["scratch"].update(optimizer="sgd", label_smoothing=0.1, lr_schedule="cosine")

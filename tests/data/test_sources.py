@@ -27,7 +27,6 @@ from PIL import Image
 from imgclf import fileio
 from imgclf.data import sources
 
-from .conftest import write_image_folder
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -303,7 +302,7 @@ def _originals(raw_dir: Path) -> list[tuple[str, int, str]]:
     return [(e.split, e.label, e.original) for e in examples]
 
 
-def test_image_folder_with_train_and_test(tmp_path):
+def test_image_folder_with_train_and_test(write_image_folder, tmp_path):
     photos = tmp_path / "photos"
     write_image_folder(photos, {"cat": 3, "dog": 2}, split="train")
     write_image_folder(photos, {"cat": 1, "dog": 1}, split="test")
@@ -320,7 +319,7 @@ def test_image_folder_with_train_and_test(tmp_path):
     assert all(e.path.is_absolute() and e.path.is_file() and e.pixels is None for e in examples)
 
 
-def test_flat_layout_ignores_hidden_and_non_image_files_but_keeps_corrupt_images(tmp_path):
+def test_flat_layout_ignores_hidden_and_non_image_files_but_keeps_corrupt_images(write_image_folder, tmp_path):
     photos = write_image_folder(tmp_path / "photos", {"b_dogs": 2, "a_cats": 2})
     (photos / "a_cats" / "broken.jpg").write_bytes(b"not a jpeg")
     (photos / "a_cats" / "UPPER.JPG").write_bytes(b"not a jpeg either")
@@ -343,7 +342,7 @@ def test_flat_layout_ignores_hidden_and_non_image_files_but_keeps_corrupt_images
     assert not (tmp_path / "raw" / "images" / "train" / "a_cats" / "notes.txt").exists()
 
 
-def test_image_folder_from_tar_gz_with_a_wrapper_folder_and_from_zip(tmp_path):
+def test_image_folder_from_tar_gz_with_a_wrapper_folder_and_from_zip(write_image_folder, tmp_path):
     photos = tmp_path / "photos"
     write_image_folder(photos / "my-data" / "train", {"cat": 2, "dog": 2})
     write_image_folder(photos / "my-data" / "test", {"dog": 1})
@@ -366,13 +365,13 @@ def test_image_folder_from_tar_gz_with_a_wrapper_folder_and_from_zip(tmp_path):
     assert _originals(tmp_path / "raw") == from_tar
 
 
-def test_single_wrapping_folder_is_descended_in_a_flat_layout(tmp_path):
+def test_single_wrapping_folder_is_descended_in_a_flat_layout(write_image_folder, tmp_path):
     write_image_folder(tmp_path / "photos" / "wrapper", {"cat": 1, "dog": 1})
     info = _fetch(tmp_path, "image_folder", tmp_path / "photos")
     assert info["class_names"] == ["cat", "dog"] and not info["has_test_split"]
 
 
-def test_test_class_missing_from_train_is_named(tmp_path):
+def test_test_class_missing_from_train_is_named(write_image_folder, tmp_path):
     write_image_folder(tmp_path / "photos", {"cat": 1}, split="train")
     write_image_folder(tmp_path / "photos", {"cat": 1, "zebra": 1}, split="test")
     with pytest.raises(sources.DataSourceError, match="zebra"):
@@ -391,7 +390,7 @@ def test_folder_without_class_folders_explains_the_layout(tmp_path):
     ("does/not/exist", None, "does not exist"),
     ("photos", "a" * 64, "directory"),
 ])
-def test_image_folder_path_mistakes_say_what_to_do(tmp_path, monkeypatch, path, sha256, message):
+def test_image_folder_path_mistakes_say_what_to_do(write_image_folder, tmp_path, monkeypatch, path, sha256, message):
     monkeypatch.chdir(tmp_path)
     write_image_folder(tmp_path / "photos", {"cat": 1, "dog": 1})
     with pytest.raises(sources.DataSourceError, match=message):
@@ -403,7 +402,7 @@ def test_unknown_source_lists_the_known_ones(tmp_path):
         _fetch(tmp_path, "imagenet")
 
 
-def test_raw_dir_is_replaced_and_can_move(tmp_path):
+def test_raw_dir_is_replaced_and_can_move(write_image_folder, tmp_path):
     write_image_folder(tmp_path / "photos", {"cat": 1, "dog": 1})
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "stale.txt").write_text("from an earlier run")
@@ -414,7 +413,7 @@ def test_raw_dir_is_replaced_and_can_move(tmp_path):
     assert len(examples) == 2 and all(e.path.is_file() for e in examples)
 
 
-def test_image_folder_from_a_url(tmp_path, http_server):
+def test_image_folder_from_a_url(write_image_folder, tmp_path, http_server):
     write_image_folder(tmp_path / "photos", {"cat": 2, "dog": 2})
     archive = http_server.root / "photos.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -611,7 +610,7 @@ def test_many_synthetic_class_names_sort_in_label_order():
 
 # ------------------------------------------------------------------------------------------------- order
 
-def test_iter_examples_order_is_deterministic(tmp_path):
+def test_iter_examples_order_is_deterministic(write_image_folder, tmp_path):
     photos = tmp_path / "photos"
     write_image_folder(photos, {"b": 3, "a": 2, "c": 1}, split="train")
     write_image_folder(photos, {"c": 1, "a": 1}, split="test")

@@ -9,14 +9,9 @@ of the trained project with MLFLOW_TRACKING_URI pointing at it. The server is al
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -25,71 +20,32 @@ import yaml
 
 from imgclf import fileio, sandbox
 
-from .conftest import copy_trained_project
-
 pytestmark = pytest.mark.slow
 
 STARTUP_SECONDS = 90
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (it forks workers), SIGKILL it if it lingers."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
-
-
 @pytest.fixture
-def mlflow_server(tmp_path):
+def mlflow_server(tmp_path, free_port, running_server):
     """`mlflow server` on 127.0.0.1:<free port>; yields (url, backend database file, artifacts directory)."""
     store = tmp_path / "server"
     store.mkdir()
     database, artifacts = store / "mlflow.db", store / "artifacts"
     port = free_port()
-    log_path = store / "server.log"
     command = [str(Path(sys.executable).parent / "mlflow"), "server",
                "--backend-store-uri", f"sqlite:///{database}", "--artifacts-destination", str(artifacts),
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log_path, "wb") as log:
-        # Its own process group, so teardown stops the workers too, and only them.
-        # No server-side job runner (seven extra worker processes for GenAI jobs): tracking needs none of it.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=store, env=env,
-                                   start_new_session=True)
+    # No server-side job runner (seven extra worker processes for GenAI jobs): tracking needs none of it.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow server exited ({process.returncode}):\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {STARTUP_SECONDS} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with running_server(command, ready_url=f"{url}/health", cwd=store, env=env, log_path=store / "server.log",
+                        start_seconds=STARTUP_SECONDS):
         yield url, database, artifacts
-    finally:
-        stop(process)
 
 
-def test_training_stage_logs_run_and_model_to_a_tracking_server(trained_project, tmp_path, mlflow_server):
+def test_training_stage_logs_run_and_model_to_a_tracking_server(copy_trained_project, tmp_path, mlflow_server):
     url, database, artifacts = mlflow_server
-    root = copy_trained_project(trained_project, tmp_path / "project")
+    root = copy_trained_project(tmp_path / "project")
     params_path = root / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
     params["scratch"]["epochs"] = 1  # a params change: DVC reruns train_scratch, for one short epoch

@@ -1,14 +1,13 @@
 """MLflow runs people can navigate, and the model registry, on a real store after real pipeline runs.
 
-One working copy of `trained_project` gets a second experiment (`dvc exp run -S transfer.backbone=mobilenet_v2`);
-the tests here and the UI test read it.
+The `experiment_project` fixture (a copy of `trained_project` with a second experiment,
+`dvc exp run -S transfer.backbone=mobilenet_v2`) is what the tests here and the UI test read.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -16,39 +15,12 @@ import pytest
 
 from imgclf import fileio, sandbox, tracking
 
-from .conftest import copy_trained_project
-
-pytestmark = pytest.mark.slow
-
 EXPERIMENT = sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"]
-VARIANT = "transfer.backbone=mobilenet_v2"
-
-
-def experiment_copy(trained_project: Path, tmp_path_factory) -> Path:
-    """A copy of `trained_project` with MLproject committed and a second experiment run (`dvc exp run -S
-    transfer.backbone=mobilenet_v2`): made once per test session, shared by the modules that only read it."""
-    root = tmp_path_factory.getbasetemp() / "mlflow-experiment" / "project"
-    done = root.parent / "done.json"
-    if done.is_file():
-        return root
-    if root.parent.exists():
-        shutil.rmtree(root.parent)  # a half-made copy of an interrupted session
-    root.parent.mkdir(parents=True)
-    copy_trained_project(trained_project, root)
-    result = sandbox.dvc(root, "exp", "run", "-S", VARIANT)
-    match = re.search(r"Ran experiment\(s\): (\S+)", result.stdout)
-    assert match, result.stdout[-2000:]
-    fileio.atomic_write_json(done, {"experiment": match.group(1), "baseline": _head(root)})
-    return root
-
-
-def _head(root: Path) -> str:
-    return sandbox.run_git(root, "rev-parse", "HEAD").stdout.strip()
 
 
 @pytest.fixture(scope="module")
-def project(trained_project, tmp_path_factory) -> Path:
-    return experiment_copy(trained_project, tmp_path_factory)
+def project(experiment_project) -> Path:
+    return experiment_project
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +28,7 @@ def store(project):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    info = fileio.read_json(project.parent / "done.json")
+    info = fileio.read_json(project.parent / "experiment.json")
     return client, runs, info
 
 
@@ -64,6 +36,7 @@ def _by_name(runs) -> dict:
     return {run.info.run_name: run for run in runs}
 
 
+@pytest.mark.slow
 def test_runs_are_named_tagged_and_grouped(project, store):
     client, runs, info = store
     exp_name, baseline = info["experiment"], info["baseline"]
@@ -110,6 +83,7 @@ def test_runs_are_named_tagged_and_grouped(project, store):
         assert 0 <= run.data.metrics["test_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_registry_versions_champion_and_reuse(project, store):
     client, runs, info = store
     by_name = _by_name(runs)
@@ -157,6 +131,7 @@ def test_champion_tie_rule():
     assert tracking.champion_of({"scratch": 0.9, "transfer": 0.9}, {"scratch": 5, "transfer": 5}) == "scratch"
 
 
+@pytest.mark.slow
 def test_experiment_opens_on_runs_and_runs_show_their_data_set(project, store):
     client, runs, _ = store
     experiment = client.get_experiment(runs[0].info.experiment_id)

@@ -13,8 +13,6 @@ from imgclf.config import params_from_dict
 from imgclf.errors import EvaluationError
 from imgclf.evaluation import analysis, comparison, evaluate
 
-from .fakes import fake_probabilities, write_evaluation, write_prepared
-
 CLASSES = ["cat", "dog", "ship"]
 
 
@@ -104,7 +102,7 @@ def test_score_bar_selection_and_shown_classes(table):
     assert analysis.shown_classes({"scratch": np.ones(2), "transfer": np.ones(2)}, true_label=1, limit=10) == [0, 1]
 
 
-def test_missing_or_mismatched_prediction_files_say_what_to_run(tmp_path):
+def test_missing_or_mismatched_prediction_files_say_what_to_run(fake_probabilities, write_evaluation, tmp_path):
     with pytest.raises(EvaluationError, match=r"scratch_predictions.csv not found.*dvc repro evaluate"):
         analysis.load_predictions(tmp_path, "scratch", num_classes=3)
     labels = np.array([0, 1, 2, 0])
@@ -116,7 +114,8 @@ def test_missing_or_mismatched_prediction_files_say_what_to_run(tmp_path):
 
 
 @pytest.mark.parametrize("num_classes", [2, 100])
-def test_analysis_run_end_to_end(tmp_path, tiny_params_dict, num_classes, monkeypatch):
+def test_analysis_run_end_to_end(write_prepared, fake_probabilities, write_evaluation, tmp_path, tiny_params_dict,
+                                 num_classes, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     class_names = [f"class {i} <{'long name ' * (i % 3)}>" for i in range(num_classes)]
     per_test = 12 if num_classes == 2 else 2
@@ -154,7 +153,8 @@ def test_analysis_run_end_to_end(tmp_path, tiny_params_dict, num_classes, monkey
     assert len((out / "summary.md").read_text().splitlines()) < 20
 
 
-def test_analysis_refuses_score_bar_ids_outside_the_test_split(tmp_path, tiny_params_dict):
+def test_analysis_refuses_score_bar_ids_outside_the_test_split(write_prepared, fake_probabilities, write_evaluation,
+                                                               tmp_path, tiny_params_dict):
     labels = np.array([0, 1, 2])
     write_prepared(tmp_path / "prepared", class_names=CLASSES, per_class={"test": 1})
     write_evaluation(tmp_path / "evaluate", ids=np.arange(3), labels=labels, class_names=CLASSES, probabilities={

@@ -22,12 +22,9 @@ import yaml
 
 from imgclf.config import params_from_dict
 from imgclf.data import preprocess, sources
+from imgclf.pipeline import PROJECT_ROOT
 from imgclf.sandbox import merge
 from imgclf.training import fitting
-
-from .conftest import PROJECT_ROOT
-
-pytestmark = pytest.mark.slow
 
 # Big enough that an epoch of the seed CNN takes a couple of seconds: a kill lands mid-epoch.
 DATA = {"source": "synthetic", "synthetic_classes": 4, "synthetic_per_class": 200, "synthetic_image_size": 32}
@@ -59,7 +56,8 @@ def _write_params(root: Path, base: dict, name: str, overrides: dict) -> Path:
 
 
 def _environment(root: Path) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def _train_command(stage: str, params: Path, root: Path, out: Path) -> list[str]:
@@ -69,7 +67,9 @@ def _train_command(stage: str, params: Path, root: Path, out: Path) -> list[str]
 
 
 def _run(command: list[str], root: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=PROJECT_ROOT, env=_environment(root), capture_output=True, text=True,
+    """The stage from `root`, its project root: logs it writes beside the code (TensorBoard) land in this test's
+    directory, not in the checkout."""
+    result = subprocess.run(command, cwd=root, env=_environment(root), capture_output=True, text=True,
                             timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -93,6 +93,7 @@ def uninterrupted(workspace):
     return out
 
 
+@pytest.mark.slow
 def test_deterministic_runs_give_identical_metrics(workspace, uninterrupted):
     root, base = workspace
     params = _write_params(root, base, "seed", {})
@@ -103,12 +104,13 @@ def test_deterministic_runs_give_identical_metrics(workspace, uninterrupted):
     assert not (again / "resume").exists(), "a finished run leaves no resume state"
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(workspace, uninterrupted):
     root, base = workspace
     params = _write_params(root, base, "seed", {})
     out = root / "killed"
     metadata = out / "resume" / "fit" / fitting.BACKUP_SUBDIR / "training_metadata.json"
-    process = subprocess.Popen(_train_command("train_scratch", params, root, out), cwd=PROJECT_ROOT,
+    process = subprocess.Popen(_train_command("train_scratch", params, root, out), cwd=root,
                                env=_environment(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -133,6 +135,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(workspace, uninterrupt
     assert steps == [1, 2, 3, 4], "the resumed run continues the same MLflow run"
 
 
+@pytest.mark.slow
 def test_every_switch_on(workspace):
     root, base = workspace
     params = _write_params(root, base, "switches", {
@@ -148,9 +151,13 @@ def test_every_switch_on(workspace):
     rates = [float(row["learning_rate"]) for row in rows]
     assert rates[0] != rates[-1], "one-cycle changes the learning rate"
     assert (out / "model.keras").is_file()
-    assert list((PROJECT_ROOT / "logs" / "tensorboard" / "scratch").glob("*/train/*")), "TensorBoard logs"
+    # The logs of this run only: its own project root, its own MLflow run id (never an earlier run's leftovers).
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    events = list((root / "logs" / "tensorboard" / "scratch" / run_id / "train").glob("events.out.tfevents.*"))
+    assert events and all(path.stat().st_size > 0 for path in events), "TensorBoard wrote no training events"
 
 
+@pytest.mark.slow
 def test_step_schedule_with_sgd_and_plateau(workspace):
     root, base = workspace
     params = _write_params(root, base, "sgd", {
@@ -162,6 +169,7 @@ def test_step_schedule_with_sgd_and_plateau(workspace):
     np.testing.assert_allclose(rates, [0.005, 0.0025, 0.00125], rtol=1e-5)  # logged after each epoch's steps
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(workspace):
     root, base = workspace
     params = _write_params(root, base, "mirrored", {"deterministic": False, "scratch": {"epochs": 1},
@@ -170,7 +178,7 @@ def test_mirrored_strategy_on_two_logical_cpus(workspace):
         "import tensorflow as tf\n"
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
         "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
-        "from imgclf import tfdata\n"
+        "from imgclf.data import tfdata\n"
         "assert tfdata.distribution_strategy('mirrored').num_replicas_in_sync == 2\n"
         "import sys; from stages import train_scratch\n"
         f"sys.argv = ['train_scratch', '--params', {str(params)!r}, '--data', {str(root / 'prepared')!r},"
@@ -181,6 +189,7 @@ def test_mirrored_strategy_on_two_logical_cpus(workspace):
     assert (root / "mirrored" / "model.keras").is_file()
 
 
+@pytest.mark.slow
 def test_transfer_fine_tuning_continues_the_step_axis(workspace):
     root, base = workspace
     params = _write_params(root, base, "finetune", {"augment": {"enabled": True},
@@ -206,6 +215,22 @@ def test_transfer_fine_tuning_continues_the_step_axis(workspace):
     run_id = json.loads((out / "run.json").read_text())["run_id"]
     run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").get_run(run_id)
     assert run.data.params["train_features"] == str(2 * extracted["timings"]["train"]["images"])
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_mixed_float16_trains_on_a_gpu_with_float32_outputs(workspace):
+    """The float16 path: TensorFlow runs float16 kernels on GPUs only (on a CPU the policy is slow or refused)."""
+    root, base = workspace
+    params = _write_params(root, base, "float16", {"deterministic": False, "scratch": {"epochs": 1},
+                                                   "training": {"precision": "mixed_float16"}})
+    out = root / "float16"
+    _run(_train_command("train_scratch", params, root, out), root)
+    assert np.isfinite(_final(out)), "float16 training diverged (loss scaling?)"
+    check = ("import sys; from imgclf.training import models; model = models.load_model(sys.argv[1]);"
+             "assert model.output.dtype == 'float32', model.output.dtype;"
+             "assert any(layer.compute_dtype == 'float16' for layer in model.layers), 'no float16 layer'")
+    _run([sys.executable, "-c", check, str(out / "model.keras")], root)
 
 
 def test_multi_worker_is_refused_before_any_work_with_the_upstream_reason():

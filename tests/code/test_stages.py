@@ -9,7 +9,7 @@ import tarfile
 
 import yaml
 
-from .conftest import PROJECT_ROOT
+from imgclf.pipeline import PROJECT_ROOT
 
 
 def _stage(name: str, *args: str, cwd=PROJECT_ROOT) -> subprocess.CompletedProcess:
