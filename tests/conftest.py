@@ -22,7 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -46,6 +46,8 @@ if _WORKERS > 1:
     _share = str(max(1, (os.cpu_count() or 1) // _WORKERS))
     for _variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(_variable, _share)
+
+_PREBUILD = pytest.StashKey[subprocess.Popen]()
 
 SHARED = PROJECT_ROOT.parent / "shared"
 SHARED_CIFAR = SHARED / "data" / "cifar10-jpg.tar.gz"
@@ -281,20 +283,29 @@ def _experiment(base: Path) -> Path:
 
 
 def pytest_collection_finish(session):
-    """When a selected test needs the pipeline run, start it now in the background: it then runs (minutes) while
-    the unit tests do, instead of stalling the first test that asks for it. The fixtures wait for it under the
-    same lock."""
+    """When a selected test needs the pipeline run, start building it now, in the background: it then runs
+    (minutes) while the unit tests do, instead of stalling the first test that asks for it. The fixtures wait for it
+    under the same lock. A separate process, so that tests changing this process's environment or working
+    directory (monkeypatch) cannot leak into it."""
     needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
     if "trained_project" not in needed or session.config.option.collectonly:
         return
-    base = _shared_base(session.config._tmp_path_factory)  # the factory behind tmp_path_factory
-    build = _experiment if "experiment_project" in needed else _trained
+    base = _shared_base(session.config._tmp_path_factory)  # the factory behind the tmp_path_factory fixture
+    target = "_experiment" if "experiment_project" in needed else "_trained"
+    script = f"import sys; from tests import conftest; conftest.{target}(__import__('pathlib').Path(sys.argv[1]))"
+    with open(base / f"prebuild-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.log", "wb") as log:
+        session.config.stash[_PREBUILD] = subprocess.Popen(
+            [sys.executable, "-c", script, str(base)], cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
 
-    def prebuild() -> None:
-        with contextlib.suppress(BaseException):  # a failure is recorded; the fixtures report it on the tests
-            build(base)
 
-    threading.Thread(target=prebuild, name="prebuild-trained-project", daemon=True).start()
+def pytest_sessionfinish(session, exitstatus):
+    """A session stopped early (-x, Ctrl-C) stops the background build and the stages it started. A worker that
+    simply ran out of tests leaves it be: another worker's tests may be waiting for it."""
+    process = session.config.stash.get(_PREBUILD, None)
+    stopped = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldfail or session.shouldstop)
+    if process is not None and process.poll() is None and stopped:
+        _stop(process)
 
 
 @pytest.fixture(scope="session")

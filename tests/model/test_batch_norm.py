@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 from PIL import Image
 
 from imgclf import artifacts
@@ -123,6 +124,7 @@ def write_object_photos(root, per_class: int, *, size: int = 32, seed: int = 0):
     return root
 
 
+@pytest.mark.slow
 def test_seed_cnn_trained_for_under_50_steps_does_not_collapse(tmp_path, params_dict, monkeypatch):
     """The seed architecture, unchanged, through the real stages on a small two-class photo folder: before the
     re-estimation every test image got one class (validation and test at chance) while training accuracy
@@ -140,7 +142,6 @@ def test_seed_cnn_trained_for_under_50_steps_does_not_collapse(tmp_path, params_
 
     summary = scratch.train_scratch(params, prepared_dir=tmp_path / "prepared", out_dir=tmp_path / "scratch",
                                   project_root=tmp_path)
-
 
     model = models.load_model(tmp_path / "scratch" / artifacts.MODEL_FILE)
     shape = artifacts.PreparedMeta.from_dict(meta).image_shape

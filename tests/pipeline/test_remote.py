@@ -19,7 +19,8 @@ import yaml
 from imgclf import sandbox
 from imgclf.pipeline import PROJECT_ROOT
 
-pytestmark = pytest.mark.slow
+# One worker builds `pushed` (a copy, a remote, the retrain script's first run) and runs every test on it.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dvc-remote")]
 
 SCRIPT = PROJECT_ROOT / "ci" / "retrain.sh"
 
