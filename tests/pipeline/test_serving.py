@@ -85,7 +85,8 @@ def test_each_training_run_logs_one_pyfunc_image_classifier(trained_project):
                                                         *(f"probability_{c}" for c in meta["class_names"])]
         assert json.loads((local / "artifacts" / serving.PREPROCESSING_FILE).read_text()) == {
             key: meta[key] for key in serving.PREPROCESSING_KEYS}
-        assert (local / "artifacts" / "model.keras").is_file() and (local / "code" / "imgclf" / "serving.py").is_file()
+        assert (local / "artifacts" / "model.keras").is_file()
+        assert (local / "code" / "imgclf" / "serving" / "serving.py").is_file(), "the package is logged with the model"
         requirements = (local / "requirements.txt").read_text()
         for package in ("mlflow==", "keras==", "tensorflow", "pillow==", "numpy==", "pyyaml=="):
             assert package in requirements.lower(), package
