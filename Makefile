@@ -34,11 +34,14 @@ smoke: setup ## all stages on tiny synthetic data in smoke/, default results unt
 compare: setup ## experiments side by side: the params that differ, both accuracies, McNemar p (120 columns)
 	$(PYTHON) -m imgclf.evaluation.compare $(ARGS)
 
-test: setup ## the test suite
-	$(PYTHON) -m pytest
+# One pytest-xdist worker per logical CPU; tests marked xdist_group run on one worker, one after the other.
+PYTEST_PARALLEL := -n logical --dist loadgroup --durations=15
+
+test: setup ## the test suite, in parallel on every core
+	$(PYTHON) -m pytest $(PYTEST_PARALLEL)
 
 test-fast: setup ## the suite without the slow end-to-end runs
-	$(PYTHON) -m pytest -m "not slow"
+	$(PYTHON) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .

@@ -65,7 +65,7 @@ def stage(description: str, declared_params: Sequence[str], paths: dict[str, str
     """Run a stage: `--params` plus one `--<name> PATH` per entry of `paths` (all required, given by dvc.yaml).
 
     `declared_params` are the params keys the stage reads (the stage module's PARAMS, which dvc.yaml must list
-    exactly: tests/test_deps.py); each must name a section or a key of params.yaml. `body` gets the params
+    exactly: tests/code/test_deps.py); each must name a section or a key of params.yaml. `body` gets the params
     restricted to them (`config.DeclaredParams`): reading any other key is an error."""
     check_declared(declared_params)
     parser = argparse.ArgumentParser(description=description)

@@ -3,7 +3,7 @@
 from imgclf import cli
 from imgclf.data import archives, sources
 
-# The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
 PARAMS = ("seed", "data.source", "data.path", "data.sha256", "data.synthetic_classes", "data.synthetic_per_class",
           "data.synthetic_image_size", "data.max_extracted_mb", "data.max_expansion_ratio")
 

@@ -3,7 +3,7 @@
 from imgclf import cli
 from imgclf.evaluation import evaluate
 
-# The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
 PARAMS = ("seed", "deterministic", "evaluate", "mlflow.experiment")
 
 

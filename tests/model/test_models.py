@@ -1,0 +1,84 @@
+"""Model builders: the seed CNN exactly, backbone input scaling, the transfer model end to end."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from imgclf.config import params_from_dict
+from imgclf.training import models
+
+
+def test_seed_cnn_has_the_write_up_parameter_count(params_dict):
+    params = params_from_dict(params_dict)
+    model = models.build_scratch_model(params.scratch, input_shape=(32, 32, 3), num_classes=10)
+    assert model.count_params() == 2_264_458
+
+
+def test_seed_cnn_layer_order(params_dict):
+    model = models.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(32, 32, 3),
+                                       num_classes=10)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds[:5] == ["Rescaling", "Conv2D", "Dropout", "BatchNormalization", "Conv2D"]
+    assert kinds[5:8] == ["MaxPooling2D", "Dropout", "BatchNormalization"]
+    assert kinds[-1] == "Dense" and model.layers[-1].activation.__name__ == "softmax"
+    dense = [layer for layer in model.layers if type(layer).__name__ == "Dense"][:2]
+    assert all(isinstance(layer.kernel_constraint, keras.constraints.MaxNorm) for layer in dense)
+
+
+def test_smaller_model_is_a_params_change(params_dict):
+    params_dict["scratch"].update(conv_filters=[32, 64], pool_after=[1, 2], dense_units=[128])
+    model = models.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(28, 28, 1),
+                                       num_classes=3)
+    assert model.output_shape == (None, 3) and model.count_params() < 2_264_458
+
+
+@pytest.mark.parametrize("mode", ["caffe", "tf", "torch", "none"])
+def test_backbone_input_matches_keras_applications(mode):
+    pixels = np.random.default_rng(0).uniform(0, 255, size=(2, 4, 4, 3)).astype("float32")
+    ours = np.asarray(models.BackboneInput(mode)(pixels))
+    if mode == "none":
+        expected = pixels
+    else:
+        expected = keras.applications.imagenet_utils.preprocess_input(pixels.copy(), mode=mode)
+    np.testing.assert_allclose(ours, np.asarray(expected), rtol=1e-5, atol=1e-4)
+
+
+def test_grey_images_get_three_channels():
+    grey = np.full((1, 4, 4, 1), 10.0, dtype="float32")
+    assert models.BackboneInput("none")(grey).shape == (1, 4, 4, 3)
+
+
+def test_unknown_backbone_lists_the_choices(params_dict):
+    params_dict["transfer"]["backbone"] = "resnet5O"
+    with pytest.raises(models.ModelConfigError, match="resnet50"):
+        models.load_backbone(params_from_dict(params_dict).transfer)
+
+
+def test_missing_backbone_file_says_so(params_dict, tmp_path):
+    params_dict["transfer"]["backbone"] = str(tmp_path / "absent.keras")
+    with pytest.raises(models.ModelConfigError, match="not found"):
+        models.load_backbone(params_from_dict(params_dict).transfer)
+
+
+def test_transfer_model_round_trips_through_a_keras_file(tiny_params_dict, tmp_path):
+    config = params_from_dict(tiny_params_dict).transfer
+    backbone, mode = models.load_backbone(config)
+    extractor = models.build_feature_extractor(backbone, mode, input_shape=(24, 24, 3), input_size=32)
+    pixels = np.random.default_rng(1).uniform(0, 255, size=(2, 24, 24, 3)).astype("float32")
+    head = models.build_head(config, train_features=np.asarray(extractor(pixels)), num_classes=3)
+    model = models.assemble_transfer_model(extractor, head)
+    before = np.asarray(model(pixels, training=False))
+    model.save(tmp_path / "model.keras")
+    after = np.asarray(models.load_model(tmp_path / "model.keras")(pixels, training=False))
+    np.testing.assert_allclose(before, after, rtol=1e-5, atol=1e-6)
+    assert before.shape == (2, 3)
+
+
+@pytest.mark.shared
+def test_local_keras_backbone_file(params_dict, shared_backbone):
+    params_dict["transfer"].update(backbone=str(shared_backbone), input_size=96)
+    backbone, mode = models.load_backbone(params_from_dict(params_dict).transfer)
+    extractor = models.build_feature_extractor(backbone, mode, input_shape=(32, 32, 3), input_size=96)
+    assert mode == "none" and extractor.output_shape == (None, 1280)

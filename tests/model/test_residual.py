@@ -1,0 +1,212 @@
+"""The residual from-scratch net, its training recipe's pieces, the profiles and flip test-time augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from imgclf import artifacts, sandbox
+from imgclf.config import ConfigError, params_from_dict
+from imgclf.evaluation import evaluate
+from imgclf.pipeline import PROJECT_ROOT
+from imgclf.training import fitting, models
+
+PROFILES = PROJECT_ROOT / "profiles"
+SEED_CNN_PARAMETERS = 2_264_458
+RESIDUAL_PARAMETERS = 1_973_944  # widths 64/256/256 on 32x32x3, 10 classes (airbench94's net has the same)
+
+
+def profile_params(params_dict: dict, name: str):
+    overrides = yaml.safe_load((PROFILES / name).read_text())
+    return params_from_dict(sandbox.merge(params_dict, overrides), source=name)
+
+
+def test_seed_cnn_stays_the_default(params_dict):
+    params = params_from_dict(params_dict)
+    assert params.scratch.architecture == "seed_cnn"
+    model = models.build_scratch_model(params.scratch, input_shape=(32, 32, 3), num_classes=10)
+    assert model.count_params() == SEED_CNN_PARAMETERS
+
+
+def test_residual_net_parameter_count_and_shapes(params_dict):
+    params_dict["scratch"]["architecture"] = "residual"
+    model = models.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(32, 32, 3),
+                                       num_classes=10)
+    assert model.count_params() == RESIDUAL_PARAMETERS
+    assert model.get_layer(models.WHITEN_LAYER).output.shape[1:] == (31, 31, 24)
+    assert not model.get_layer(models.WHITEN_LAYER).trainable
+    assert model.output_shape == (None, 10)
+
+
+@pytest.mark.parametrize(("profile", "parameters"), [("scratch_best.yaml", SEED_CNN_PARAMETERS),
+                                                     ("scratch_residual.yaml", RESIDUAL_PARAMETERS)])
+def test_scratch_profiles_build(params_dict, profile, parameters):
+    params = profile_params(params_dict, profile)
+    model = models.build_scratch_model(params.scratch, input_shape=(32, 32, 3), num_classes=10)
+    assert model.count_params() == parameters
+    fitting.make_optimizer(params.scratch, steps_per_epoch=88)  # the recipe's optimizer builds too
+
+
+@pytest.mark.shared
+def test_transfer_finetune_profile_builds(params_dict, monkeypatch, shared_backbone):
+    monkeypatch.chdir(PROJECT_ROOT)  # the profile names the backbone relative to the project root
+    params = profile_params(params_dict, "transfer_finetune.yaml")
+    backbone, mode = models.load_backbone(params.transfer)
+    extractor = models.build_feature_extractor(backbone, mode, input_shape=(32, 32, 3),
+                                               input_size=params.transfer.input_size)
+    head = models.build_head(params.transfer, train_features=np.zeros((2, extractor.output_shape[-1]), "float32"),
+                             num_classes=10)
+    model = models.assemble_transfer_model(extractor, head)
+    assert extractor.output_shape == (None, 1280)
+    assert model.count_params() == 3_428_395  # Lite0 without its top, and a linear head
+
+
+def test_patch_whitening_decorrelates_patches():
+    rng = np.random.default_rng(0)
+    # Strongly correlated pixels: smooth images with a colour cast, like photos.
+    base = rng.normal(size=(64, 8, 8, 1)).repeat(4, axis=1).repeat(4, axis=2)
+    images = np.clip(128 + 40 * base * np.array([1.0, 0.8, 0.5]) + rng.normal(0, 5, (64, 32, 32, 3)), 0, 255)
+    kernel, bias = models.patch_whitening_weights(images, epsilon=0.0)
+    assert kernel.shape == (2, 2, 3, 24) and bias.shape == (24,)
+    windows = np.lib.stride_tricks.sliding_window_view(images / 255.0, (2, 2), axis=(1, 2))
+    patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, 12)
+    whitened = patches @ kernel.reshape(12, 24)[:, :12] + bias[:12]
+    np.testing.assert_allclose(whitened.mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(np.cov(whitened.T), np.eye(12), atol=2e-3)
+
+
+def test_set_patch_whitening_goes_into_the_model(params_dict):
+    params_dict["scratch"].update(architecture="residual", residual_widths=[8])
+    model = models.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(16, 16, 3),
+                                       num_classes=2)
+    images = np.random.default_rng(1).uniform(0, 255, (8, 16, 16, 3))
+    models.set_patch_whitening(model, images)
+    kernel, bias = models.patch_whitening_weights(images)
+    np.testing.assert_allclose(model.get_layer(models.WHITEN_LAYER).get_weights()[0], kernel)
+    np.testing.assert_allclose(model.get_layer(models.WHITEN_LAYER).get_weights()[1], bias)
+
+
+def test_identity_initialised_conv_passes_its_input_through():
+    inputs = np.random.default_rng(2).normal(size=(2, 6, 6, 4)).astype("float32")
+    conv = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, kernel_initializer=models.PartialIdentity())
+    outputs = np.asarray(conv(inputs))
+    np.testing.assert_allclose(outputs[..., :4], inputs, atol=1e-6)
+    assert np.abs(outputs[..., 4:]).max() > 0  # the extra filters are random, not zero
+
+
+def test_too_many_blocks_for_the_image_size_is_refused(params_dict):
+    params_dict["scratch"].update(architecture="residual", residual_widths=[8, 8, 8, 8, 8, 8])
+    with pytest.raises(models.ModelConfigError, match="residual_widths"):
+        models.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(32, 32, 3), num_classes=2)
+
+
+def test_residual_net_loss_falls_and_round_trips(params_dict, tmp_path):
+    """A few SGD steps of the real recipe (profile optimizer, warm-up, label smoothing) on two learnable classes."""
+    keras.utils.set_random_seed(1)
+    params_dict = sandbox.merge(params_dict, yaml.safe_load((PROFILES / "scratch_residual.yaml").read_text()))
+    params_dict["scratch"].update(residual_widths=[16, 32], batch_size=32, epochs=6, warmup_epochs=1.0,
+                                  learning_rate=0.1)
+    config = params_from_dict(params_dict).scratch
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=64)
+    # class 1 is brighter on the left half: learnable only through spatial structure, not the mean colour alone
+    images = rng.uniform(0, 200, size=(64, 16, 16, 3))
+    images[labels == 1, :, :8] += 55
+    model = models.build_scratch_model(config, input_shape=(16, 16, 3), num_classes=2)
+    models.set_patch_whitening(model, images)
+    model.compile(optimizer=fitting.make_optimizer(config, steps_per_epoch=2), loss=fitting.make_loss(config))
+    history = model.fit(images, keras.utils.to_categorical(labels, 2), batch_size=32, epochs=6, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.8 * losses[0], losses
+    model.save(tmp_path / "model.keras")
+    restored = models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(np.asarray(restored(images[:4])), np.asarray(model(images[:4])), atol=1e-5)
+
+
+def test_warmup_then_linear_decay():
+    schedule = fitting.Warmup(fitting.LinearDecay(1.0, total_steps=100), warmup_steps=10)
+    rates = [float(schedule(step)) for step in (0, 4, 9, 50, 100)]
+    assert rates[0] == pytest.approx(0.1 * 1.0)
+    assert rates[1] == pytest.approx(0.5 * 0.96)
+    assert rates[2] == pytest.approx(0.91)
+    assert rates[3] == pytest.approx(0.5) and rates[4] == pytest.approx(0.0)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert float(restored(5)) == pytest.approx(float(schedule(5)))
+
+
+def test_warmup_and_nesterov_from_params(params_dict):
+    params_dict["scratch"].update(optimizer="sgd", nesterov=True, warmup_epochs=0.5, lr_schedule="constant")
+    config = params_from_dict(params_dict).scratch
+    optimizer = fitting.make_optimizer(config, steps_per_epoch=10)
+    assert optimizer.nesterov is True
+    assert float(optimizer.learning_rate) == pytest.approx(config.learning_rate / 5)  # step 0 of a 5-step warm-up
+
+
+def test_warmup_with_a_schedule_that_has_its_own_is_refused(params_dict):
+    params_dict["scratch"].update(warmup_epochs=1.0, lr_schedule="one_cycle")
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        params_from_dict(params_dict)
+
+
+def test_flip_test_time_augmentation_averages_an_image_and_its_mirror():
+    inputs = keras.Input(shape=(4, 4, 1))
+    # Scores depend on where the bright pixels are, so an image and its mirror get different scores.
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, outputs)
+    images = np.random.default_rng(3).uniform(0, 1, (5, 4, 4, 1)).astype("float32")
+    batches = [(images, np.eye(2)[[0, 1, 0, 1, 0]], np.arange(5))]
+    plain = evaluate.predict(model, batches).probabilities
+    mirrored = evaluate.predict(model, [(images[:, :, ::-1], *batches[0][1:])]).probabilities
+    augmented = evaluate.predict(model, batches, flip=True).probabilities
+    assert not np.allclose(plain, mirrored)
+    np.testing.assert_allclose(augmented, (plain + mirrored) / 2, atol=1e-6)
+
+
+def test_profiles_are_valid_overrides(params_dict):
+    for path in sorted(Path(PROFILES).glob("*.yaml")):
+        profile_params(params_dict, path.name)
+
+
+@pytest.mark.slow
+def test_train_scratch_stage_fits_the_residual_net_with_whitening_from_training_pixels(tmp_path):
+    """The real stage: whitening computed from the prepared training split before fitting, model saved and loadable."""
+    import os
+    import subprocess
+    import sys
+
+    from imgclf.data import preprocess, sources
+    from imgclf.training import scratch
+
+    base = sandbox.merge(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()),
+                         {"data": {"source": "synthetic"}, "preprocess": {"min_images_per_class": 5},
+                          "mlflow": {"experiment": "imgclf-tests"}})
+    base = sandbox.merge(base, yaml.safe_load((PROFILES / "scratch_residual.yaml").read_text()))
+    base["scratch"].update(residual_widths=[16, 32, 32], epochs=2, batch_size=32, warmup_epochs=1.0,
+                           learning_rate=0.1)
+    params = params_from_dict(base)
+    sources.fetch_source(source="synthetic", path=None, sha256=None, raw_dir=tmp_path / "raw",
+                         download_dir=tmp_path / "downloads", seed=params.seed, synthetic_classes=4,
+                         synthetic_per_class=60, synthetic_image_size=32)
+    preprocess.run(params, raw_dir=tmp_path / "raw", out_dir=tmp_path / "prepared", workers=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "stages.train_scratch", "--params", str(tmp_path / "params.yaml"),
+                             "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "model")],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, check=False,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = models.load_model(tmp_path / "model" / artifacts.MODEL_FILE)
+    assert model.name == "scratch_residual"
+    meta = artifacts.read_prepared_meta(tmp_path / "prepared")
+    pixels = scratch.training_pixels(tmp_path / "prepared", image_shape=meta.image_shape,
+                                     num_classes=meta.num_classes, seed=params.seed)
+    kernel, bias = models.patch_whitening_weights(pixels)
+    # Same images in another order: float32 sums differ in the last bits, which the weakest eigen-directions
+    # (divided by the square root of tiny eigenvalues) amplify to ~0.05 on weights of up to ~10; a random
+    # placeholder kernel (about +-0.3, zero bias) is nowhere near.
+    saved_kernel, saved_bias = model.get_layer(models.WHITEN_LAYER).get_weights()
+    np.testing.assert_allclose(saved_kernel, kernel, rtol=0.02, atol=0.1)
+    np.testing.assert_allclose(saved_bias, bias, rtol=0.02, atol=0.1)

@@ -1,0 +1,244 @@
+"""Training that earns its numbers: resume after SIGKILL, determinism, switches, distribution, fine-tuning.
+
+Training stages run as DVC runs them: `python -m stages.<name>` in a subprocess (deterministic mode and
+dtype policies are process-wide), on a small generated data set prepared once for the module.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from imgclf.config import params_from_dict
+from imgclf.data import preprocess, sources
+from imgclf.pipeline import PROJECT_ROOT
+from imgclf.sandbox import merge
+from imgclf.training import fitting
+
+# Big enough that an epoch of the seed CNN takes a couple of seconds: a kill lands mid-epoch.
+DATA = {"source": "synthetic", "synthetic_classes": 4, "synthetic_per_class": 200, "synthetic_image_size": 32}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Prepared data plus a params template (the real params.yaml with small data)."""
+    root = tmp_path_factory.mktemp("training")
+    base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    base = merge(base, {"data": DATA, "preprocess": {"min_images_per_class": 5}, "deterministic": True,
+                        "scratch": {"epochs": 4, "batch_size": 32},
+                        "transfer": {"backbone": "resnet50", "weights": None, "input_size": 32, "epochs": 3},
+                        "mlflow": {"experiment": "imgclf-tests"}})
+    params = params_from_dict(base)
+    sources.fetch_source(source="synthetic", path=None, sha256=None, raw_dir=root / "raw",
+                         download_dir=root / "downloads", seed=params.seed, synthetic_classes=4,
+                         synthetic_per_class=200, synthetic_image_size=32)
+    preprocess.run(params, raw_dir=root / "raw", out_dir=root / "prepared", workers=1)
+    return root, base
+
+
+def _write_params(root: Path, base: dict, name: str, overrides: dict) -> Path:
+    path = root / f"{name}.yaml"
+    params = merge(base, overrides)
+    params_from_dict(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def _environment(root: Path) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def _train_command(stage: str, params: Path, root: Path, out: Path) -> list[str]:
+    command = [sys.executable, "-m", f"stages.{stage}", "--params", str(params), "--data", str(root / "prepared"),
+               "--out", str(out)]
+    return command
+
+
+def _run(command: list[str], root: Path) -> subprocess.CompletedProcess:
+    """The stage from `root`, its project root: logs it writes beside the code (TensorBoard) land in this test's
+    directory, not in the checkout."""
+    result = subprocess.run(command, cwd=root, env=_environment(root), capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _history(out: Path) -> list[dict[str, str]]:
+    with open(out / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _final(out: Path, key: str = "val_loss") -> float:
+    return float(_history(out)[-1][key])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workspace):
+    root, base = workspace
+    params = _write_params(root, base, "seed", {})
+    out = root / "uninterrupted"
+    _run(_train_command("train_scratch", params, root, out), root)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("uninterrupted-training")  # one worker trains the reference run
+def test_deterministic_runs_give_identical_metrics(workspace, uninterrupted):
+    root, base = workspace
+    params = _write_params(root, base, "seed", {})
+    again = root / "again"
+    _run(_train_command("train_scratch", params, root, again), root)
+    assert _history(again)[-1]["val_loss"] == _history(uninterrupted)[-1]["val_loss"]
+    assert _history(again)[-1]["accuracy"] == _history(uninterrupted)[-1]["accuracy"]
+    assert not (again / "resume").exists(), "a finished run leaves no resume state"
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("uninterrupted-training")  # one worker trains the reference run
+def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(workspace, uninterrupted):
+    root, base = workspace
+    params = _write_params(root, base, "seed", {})
+    out = root / "killed"
+    metadata = out / "resume" / "fit" / fitting.BACKUP_SUBDIR / "training_metadata.json"
+    process = subprocess.Popen(_train_command("train_scratch", params, root, out), cwd=root,
+                               env=_environment(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if metadata.is_file() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
+            break  # two epochs are backed up: the third is under way
+        time.sleep(0.02)
+    assert process.poll() is None, "training finished before it could be killed; make the epochs longer"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "model.keras").exists()
+
+    resumed = _run(_train_command("train_scratch", params, root, out), root)
+    assert "resuming from the end of epoch 2 of 4" in resumed.stderr
+    rows = _history(out)
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    # Weights, optimizer state, schedule position, shuffling order and dropout masks are all restored.
+    np.testing.assert_allclose(_final(out), _final(uninterrupted), rtol=1e-6)
+    np.testing.assert_allclose(_final(out, "accuracy"), _final(uninterrupted, "accuracy"), rtol=1e-6)
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    steps = sorted({metric.step for metric in client.get_metric_history(run_id, "val_loss")})
+    assert steps == [1, 2, 3, 4], "the resumed run continues the same MLflow run"
+
+
+@pytest.mark.slow
+def test_every_switch_on(workspace):
+    root, base = workspace
+    params = _write_params(root, base, "switches", {
+        "deterministic": False,
+        "augment": {"enabled": True, "rotate": 0.05, "zoom": 0.1, "contrast": 0.1},
+        "scratch": {"epochs": 2, "optimizer": "adamw", "weight_decay": 1e-4, "label_smoothing": 0.1,
+                    "lr_schedule": "one_cycle", "early_stopping": True, "early_stopping_patience": 1,
+                    "checkpoint_best": True},
+        "training": {"tensorboard": True, "precision": "mixed_bfloat16", "jit_compile": True}})
+    out = root / "switches"
+    _run(_train_command("train_scratch", params, root, out), root)
+    rows = _history(out)
+    rates = [float(row["learning_rate"]) for row in rows]
+    assert rates[0] != rates[-1], "one-cycle changes the learning rate"
+    assert (out / "model.keras").is_file()
+    # The logs of this run only: its own project root, its own MLflow run id (never an earlier run's leftovers).
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    events = list((root / "logs" / "tensorboard" / "scratch" / run_id / "train").glob("events.out.tfevents.*"))
+    assert events and all(path.stat().st_size > 0 for path in events), "TensorBoard wrote no training events"
+
+
+@pytest.mark.slow
+def test_step_schedule_with_sgd_and_plateau(workspace):
+    root, base = workspace
+    params = _write_params(root, base, "sgd", {
+        "scratch": {"epochs": 3, "optimizer": "sgd", "lr_schedule": "step", "lr_step_epochs": 1,
+                    "lr_decay_factor": 0.5, "learning_rate": 0.01}})
+    out = root / "sgd"
+    _run(_train_command("train_scratch", params, root, out), root)
+    rates = [float(row["learning_rate"]) for row in _history(out)]
+    np.testing.assert_allclose(rates, [0.005, 0.0025, 0.00125], rtol=1e-5)  # logged after each epoch's steps
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(workspace):
+    root, base = workspace
+    params = _write_params(root, base, "mirrored", {"deterministic": False, "scratch": {"epochs": 1},
+                                                     "training": {"distribute": "mirrored"}})
+    script = (
+        "import tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "from imgclf.data import tfdata\n"
+        "assert tfdata.distribution_strategy('mirrored').num_replicas_in_sync == 2\n"
+        "import sys; from stages import train_scratch\n"
+        f"sys.argv = ['train_scratch', '--params', {str(params)!r}, '--data', {str(root / 'prepared')!r},"
+        f" '--out', {str(root / 'mirrored')!r}]\n"
+        "train_scratch.main()\n"
+    )
+    _run([sys.executable, "-c", script], root)
+    assert (root / "mirrored" / "model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_transfer_fine_tuning_continues_the_step_axis(workspace):
+    root, base = workspace
+    params = _write_params(root, base, "finetune", {"augment": {"enabled": True},
+                                                    # a light backbone: what is tested is the phases
+                                                    "transfer": {"backbone": "mobilenet_v2", "epochs": 2,
+                                                                 "finetune_epochs": 2, "finetune_layers": 10,
+                                                                 "augment_copies": 1}})
+    features = root / "features"
+    _run([sys.executable, "-m", "stages.extract_features", "--params", str(params), "--data",
+          str(root / "prepared"), "--out", str(features)], root)
+    extracted = json.loads((features / "features.json").read_text())
+    assert extracted["augmented_views"] == ["train_aug1"], "one augmented view of the training set, extracted once"
+    assert extracted["timings"]["train_aug1"]["images"] == extracted["timings"]["train"]["images"]
+    out = root / "transfer"
+    _run([sys.executable, "-m", "stages.train_transfer", "--params", str(params), "--data", str(root / "prepared"),
+          "--features", str(features), "--out", str(out)], root)
+    rows = _history(out)
+    assert [(int(row["epoch"]), row["phase"]) for row in rows] == [
+        (1, "head"), (2, "head"), (3, "finetune"), (4, "finetune")]
+    assert float(rows[-1]["learning_rate"]) == pytest.approx(1e-5)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["finetune_epochs"] == 2
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").get_run(run_id)
+    assert run.data.params["train_features"] == str(2 * extracted["timings"]["train"]["images"])
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_mixed_float16_trains_on_a_gpu_with_float32_outputs(workspace):
+    """The float16 path: TensorFlow runs float16 kernels on GPUs only (on a CPU the policy is slow or refused)."""
+    root, base = workspace
+    params = _write_params(root, base, "float16", {"deterministic": False, "scratch": {"epochs": 1},
+                                                   "training": {"precision": "mixed_float16"}})
+    out = root / "float16"
+    _run(_train_command("train_scratch", params, root, out), root)
+    assert np.isfinite(_final(out)), "float16 training diverged (loss scaling?)"
+    check = ("import sys; from imgclf.training import models; model = models.load_model(sys.argv[1]);"
+             "assert model.output.dtype == 'float32', model.output.dtype;"
+             "assert any(layer.compute_dtype == 'float16' for layer in model.layers), 'no float16 layer'")
+    _run([sys.executable, "-c", check, str(out / "model.keras")], root)
+
+
+def test_multi_worker_is_refused_before_any_work_with_the_upstream_reason():
+    # Two workers on loopback fail at Keras 3's first step (tensorflow/tensorflow#72388); say so up front.
+    from imgclf.data import tfdata
+    from imgclf.errors import ModelConfigError
+
+    with pytest.raises(ModelConfigError, match=r"multi_worker does not work .* use `mirrored`"):
+        tfdata.distribution_strategy("multi_worker")

@@ -1,0 +1,404 @@
+"""Hostile and careless inputs: each gets a one-line error or a skip-and-report, nothing half-written.
+
+A compact set (well under a minute) that keeps issue 10's cases fixed: decompression bombs, poisoned
+downloads, one-class data, links out of the source folder, file modes, disk full, broken MLflow stores and
+the error policy of the command-line entry points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from imgclf import fileio
+from imgclf.config import params_from_dict
+from imgclf.data import archives, download, preprocess, sources
+from imgclf.errors import DataSourceError, PreprocessError
+from imgclf.pipeline import PROJECT_ROOT
+
+BOMB_BYTES = 40 << 20  # 40 MiB of zeros: ~40 KB compressed, a 1000:1 ratio
+
+
+def _fetch_folder(tmp_path: Path, path: str | Path, **options) -> dict:
+    return sources.fetch_source(source="image_folder", path=str(path), sha256=None, raw_dir=tmp_path / "raw",
+                                download_dir=tmp_path / "downloads", seed=0, **options)
+
+
+def _image_tar(path: Path, folder: Path) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="data")
+    return path
+
+
+def _bomb(path: Path, kind: str) -> Path:
+    """An archive of two small images per class and one huge run of zeros named like an image."""
+    zeros = bytes(BOMB_BYTES)
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+            bundle.writestr("cats/0.png", b"x")
+            bundle.writestr("dogs/bomb.png", zeros)
+        return path
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in (("cats/0.png", b"x"), ("dogs/bomb.png", zeros)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in folder.iterdir() if entry.name.startswith("."))
+
+
+# ------------------------------------------------------------------------------- 1. bounded archives
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_decompression_bomb_is_refused_by_its_expansion_ratio(tmp_path, kind):
+    archive = _bomb(tmp_path / f"bomb.{kind}", kind)
+    assert archive.stat().st_size < BOMB_BYTES / 500
+    with pytest.raises(DataSourceError, match=r"\d+-fold, past data\.max_expansion_ratio=100; .*decompression bomb"):
+        _fetch_folder(tmp_path, archive)
+    assert not (tmp_path / "raw").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_archive_larger_than_max_extracted_mb_is_refused(tmp_path, kind):
+    archive = _bomb(tmp_path / f"big.{kind}", kind)
+    limits = archives.ExtractionLimits(max_extracted_mb=10, max_expansion_ratio=1e9)
+    with pytest.raises(DataSourceError, match=r"past data\.max_extracted_mb=10 MB"):
+        _fetch_folder(tmp_path, archive, limits=limits)
+    assert not (tmp_path / "raw").exists() and _leftovers(tmp_path) == []
+
+
+def test_zip_whose_directory_understates_sizes_is_still_bounded(tmp_path):
+    """The count is of bytes actually decompressed, not the sizes the archive claims."""
+    archive = _bomb(tmp_path / "liar.zip", "zip")
+    data = bytearray(archive.read_bytes())
+    declared = BOMB_BYTES.to_bytes(4, "little")
+    data[:] = data.replace(declared, (10).to_bytes(4, "little"))  # local header and central directory
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DataSourceError, match=r"max_expansion_ratio|corrupt"):
+        archives.safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- 2. poisoned downloads
+
+@pytest.mark.parametrize("bad_body", ["html", "truncated"])
+def test_bad_download_is_removed_and_fetched_again_once_the_server_is_fixed(tmp_path, http_server, bad_body,
+                                                                            write_image_folder):
+    good = _image_tar(tmp_path / "good.tar.gz", write_image_folder(tmp_path / "photos", {"a": 3, "b": 3}))
+    served = http_server.root / "data.tar.gz"
+    served.write_bytes(b"<html><body>503 try later</body></html>" if bad_body == "html"
+                       else good.read_bytes()[: good.stat().st_size // 2])
+    url = f"{http_server.url}/data.tar.gz"
+    with pytest.raises(DataSourceError, match=r"corrupt|not a \.tar"):
+        _fetch_folder(tmp_path, url)
+    assert [path.name for path in (tmp_path / "downloads").iterdir()] == []  # nothing cached to reuse
+
+    served.write_bytes(good.read_bytes())  # the server is fixed
+    info = _fetch_folder(tmp_path, url)
+    assert info["num_examples"]["train"] == 6 and len(http_server.requests) == 2
+    _fetch_folder(tmp_path, url)  # verified last time: reused, not fetched again
+    assert len(http_server.requests) == 2
+
+
+def test_cached_file_that_never_verified_is_not_reused(tmp_path, http_server, write_image_folder):
+    good = _image_tar(tmp_path / "good.tar.gz", write_image_folder(tmp_path / "photos", {"a": 3, "b": 3}))
+    (http_server.root / "data.tar.gz").write_bytes(good.read_bytes())
+    url = f"{http_server.url}/data.tar.gz"
+    # A bad file left in the cache by an older version (which kept it after failing) is replaced.
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / download.url_cache_name(url)).write_bytes(b"<html>oops</html>")
+    assert _fetch_folder(tmp_path, url)["num_examples"]["train"] == 6
+    assert len(http_server.requests) == 1
+
+
+# ---------------------------------------------------------------------------------------- 3. one class
+
+@pytest.mark.parametrize("policy", ["error", "drop"])
+def test_one_class_is_refused_at_preprocess(tmp_path, tiny_params_dict, policy, write_image_folder):
+    folder = write_image_folder(tmp_path / "photos", {"only": 12})
+    tiny_params_dict["preprocess"]["small_class_policy"] = policy
+    params = params_from_dict(tiny_params_dict)
+    _fetch_folder(tmp_path, folder)
+    with pytest.raises(PreprocessError, match=r"at least 2 classes.*found only 'only'"):
+        preprocess.run(params, raw_dir=tmp_path / "raw", out_dir=tmp_path / "prepared", workers=1)
+    assert not (tmp_path / "prepared").exists() and _leftovers(tmp_path) == []
+
+
+# -------------------------------------------------------------------------------------------- 6. links
+
+def test_links_out_of_the_source_folder_are_skipped_and_reported(tmp_path, caplog, write_image_folder):
+    folder = write_image_folder(tmp_path / "photos", {"cats": 2, "dogs": 2})
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"password")
+    (folder / "cats" / "x.png").symlink_to(secret)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "y.png").write_bytes(b"private")
+    (folder / "birds").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (folder / "dogs" / "inside.png").symlink_to(folder / "cats" / "0000.png")  # stays inside: kept
+    info = _fetch_folder(tmp_path, folder)
+    raw_files = {path.relative_to(tmp_path / "raw").as_posix() for path in (tmp_path / "raw").rglob("*.png")}
+    assert "images/train/cats/x.png" not in raw_files and "images/train/birds/y.png" not in raw_files
+    assert "images/train/dogs/inside.png" in raw_files
+    assert all(b"password" not in path.read_bytes() for path in (tmp_path / "raw").rglob("*.png"))
+    assert info["skipped_links"] == sorted([str(folder / "birds" / "y.png"), str(folder / "cats" / "x.png")])
+    assert "skipped 2 link(s) to files outside the folder" in caplog.text
+
+
+def test_archive_links_to_other_members_work_whatever_the_member_order(tmp_path, write_image_folder):
+    folder = write_image_folder(tmp_path / "photos", {"cats": 2, "dogs": 2})
+    # Each link sorts after its target, so moving the target first (as the extraction does) broke it.
+    (folder / "cats" / "zz.png").symlink_to("0000.png")
+    (folder / "dogs" / "zz.png").symlink_to("../cats/0001.png")
+    (folder / "owls").symlink_to("cats", target_is_directory=True)
+    info = _fetch_folder(tmp_path, _image_tar(tmp_path / "linked.tar.gz", folder))
+    images = tmp_path / "raw" / "images" / "train"
+    assert (images / "cats" / "zz.png").read_bytes() == (images / "cats" / "0000.png").read_bytes()
+    assert (images / "dogs" / "zz.png").read_bytes() == (images / "cats" / "0001.png").read_bytes()
+    assert sorted(path.name for path in (images / "owls").iterdir()) == ["0000.png", "0001.png", "zz.png"]
+    assert info["num_examples"]["train"] == 9 and info["skipped_links"] == []
+
+
+# ---------------------------------------------------------------------------------------- 8. file modes
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_results_and_prepared_data_get_the_umask_mode(tmp_path, tiny_params_dict, umask_022, write_image_folder):
+    fileio.atomic_write_json(tmp_path / "results" / "metrics.json", {"accuracy": 1})
+    assert stat.S_IMODE((tmp_path / "results" / "metrics.json").stat().st_mode) == 0o644
+    folder = write_image_folder(tmp_path / "photos", {"cats": 12, "dogs": 12})
+    _fetch_folder(tmp_path, folder)
+    preprocess.run(params_from_dict(tiny_params_dict), raw_dir=tmp_path / "raw", out_dir=tmp_path / "prepared",
+                   workers=1)
+    for path in [tmp_path / "raw", tmp_path / "prepared", *(tmp_path / "prepared").rglob("*")]:
+        expected = 0o755 if path.is_dir() else 0o644
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+    os.umask(0o077)
+    fileio.atomic_write_text(tmp_path / "private.txt", "x")
+    assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+
+
+def test_sha256_of_a_verified_download_is_recorded(tmp_path, http_server, write_image_folder):
+    good = _image_tar(tmp_path / "good.tar.gz", write_image_folder(tmp_path / "photos", {"a": 3, "b": 3}))
+    (http_server.root / "data.tar.gz").write_bytes(good.read_bytes())
+    info = _fetch_folder(tmp_path, f"{http_server.url}/data.tar.gz")
+    assert info["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "raw" / "source.json").read_text())["sha256"] == info["sha256"]
+
+
+# --------------------------------------------------------------------------------- 5. MLflow store, runs
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh SQLite store in tmp_path, as a stage would use it (no MLFLOW_TRACKING_URI, no outer run)."""
+    from imgclf import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    tracking.configure(tmp_path, "hostile")
+    return tracking
+
+
+def test_discarded_resume_state_ends_its_run_as_killed(tmp_path, store):
+    import mlflow
+
+    from imgclf.training import fitting
+
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name("hostile").experiment_id
+    killed = client.create_run(experiment).info.run_id  # what kill -9 mid-training leaves: RUNNING
+    fitting.ResumeState(tmp_path / "resume", fingerprint={"epochs": 4}, enabled=True).remember_run(killed)
+    state = fitting.ResumeState(tmp_path / "resume", fingerprint={"epochs": 5}, enabled=True)  # params changed
+    assert state.run_id() is None
+    state.remember_run(client.create_run(experiment).info.run_id)
+    assert client.get_run(killed).info.status == "KILLED"
+
+
+def test_failed_training_leaves_no_run_json(tmp_path, store, tiny_params_dict):
+    params = params_from_dict(tiny_params_dict)
+    with (pytest.raises(RuntimeError, match="boom"),
+          store.training_run(params, model="scratch", project_root=tmp_path, out_dir=tmp_path / "model",
+                             data_sha256=None, logged_params={"a": 1})):
+        assert (tmp_path / "model" / "run.json").is_file()
+        raise RuntimeError("boom")
+    assert not (tmp_path / "model" / "run.json").exists()
+
+
+def test_corrupt_mlflow_db_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    from imgclf import tracking
+    from imgclf.errors import TrackingStoreError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlflow.db").write_bytes(os.urandom(20000))
+    with pytest.raises(TrackingStoreError) as caught:
+        tracking.configure(tmp_path, "hostile")
+    message = str(caught.value)
+    assert "\n" not in message and str(tmp_path / "mlflow.db") in message and "move it aside" in message
+
+
+# ------------------------------------------------------------------------------- 7. one error policy
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    """`imgclf ARGV` in this process: (exit status, stderr)."""
+    from imgclf.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["missing", "yaml", "not-a-mapping"])
+def test_cli_params_and_profile_trouble_is_one_line_exit_2(tmp_path, capsys, monkeypatch, case):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # exp-args reads the project's params.yaml
+    profile = tmp_path / "profile.yaml"
+    if case == "yaml":
+        profile.write_text("scratch: {epochs: [1\n")
+    elif case == "not-a-mapping":
+        profile.write_text("- scratch.epochs=3\n")
+    for command in ("check-params", "exp-args"):
+        status, err = _cli(capsys, command, str(profile))
+        assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, (command, err)
+        assert str(profile) in err and "Traceback" not in err
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> tuple[Path, Path]:
+    """A real (untrained) two-class .keras model on 8x8 RGB and the meta.json of its data."""
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
+    model_path = tmp_path / "model.keras"
+    keras.Model(inputs, outputs).save(model_path)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"class_names": ["a", "b"], "image_size": 8, "channels": 3, "resize": "pad"}))
+    return model_path, meta
+
+
+def test_predict_output_and_score_bars_mistakes_fail_before_any_work(tmp_path, capsys, tiny_model, write_image_folder):
+    model, meta = tiny_model
+    write_image_folder(tmp_path / "images", {"x": 2}, size=8)
+    (tmp_path / "taken.png").write_bytes(b"")
+    for option, value, message in (("--output", tmp_path, "is a directory"),
+                                   ("--score-bars", tmp_path / "taken.png", "is not a folder")):
+        status, err = _cli(capsys, "predict", str(tmp_path / "images"), "--model", str(model), "--meta",
+                           str(meta), option, str(value))
+        assert status == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_score_bar_trouble_never_loses_the_predictions(tmp_path, capsys, tiny_model, write_image_folder):
+    model, meta = tiny_model
+    write_image_folder(tmp_path / "images", {"x": 2}, size=8)
+    bars = tmp_path / "bars"
+    (bars / "0000-0000.png").mkdir(parents=True)  # the first figure cannot be written (IsADirectoryError)
+    output = tmp_path / "predictions.csv"
+    status, err = _cli(capsys, "predict", str(tmp_path / "images"), "--model", str(model), "--meta", str(meta),
+                       "--format", "csv", "--output", str(output), "--score-bars", str(bars))
+    assert status == 2 and "score bars stopped" in err and "predictions above are complete" in err
+    assert len(output.read_text().splitlines()) == 3  # header and both images
+
+
+def test_stage_with_a_broken_params_file_is_one_line_exit_2(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("data: {source: [synthetic\n")
+    result = subprocess.run([sys.executable, "-m", "stages.download", "--params", str(params), "--out",
+                             str(tmp_path / "raw"), "--download-dir", str(tmp_path / "dl")],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+    assert result.stderr.count("\n") == 1 and str(params) in result.stderr
+
+
+def test_mlproject_entry_point_mistake_is_one_line_exit_2(capsys):
+    from imgclf import pipeline
+
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.main(["predict", "--images", "", "--model", "x.keras"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: images:") and err.count("\n") == 1
+
+
+def test_environment_programs_run_stages_with_its_python_without_activation(tmp_path):
+    """What `make setup` installs: `.venv/bin/dvc repro` then finds .venv's python for dvc.yaml's `python`."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    shutil.copy(PROJECT_ROOT / "ci" / "venv_on_path.pth", Path(purelib) / "imgclf_venv_on_path.pth")
+    # As DVC runs a stage: a shell, with the caller's PATH, which does not hold the environment.
+    found = subprocess.run([python, "-c", "import subprocess; subprocess.run('command -v python', shell=True)"],
+                           env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True).stdout
+    assert found.strip() == str(python)
+
+
+# ---------------------------------------------------------------------------------------- 4. disk full
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (needs root, as in the CI container); skipped where mounting is not allowed."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def _children() -> list[str]:
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    return [pid for task in tasks.iterdir() for pid in (task / "children").read_text().split()]
+
+
+def test_preprocess_on_a_full_disk_says_how_much_space_and_leaves_nothing(tmp_path, tiny_params_dict, small_disk,
+                                                                          write_image_folder):
+    folder = write_image_folder(tmp_path / "photos", {"cats": 30, "dogs": 30})
+    tiny_params_dict["preprocess"]["image_size"] = 128  # 60 x 128 x 128 x 3: about 3 MB, twice over
+    _fetch_folder(tmp_path, folder)
+    with pytest.raises(PreprocessError, match=rf"no space left on {small_disk}, need about 7 MB \(4 MB free\)"):
+        preprocess.run(params_from_dict(tiny_params_dict), raw_dir=tmp_path / "raw",
+                       out_dir=small_disk / "prepared", workers=2)
+    assert list(small_disk.iterdir()) == [] and _children() == []
+
+
+def test_disk_filling_up_during_preprocess_is_an_error_not_a_crash(tmp_path, tiny_params_dict, monkeypatch,
+                                                                   write_image_folder):
+    from imgclf.data import tfdata
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "prepared-shard"))
+
+    monkeypatch.setattr(tfdata, "write_shards", disk_full)  # ENOSPC injected where the shards are written
+    # More images than one decode chunk, so the worker processes run and must be gone afterwards.
+    folder = write_image_folder(tmp_path / "photos", {"cats": 150, "dogs": 150}, size=8)
+    _fetch_folder(tmp_path, folder)
+    with pytest.raises(PreprocessError, match=rf"no space left on {tmp_path}, need about 3 MB"):
+        preprocess.run(params_from_dict(tiny_params_dict), raw_dir=tmp_path / "raw", out_dir=tmp_path / "prepared",
+                       workers=2)
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "prepared").exists() and _children() == []
+
+
+def test_download_on_a_full_disk_says_how_much_space_and_leaves_no_part_file(small_disk, http_server):
+    (http_server.root / "big.tar.gz").write_bytes(os.urandom(6 << 20))
+    with pytest.raises(DataSourceError, match=rf"no space left on {small_disk}, need about 6 MB"):
+        download.download(f"{http_server.url}/big.tar.gz", small_disk / "big.tar.gz", sha256=None)
+    assert list(small_disk.iterdir()) == []

@@ -1,0 +1,136 @@
+"""DVC sees the data itself and checks every hand edit: real `dvc status` / `dvc repro` in sandbox copies.
+
+`check_params` (first stage) validates all of params.yaml and links data/input to data.path's local folder or
+archive; `download` depends on that link, so DVC hashes the images, not the data.path string.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imgclf import sandbox
+from imgclf.data import input_link
+from imgclf.errors import DataSourceError
+from imgclf.pipeline import PROJECT_ROOT
+
+
+def _stages_in_status(root: Path) -> set[str]:
+    result = sandbox.dvc(root, "status")
+    return set(re.findall(r"^(\w+):$", result.stdout, flags=re.MULTILINE))
+
+
+def _ran(result) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", result.stdout)
+
+
+def _project(base: Path, data_path: Path) -> Path:
+    overrides = sandbox.merge(sandbox.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(data_path)}})
+    root = sandbox.create(base / "project", source_root=PROJECT_ROOT, overrides=overrides)
+    assert _ran(sandbox.dvc(root, "repro", "download")) == ["check_params", "download"]
+    assert "Data and pipelines are up to date." in sandbox.dvc(root, "status", "download").stdout
+    return root
+
+
+def _assert_download_stale_then_rerun(root: Path) -> None:
+    assert "download" in _stages_in_status(root), "the changed data makes download stale"
+    assert _ran(sandbox.dvc(root, "repro", "download")) == ["download"]
+    assert "Data and pipelines are up to date." in sandbox.dvc(root, "status", "download").stdout
+
+
+def test_adding_removing_or_changing_one_image_in_a_folder_reruns_download(tmp_path, write_image_folder):
+    photos = write_image_folder(tmp_path / "photos", {"cat": 6, "dog": 6})
+    root = _project(tmp_path, photos)
+    assert (root / "data" / "input").resolve() == photos.resolve()
+
+    write_image_folder(tmp_path / "extra", {"cat": 1}, seed=7)
+    shutil.copy(tmp_path / "extra" / "cat" / "0000.png", photos / "cat" / "new.png")
+    _assert_download_stale_then_rerun(root)
+
+    (photos / "dog" / "0003.png").unlink()
+    _assert_download_stale_then_rerun(root)
+
+    Image.new("RGB", (24, 24), (1, 2, 3)).save(photos / "cat" / "0001.png")
+    _assert_download_stale_then_rerun(root)
+
+
+def test_replacing_a_local_archive_reruns_download(tmp_path, write_image_folder):
+    def archive(seed: int) -> None:
+        folder = write_image_folder(tmp_path / f"tree{seed}", {"cat": 5, "dog": 5}, seed=seed)
+        with tarfile.open(tmp_path / "photos.tar.gz", "w:gz") as tar:
+            tar.add(folder, arcname="photos")
+
+    archive(seed=0)
+    root = _project(tmp_path, tmp_path / "photos.tar.gz")
+    archive(seed=1)
+    _assert_download_stale_then_rerun(root)
+
+
+def test_a_typo_in_params_stops_repro_before_any_stage_works(tmp_path):
+    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=sandbox.SMOKE_OVERRIDES)
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("  epochs: 5\n", "  epochs: 5\n  epoch: 3\n", 1))
+    result = sandbox.dvc(root, "repro", check=False)
+
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: params.yaml: unknown key 'transfer.epoch'; allowed")
+    assert _ran(result) == ["check_params"]
+    assert not (root / "data" / "raw").exists() and not (root / "data" / "params_checked").exists()
+
+
+def test_the_input_link_never_replaces_a_real_directory_and_refuses_a_missing_path(tmp_path):
+    (tmp_path / "data" / "input").mkdir(parents=True)
+    with pytest.raises(DataSourceError, match="is a directory"):
+        input_link.point(tmp_path / "data" / "input", source="synthetic", path=None, root=tmp_path)
+    assert (tmp_path / "data" / "input").is_dir()
+    link = tmp_path / "data" / "other"
+    with pytest.raises(DataSourceError, match="does not exist"):
+        input_link.point(link, source="image_folder", path="absent", root=tmp_path)
+    (tmp_path / "photos").mkdir()
+    input_link.point(link, source="image_folder", path="photos", root=tmp_path)
+    assert link.is_symlink() and str(link.readlink()) == "../photos", "relative data.path: a relative link"
+    input_link.point(link, source="image_folder", path="https://example.com/a.tar.gz", root=tmp_path)
+    assert not link.is_symlink() and link.read_text() == input_link.PLACEHOLDER
+    input_link.point(link, source="cifar10", path=None, root=tmp_path)
+    assert link.read_text() == input_link.PLACEHOLDER and (tmp_path / "photos").is_dir()
+
+
+@pytest.mark.slow
+def test_a_param_change_reruns_only_the_check_and_the_stages_that_read_it(trained_project, tmp_path,
+                                                                          copy_trained_project):
+    root = copy_trained_project(tmp_path / "copy")
+    params = root / "params.yaml"
+    epochs = sandbox.SMOKE_OVERRIDES["scratch"]["epochs"]
+    text = params.read_text()
+    params.write_text(text.replace(f"  epochs: {epochs}\n", f"  epochs: {epochs - 1}\n", 1))
+
+    assert _stages_in_status(root) == {"check_params", "train_scratch"}
+    result = sandbox.dvc(root, "repro")
+    assert _ran(result) == ["check_params", "train_scratch", "evaluate", "analyze"]
+    assert "Data and pipelines are up to date." in sandbox.dvc(root, "status").stdout
+
+
+def test_an_experiment_on_another_folder_commits_the_link_not_the_images(tmp_path, write_image_folder):
+    """`dvc exp run -S data.path=...` reruns download on the new folder, and the experiment's git commit holds
+    data/input as a link (mode 120000), not copies of the images it points to (.gitignore: /data/input/)."""
+    first = write_image_folder(tmp_path / "first", {"cat": 6, "dog": 6})
+    second = write_image_folder(tmp_path / "second", {"cat": 6, "dog": 7}, seed=3)
+    overrides = sandbox.merge(sandbox.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(first)}})
+    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=overrides, git=True)
+    sandbox.dvc(root, "repro", "download")
+    sandbox.commit(root, "first folder")
+
+    result = sandbox.dvc(root, "exp", "run", "--name", "second", "-S", f"data.path={second}", "download")
+    assert _ran(result) == ["check_params", "download"]
+    assert (root / "data" / "input").resolve() == second.resolve()
+    assert "Data and pipelines are up to date." in sandbox.dvc(root, "status", "download").stdout
+    refs = sandbox.run_git(root, "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+    (ref,) = [name for name in refs if name.endswith("/second")]
+    tree = sandbox.run_git(root, "ls-tree", "-r", ref, "data/").stdout.splitlines()
+    assert len(tree) == 1 and tree[0].startswith("120000 blob ") and tree[0].endswith("\tdata/input")

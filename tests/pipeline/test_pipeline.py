@@ -1,0 +1,73 @@
+"""End to end: the real dvc.yaml and stages in a temporary copy of the project, with tiny settings."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import yaml
+
+from imgclf import sandbox
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(root):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"])
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_dvc_repro_end_to_end_then_up_to_date(copy_trained_project, trained_project, tmp_path):
+    # `trained_project` ran the real `dvc repro` with the smoke settings (tests/conftest.py).
+    root = trained_project
+
+    for path in ("data/raw/source.json", "data/prepared/meta.json", "data/prepared/manifest.csv",
+                 "data/prepared/skipped.csv", "data/prepared/augmentation_preview.png",
+                 "data/prepared/class_distribution.png", "data/features/train.npz",
+                 "models/scratch/model.keras", "models/scratch/history.csv", "models/transfer/model.keras",
+                 "models/transfer/history.csv", "results/evaluate/scratch_confusion.png",
+                 "results/evaluate/transfer_predictions.csv", "results/evaluate/reliability.png",
+                 "results/analysis/both_wrong.png", "results/analysis/per_image.csv",
+                 "results/analysis/report.html", "results/analysis/summary.md"):
+        assert (root / path).stat().st_size > 0, path
+
+    metrics = json.loads((root / "results/evaluate/metrics.json").read_text())
+    chance = 1 / sandbox.SMOKE_OVERRIDES["data"]["synthetic_classes"]
+    for model in ("scratch", "transfer"):
+        assert 0.0 <= metrics[model]["accuracy"] <= 1.0 and metrics[model]["loss"] > 0
+    assert metrics["scratch"]["accuracy"] > chance + 0.2, "the synthetic classes are learnable"
+    summary = json.loads((root / "results/analysis/summary.json").read_text())
+    outcomes = ("both_right", "only_scratch_right", "only_transfer_right", "both_wrong")
+    assert sum(summary[key] for key in outcomes) == summary["test_images"] > 0
+    assert summary["scratch_accuracy"] == pytest.approx(metrics["scratch"]["accuracy"])
+    assert 0 <= summary["mcnemar"]["p_value"] <= 1 and metrics["transfer"]["ece"] >= 0
+    assert 'id="headline"' in (root / "results/analysis/report.html").read_text()
+
+    client, runs = _runs(root)
+    by_model = {run.data.tags["model"]: run for run in runs}
+    assert set(by_model) == {"scratch", "transfer", "comparison"} and len(runs) == 3
+    scratch = by_model["scratch"]
+    epochs = sandbox.SMOKE_OVERRIDES["scratch"]["epochs"]
+    assert len(client.get_metric_history(scratch.info.run_id, "val_accuracy")) == epochs
+    assert scratch.data.params["scratch.epochs"] == str(epochs)
+    assert scratch.data.metrics["test_accuracy"] == pytest.approx(metrics["scratch"]["accuracy"])
+    assert scratch.data.tags["mlflow.parentRunId"] == by_model["comparison"].info.run_id
+    assert client.search_logged_models([scratch.info.experiment_id]), "models are logged"
+    logged = {item.path for item in client.list_artifacts(by_model["comparison"].info.run_id, "analysis")}
+    assert {"analysis/report.html", "analysis/summary.md"} <= logged
+
+    # In a copy (files, git history, DVC cache, store): the shared run is only read, by every xdist worker.
+    root = copy_trained_project(tmp_path / "copy")
+    again = sandbox.dvc(root, "repro")
+    assert "Data and pipelines are up to date." in again.stdout
+    assert len(_runs(root)[1]) == 3, "an unchanged pipeline records no new runs"
+
+    # A head-only change reuses the cached backbone features: only the head and what follows rerun.
+    params_path = root / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["transfer"]["epochs"] = 2
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    status = sandbox.dvc(root, "status").stdout
+    assert "train_transfer" in status and "extract_features" not in status and "train_scratch" not in status

@@ -1,0 +1,108 @@
+"""Sweeps on one machine: `dvc exp run --queue` variants run in parallel by `dvc queue start -j 2` record every
+run and comparison group in the project's own MLflow store, not in DVC's deleted temporary workspaces."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from imgclf import sandbox, tracking
+from imgclf.artifacts import MLFLOW_STORE_FILE
+from imgclf.evaluation.compare import format_p_value
+from imgclf.pipeline import PROJECT_ROOT
+
+QUEUE_SECONDS = 1500  # two smoke pipelines side by side on a busy 2-core machine
+VARIANTS = {"sweep-one": "scratch.epochs=1", "sweep-two": "scratch.epochs=2"}
+
+
+def dvc_as_user(root: Path, *args: str, capture: bool = True) -> subprocess.CompletedProcess:
+    """dvc in `root` with the user's default store: no MLFLOW_TRACKING_URI, so the stages find the store
+    themselves (the sandbox otherwise pins it, which would hide where a queued stage looks). `capture=False` for
+    a command that leaves workers behind (`queue start`): they keep captured pipes open until they exit."""
+    env = {key: value for key, value in sandbox.environment(root).items() if key != "MLFLOW_TRACKING_URI"}
+    output = {"capture_output": True} if capture else {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=root, env=env, text=True,
+                          check=False, timeout=300, **output)
+
+
+@pytest.mark.slow
+def test_parallel_queued_experiments_record_in_the_project_store(tmp_path):
+    overrides = sandbox.merge(sandbox.SMOKE_OVERRIDES, {"transfer": {"epochs": 1}})
+    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=overrides, git=True)
+    for name, assignment in VARIANTS.items():
+        queued = dvc_as_user(root, "exp", "run", "--queue", "--name", name, "-S", assignment)
+        assert queued.returncode == 0, queued.stderr
+    started = dvc_as_user(root, "queue", "start", "--jobs", "2", capture=False)
+    assert started.returncode == 0, "dvc queue start failed"
+    try:
+        deadline = time.monotonic() + QUEUE_SECONDS
+        while True:
+            status = dvc_as_user(root, "queue", "status").stdout
+            if not any(state in status for state in ("Queued", "Running")):
+                break
+            assert time.monotonic() < deadline, f"queue still busy after {QUEUE_SECONDS} s:\n{status}"
+            time.sleep(10)
+    finally:
+        dvc_as_user(root, "queue", "stop")
+    logs = {name: dvc_as_user(root, "queue", "logs", name).stdout for name in VARIANTS}
+    assert status.count("Success") == len(VARIANTS), f"{status}\n" + "\n".join(logs.values())[-6000:]
+    for name, log in logs.items():
+        assert "database is locked" not in log, f"{name}:\n{log[-4000:]}"
+
+    store = root / MLFLOW_STORE_FILE
+    assert store.is_file(), "the stages recorded elsewhere (DVC's temporary workspace?)"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name(overrides["mlflow"]["experiment"])
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    for name in VARIANTS:
+        mine = {run.data.tags.get("model"): run for run in runs if run.data.tags.get("dvc.experiment") == name}
+        assert set(mine) == {"scratch", "transfer", "comparison"}, (name, sorted(mine))
+        comparison = mine.pop("comparison")
+        assert comparison.info.status == "FINISHED"
+        assert "mcnemar_p_value" in " ".join(comparison.data.metrics), "the analyze stage's statistics"
+        for model, run in mine.items():
+            assert run.info.status == "FINISHED", model
+            assert run.data.tags.get("mlflow.parentRunId") == comparison.info.run_id, (name, model)
+    epochs = {run.data.tags["dvc.experiment"]: run.data.params.get("scratch.epochs") for run in runs
+              if run.data.tags.get("model") == "scratch"}
+    assert epochs == {"sweep-one": "1", "sweep-two": "2"}
+
+    # `make compare`: the sweep in one 120-column screen, the differing param and the headline metrics.
+    compare = subprocess.run([sys.executable, "-m", "imgclf.evaluation.compare"], cwd=root,
+                             env=sandbox.environment(root), capture_output=True, text=True, check=False, timeout=300)
+    assert compare.returncode == 0, compare.stderr
+    lines = compare.stdout.splitlines()
+    assert lines[0].split()[:2] == ["experiment", "scratch.epochs"], compare.stdout
+    assert all(len(line) <= 120 for line in lines), compare.stdout
+    by_name = {line.split()[0]: line.split() for line in lines[2:] if line.split()}
+    assert by_name["sweep-one"][1] == "1" and by_name["sweep-two"][1] == "2", compare.stdout
+    assert "McNemar p" in lines[0]
+
+
+def test_small_p_values_print_in_scientific_notation():
+    assert format_p_value(6e-21) == "6.0e-21"
+    assert format_p_value(0.0004) == "4.0e-04"
+    assert format_p_value(0.042) == "0.042"
+    assert format_p_value(1.0) == "1.000"
+
+
+def test_store_follows_dvc_root_and_runs_in_write_ahead_mode(tmp_path, monkeypatch):
+    project, temporary_copy = tmp_path / "project", tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    temporary_copy.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(project))  # what DVC exports to a queued experiment's stages
+    uri = tracking.tracking_uri(temporary_copy)
+    assert uri == f"sqlite:///{project.resolve() / MLFLOW_STORE_FILE}"
+    with tracking.store_lock(uri):
+        assert (project / f"{MLFLOW_STORE_FILE}{tracking.STORE_LOCK_SUFFIX}").is_file()
+    with contextlib.closing(sqlite3.connect(project / MLFLOW_STORE_FILE)) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    monkeypatch.delenv("DVC_ROOT")
+    assert tracking.tracking_uri(temporary_copy) == f"sqlite:///{temporary_copy.resolve() / MLFLOW_STORE_FILE}"

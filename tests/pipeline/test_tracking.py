@@ -1,0 +1,154 @@
+"""MLflow runs people can navigate, and the model registry, on a real store after real pipeline runs.
+
+The `experiment_project` fixture (a copy of `trained_project` with a second experiment,
+`dvc exp run -S transfer.backbone=mobilenet_v2`) is what the tests here and the UI test read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from imgclf import fileio, sandbox, tracking
+
+EXPERIMENT = sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"]
+
+
+@pytest.fixture(scope="module")
+def project(experiment_project) -> Path:
+    return experiment_project
+
+
+@pytest.fixture(scope="module")
+def store(project):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    info = fileio.read_json(project.parent / "experiment.json")
+    return client, runs, info
+
+
+def _by_name(runs) -> dict:
+    return {run.info.run_name: run for run in runs}
+
+
+@pytest.mark.slow
+def test_runs_are_named_tagged_and_grouped(project, store):
+    client, runs, info = store
+    exp_name, baseline = info["experiment"], info["baseline"]
+    by_name = _by_name(runs)
+    expected = {"scratch-cnn", "transfer-resnet50", "comparison", f"transfer-mobilenet_v2-{exp_name}",
+                f"comparison-{exp_name}"}
+    assert expected <= set(by_name), sorted(by_name)
+
+    # The pipeline run (dvc repro on a clean commit): commit, clean, stage, data checksums, flat params.
+    scratch, comparison = by_name["scratch-cnn"], by_name["comparison"]
+    for run, stage in ((scratch, "train_scratch"), (by_name["transfer-resnet50"], "train_transfer"),
+                       (comparison, "evaluate")):
+        tags = run.data.tags
+        assert tags["stage"] == stage and tags["git.dirty"] == "false", tags
+        assert tags["git.commit"] == tags["mlflow.source.git.commit"] and len(tags["git.commit"]) == 40
+        assert re.fullmatch(r"[0-9a-f]{64}", tags["data.sha256"]) and tags["data.prepared_md5"].endswith(".dir")
+        assert "dvc.experiment" not in tags
+    assert scratch.data.params["scratch.epochs"] == str(sandbox.SMOKE_OVERRIDES["scratch"]["epochs"])
+    assert scratch.data.params["scratch.conv_filters"] == "[16, 32]" and scratch.data.params["seed"] == "42"
+    assert by_name["transfer-resnet50"].data.params["transfer.backbone"] == "resnet50"
+    assert comparison.data.params["evaluate.top_k"] == "5"
+
+    # The experiment: DVC_EXP_NAME reached the stages; params.yaml differs from the commit, so dirty.
+    variant, variant_comparison = by_name[f"transfer-mobilenet_v2-{exp_name}"], by_name[f"comparison-{exp_name}"]
+    for run in (variant, variant_comparison):
+        tags = run.data.tags
+        assert tags["dvc.experiment"] == exp_name and tags["dvc.baseline_rev"] == baseline
+        assert tags["git.commit"] == baseline and tags["git.dirty"] == "true"
+        assert "params.yaml" in tags["git.dirty_files"]
+    assert variant.data.params["transfer.backbone"] == "mobilenet_v2"
+    assert variant.data.tags["stage"] == "train_transfer"
+
+    # Groups: each execution's new training runs under its comparison run; the scratch run the experiment
+    # reused (DVC did not retrain it) stays in the first group and is linked from the second.
+    assert scratch.data.tags["mlflow.parentRunId"] == comparison.info.run_id
+    assert by_name["transfer-resnet50"].data.tags["mlflow.parentRunId"] == comparison.info.run_id
+    assert variant.data.tags["mlflow.parentRunId"] == variant_comparison.info.run_id
+    assert variant_comparison.data.tags["scratch_run_id"] == scratch.info.run_id
+    assert "mlflow.parentRunId" not in comparison.data.tags
+    # Curves to compare: per-epoch history on both transfer runs, and test accuracy on each.
+    epochs = sandbox.SMOKE_OVERRIDES["transfer"]["epochs"]
+    for run in (by_name["transfer-resnet50"], variant):
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == epochs
+        assert 0 <= run.data.metrics["test_accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_registry_versions_champion_and_reuse(project, store):
+    client, runs, info = store
+    by_name = _by_name(runs)
+    variant = by_name[f"transfer-mobilenet_v2-{info['experiment']}"]
+    scratch_versions = client.search_model_versions("name = 'imgclf-scratch'")
+    transfer_versions = client.search_model_versions("name = 'imgclf-transfer'")
+    # The experiment re-evaluated the unchanged scratch model: same file, same version, none added.
+    assert len(scratch_versions) == 1, [version.version for version in scratch_versions]
+    assert sorted(int(version.version) for version in transfer_versions) == [1, 2]
+    newest = client.get_model_version("imgclf-transfer", "2")
+    assert newest.run_id == variant.info.run_id
+    assert newest.tags[tracking.MODEL_SHA_TAG] == fileio.sha256_file(project / "models/transfer/model.keras")
+    assert newest.tags["dvc.experiment"] == info["experiment"]
+
+    # `champion` on the better model of the latest pipeline run, `challenger` on the other, as runs.json says.
+    metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
+    registry = json.loads((project / "results/evaluate/runs.json").read_text())["registry"]
+    accuracy = {name: metrics[name]["accuracy"] for name in ("scratch", "transfer")}
+    champion = registry["champion"]
+    other = "transfer" if champion == "scratch" else "scratch"
+    assert accuracy[champion] >= accuracy[other]
+    assert registry["models"]["scratch"] == {**registry["models"]["scratch"], "version": 1, "created": False}
+    assert registry["models"]["transfer"]["version"] == 2 and registry["models"]["transfer"]["created"] is True
+    version = client.get_model_version_by_alias(tracking.REGISTERED_MODELS[champion], tracking.CHAMPION)
+    assert int(version.version) == registry["models"][champion]["version"]
+    challenger = client.get_registered_model(tracking.REGISTERED_MODELS[other])
+    assert tracking.CHAMPION not in challenger.aliases and tracking.CHALLENGER in challenger.aliases
+    assert tracking.champion_uri(client) == registry["champion_uri"]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # get_model_info reads the global store
+    try:
+        info_of_champion = mlflow.models.get_model_info(registry["champion_uri"])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert info_of_champion.signature is not None, "registered with its signature"
+    assert info_of_champion.saved_input_example_info is not None, "and its input example"
+    comparison = by_name[f"comparison-{info['experiment']}"]
+    assert comparison.data.tags["champion"] == champion
+    assert comparison.data.tags["registry.transfer"] == "imgclf-transfer/2"
+
+
+def test_champion_tie_rule():
+    assert tracking.champion_of({"scratch": 0.8, "transfer": 0.9}, {"scratch": 10, "transfer": 5}) == "transfer"
+    assert tracking.champion_of({"scratch": 0.9, "transfer": 0.9}, {"scratch": 10, "transfer": 5}) == "transfer"
+    assert tracking.champion_of({"scratch": 0.9, "transfer": 0.9}, {"scratch": 5, "transfer": 5}) == "scratch"
+
+
+@pytest.mark.slow
+def test_experiment_opens_on_runs_and_runs_show_their_data_set(project, store):
+    client, runs, _ = store
+    experiment = client.get_experiment(runs[0].info.experiment_id)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_DEVELOPMENT  # not the GenAI overview
+    by_name = _by_name(runs)
+    expected_contexts = {"scratch-cnn": "training", "transfer-resnet50": "training", "comparison": "evaluation"}
+    meta = json.loads((project / "data/prepared/meta.json").read_text())
+    for name, context in expected_contexts.items():
+        run = client.get_run(by_name[name].info.run_id)  # search_runs leaves inputs out
+        (dataset_input,) = run.inputs.dataset_inputs
+        dataset = dataset_input.dataset
+        assert dataset.name == "synthetic-prepared"
+        assert dataset.digest == run.data.tags["data.prepared_md5"].removesuffix(".dir")
+        assert json.loads(dataset.source)["uri"].endswith("/data/prepared")
+        assert json.loads(dataset.profile) == {f"{split}_images": count for split, count in meta["counts"].items()}
+        assert {tag.key: tag.value for tag in dataset_input.tags}["mlflow.data.context"] == context
+    for run in runs:
+        doubled = [key for key in run.data.metrics if "test_test" in key]
+        assert not doubled, f"{run.info.run_name}: {doubled}"
+    assert "test_images" in by_name["scratch-cnn"].data.metrics
