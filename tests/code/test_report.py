@@ -129,8 +129,8 @@ def test_a_degenerate_model_means_no_winner_in_the_headline_and_the_markdown(tmp
     assert "No winner" not in report.render_html(inputs)
 
 
-def test_report_says_when_temperature_scaling_made_calibration_worse(tmp_path):
-    inputs = _inputs(tmp_path)
+def test_report_says_when_temperature_scaling_made_calibration_worse(tmp_path, fake_probabilities):
+    inputs = _inputs(tmp_path, fake_probabilities)
     inputs.metrics["scratch"].update(ece=0.05, ece_calibrated=0.12)
     inputs.metrics["transfer"].update(ece=0.10, ece_calibrated=0.04)
     page = report.render_html(inputs)
