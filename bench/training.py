@@ -46,7 +46,8 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def project(directory: Path) -> Path:
-    """The scratch copy with CIFAR-10 downloaded and preprocessed (reused when already there)."""
+    """The scratch copy with CIFAR-10 downloaded and preprocessed (the data reused when already there, the code
+    always this checkout's)."""
     if not ARCHIVE.is_file():
         sys.exit(f"skipped: {ARCHIVE} is absent (these benchmarks need the shared CIFAR-10 archive)")
     if not (directory / "data" / "prepared" / "meta.json").is_file():
@@ -54,6 +55,7 @@ def project(directory: Path) -> Path:
                      "mlflow": {"experiment": "imgclf-bench"}}
         sandbox.create(directory, source_root=ROOT, overrides=overrides)
         sandbox.dvc(directory, "repro", "preprocess")
+    sandbox.refresh_code(directory, source_root=ROOT)
     return directory
 
 

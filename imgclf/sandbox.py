@@ -56,6 +56,21 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+CODE_ENTRIES = ("dvc.yaml", "stages", "imgclf", "MLproject")  # what a long-lived copy refreshes (not its params)
+
+
+def refresh_code(destination: Path, *, source_root: Path) -> None:
+    """Replace a copy's code with `source_root`'s, keeping its data, params and results: a copy kept between runs
+    (the benchmarks' prepared CIFAR-10) must never run the code it was made with."""
+    for entry in CODE_ENTRIES:
+        source, target = Path(source_root) / entry, Path(destination) / entry
+        if source.is_dir():
+            with fileio.staged_directory(target) as staged:
+                shutil.copytree(source, staged, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            fileio.atomic_write_bytes(target, source.read_bytes())
+
+
 def create(destination: Path, *, source_root: Path, overrides: dict[str, Any], git: bool = False) -> Path:
     """Copy the project into `destination` (replacing it), apply param overrides and `dvc init` it.
 

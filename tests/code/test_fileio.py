@@ -81,3 +81,29 @@ def test_prepared_meta_says_which_stage_to_rerun(tmp_path):
         artifacts.read_prepared_meta(tmp_path)
     with pytest.raises(FileNotFoundError, match="run the preprocess stage"):
         artifacts.read_prepared_meta(tmp_path / "missing")
+
+
+def test_a_kept_copy_gets_the_current_code_and_keeps_its_params_and_data(tmp_path):
+    from imgclf import sandbox
+
+    source, copy = tmp_path / "checkout", tmp_path / "copy"
+    for root, version in ((source, "new"), (copy, "old")):
+        for entry in sandbox.CODE_ENTRIES:
+            if "." in entry or entry == "MLproject":
+                (root / entry).parent.mkdir(parents=True, exist_ok=True)
+                (root / entry).write_text(version)
+            else:
+                (root / entry / "sub").mkdir(parents=True)
+                (root / entry / "sub" / "module.py").write_text(version)
+    (copy / "imgclf" / "removed_since.py").write_text("old")
+    (copy / "params.yaml").write_text("overrides")
+    (copy / "data").mkdir()
+    (copy / "data" / "prepared").write_text("kept")
+
+    sandbox.refresh_code(copy, source_root=source)
+
+    assert (copy / "imgclf" / "sub" / "module.py").read_text() == "new"
+    assert not (copy / "imgclf" / "removed_since.py").exists()
+    assert (copy / "dvc.yaml").read_text() == "new" and (copy / "stages" / "sub" / "module.py").read_text() == "new"
+    assert (copy / "params.yaml").read_text() == "overrides" and (copy / "data" / "prepared").read_text() == "kept"
+    assert sorted(path.name for path in copy.iterdir() if path.name.startswith(".")) == []
