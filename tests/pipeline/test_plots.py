@@ -73,5 +73,9 @@ def test_plots_page_draws_offline_with_labelled_axes_and_a_colour_per_model(trai
     assert len(_line_colours(dom)) >= 2, "both models' lines are drawn in one colour"
     # Half-epoch ticks formatted as whole numbers read "1 2 2 3 3" on a 3-epoch axis: only whole epochs are labelled.
     assert all(len(labels) == len(set(labels)) for labels in _axis_labels(dom)), _axis_labels(dom)
+    # Vega-Lite draws a strokeDash legend's symbols in a transparent stroke: "training"/"validation" had no line.
+    symbols = re.findall(r'<g class="mark-symbol role-legend-symbol[^"]*"[^>]*>(.*?)</g>', dom, flags=re.S)
+    strokes = [stroke for group in symbols for stroke in re.findall(r'<path[^>]*\bstroke="([^"]+)"', group)]
+    assert strokes and "transparent" not in strokes, f"legend symbols drawn in {strokes}"
     pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=float)
     assert pixels.std() > 10, "the plots page rendered blank"
