@@ -99,11 +99,21 @@ except ConfigError as error:
 PY
 
 # 1. Pull. --allow-missing: objects the remote lacks (a first run, outputs nobody pushed) are not an error,
-# `dvc repro` rebuilds them; credentials or network failures still are.
+# `dvc repro` rebuilds them; credentials or network failures still are. Only the stages dvc.lock records have
+# anything to pull: for each output of a stage never run (all of them on a clone with no dvc.lock yet) DVC would
+# warn "No file hash info found for '<output>'. It won't be created."
 remote="$(dvc remote default 2>/dev/null || true)"
-if [[ -n "$remote" ]]; then
+locked=()
+if [[ -f dvc.lock ]]; then
+  stage_names='import yaml; print("\n".join((yaml.safe_load(open("dvc.lock")) or {}).get("stages", {})))'
+  mapfile -t locked < <(python -c "$stage_names")
+fi
+if [[ -n "$remote" && ${#locked[@]} -eq 0 ]]; then
+  note "no stage recorded in dvc.lock yet: nothing to pull from '$remote'; the pipeline runs from its inputs"
+elif [[ -n "$remote" ]]; then
   note "dvc pull from remote '$remote'"
-  dvc pull --allow-missing || die "dvc pull from '$remote' failed (credentials? network?): see DVC's message above"
+  dvc pull --allow-missing "${locked[@]}" \
+    || die "dvc pull from '$remote' failed (credentials? network?): see DVC's message above"
   if ! dvc status --cloud --quiet 2>/dev/null; then
     note "remote '$remote' lacks outputs of this commit (a first run with an empty remote?):" \
       "dvc repro rebuilds whatever is missing locally, and dvc push uploads the outputs"

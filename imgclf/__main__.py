@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
+import logging
 import sys
 from pathlib import Path
 
@@ -16,13 +17,19 @@ MODEL_HELP = ("a .keras file (with --meta) or an MLflow model URI: runs:/<run_id
 
 
 def main(argv: list[str] | None = None) -> None:
+    from imgclf import cli  # light: no TensorFlow or MLflow, which must not load before quiet_unless_verbose
+
     parser = argparse.ArgumentParser(prog="imgclf", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    smoke = commands.add_parser("smoke", help="run every stage on tiny synthetic data in a scratch copy")
+    parser.add_argument(*cli.VERBOSE_FLAGS, action="store_true", help=cli.VERBOSE_HELP)
+    # `-v` before or after the command; SUPPRESS, or a command's default would overwrite a `-v` given before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(*cli.VERBOSE_FLAGS, action="store_true", default=argparse.SUPPRESS, help=cli.VERBOSE_HELP)
+    command = functools.partial(parser.add_subparsers(dest="command", required=True).add_parser, parents=[verbose])
+    smoke = command("smoke", help="run every stage on tiny synthetic data in a scratch copy")
     smoke.add_argument("--dir", type=Path, default=Path("smoke"), help="where the copy goes (default: smoke/)")
-    check = commands.add_parser("check-params", help="validate a params file and print it resolved")
+    check = command("check-params", help="validate a params file and print it resolved")
     check.add_argument("path", nargs="?", type=Path, default=Path("params.yaml"))
-    finder = commands.add_parser("lr-find", help="learning-rate finder: loss against an exponentially rising rate")
+    finder = command("lr-find", help="learning-rate finder: loss against an exponentially rising rate")
     finder.add_argument("--model", choices=["scratch", "transfer"], default="scratch")
     finder.add_argument("--params", type=Path, default=Path("params.yaml"))
     finder.add_argument("--data", type=Path, default=Path(artifacts.PREPARED_DIR), help="prepared data directory")
@@ -31,9 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     finder.add_argument("--steps", type=int, default=100, help="batches in the sweep")
     finder.add_argument("--start", type=float, default=1e-7)
     finder.add_argument("--end", type=float, default=10.0)
-    exp_args = commands.add_parser("exp-args", help="turn a params profile into `dvc exp run -S` arguments")
+    exp_args = command("exp-args", help="turn a params profile into `dvc exp run -S` arguments")
     exp_args.add_argument("profile", type=Path, help="YAML overrides of params.yaml, e.g. profiles/scratch_best.yaml")
-    predict = commands.add_parser("predict", help="classify image files or folders with a trained model")
+    predict = command("predict", help="classify image files or folders with a trained model")
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files, or folders (recursive)")
     predict.add_argument("--model", required=True, help=MODEL_HELP)
     predict.add_argument("--meta", type=Path, default=DEFAULT_META,
@@ -42,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--format", choices=["table", "json", "csv"], default="table", dest="output_format")
     predict.add_argument("--output", type=Path, help="write the predictions to this file (default: stdout)")
     predict.add_argument("--score-bars", type=Path, metavar="DIR", help="write one class-score PNG per image here")
-    export = commands.add_parser("export", help="write a TensorFlow SavedModel for TF Serving (raw 0-255 pixels in)")
+    export = command("export", help="write a TensorFlow SavedModel for TF Serving (raw 0-255 pixels in)")
     export.add_argument("--model", required=True, help=MODEL_HELP)
     export.add_argument("--meta", type=Path, default=DEFAULT_META,
                         help=f"meta.json of the model's prepared data, for a .keras model (default: {DEFAULT_META})")
@@ -50,10 +57,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the SavedModel directory (for TF Serving: <model base path>/<version>)")
     export.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
     arguments = parser.parse_args(argv)
-    if arguments.command in ("predict", "export"):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ start-up chatter
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from imgclf import cli
+    cli.quiet_unless_verbose(arguments.verbose)
+    if arguments.verbose:  # by default only warnings show, as before: the commands print what they found
+        logging.basicConfig(level=logging.DEBUG, format=cli.LOG_FORMAT)
 
     # One policy for every subcommand: a condition the user can fix is one `error:` line and exit status 2.
     sys.exit(cli.exit_on_user_error(lambda: _run(arguments)) or 0)

@@ -24,8 +24,23 @@ EXIT_USER_ERROR = 2
 # Set to a file, each stage appends one JSON line {"stage", "declared", "read"}: the params keys it really read
 # (tests/test_deps.py compares them with PARAMS, so a declared key no code reads is found too).
 PARAMS_TRACE_ENV = "IMGCLF_PARAMS_TRACE"
+# Log level of the stages and `python -m imgclf`; DEBUG (or `-v`) also lets TensorFlow and MLflow say everything.
+LOG_LEVEL_ENV = "IMGCLF_LOG_LEVEL"
+VERBOSE_FLAGS = ("-v", "--verbose")
+VERBOSE_HELP = "show everything: debug logs, TensorFlow's C++ info lines, MLflow's artifact transfer bars"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Conditions a user can fix, shown as one line without a traceback; anything else is a bug and keeps it.
 _PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+
+
+def quiet_unless_verbose(verbose: bool) -> None:
+    """Quiet by default: a log should hold only what a user can act on. Called before TensorFlow or MLflow load,
+    since both read these variables once, at import. `verbose` (or IMGCLF_LOG_LEVEL=DEBUG) keeps their detail."""
+    if verbose:
+        os.environ[LOG_LEVEL_ENV] = "DEBUG"  # also for the processes this one starts (`imgclf smoke` runs dvc)
+    if os.environ.get(LOG_LEVEL_ENV, "").upper() != "DEBUG":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no C++ start-up banner (absl, oneDNN, CPU features)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one CR-redrawn line per file
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
@@ -72,9 +87,10 @@ def stage(description: str, declared_params: Sequence[str], paths: dict[str, str
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     for name, help_text in paths.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True, help=help_text)
+    parser.add_argument(*VERBOSE_FLAGS, action="store_true", help=VERBOSE_HELP)
     arguments = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("IMGCLF_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_unless_verbose(arguments.verbose)  # stages/__init__.py did this before the imports; -v may come from argv
+    logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "INFO").upper(), format=LOG_FORMAT)
     name = Path(sys.argv[0]).stem  # `python -m stages.download` runs stages/download.py
     reads: set[str] = set()
     declared = frozenset(params_to_dict(Params()) if EVERY_PARAM in declared_params else declared_params)

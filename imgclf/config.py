@@ -8,6 +8,7 @@ what is allowed, so a typo stops a stage instead of silently becoming a new sett
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from imgclf.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DataSource = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "image_folder", "synthetic"]
 ResizePolicy = Literal["pad", "crop", "stretch"]
@@ -191,7 +194,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found; run from the project root or pass --params")
-    return params_from_dict(read_params_yaml(path), source=str(path))
+    raw = read_params_yaml(path)
+    log.debug("params from %s (sections set there: %s; defaults for the rest)", path.resolve(),
+              ", ".join(raw) if isinstance(raw, dict) and raw else "none")
+    return params_from_dict(raw, source=str(path))
 
 
 def read_params_yaml(path: str | Path) -> Any:

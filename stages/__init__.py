@@ -1,9 +1,9 @@
 """One thin script per DVC stage; each parses paths from dvc.yaml and calls into `imgclf`."""
 
-import os
+import sys
 
-# Quiet by default: a stage log should hold only what a user can act on. IMGCLF_LOG_LEVEL=DEBUG brings back
-# TensorFlow's C++ info lines and MLflow's artifact transfer bars (one carriage-return line per file in a log).
-if os.environ.get("IMGCLF_LOG_LEVEL", "").upper() != "DEBUG":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any stage imports TensorFlow
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from imgclf import cli
+
+# Quiet by default (no TensorFlow C++ info lines, no MLflow artifact transfer bars): decided here, before any stage
+# module imports TensorFlow, so `-v` is read from the command line ahead of argparse (cli.stage parses it).
+cli.quiet_unless_verbose(any(argument in cli.VERBOSE_FLAGS for argument in sys.argv[1:]))

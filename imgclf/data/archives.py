@@ -10,9 +10,10 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PureWindowsPath
 
-from imgclf import fileio
+from imgclf import fileio, progress
 from imgclf.errors import DataSourceError, UnsafeArchiveError
 
 _COPY_CHUNK = 1 << 20
@@ -121,13 +122,21 @@ def _extract_tar(archive: Path, staging: Path, budget: _ExtractionBudget) -> Non
             # Links are made last, so no file is ever written through one; the "data" filter (Python
             # 3.11.4+) is a second line of defence on top of the checks above.
             options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(staging, members=plain, **options)
+            with progress.step(f"extract {archive.name}", total=budget.written, unit=progress.BYTES) as counter:
+                tar.extractall(staging, members=_counted(plain, counter), **options)
             _make_links(archive, links, staging, root)
     except tarfile.FilterError as error:
         name = error.tarinfo.name if error.tarinfo is not None else "?"
         raise _unsafe(archive, name, f"was refused by tarfile's data filter ({error})") from error
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise DataSourceError(f"{archive} is corrupt or truncated ({error}); fetch it again") from error
+
+
+def _counted(members: Iterable[tarfile.TarInfo], counter: progress.Counter) -> Iterator[tarfile.TarInfo]:
+    """The members, each counted once `extractall` comes back for the next one, i.e. once it is written."""
+    for member in members:
+        yield member
+        counter.update(member.size if member.isreg() else 0)
 
 
 def _check_link_name(archive: Path, member: tarfile.TarInfo, root: str) -> None:
@@ -173,17 +182,21 @@ def _extract_zip(archive: Path, staging: Path, budget: _ExtractionBudget) -> Non
                     raise DataSourceError(f"{archive}: member {info.filename!r} is encrypted; extract the "
                                           "archive yourself and point data.path at the folder")
             # A zip "symlink" is written as a plain file holding the target's name: nothing escapes. Sizes in
-            # the directory can lie, so the bytes are counted as they are decompressed.
-            for info in bundle.infolist():
-                target = staging.joinpath(*[part for part in re.split(r"[\\/]", info.filename) if part])
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with bundle.open(info) as member, open(target, "wb") as handle:
-                    while chunk := member.read(_COPY_CHUNK):
-                        budget.add(len(chunk), info.filename)
-                        handle.write(chunk)
+            # the directory can lie, so the bytes are counted as they are decompressed (the declared total only
+            # gives the progress bar its estimate).
+            declared = sum(info.file_size for info in bundle.infolist())
+            with progress.step(f"extract {archive.name}", total=declared, unit=progress.BYTES) as counter:
+                for info in bundle.infolist():
+                    target = staging.joinpath(*[part for part in re.split(r"[\\/]", info.filename) if part])
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with bundle.open(info) as member, open(target, "wb") as handle:
+                        while chunk := member.read(_COPY_CHUNK):
+                            budget.add(len(chunk), info.filename)
+                            handle.write(chunk)
+                            counter.update(len(chunk))
     except (zipfile.BadZipFile, zlib.error, EOFError, NotADirectoryError, IsADirectoryError) as error:
         raise DataSourceError(f"{archive} is corrupt or truncated ({error}); fetch it again") from error
 

@@ -22,9 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-import tqdm
-
-from imgclf import fileio
+from imgclf import fileio, progress
 from imgclf.errors import DataSourceError
 
 log = logging.getLogger(__name__)
@@ -137,14 +135,13 @@ def _stream(url: str, partial: Path, *, name: str) -> str:
             total = int(length) if length and length.isdigit() else None
             log.info("downloading %s (%s bytes) to %s", url, total if total is not None else "unknown",
                      partial.parent)
-            # disable=None: no bar when stderr is not a terminal (CI logs); the log line above remains.
-            with tqdm.tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=None,
-                           desc=name) as bar:
+            # A bar with rate and estimate (when Content-Length gives the size) in a terminal; one line in logs.
+            with progress.step(f"download {name}", total=total, unit=progress.BYTES) as counter:
                 while chunk := response.read(_DOWNLOAD_CHUNK):
                     handle.write(chunk)
                     hasher.update(chunk)
                     written += len(chunk)
-                    bar.update(len(chunk))
+                    counter.update(len(chunk))
     except urllib.error.HTTPError as error:
         raise DataSourceError(f"downloading {url} failed: HTTP {error.code} {error.reason}; check the URL "
                               "(data.path)") from error

@@ -6,21 +6,23 @@ Reads both models' test predictions (evaluate stage), writes to the analysis dir
 - `per_image.csv`: one row per test image with both models' predictions, losses and margins;
 - galleries as PNG: `both_wrong`, `only_transfer_right`, `only_scratch_right`, `<model>_top_losses`,
   `<model>_most_uncertain`, `<model>_most_confused` (with `most_confused.csv`), `label_errors` (with
-  `label_errors.csv`), `score_bars`, and `training_curves.png`;
+  `label_errors.csv`; no PNG when there are none), `score_bars`, and `training_curves.png`;
 - `report.html` (self-contained) and `summary.md` (short, for CI comments); both go to MLflow.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 
-from imgclf import artifacts, fileio, tracking
+from imgclf import artifacts, fileio, progress, tracking
 from imgclf.artifacts import (
     DETAILS_FILE,
     MARKDOWN_FILE,
@@ -312,7 +314,8 @@ _OUTCOME_TEXT = {
 }
 
 
-def galleries(table: pd.DataFrame, selections: Selections, pixels: dict[int, np.ndarray]) -> list[report.Gallery]:
+def galleries(table: pd.DataFrame, selections: Selections, pixels: dict[int, np.ndarray], *,
+              label_error_confidence: float) -> list[report.Gallery]:
     """The report's galleries, in reading order."""
     result = []
     counts = table["outcome"].value_counts()
@@ -344,7 +347,9 @@ def galleries(table: pd.DataFrame, selections: Selections, pixels: dict[int, np.
     result.append(report.Gallery(
         anchor="label-errors", title="Possible label errors", description="Both models agree with each other, "
         "confidently, and disagree with the label: check these labels first.",
-        groups=[("", _tiles(selections.label_errors, pixels))], total=selections.label_error_count))
+        groups=[("", _tiles(selections.label_errors, pixels))], total=selections.label_error_count,
+        empty=f"None: on no test image do both models give the same other class a probability of at least "
+              f"{label_error_confidence:g} (analysis.label_error_confidence)."))
     return result
 
 
@@ -361,33 +366,40 @@ def score_bar_items(table: pd.DataFrame, selections: Selections, pixels: dict[in
     return items
 
 
-def write_gallery_pngs(out_dir: Path, table: pd.DataFrame, selections: Selections,
-                       pixels: dict[int, np.ndarray], score_items: list[report.ScoreBars]) -> None:
-    """The galleries as PNG files (for browsing results/ and for MLflow)."""
+def gallery_figures(out_dir: Path, table: pd.DataFrame, selections: Selections,
+                    pixels: dict[int, np.ndarray], score_items: list[report.ScoreBars]) -> list[Callable[[], None]]:
+    """The galleries as PNG files (for browsing results/ and for MLflow): one call per file, not yet drawn, so the
+    caller can count them as they are (each takes about a second)."""
     counts = table["outcome"].value_counts()
 
-    def grid(rows: pd.DataFrame, name: str, title: str) -> None:
-        plots.image_grid([pixels[int(image_id)] for image_id in rows["id"]],
-                         [_caption(row) for row in rows.itertuples()], out_dir / f"{name}.png", title=title)
+    def grid(rows: pd.DataFrame, name: str, title: str) -> Callable[[], None]:
+        return functools.partial(plots.image_grid, [pixels[int(image_id)] for image_id in rows["id"]],
+                                 [_caption(row) for row in rows.itertuples()], out_dir / f"{name}.png", title=title)
 
-    for outcome, (title, _) in _OUTCOME_TEXT.items():
-        grid(selections.outcomes[outcome], outcome,
-             f"{title}: {int(counts.get(outcome, 0))} of {len(table)} test images")
+    figures = [grid(selections.outcomes[outcome], outcome,
+                    f"{title}: {int(counts.get(outcome, 0))} of {len(table)} test images")
+               for outcome, (title, _) in _OUTCOME_TEXT.items()]
     for model in MODELS:
-        grid(selections.top_losses[model], f"{model}_top_losses", f"{model}: top losses (most confidently wrong)")
-        grid(selections.most_uncertain[model], f"{model}_most_uncertain", f"{model}: most uncertain (smallest margin)")
+        figures.append(grid(selections.top_losses[model], f"{model}_top_losses",
+                            f"{model}: top losses (most confidently wrong)"))
+        figures.append(grid(selections.most_uncertain[model], f"{model}_most_uncertain",
+                            f"{model}: most uncertain (smallest margin)"))
         rows = [(f"{pair.true_class} →\n{pair.predicted_class}\n{_images(pair.count)}",
                  [pixels[int(image_id)] for image_id in examples["id"]],
                  [_caption(row) for row in examples.itertuples()])
                 for pair, examples in zip(selections.confused_pairs[model].itertuples(),
                                           selections.confused_examples[model], strict=True)]
-        plots.image_rows(rows, out_dir / f"{model}_most_confused.png", title=f"{model}: most confused class pairs",
-                         columns=max(1, max((len(images) for _, images, _ in rows), default=1)))
-    grid(selections.label_errors, "label_errors",
-         f"Possible label errors: {selections.label_error_count} (both models agree, confidently, against the label)")
-    plots.score_bars([{"image": item.tile.image, "title": f"#{item.tile.image_id} true: {item.tile.true_class}",
-                       "classes": item.classes, "true_class": item.tile.true_class, "scores": item.scores}
-                      for item in score_items], out_dir / "score_bars.png", models=MODELS)
+        figures.append(functools.partial(
+            plots.image_rows, rows, out_dir / f"{model}_most_confused.png", title=f"{model}: most confused class pairs",
+            columns=max(1, max((len(images) for _, images, _ in rows), default=1))))
+    if selections.label_error_count:  # none: the report says so in a sentence, and label_errors.csv is empty
+        figures.append(grid(selections.label_errors, "label_errors", f"Possible label errors: "
+                            f"{selections.label_error_count} (both models agree, confidently, against the label)"))
+    figures.append(functools.partial(
+        plots.score_bars, [{"image": item.tile.image, "title": f"#{item.tile.image_id} true: {item.tile.true_class}",
+                            "classes": item.classes, "true_class": item.tile.true_class, "scores": item.scores}
+                           for item in score_items], out_dir / "score_bars.png", models=MODELS))
+    return figures
 
 
 def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths: dict[str, Path], out_dir: Path,
@@ -420,7 +432,6 @@ def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_
               for model in MODELS}
     score_items = score_bar_items(table, selections, pixels, scores=scores, class_names=class_names,
                                   limit=settings.score_bar_classes)
-    write_gallery_pngs(out_dir, table, selections, pixels, score_items)
     confused = pd.concat([pairs.assign(model=model) for model, pairs in selections.confused_pairs.items()])
     fileio.atomic_write_text(out_dir / "most_confused.csv",
                              confused[["model", "true_class", "predicted_class", "count", "share"]].to_csv(index=False))
@@ -430,7 +441,12 @@ def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_
          "predicted_class_transfer", "probability_transfer"]].to_csv(index=False, float_format="%.4f"))
 
     histories = {model: read_history(history_paths[model]) for model in MODELS}
-    plots.training_curves(histories, out_dir / "training_curves.png")
+    figures = [*gallery_figures(out_dir, table, selections, pixels, score_items),
+               functools.partial(plots.training_curves, histories, out_dir / "training_curves.png")]
+    with progress.step("analysis: figures", total=len(figures), unit="figures") as counter:
+        for draw in figures:
+            draw()
+            counter.update(1)
     details = fileio.read_json(Path(evaluate_dir) / DETAILS_FILE)
     # 0 when the evaluate stage found a model degenerate: the headline then names no winner.
     summary["comparison_meaningful"] = int(not report.degenerate_models({model: details[model] for model in MODELS}))
@@ -446,7 +462,8 @@ def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_
             "confusion_transfer": Path(evaluate_dir) / confusion_plot("transfer"),
             "reliability": Path(evaluate_dir) / RELIABILITY_FILE,
             "training_curves": out_dir / "training_curves.png"}.items() if path.is_file()},
-        galleries=galleries(table, selections, pixels), score_bars=score_items,
+        galleries=galleries(table, selections, pixels, label_error_confidence=settings.label_error_confidence),
+        score_bars=score_items,
         thumbnail_size=settings.thumbnail_size)
     fileio.atomic_write_text(out_dir / REPORT_FILE, report.render_html(inputs))
     fileio.atomic_write_text(out_dir / MARKDOWN_FILE, report.render_markdown(inputs, report_name=REPORT_FILE))

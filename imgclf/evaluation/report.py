@@ -54,6 +54,7 @@ class Gallery:
     groups: list[tuple[str, list[Tile]]]
     total: int | None = None
     rows: bool = False  # groups as compact rows (label beside its images), for many small groups
+    empty: str = "No images."  # the sentence shown instead of a group that has no images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +183,8 @@ def _gallery_html(gallery: Gallery, *, size: int) -> str:
              f'<p class="note">{_e(gallery.description)}</p>']
     for heading, tiles in gallery.groups:
         if gallery.rows:
-            images = "".join(_tile_html(tile, size=size) for tile in tiles) or '<p class="note">No images.</p>'
+            images = ("".join(_tile_html(tile, size=size) for tile in tiles)
+                      or f'<p class="note">{_e(gallery.empty)}</p>')
             parts.append(f'<div class="pair"><div class="label">{_e(heading)}</div><div class="gallery">{images}'
                          "</div></div>")
             continue
@@ -191,7 +193,7 @@ def _gallery_html(gallery: Gallery, *, size: int) -> str:
         if tiles:
             parts.append('<div class="gallery">' + "".join(_tile_html(tile, size=size) for tile in tiles) + "</div>")
         else:
-            parts.append('<p class="note">No images.</p>')
+            parts.append(f'<p class="note empty">{_e(gallery.empty)}</p>')
     parts.append("</section>")
     return "\n".join(parts)
 

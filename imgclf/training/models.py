@@ -286,15 +286,28 @@ def build_feature_extractor(backbone: keras.Model, preprocessing: str, *,
     return keras.Model(inputs, features, name="feature_extractor")
 
 
+# A training feature's standard deviation counts as at least this fraction of the typical one (build_head).
+HEAD_MIN_STD_FRACTION = 0.1
+
+
 def build_head(config: TransferConfig, *, train_features: np.ndarray, num_classes: int) -> keras.Model:
     """The new classifier trained on cached features: Standardize -> Dropout -> [Dense ReLU] -> Dense softmax.
 
     Standardising with the training features' mean and variance makes the head's learning rate work for
-    every backbone, whatever the scale of its features.
+    every backbone, whatever the scale of its features. A feature (nearly) constant in training, such as a ReLU
+    unit no training image switches on (common with few images or a randomly initialised backbone), is not
+    scaled up by the inverse of its tiny spread: that turned a small activation on a validation image into a
+    z-score of 1e5 and a validation loss in the hundreds. Its spread is floored at `HEAD_MIN_STD_FRACTION` of
+    the features' typical (root-mean-square) standard deviation.
     """
     inputs = keras.Input(shape=(train_features.shape[1],), name="features")
     normalize = keras.layers.Normalization(axis=-1, name="standardize")
     normalize.adapt(train_features)
+    variance = keras.ops.convert_to_numpy(normalize.adapt_variance)
+    floor = HEAD_MIN_STD_FRACTION ** 2 * float(variance.mean())
+    if floor > 0:  # all features constant: nothing to learn from, and nothing to floor against
+        normalize.adapt_variance.assign(np.maximum(variance, floor))
+        normalize.finalize_state()  # the layer computes with constants derived from the adapted variables
     hidden = keras.layers.Dropout(config.head_dropout, name="head_dropout")(normalize(inputs))
     if config.head_units:
         hidden = keras.layers.Dense(config.head_units, activation="relu", name="head_dense")(hidden)

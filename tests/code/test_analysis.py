@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from imgclf import progress
 from imgclf.config import params_from_dict
 from imgclf.errors import EvaluationError
 from imgclf.evaluation import analysis, comparison, evaluate
@@ -142,9 +145,11 @@ def test_analysis_run_end_to_end(write_prepared, fake_probabilities, write_evalu
     assert summary["accuracy_difference"] == pytest.approx(summary["transfer_accuracy"] - summary["scratch_accuracy"])
     assert 0 <= summary["mcnemar"]["p_value"] <= 1
     for name in ("both_wrong.png", "only_transfer_right.png", "only_scratch_right.png", "scratch_top_losses.png",
-                 "transfer_most_uncertain.png", "transfer_most_confused.png", "label_errors.png", "score_bars.png",
+                 "transfer_most_uncertain.png", "transfer_most_confused.png", "score_bars.png",
                  "training_curves.png", "per_image.csv", "most_confused.csv", "label_errors.csv", "summary.md"):
         assert (out / name).stat().st_size > 0, name
+    # a figure of the suspected label errors only when there are some
+    assert (out / "label_errors.png").is_file() == (len(pd.read_csv(out / "label_errors.csv")) > 0)
     page = (out / "report.html").read_text()
     assert page.index('id="headline"') < page.index('id="metrics"') < page.index('id="galleries"')
     assert f"#{ids[0]}" in page and "&lt;long name" in page and "<long name" not in page
@@ -169,3 +174,31 @@ def test_analysis_refuses_score_bar_ids_outside_the_test_split(write_prepared, f
     # per_image.csv was written before the refusal: staged, it never reached the earlier results
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["summary.json"]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["evaluate", "out", "prepared"]
+
+
+def test_no_label_errors_is_a_sentence_not_an_empty_figure(write_prepared, fake_probabilities, write_evaluation,
+                                                           tmp_path, tiny_params_dict, monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv(progress.MODE_ENV, "lines")
+    labels = np.repeat(np.arange(3), 4)
+    meta = write_prepared(tmp_path / "prepared", class_names=CLASSES, per_class={"train": 1, "val": 1, "test": 4})
+    ids = np.arange(len(labels)) + meta["counts"]["train"] + meta["counts"]["val"]
+    write_evaluation(tmp_path / "evaluate", ids=ids, labels=labels, class_names=CLASSES, probabilities={
+        model: fake_probabilities(labels, num_classes=3, accuracy=1, seed=seed)  # never wrong: no label suspects
+        for seed, model in enumerate(evaluate.MODEL_NAMES)})
+    tiny_params_dict["analysis"].update(score_bar_ids=[], bootstrap_resamples=100)
+    with caplog.at_level(logging.INFO, logger=progress.__name__):
+        analysis.run(params_from_dict(tiny_params_dict), prepared_dir=tmp_path / "prepared",
+                     evaluate_dir=tmp_path / "evaluate", out_dir=tmp_path / "out", project_root=tmp_path,
+                     history_paths={model: tmp_path / "absent.csv" for model in evaluate.MODEL_NAMES})
+
+    section = re.search(r'<section id="label-errors">.*?</section>', (tmp_path / "out" / "report.html").read_text(),
+                        re.S).group(0)
+    assert "<img" not in section and "None: on no test image do both models give the same other class" in section
+    assert "(none)" in section
+    assert not (tmp_path / "out" / "label_errors.png").exists(), "no PNG of nothing"
+    assert len(pd.read_csv(tmp_path / "out" / "label_errors.csv")) == 0
+    # the report's figures count as a step: one line in logs
+    lines = [record.getMessage() for record in caplog.records if record.name == progress.__name__]
+    assert any(re.fullmatch(r"analysis: figures: 11 figures in [\d.]+ s \([\d.]+ figures/s\)", line)
+               for line in lines), lines

@@ -82,3 +82,21 @@ def test_local_keras_backbone_file(params_dict, shared_backbone):
     backbone, mode = models.load_backbone(params_from_dict(params_dict).transfer)
     extractor = models.build_feature_extractor(backbone, mode, input_shape=(32, 32, 3), input_size=96)
     assert mode == "none" and extractor.output_shape == (None, 1280)
+
+
+def test_head_does_not_blow_up_a_feature_constant_in_training(tiny_params_dict, tmp_path):
+    # Feature 0 varies; feature 1 is a ReLU unit no training image switches on, as 110 of the 2,048 features of
+    # the smoke run's random ResNet50 were: a validation image with 0.14 there got a z-score of 1e5 and the head a
+    # validation loss of 554.
+    rng = np.random.default_rng(0)
+    train = np.stack([rng.normal(3.0, 2.0, 64), np.zeros(64)], axis=1).astype("float32")
+    head = models.build_head(params_from_dict(tiny_params_dict).transfer, train_features=train, num_classes=2)
+    standardize = keras.Model(head.input, head.get_layer("standardize").output)
+    validation = np.array([[3.0 + 2.0, 0.14]], "float32")
+    z = np.asarray(standardize(validation))[0]
+    assert z[0] == pytest.approx((5.0 - train[:, 0].mean()) / train[:, 0].std(), rel=0.05), "varying: a z-score"
+    typical = np.sqrt(train.var(axis=0).mean())
+    assert abs(z[1]) <= 0.14 / (models.HEAD_MIN_STD_FRACTION * typical) + 1e-6 < 2, "a dead feature is not scaled up"
+    head.save(tmp_path / "head.keras")  # the floor is in the saved variables, not only in this process
+    np.testing.assert_allclose(np.asarray(models.load_model(tmp_path / "head.keras")(validation)),
+                               np.asarray(head(validation)), rtol=1e-5)

@@ -39,6 +39,13 @@ def _texts(dom: str, role: str) -> list[str]:
     return [re.sub(r"<[^>]+>", "", text) for group in groups for text in re.findall(r"<text[^>]*>(.*?)</text>", group)]
 
 
+def _axis_labels(dom: str) -> list[list[str]]:
+    """Each axis's tick labels, blanks (ticks drawn without a label) left out."""
+    groups = re.findall(r'<g class="mark-text role-axis-label[^"]*"[^>]*>(.*?)</g>', dom, flags=re.S)
+    return [[label for text in re.findall(r"<text[^>]*>(.*?)</text>", group) if (label := re.sub(r"<[^>]+>", "", text))]
+            for group in groups]
+
+
 def _line_colours(dom: str) -> set[str]:
     groups = re.findall(r'<g class="mark-line role-mark[^"]*"[^>]*>(.*?)</g>', dom, flags=re.S)
     return {colour for group in groups for colour in re.findall(r'<path[^>]*stroke="([^"]+)"', group)}
@@ -64,5 +71,11 @@ def test_plots_page_draws_offline_with_labelled_axes_and_a_colour_per_model(trai
     # The learning rate (1e-3 constant in the smoke run) must show as a value, not as "0".
     assert any(re.fullmatch(r"\de-\d", label) for label in _texts(dom, "axis-label")), "no 1e-3-style tick"
     assert len(_line_colours(dom)) >= 2, "both models' lines are drawn in one colour"
+    # Half-epoch ticks formatted as whole numbers read "1 2 2 3 3" on a 3-epoch axis: only whole epochs are labelled.
+    assert all(len(labels) == len(set(labels)) for labels in _axis_labels(dom)), _axis_labels(dom)
+    # Vega-Lite draws a strokeDash legend's symbols in a transparent stroke: "training"/"validation" had no line.
+    symbols = re.findall(r'<g class="mark-symbol role-legend-symbol[^"]*"[^>]*>(.*?)</g>', dom, flags=re.S)
+    strokes = [stroke for group in symbols for stroke in re.findall(r'<path[^>]*\bstroke="([^"]+)"', group)]
+    assert strokes and "transparent" not in strokes, f"legend symbols drawn in {strokes}"
     pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=float)
     assert pixels.std() > 10, "the plots page rendered blank"
