@@ -93,3 +93,19 @@ def test_script_refuses_a_params_yaml_that_is_not_valid_yaml(tmp_path):
     assert "not valid YAML" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (root / "dvc.lock").exists(), "nothing ran"
+
+
+@pytest.mark.parametrize("overrides", [[], ["scratch.epochs=2"]], ids=["dvc repro", "dvc exp run"])
+def test_a_stage_refusal_is_the_scripts_one_line_exit_2(tmp_path, overrides):
+    """A stage's `error: ...` + exit 2 (a data.path that passes the schema but is not there) stays exit 2 with that
+    line last, not DVC's status 255 and its "failed to reproduce" line; with no remote nothing is pulled."""
+    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, git=True, overrides=sandbox.merge(
+        sandbox.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(tmp_path / "no-such-photos")}}))
+    result = subprocess.run(["bash", str(SCRIPT), "--no-push", *overrides], cwd=root, env=sandbox.environment(root),
+                            capture_output=True, text=True, check=False, timeout=300)
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2, result.stderr
+    assert last_line.startswith("retrain: error: stage 'check_params': data.path ") and "does not exist" in last_line
+    assert "failed to reproduce" not in result.stderr and "Traceback" not in result.stderr
+    assert "nothing to pull" in result.stderr and "No remote provided" not in result.stderr
+    assert not (root / "data" / "raw").exists()
