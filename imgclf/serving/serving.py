@@ -23,7 +23,6 @@ import io
 import os
 import re
 import tempfile
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,11 +114,7 @@ class Classifier:
                                    "prepared data for class names and image size; pass --meta PATH (or run the "
                                    "preprocess stage: dvc repro preprocess)")
         preprocessing = Preprocessing.from_meta(fileio.read_json(preprocessing_file), source=str(preprocessing_file))
-        try:
-            model = models.load_model(model_file)
-        except (ValueError, OSError, zipfile.BadZipFile) as error:  # how Keras reports a file that is no model
-            raise ModelSourceError(f"{model_file} is not a Keras model file ({error}); give a .keras file saved "
-                                   "by a training stage") from error
+        model = models.load_model(model_file, remedy="give a .keras file saved by a training stage")
         return cls(model, preprocessing)
 
     @property
@@ -277,8 +272,9 @@ def _download(uri: str, destination: Path, *, project_root: Path) -> ModelFiles:
     # the URIs passed below, so the global tracking URI must name the store too.
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination),
-                                                         tracking_uri=tracking_uri, registry_uri=registry_uri))
+        with tracking.store_errors(tracking_uri):  # locked or corrupt: its own one-line error naming the store
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination),
+                                                             tracking_uri=tracking_uri, registry_uri=registry_uri))
     except mlflow.exceptions.MlflowException as error:
         raise ModelSourceError(f"cannot load the MLflow model {uri} from {tracking_uri}: {error.message.strip()}; "
                                "check the run id or the registered name and alias") from error
