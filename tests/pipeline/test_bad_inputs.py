@@ -382,6 +382,20 @@ def test_mlproject_entry_point_mistake_is_one_line_exit_2(capsys):
     assert exit_info.value.code == 2 and err.startswith("error: images:") and err.count("\n") == 1
 
 
+def test_mlproject_run_turns_a_stage_refusal_into_one_line_exit_2(tmp_path):
+    """`mlflow run . -e main` runs `python -m imgclf.pipeline run`: dvc exits 255 when a stage exits 2."""
+    from imgclf import sandbox
+
+    photos = tmp_path / "no-such-photos"
+    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=sandbox.merge(
+        sandbox.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(photos)}}))
+    result = subprocess.run([sys.executable, "-m", "imgclf.pipeline", "run"], cwd=root,
+                            env=sandbox.environment(root), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: stage 'check_params': data.path '{photos}' does not exist")
+    assert result.stderr.count("\n") == 1 and "failed to reproduce" not in result.stderr
+
+
 def test_environment_programs_run_stages_with_its_python_without_activation(tmp_path):
     """What `make setup` installs: `.venv/bin/dvc repro` then finds .venv's python for dvc.yaml's `python`."""
     venv = tmp_path / "venv"
