@@ -84,6 +84,9 @@ def _run(arguments: argparse.Namespace) -> int:
     elif arguments.command == "exp-args":
         from imgclf import config, sandbox
 
+        if not arguments.profile.is_file():
+            raise config.ConfigError(f"{arguments.profile}: profile not found; give a YAML file of params.yaml "
+                                     "overrides, e.g. profiles/scratch_best.yaml")
         overrides = config.read_params_yaml(arguments.profile)
         if not isinstance(overrides, dict):
             raise config.ConfigError(f"{arguments.profile}: a profile is a mapping of params.yaml sections "

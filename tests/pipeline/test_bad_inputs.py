@@ -298,6 +298,7 @@ def test_cli_params_and_profile_trouble_is_one_line_exit_2(tmp_path, capsys, mon
         status, err = _cli(capsys, command, str(profile))
         assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, (command, err)
         assert str(profile) in err and "Traceback" not in err
+        assert case != "missing" or ("not found" in err and "Errno" not in err), err  # says what to do
 
 
 @pytest.fixture
