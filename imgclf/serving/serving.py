@@ -41,7 +41,6 @@ from imgclf.training import models
 
 MODEL_ARTIFACT = "keras_model"
 PREPROCESSING_ARTIFACT = "preprocessing"
-PREPROCESSING_FILE = "preprocessing.json"
 PREPROCESSING_KEYS = ("class_names", "image_size", "channels", "resize")
 MODEL_CODE_FILE = "imgclf_model.py"
 # MLflow's models-from-code: the logged model is this script, not a pickle; it runs with the logged `imgclf`
@@ -221,7 +220,7 @@ def log_model(model_file: Path, meta: PreparedMeta, example_pixels: np.ndarray) 
         filter_string=f"source_run_id = '{run_id}' AND name = '{tracking.LOGGED_MODEL_NAME}'", output_format="list")
     example = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(encode_png(example_pixels)).decode("ascii")]})
     with tempfile.TemporaryDirectory() as staging:
-        preprocessing_file, code_file = Path(staging) / PREPROCESSING_FILE, Path(staging) / MODEL_CODE_FILE
+        preprocessing_file, code_file = Path(staging) / artifacts.PREPROCESSING_FILE, Path(staging) / MODEL_CODE_FILE
         fileio.atomic_write_json(preprocessing_file, preprocessing.to_dict())
         fileio.atomic_write_text(code_file, MODEL_CODE)
         info = mlflow.pyfunc.log_model(
@@ -312,5 +311,6 @@ def export_saved_model(classifier: Classifier, out_dir: Path, *, force: bool = F
             os.replace(item, built / item.name)
         (built / "saved_model").rmdir()
         # TF Serving ignores assets.extra/; clients read the class names and resize policy there.
-        fileio.atomic_write_json(built / "assets.extra" / PREPROCESSING_FILE, classifier.preprocessing.to_dict())
+        fileio.atomic_write_json(built / "assets.extra" / artifacts.PREPROCESSING_FILE,
+                                 classifier.preprocessing.to_dict())
     return out_dir
