@@ -123,11 +123,15 @@ trap 'rm -rf "$scratch"' EXIT
 # script's exit 2 with that line last, instead of DVC's "ERROR: failed to reproduce ..." and status 255.
 run_pipeline() {
   local held="$scratch/held.err" status=0 failed message
+  : >"$held"
   # stdout passes through; stderr goes through awk, which holds back `error:` lines and DVC's ERROR line.
   { dvc "$@" 2>&1 1>&3 3>&- \
       | awk -v held="$held" '/^(error|ERROR): / { print > held; fflush(held); next } { print; fflush() }' >&2
   } 3>&1 || status=$?
-  [[ "$status" -eq 0 ]] && return 0
+  if [[ "$status" -eq 0 ]]; then
+    [[ ! -s "$held" ]] || cat "$held" >&2  # none expected on success, but never swallow a line
+    return 0
+  fi
   failed="$(grep -m1 -oE "^ERROR: failed to reproduce '[^']+'.*, exited with 2$" "$held" || true)"
   message="$(grep -m1 '^error: ' "$held" || true)"
   if [[ -n "$failed" && -n "$message" ]]; then
