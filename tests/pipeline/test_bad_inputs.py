@@ -397,6 +397,17 @@ def test_mlproject_run_turns_a_stage_refusal_into_one_line_exit_2(tmp_path):
     assert result.stderr.count("\n") == 1 and "failed to reproduce" not in result.stderr
 
 
+def test_mlproject_run_keeps_dvcs_status_and_words_for_a_crash(tmp_path, capsys):
+    """Only a stage's exit 2 is rewritten; a crashing stage's lines, held back while DVC runs, are all shown."""
+    from imgclf import pipeline
+
+    (tmp_path / "dvc.yaml").write_text('stages:\n  crash:\n    cmd: "echo error: boom >&2 && exit 1"\n')
+    subprocess.run([pipeline._dvc(), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=120)
+    status = pipeline.run_pipeline(tmp_path)
+    err = capsys.readouterr().err
+    assert status == 255 and "error: boom" in err and "failed to reproduce 'crash'" in err and "exited with 1" in err
+
+
 def test_environment_programs_run_stages_with_its_python_without_activation(tmp_path):
     """What `make setup` installs: `.venv/bin/dvc repro` then finds .venv's python for dvc.yaml's `python`."""
     venv = tmp_path / "venv"
