@@ -19,10 +19,11 @@
 # Environment: PARAMS_OVERRIDES (space-separated KEY=VALUE, appended to the arguments: the workflow's input),
 # MLFLOW_TRACKING_URI / MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for a tracking server, the DVC
 # remote's credentials (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), GH_TOKEN and PR_NUMBER to comment.
-# Exit status: 0 done, 2 usage or a bad override, anything else the failing step's.
+# Exit status: 0 done, 2 usage, a bad override or a stage's refusal of something you can fix (its `error: ...`
+# line last), anything else the failing step's.
 set -euo pipefail
 
-usage() { sed -n '2,22p' "$0" | sed -E 's/^# ?//'; }
+usage() { sed -n '2,23p' "$0" | sed -E 's/^# ?//'; }
 note() { echo "retrain: $*" >&2; }
 die() { echo "retrain: error: $1" >&2; exit "${2:-1}"; }  # die MESSAGE [EXIT_STATUS]
 
@@ -102,7 +103,8 @@ PY
 # `dvc repro` rebuilds them; credentials or network failures still are. Only the stages dvc.lock records have
 # anything to pull: for each output of a stage never run (all of them on a clone with no dvc.lock yet) DVC would
 # warn "No file hash info found for '<output>'. It won't be created."
-remote="$(dvc remote default 2>/dev/null || true)"
+# With no default remote, `dvc remote default` prints "No default remote set" on stdout and exits 1.
+remote="$(dvc remote default 2>/dev/null)" || remote=""
 locked=()
 if [[ -f dvc.lock ]]; then
   stage_names='import yaml; print("\n".join((yaml.safe_load(open("dvc.lock")) or {}).get("stages", {})))'
@@ -123,16 +125,43 @@ else
 fi
 
 # 2. Retrain: only the stages whose code, data or params changed run.
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+
+# run_pipeline DVC_ARGS...: dvc with its and the stages' output passing through live, except that a stage's
+# refusal of something the user can fix (it prints one `error: ...` line and exits 2, imgclf/cli.py) becomes this
+# script's exit 2 with that line last, instead of DVC's "ERROR: failed to reproduce ..." and status 255.
+run_pipeline() {
+  local held="$scratch/held.err" status=0 failed message
+  : >"$held"
+  # stdout passes through; stderr goes through awk, which holds back `error:` lines and DVC's ERROR line.
+  { dvc "$@" 2>&1 1>&3 3>&- \
+      | awk -v held="$held" '/^(error|ERROR): / { print > held; fflush(held); next } { print; fflush() }' >&2
+  } 3>&1 || status=$?
+  if [[ "$status" -eq 0 ]]; then
+    [[ ! -s "$held" ]] || cat "$held" >&2  # none expected on success, but never swallow a line
+    return 0
+  fi
+  failed="$(grep -m1 -oE "^ERROR: failed to reproduce '[^']+'.*, exited with 2$" "$held" || true)"
+  message="$(grep -m1 '^error: ' "$held" || true)"
+  if [[ -n "$failed" && -n "$message" ]]; then
+    failed="${failed#ERROR: failed to reproduce \'}"
+    die "stage '${failed%%\'*}': ${message#error: }" 2
+  fi
+  cat "$held" >&2 2>/dev/null || true  # anything else: DVC's own words, then its exit status
+  exit "$status"
+}
+
 if [[ ${#overrides[@]} -gt 0 ]]; then
   set_params=()
   for override in "${overrides[@]}"; do
     set_params+=(--set-param "$override")
   done
   note "dvc exp run ${set_params[*]}"
-  dvc exp run "${set_params[@]}"
+  run_pipeline exp run "${set_params[@]}"
 else
   note "dvc repro"
-  dvc repro
+  run_pipeline repro
 fi
 
 # 3. Push.
@@ -144,8 +173,6 @@ fi
 # 4. Report.
 summary="results/analysis/summary.md"
 [[ -s "$summary" ]] || die "$summary is missing after the pipeline ran: did the analyze stage change its outputs?"
-scratch="$(mktemp -d)"
-trap 'rm -rf "$scratch"' EXIT
 # DVC prints a header-only table when nothing differs.
 table_rows() { grep -c '^|' <<<"$1" | awk '{ print $1 - 2 }'; }
 mkdir -p "$(dirname "$report")"

@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     finder.add_argument("--model", choices=["scratch", "transfer"], default="scratch")
     finder.add_argument("--params", type=Path, default=Path("params.yaml"))
     finder.add_argument("--data", type=Path, default=Path(artifacts.PREPARED_DIR), help="prepared data directory")
-    finder.add_argument("--features", type=Path, default=Path("data/features"), help="cached features (transfer)")
-    finder.add_argument("--out", type=Path, default=Path("results/lr_find"), help="where the plot and CSV go")
+    finder.add_argument("--features", type=Path, default=Path(artifacts.FEATURES_DIR),
+                        help="cached features (transfer)")
+    finder.add_argument("--out", type=Path, default=Path(artifacts.LR_FIND_DIR), help="where the plot and CSV go")
     finder.add_argument("--steps", type=int, default=100, help="batches in the sweep")
     finder.add_argument("--start", type=float, default=1e-7)
     finder.add_argument("--end", type=float, default=10.0)
@@ -86,10 +87,13 @@ def _run(arguments: argparse.Namespace) -> int:
                                     end=arguments.end)
         print(f"suggested learning rate: {suggestions['steepest']:.2e} (steepest descent); "
               f"{suggestions['min_loss_over_10']:.2e} (minimum loss / 10)")
-        print(f"plot: {arguments.out / f'lr_find_{arguments.model}.png'}")
+        print(f"plot: {arguments.out / artifacts.lr_find_file(arguments.model, '.png')}")
     elif arguments.command == "exp-args":
         from imgclf import config, sandbox
 
+        if not arguments.profile.is_file():
+            raise config.ConfigError(f"{arguments.profile}: profile not found; give a YAML file of params.yaml "
+                                     "overrides, e.g. profiles/scratch_best.yaml")
         overrides = config.read_params_yaml(arguments.profile)
         if not isinstance(overrides, dict):
             raise config.ConfigError(f"{arguments.profile}: a profile is a mapping of params.yaml sections "

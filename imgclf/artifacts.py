@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 PARAMS_FILE = "params.yaml"
+INPUT_LINK = "data/input"  # check_params points it at data.path's local data; download depends on it (dvc.yaml)
 CHAMPION = "champion"  # the registry alias of the better model (the evaluate stage moves it)
 DVC_FILE = "dvc.yaml"
 
@@ -26,8 +27,15 @@ CLASS_DISTRIBUTION_PLOT = "class_distribution.png"
 AUGMENTATION_PREVIEW_PLOT = "augmentation_preview.png"
 
 # extract_features stage (data/features)
+FEATURES_DIR = "data/features"  # dvc.yaml's default; lr-find's default for the transfer model
 EXTRACTOR_FILE = "extractor.keras"
 FEATURES_META = "features.json"
+AUGMENTED_VIEW_PREFIX = "train_aug"  # train_aug1, train_aug2, ...: extra augmented views of the training split
+
+
+def features_file(view: str) -> str:
+    """`<view>.npz` (features and labels): a split (train, val, test) or an augmented view (train_aug1)."""
+    return f"{view}.npz"
 
 # training stages (models/<name>)
 MODEL_FILE = "model.keras"
@@ -35,8 +43,11 @@ HISTORY_FILE = "history.csv"  # one row per epoch; drawn by dvc.yaml's plots
 SUMMARY_FILE = "train_summary.json"
 RUN_FILE = "run.json"  # the MLflow run that trained the model
 RESUME_DIR = "resume"  # backups of a killed run, removed once the stage succeeds
+RESUME_FINGERPRINT_FILE = "fingerprint.json"  # in RESUME_DIR: the settings the backups were made with
+PHASE_DONE_FILE = "done.json"  # in RESUME_DIR/<phase>: that training phase finished
 
 # evaluate stage (results/evaluate)
+EVALUATE_DIR = "results/evaluate"  # dvc.yaml's out; its metrics file is dvc.yaml's `metrics:`
 MODEL_NAMES = ("scratch", "transfer")  # models/<name>, and the prefix of each per-model result file
 METRICS_FILE = "metrics.json"
 DETAILS_FILE = "details.json"
@@ -67,9 +78,32 @@ def per_class_file(model: str) -> str:
 
 
 # analyze stage (results/analysis)
+ANALYSIS_DIR = "results/analysis"
 ANALYSIS_SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 MARKDOWN_FILE = "summary.md"
+PER_IMAGE_FILE = "per_image.csv"  # one row per test image, both models; its `id` column is the manifest's
+MOST_CONFUSED_FILE = "most_confused.csv"
+LABEL_ERRORS_FILE = "label_errors.csv"
+TRAINING_CURVES_PLOT = "training_curves.png"
+SCORE_BARS_PLOT = "score_bars.png"
+
+
+def most_confused_plot(model: str) -> str:
+    return f"{model}_most_confused.png"
+
+
+# `python -m imgclf lr-find`
+LR_FIND_DIR = "results/lr_find"
+
+
+def lr_find_file(model: str, suffix: str) -> str:
+    """`lr_find_<model>.csv` (the sweep) or `.png` (its plot)."""
+    return f"lr_find_{model}{suffix}"
+
+
+# an MLflow-logged model and an exported SavedModel (assets.extra/): the preprocessing facts of meta.json
+PREPROCESSING_FILE = "preprocessing.json"
 
 # MLflow's local store, beside dvc.yaml
 MLFLOW_STORE_FILE = "mlflow.db"

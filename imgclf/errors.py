@@ -28,6 +28,10 @@ class ModelConfigError(UserError):
     """A model setting that cannot work with this data or this Keras."""
 
 
+class ModelFileError(UserError):
+    """A `.keras` file (model, backbone, feature extractor) that Keras cannot read: corrupt, truncated or unsafe."""
+
+
 class TrackingStoreError(UserError):
     """An MLflow tracking store that cannot be read or written (corrupt, read-only, locked)."""
 

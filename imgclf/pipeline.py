@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -129,10 +130,39 @@ def run_pipeline(root: Path, *, overrides: str = "", stage: str | None = None, n
     items = parse_overrides(overrides)
     command = dvc_command(overrides=items, stage=stage or None, name=name or None, git=is_git_repository(root))
     print("+ " + shlex.join(command), flush=True)
-    status = subprocess.run(command, cwd=root, check=False).returncode
+    status = _run_dvc(command, root)
     if status == 0:
         _name_group_run(root, stage=stage or None, overrides=items)
     return status
+
+
+# DVC's last line when a stage's command fails; it exits 255 whatever the stage's own status was.
+_STAGE_FAILED = re.compile(r"^ERROR: failed to reproduce '(?P<stage>[^']+)'.*, exited with (?P<status>\d+)$")
+
+
+def _run_dvc(command: list[str], root: Path) -> int:
+    """Run dvc with its and the stages' output passing through live; return its exit status.
+
+    A stage's refusal of something the user can fix (one `error: ...` line and exit 2, imgclf/cli.py) becomes a
+    `PipelineError` naming the stage, so this entry point exits 2 with that line too, not DVC's 255 after its
+    "failed to reproduce" line. Those lines are held back until the end; any other failure shows them then."""
+    held: list[str] = []
+    with subprocess.Popen(command, cwd=root, stderr=subprocess.PIPE, text=True, bufsize=1) as process:
+        for line in process.stderr:
+            if line.startswith(("error: ", "ERROR: ")):
+                held.append(line)
+            else:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+    if process.returncode == 0:
+        sys.stderr.writelines(held)
+        return 0
+    failed = next((match for line in held if (match := _STAGE_FAILED.match(line.rstrip("\n")))), None)
+    refusal = next((line for line in held if line.startswith("error: ")), None)
+    if failed and failed["status"] == str(cli.EXIT_USER_ERROR) and refusal:
+        raise PipelineError(f"stage '{failed['stage']}': {refusal.removeprefix('error: ').strip()}")
+    sys.stderr.writelines(held)
+    return process.returncode
 
 
 def predict_command(*, images: str, model: str, output_format: str, top_k: float, root: Path) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from imgclf import fileio
+from imgclf import artifacts, fileio
 from imgclf.config import params_from_dict, read_params_yaml
 from imgclf.data import input_link
 
@@ -25,7 +25,6 @@ PROJECT_ENTRIES = ("dvc.yaml", "params.yaml", "stages", "imgclf", "MLproject", "
 GIT_ENTRIES = (".gitignore", ".dvcignore")
 # The plot templates and the offline plots page that dvc.yaml's `plots:` use (config plots.html_template).
 DVC_PLOTS = Path(".dvc") / "plots"
-INPUT_LINK = "data/input"  # dvc.yaml: check_params points it at data.path's local data, download depends on it
 INHERITED_MLFLOW_IDS = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
 # Commits in a copy need an author even on a machine with no git identity (CI).
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "imgclf sandbox", "GIT_AUTHOR_EMAIL": "sandbox@imgclf.invalid",
@@ -91,7 +90,7 @@ def create(destination: Path, *, source_root: Path, overrides: dict[str, Any], g
     params_from_dict(params, source="sandbox overrides")  # fail here, not three stages later
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # Not a copy of the project's link, which may point at its own data: check_params points it on first repro.
-    fileio.atomic_write_text(destination / INPUT_LINK, input_link.PLACEHOLDER)
+    fileio.atomic_write_text(destination / artifacts.INPUT_LINK, input_link.PLACEHOLDER)
     if git:
         run_git(destination, "init", "--quiet", "--initial-branch=main")
         dvc(destination, "init", "--quiet")

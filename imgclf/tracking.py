@@ -135,9 +135,9 @@ def store_errors(uri: str | None = None) -> Iterator[None]:
         where = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri
         reason = str(error).strip().splitlines()[0][:200]
         raise TrackingStoreError(
-            f"the MLflow tracking store {where} cannot be used ({reason}): if it is read-only, fix its "
-            "permissions; if it is corrupt, move it aside (a fresh one is created) or set MLFLOW_TRACKING_URI "
-            "to another store") from error
+            f"the MLflow tracking store {where} cannot be used ({reason}): if it is locked, let the other run "
+            "finish; if it is read-only, fix its permissions; if it is corrupt, move it aside (a fresh one is "
+            "created) or set MLFLOW_TRACKING_URI to another store") from error
 
 
 def configure(project_root: Path, experiment: str) -> str:
@@ -483,10 +483,14 @@ def set_champion(client: mlflow.MlflowClient, versions: dict[str, Any], champion
 
 def champion_uri(client: mlflow.MlflowClient | None = None) -> str:
     """`models:/<name>@champion` of whichever registered model holds the alias; a clear error when none does."""
-    client = client or mlflow.MlflowClient()
-    for name in REGISTERED_MODELS.values():
-        with contextlib.suppress(mlflow.exceptions.MlflowException):
-            client.get_model_version_by_alias(name, CHAMPION)
-            return f"models:/{name}@{CHAMPION}"
+    with store_errors():  # a locked or corrupt store is its own one-line error, not "no champion"
+        client = client or mlflow.MlflowClient()
+        for name in REGISTERED_MODELS.values():
+            try:
+                client.get_model_version_by_alias(name, CHAMPION)
+                return f"models:/{name}@{CHAMPION}"
+            except mlflow.exceptions.MlflowException as error:
+                if _is_store_failure(error):
+                    raise
     raise RuntimeError(f"no registered model has the alias {CHAMPION!r} in {mlflow.get_tracking_uri()}: run the "
                        "pipeline through the evaluate stage first (dvc repro), or pass a model path or URI")

@@ -30,6 +30,7 @@ from imgclf.artifacts import (
     RELIABILITY_FILE,
     REPORT_FILE,
     RUNS_FILE,
+    PreparedMeta,
     confusion_plot,
     predictions_file,
     probabilities_file,
@@ -202,7 +203,7 @@ def shown_classes(scores: dict[str, np.ndarray], *, true_label: int, limit: int)
     return sorted(order, key=lambda index: (-best[index], index))
 
 
-def test_images(prepared_dir: Path, ids: set[int], meta: dict) -> dict[int, np.ndarray]:
+def test_images(prepared_dir: Path, ids: set[int], meta: PreparedMeta) -> dict[int, np.ndarray]:
     """The uint8 pixels of the requested test images, read from the shards in one streaming pass."""
     from imgclf.data import tfdata
 
@@ -390,7 +391,8 @@ def gallery_figures(out_dir: Path, table: pd.DataFrame, selections: Selections,
                 for pair, examples in zip(selections.confused_pairs[model].itertuples(),
                                           selections.confused_examples[model], strict=True)]
         figures.append(functools.partial(
-            plots.image_rows, rows, out_dir / f"{model}_most_confused.png", title=f"{model}: most confused class pairs",
+            plots.image_rows, rows, out_dir / artifacts.most_confused_plot(model),
+            title=f"{model}: most confused class pairs",
             columns=max(1, max((len(images) for _, images, _ in rows), default=1))))
     if selections.label_error_count:  # none: the report says so in a sentence, and label_errors.csv is empty
         figures.append(grid(selections.label_errors, "label_errors", f"Possible label errors: "
@@ -398,7 +400,7 @@ def gallery_figures(out_dir: Path, table: pd.DataFrame, selections: Selections,
     figures.append(functools.partial(
         plots.score_bars, [{"image": item.tile.image, "title": f"#{item.tile.image_id} true: {item.tile.true_class}",
                             "classes": item.classes, "true_class": item.tile.true_class, "scores": item.scores}
-                           for item in score_items], out_dir / "score_bars.png", models=MODELS))
+                           for item in score_items], out_dir / artifacts.SCORE_BARS_PLOT, models=MODELS))
     return figures
 
 
@@ -424,7 +426,7 @@ def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_
     summary = comparison.compare(table["right_scratch"].to_numpy(), table["right_transfer"].to_numpy(),
                                  resamples=settings.bootstrap_resamples, confidence_level=settings.confidence_level,
                                  seed=params.seed)
-    fileio.atomic_write_text(out_dir / "per_image.csv", table.to_csv(index=False, float_format="%.6f"))
+    fileio.atomic_write_text(out_dir / artifacts.PER_IMAGE_FILE, table.to_csv(index=False, float_format="%.6f"))
 
     selections = select(table, settings=settings)
     pixels = test_images(prepared_dir, selections.ids(), meta)
@@ -433,16 +435,16 @@ def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_
     score_items = score_bar_items(table, selections, pixels, scores=scores, class_names=class_names,
                                   limit=settings.score_bar_classes)
     confused = pd.concat([pairs.assign(model=model) for model, pairs in selections.confused_pairs.items()])
-    fileio.atomic_write_text(out_dir / "most_confused.csv",
+    fileio.atomic_write_text(out_dir / artifacts.MOST_CONFUSED_FILE,
                              confused[["model", "true_class", "predicted_class", "count", "share"]].to_csv(index=False))
-    fileio.atomic_write_text(out_dir / "label_errors.csv", label_error_candidates(
+    fileio.atomic_write_text(out_dir / artifacts.LABEL_ERRORS_FILE, label_error_candidates(
         table, confidence=settings.label_error_confidence)[
         ["id", "original", "true_class", "predicted_class_scratch", "probability_scratch",
          "predicted_class_transfer", "probability_transfer"]].to_csv(index=False, float_format="%.4f"))
 
     histories = {model: read_history(history_paths[model]) for model in MODELS}
     figures = [*gallery_figures(out_dir, table, selections, pixels, score_items),
-               functools.partial(plots.training_curves, histories, out_dir / "training_curves.png")]
+               functools.partial(plots.training_curves, histories, out_dir / artifacts.TRAINING_CURVES_PLOT)]
     with progress.step("analysis: figures", total=len(figures), unit="figures") as counter:
         for draw in figures:
             draw()
@@ -461,7 +463,7 @@ def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_
             "confusion_scratch": Path(evaluate_dir) / confusion_plot("scratch"),
             "confusion_transfer": Path(evaluate_dir) / confusion_plot("transfer"),
             "reliability": Path(evaluate_dir) / RELIABILITY_FILE,
-            "training_curves": out_dir / "training_curves.png"}.items() if path.is_file()},
+            "training_curves": out_dir / artifacts.TRAINING_CURVES_PLOT}.items() if path.is_file()},
         galleries=galleries(table, selections, pixels, label_error_confidence=settings.label_error_confidence),
         score_bars=score_items,
         thumbnail_size=settings.thumbnail_size)

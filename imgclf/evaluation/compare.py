@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from imgclf.artifacts import ANALYSIS_SUMMARY_FILE, METRICS_FILE, PARAMS_FILE
+from imgclf.artifacts import ANALYSIS_DIR, ANALYSIS_SUMMARY_FILE, EVALUATE_DIR, METRICS_FILE, PARAMS_FILE
 
-EVALUATE_METRICS = f"results/evaluate/{METRICS_FILE}"  # dvc.yaml `metrics:`
-ANALYSIS_SUMMARY = f"results/analysis/{ANALYSIS_SUMMARY_FILE}"
+EVALUATE_METRICS = f"{EVALUATE_DIR}/{METRICS_FILE}"  # dvc.yaml `metrics:`
+ANALYSIS_SUMMARY = f"{ANALYSIS_DIR}/{ANALYSIS_SUMMARY_FILE}"
 # (column title, metrics file, dotted key, format)
 HEADLINE_METRICS = (
     ("scratch acc", EVALUATE_METRICS, "scratch.accuracy", "accuracy"),

@@ -352,7 +352,7 @@ def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path]
     all_metrics: dict[str, dict] = {}
     for name in MODEL_NAMES:
         model_path = Path(model_dirs[name]) / MODEL_FILE
-        model = models.load_model(model_path)
+        model = models.load_model(model_path, remedy=f"retrain it (dvc repro --force train_{name})")
         check_model_fits(model, name=name, image_shape=shape, num_classes=len(class_names))
         test = predict(model, batches("test"), flip=settings.tta_flip, description=f"evaluate {name} (test)",
                        total=meta.counts.get("test"))

@@ -171,6 +171,10 @@ def run(paths: Sequence[Path], *, model: str, meta: Path, top_k: int, output_for
         raise UserError(f"--output {output} is a directory; give a file name, e.g. {Path(output) / 'predictions.csv'}")
     if score_bars is not None and Path(score_bars).exists() and not Path(score_bars).is_dir():
         raise UserError(f"--score-bars {score_bars} exists and is not a folder; give a folder for the PNGs")
+    missing = [str(path) for path in paths if not Path(path).exists()]
+    if missing:  # a mistyped path; a file that exists but cannot be decoded gets its error row instead
+        raise UserError(f"{', '.join(missing)}: no such file or folder; check the path"
+                        + ("s" if len(missing) > 1 else ""))
     files = find_images(paths)
     if not files:
         raise UserError(f"no image files in {', '.join(map(str, paths))}; give image files or "

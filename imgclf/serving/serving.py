@@ -23,7 +23,6 @@ import io
 import os
 import re
 import tempfile
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ from imgclf.training import models
 
 MODEL_ARTIFACT = "keras_model"
 PREPROCESSING_ARTIFACT = "preprocessing"
-PREPROCESSING_FILE = "preprocessing.json"
 PREPROCESSING_KEYS = ("class_names", "image_size", "channels", "resize")
 MODEL_CODE_FILE = "imgclf_model.py"
 # MLflow's models-from-code: the logged model is this script, not a pickle; it runs with the logged `imgclf`
@@ -115,11 +113,7 @@ class Classifier:
                                    "prepared data for class names and image size; pass --meta PATH (or run the "
                                    "preprocess stage: dvc repro preprocess)")
         preprocessing = Preprocessing.from_meta(fileio.read_json(preprocessing_file), source=str(preprocessing_file))
-        try:
-            model = models.load_model(model_file)
-        except (ValueError, OSError, zipfile.BadZipFile) as error:  # how Keras reports a file that is no model
-            raise ModelSourceError(f"{model_file} is not a Keras model file ({error}); give a .keras file saved "
-                                   "by a training stage") from error
+        model = models.load_model(model_file, remedy="give a .keras file saved by a training stage")
         return cls(model, preprocessing)
 
     @property
@@ -226,7 +220,7 @@ def log_model(model_file: Path, meta: PreparedMeta, example_pixels: np.ndarray) 
         filter_string=f"source_run_id = '{run_id}' AND name = '{tracking.LOGGED_MODEL_NAME}'", output_format="list")
     example = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(encode_png(example_pixels)).decode("ascii")]})
     with tempfile.TemporaryDirectory() as staging:
-        preprocessing_file, code_file = Path(staging) / PREPROCESSING_FILE, Path(staging) / MODEL_CODE_FILE
+        preprocessing_file, code_file = Path(staging) / artifacts.PREPROCESSING_FILE, Path(staging) / MODEL_CODE_FILE
         fileio.atomic_write_json(preprocessing_file, preprocessing.to_dict())
         fileio.atomic_write_text(code_file, MODEL_CODE)
         info = mlflow.pyfunc.log_model(
@@ -277,8 +271,9 @@ def _download(uri: str, destination: Path, *, project_root: Path) -> ModelFiles:
     # the URIs passed below, so the global tracking URI must name the store too.
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination),
-                                                         tracking_uri=tracking_uri, registry_uri=registry_uri))
+        with tracking.store_errors(tracking_uri):  # locked or corrupt: its own one-line error naming the store
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination),
+                                                             tracking_uri=tracking_uri, registry_uri=registry_uri))
     except mlflow.exceptions.MlflowException as error:
         raise ModelSourceError(f"cannot load the MLflow model {uri} from {tracking_uri}: {error.message.strip()}; "
                                "check the run id or the registered name and alias") from error
@@ -316,5 +311,6 @@ def export_saved_model(classifier: Classifier, out_dir: Path, *, force: bool = F
             os.replace(item, built / item.name)
         (built / "saved_model").rmdir()
         # TF Serving ignores assets.extra/; clients read the class names and resize policy there.
-        fileio.atomic_write_json(built / "assets.extra" / PREPROCESSING_FILE, classifier.preprocessing.to_dict())
+        fileio.atomic_write_json(built / "assets.extra" / artifacts.PREPROCESSING_FILE,
+                                 classifier.preprocessing.to_dict())
     return out_dir

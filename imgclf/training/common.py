@@ -12,7 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from imgclf import tracking
+from imgclf import artifacts, tracking
 from imgclf.artifacts import PreparedMeta
 from imgclf.config import FitConfig, Params
 from imgclf.training import fitting
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def load_features(features_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    path = Path(features_dir) / f"{name}.npz"
+    path = Path(features_dir) / artifacts.features_file(name)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run the extract_features stage first (dvc repro)")
     with np.load(path) as data:
@@ -31,7 +31,7 @@ def load_features(features_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray
 def training_features(features_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """The training features with every augmented view, if the features stage extracted any."""
     views = [load_features(features_dir, "train")]
-    augmented = sorted(Path(features_dir).glob("train_aug*.npz"))
+    augmented = sorted(Path(features_dir).glob(artifacts.features_file(f"{artifacts.AUGMENTED_VIEW_PREFIX}*")))
     views += [load_features(features_dir, path.stem) for path in augmented]
     return np.concatenate([view[0] for view in views]), np.concatenate([view[1] for view in views])
 

@@ -47,10 +47,11 @@ def _extract_views(extractor: keras.Model, backbone: keras.Model, preprocessing:
     views = [(split, None, 0) for split in SPLITS]
     if params.augment.enabled and config.augment_copies:
         augmentation = augment.build_augmentation(params.augment, seed=params.seed)
-        views += [(f"train_aug{copy}", augmentation, copy) for copy in range(1, config.augment_copies + 1)]
+        views += [(f"{artifacts.AUGMENTED_VIEW_PREFIX}{copy}", augmentation, copy)
+                  for copy in range(1, config.augment_copies + 1)]
     timings = {}
     for name, augmentation, copy in views:
-        split = name.split("_aug")[0]
+        split = "train" if name.startswith(artifacts.AUGMENTED_VIEW_PREFIX) else name
         dataset = tfdata.make_dataset(prepared_dir, split, image_shape=shape, num_classes=meta.num_classes,
                                       batch_size=config.feature_batch_size, with_index=True,
                                       training=augmentation is not None, augment=augmentation,
@@ -63,7 +64,7 @@ def _extract_views(extractor: keras.Model, backbone: keras.Model, preprocessing:
                          "images_per_second": round(len(labels) / seconds, 1) if seconds > 0 else 0.0}
         log.info("%s: %d images through the backbone at %.1f images/s", name, len(labels),
                  timings[name]["images_per_second"])
-        _save_npz(out_dir / f"{name}.npz", features=features, labels=labels)
+        _save_npz(out_dir / artifacts.features_file(name), features=features, labels=labels)
     models.save_model(extractor, out_dir / artifacts.EXTRACTOR_FILE)
     summary = {"backbone": config.backbone, "weights": config.weights, "input_size": config.input_size,
                "preprocessing": preprocessing, "feature_dim": int(extractor.output_shape[-1]),

@@ -31,7 +31,6 @@ from imgclf.config import FitConfig
 log = logging.getLogger(__name__)
 
 BACKUP_SUBDIR = "backup"
-FINGERPRINT_FILE = "fingerprint.json"
 
 
 @keras.saving.register_keras_serializable(package="imgclf")
@@ -353,7 +352,7 @@ class ResumeState:
         self.directory = Path(directory)
         self.enabled = enabled
         self.fingerprint = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
-        stored = self.directory / FINGERPRINT_FILE
+        stored = self.directory / artifacts.RESUME_FINGERPRINT_FILE
         stale = stored.is_file() and fileio.read_json(stored).get("sha256") != self.fingerprint
         # The MLflow run of the discarded state: ended as KILLED once the store is configured (remember_run).
         self.abandoned_run_id: str | None = None
@@ -402,10 +401,10 @@ class ResumeState:
         fileio.atomic_write_json(self.directory / artifacts.RUN_FILE, {"run_id": run_id})
 
     def mark_phase_done(self, phase: str) -> None:
-        fileio.atomic_write_json(self.directory / phase / "done.json", {})
+        fileio.atomic_write_json(self.directory / phase / artifacts.PHASE_DONE_FILE, {})
 
     def phase_done(self, phase: str) -> bool:
-        return (self.directory / phase / "done.json").is_file()
+        return (self.directory / phase / artifacts.PHASE_DONE_FILE).is_file()
 
     def phase_dir(self, phase: str) -> Path:
         path = self.directory / phase

@@ -81,7 +81,7 @@ def write_results(out_dir: Path, name: str, rates: list[float], losses: list[flo
     writer = csv.writer(buffer)
     writer.writerow(["learning_rate", "loss"])
     writer.writerows(zip(rates, losses, strict=True))
-    fileio.atomic_write_text(out_dir / f"lr_find_{name}.csv", buffer.getvalue())
+    fileio.atomic_write_text(out_dir / artifacts.lr_find_file(name, ".csv"), buffer.getvalue())
     suggestions = suggest(rates, losses)
     figure, axis = plots.plt.subplots(figsize=(7, 4.5))
     axis.plot(rates, losses)
@@ -93,7 +93,7 @@ def write_results(out_dir: Path, name: str, rates: list[float], losses: list[flo
     axis.set_ylabel("loss (smoothed)")
     axis.set_title(f"Learning-rate finder: {name}")
     axis.legend()
-    plots.save_figure(figure, out_dir / f"lr_find_{name}.png")
+    plots.save_figure(figure, out_dir / artifacts.lr_find_file(name, ".png"))
     return suggestions
 
 

@@ -7,6 +7,7 @@ images in production with no preprocessing code beside it.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from pathlib import Path
 
 import keras
@@ -14,7 +15,7 @@ import numpy as np
 
 from imgclf import fileio
 from imgclf.config import ScratchConfig, TransferConfig
-from imgclf.errors import ModelConfigError
+from imgclf.errors import ModelConfigError, ModelFileError
 
 MODEL_PACKAGE = "imgclf"
 
@@ -247,7 +248,8 @@ def load_backbone(config: TransferConfig) -> tuple[keras.Model, str]:
         if not path.is_file():
             raise ModelConfigError(f"transfer.backbone: backbone file {path} not found; give an existing "
                                    f".keras file or one of: {', '.join(BACKBONES)}")
-        return keras.models.load_model(path, compile=False, safe_mode=True), "none"
+        return load_model(path, remedy="give a .keras backbone that takes raw [0, 255] RGB and returns a "
+                                        "feature map, or one of: " + ", ".join(BACKBONES)), "none"
     spec = BACKBONES.get(config.backbone)
     if spec is None:
         raise ModelConfigError(f"transfer.backbone: unknown backbone {config.backbone!r}; use one of "
@@ -321,12 +323,19 @@ def assemble_transfer_model(extractor: keras.Model, head: keras.Model) -> keras.
     return keras.Model(inputs, head(extractor(inputs)), name="transfer")
 
 
-def load_model(path: Path) -> keras.Model:
-    """Load a model saved by this project; importing this module registered its custom layers."""
+def load_model(path: Path, *, remedy: str = "run the stage that wrote it again (dvc repro --force STAGE)"
+               ) -> keras.Model:
+    """Load a model saved by this project; importing this module registered its custom layers.
+
+    A file Keras cannot read (corrupt, truncated, not a model, refused by safe mode) is a `ModelFileError`
+    whose message ends with `remedy`, what the caller's user should do about it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} not found; run the training stage first (dvc repro)")
-    return keras.models.load_model(path, compile=False, safe_mode=True)
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, OSError, zipfile.BadZipFile) as error:  # how Keras reports a file that is no model
+        raise ModelFileError(f"{path} is not a Keras model file ({error}); {remedy}") from error
 
 
 def save_model(model: keras.Model, path: Path) -> None:

@@ -74,7 +74,8 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
                              train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, num_classes=num_classes)
             head.save_weights(head_weights)
             resume.mark_phase_done(HEAD_PHASE)
-        extractor = models.load_model(Path(features_dir) / artifacts.EXTRACTOR_FILE)
+        extractor = models.load_model(Path(features_dir) / artifacts.EXTRACTOR_FILE,
+                                      remedy="extract the features again (dvc repro --force extract_features)")
         model = models.assemble_transfer_model(extractor, head)
         if config.finetune_epochs:
             rows = _finetune(model, extractor, params, resume, history_paths, rows, meta=meta,

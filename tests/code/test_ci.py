@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -93,3 +94,43 @@ def test_script_refuses_a_params_yaml_that_is_not_valid_yaml(tmp_path):
     assert "not valid YAML" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (root / "dvc.lock").exists(), "nothing ran"
+
+
+@pytest.mark.parametrize("overrides", [[], ["scratch.epochs=2"]], ids=["dvc repro", "dvc exp run"])
+def test_a_stage_refusal_is_the_scripts_one_line_exit_2(tmp_path, overrides):
+    """A stage's `error: ...` + exit 2 (a data.path that passes the schema but is not there) stays exit 2 with that
+    line last, not DVC's status 255 and its "failed to reproduce" line; with no remote nothing is pulled."""
+    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, git=True, overrides=sandbox.merge(
+        sandbox.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(tmp_path / "no-such-photos")}}))
+    result = subprocess.run(["bash", str(SCRIPT), "--no-push", *overrides], cwd=root, env=sandbox.environment(root),
+                            capture_output=True, text=True, check=False, timeout=300)
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2, result.stderr
+    assert last_line.startswith("retrain: error: stage 'check_params': data.path ") and "does not exist" in last_line
+    assert "failed to reproduce" not in result.stderr and "Traceback" not in result.stderr
+    assert "nothing to pull" in result.stderr and "No remote provided" not in result.stderr
+    assert not (root / "data" / "raw").exists()
+
+
+@pytest.mark.parametrize(("command", "status"), [
+    ('echo "stage log line" >&2 && mkdir -p results/analysis && echo "# summary" > results/analysis/summary.md', 0),
+    ('echo "stage log line" >&2 && echo "error: not a refusal, a crash" >&2 && exit 1', 255),
+], ids=["succeeds", "crashes"])
+def test_stage_output_passes_through_and_other_failures_keep_dvcs_status(tmp_path, command, status):
+    """Only a stage's exit 2 is rewritten: its other lines stream as they come, and any other failure ends with
+    DVC's own status and words (the lines held back are shown, not lost)."""
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(PROJECT_ROOT / "params.yaml", root / "params.yaml")
+    (root / "dvc.yaml").write_text(f"stages:\n  report:\n    cmd: {json.dumps(command)}\n")  # JSON is YAML
+    env = sandbox.environment(root)
+    for step in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(step, cwd=root, env=env, check=True, capture_output=True, timeout=120)
+    result = subprocess.run(["bash", str(SCRIPT), "--no-push", "--base", "HEAD"], cwd=root, env=env,
+                            capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == status, result.stderr
+    assert "stage log line" in result.stderr and "No such file" not in result.stderr
+    if status:
+        assert "error: not a refusal, a crash" in result.stderr and "failed to reproduce 'report'" in result.stderr
+    else:
+        assert (root / "results" / "ci" / "report.md").read_text().startswith("## Retraining report")

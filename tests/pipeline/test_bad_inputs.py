@@ -254,6 +254,27 @@ def test_corrupt_mlflow_db_is_one_line_naming_the_file(tmp_path, monkeypatch):
     assert "\n" not in message and str(tmp_path / "mlflow.db") in message and "move it aside" in message
 
 
+@pytest.mark.parametrize("entry_point", ["champion", "model URI"])
+def test_a_corrupt_store_behind_a_model_uri_is_one_line(tmp_path, monkeypatch, capsys, entry_point,
+                                                        write_image_folder):
+    """`mlflow run -e predict` (model `champion`) and `imgclf predict models:/...` open the store too."""
+    from imgclf import cli, pipeline
+
+    store = tmp_path / "mlflow.db"
+    store.write_bytes(os.urandom(20000))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.chdir(tmp_path)
+    images = write_image_folder(tmp_path / "images", {"x": 1}, size=8)
+    if entry_point == "champion":
+        with pytest.raises(SystemExit) as exit_info:
+            pipeline.main(["predict", "--images", str(images), "--model", "champion"])
+        status, err = exit_info.value.code, capsys.readouterr().err
+    else:
+        status, err = _cli(capsys, "predict", str(images), "--model", "models:/imgclf-transfer@champion")
+    assert status == cli.EXIT_USER_ERROR and err.startswith("error: the MLflow tracking store ")
+    assert str(store) in err and err.count("\n") == 1
+
+
 # ------------------------------------------------------------------------------- 7. one error policy
 
 def _cli(capsys, *argv: str) -> tuple[int, str]:
@@ -277,6 +298,7 @@ def test_cli_params_and_profile_trouble_is_one_line_exit_2(tmp_path, capsys, mon
         status, err = _cli(capsys, command, str(profile))
         assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, (command, err)
         assert str(profile) in err and "Traceback" not in err
+        assert case != "missing" or ("not found" in err and "Errno" not in err), err  # says what to do
 
 
 @pytest.fixture
@@ -302,6 +324,32 @@ def test_predict_output_and_score_bars_mistakes_fail_before_any_work(tmp_path, c
         status, err = _cli(capsys, "predict", str(tmp_path / "images"), "--model", str(model), "--meta",
                            str(meta), option, str(value))
         assert status == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_predict_path_that_does_not_exist_fails_before_any_work(tmp_path, capsys, tiny_model, write_image_folder):
+    model, meta = tiny_model
+    images = write_image_folder(tmp_path / "images", {"x": 1}, size=8)
+    status, err = _cli(capsys, "predict", str(images), str(tmp_path / "typo.png"), "--model", str(model), "--meta",
+                       str(meta))
+    assert status == 2 and err == f"error: {tmp_path / 'typo.png'}: no such file or folder; check the path\n"
+
+
+@pytest.mark.parametrize("what", ["model", "backbone"])
+def test_corrupt_model_or_backbone_file_is_one_line_exit_2(tmp_path, capsys, what):
+    """The evaluate and transfer stages load models through models.load_model, extract_features its backbone."""
+    from imgclf import cli
+    from imgclf.config import TransferConfig
+    from imgclf.training import models
+
+    broken = tmp_path / "model.keras"
+    broken.write_bytes(b"PK\x03\x04 cut short")
+    load = ((lambda: models.load_model(broken, remedy="retrain it")) if what == "model"
+            else (lambda: models.load_backbone(TransferConfig(backbone=str(broken), weights=None))))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.exit_on_user_error(load)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"error: {broken} is not a Keras model file (")
+    assert err.count("\n") == 1 and ("retrain it" in err if what == "model" else "raw [0, 255] RGB" in err)
 
 
 def test_score_bar_trouble_never_loses_the_predictions(tmp_path, capsys, tiny_model, write_image_folder):
@@ -333,6 +381,31 @@ def test_mlproject_entry_point_mistake_is_one_line_exit_2(capsys):
         pipeline.main(["predict", "--images", "", "--model", "x.keras"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error: images:") and err.count("\n") == 1
+
+
+def test_mlproject_run_turns_a_stage_refusal_into_one_line_exit_2(tmp_path):
+    """`mlflow run . -e main` runs `python -m imgclf.pipeline run`: dvc exits 255 when a stage exits 2."""
+    from imgclf import sandbox
+
+    photos = tmp_path / "no-such-photos"
+    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=sandbox.merge(
+        sandbox.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(photos)}}))
+    result = subprocess.run([sys.executable, "-m", "imgclf.pipeline", "run"], cwd=root,
+                            env=sandbox.environment(root), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: stage 'check_params': data.path '{photos}' does not exist")
+    assert result.stderr.count("\n") == 1 and "failed to reproduce" not in result.stderr
+
+
+def test_mlproject_run_keeps_dvcs_status_and_words_for_a_crash(tmp_path, capsys):
+    """Only a stage's exit 2 is rewritten; a crashing stage's lines, held back while DVC runs, are all shown."""
+    from imgclf import pipeline
+
+    (tmp_path / "dvc.yaml").write_text('stages:\n  crash:\n    cmd: "echo error: boom >&2 && exit 1"\n')
+    subprocess.run([pipeline._dvc(), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=120)
+    status = pipeline.run_pipeline(tmp_path)
+    err = capsys.readouterr().err
+    assert status == 255 and "error: boom" in err and "failed to reproduce 'crash'" in err and "exited with 1" in err
 
 
 def test_environment_programs_run_stages_with_its_python_without_activation(tmp_path):

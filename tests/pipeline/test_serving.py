@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imgclf import tracking
+from imgclf import artifacts, tracking
 from imgclf.data import images
 from imgclf.pipeline import PROJECT_ROOT
 from imgclf.serving import serving
@@ -100,7 +100,7 @@ def test_each_training_run_logs_one_pyfunc_image_classifier(trained_project):
         assert info.signature.inputs.input_types()[0] == mlflow.types.DataType.string
         assert info.signature.outputs.input_names() == ["predicted_class", "probability",
                                                         *(f"probability_{c}" for c in meta["class_names"])]
-        assert json.loads((local / "artifacts" / serving.PREPROCESSING_FILE).read_text()) == {
+        assert json.loads((local / "artifacts" / artifacts.PREPROCESSING_FILE).read_text()) == {
             key: meta[key] for key in serving.PREPROCESSING_KEYS}
         assert (local / "artifacts" / "model.keras").is_file()
         assert (local / "code" / "imgclf" / "serving" / "serving.py").is_file(), "the package is logged with the model"
@@ -160,7 +160,7 @@ def test_export_saved_model_serves_what_the_keras_model_predicts(trained_project
     assert not (out / "stale.txt").exists() and (out / "saved_model.pb").is_file()
     assert [path.name for path in out.parent.iterdir()] == ["1"], "no temporary directory left behind"
     meta = json.loads(meta_path.read_text())
-    assert json.loads((out / "assets.extra" / serving.PREPROCESSING_FILE).read_text())["class_names"] == \
+    assert json.loads((out / "assets.extra" / artifacts.PREPROCESSING_FILE).read_text())["class_names"] == \
         meta["class_names"]
 
     pixels = np.stack([images.decode_file(path, image_size=meta["image_size"], resize=meta["resize"],
