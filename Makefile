@@ -34,8 +34,9 @@ smoke: setup ## all stages on tiny synthetic data in smoke/, default results unt
 compare: setup ## experiments side by side: the params that differ, both accuracies, McNemar p (120 columns)
 	$(PYTHON) -m imgclf.evaluation.compare $(ARGS)
 
-# One pytest-xdist worker per logical CPU; tests marked xdist_group run on one worker, one after the other.
-PYTEST_PARALLEL := -n logical --dist loadgroup --durations=15
+# One pytest-xdist worker per logical CPU; tests marked xdist_group run on one worker, one after the other. Tests are
+# dealt in the order tests/conftest.py sorts them (long first): xdist must not reorder them by group size.
+PYTEST_PARALLEL := -n logical --dist loadgroup --no-loadscope-reorder --durations=15
 
 test: setup ## the test suite, in parallel on every core
 	$(PYTHON) -m pytest $(PYTEST_PARALLEL)

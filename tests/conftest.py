@@ -66,6 +66,20 @@ def pytest_collection_modifyitems(config, items):
     if unmarked:
         raise pytest.UsageError("these tests use trained_project but are not marked slow; add @pytest.mark.slow: "
                                 + ", ".join(unmarked))
+    items.sort(key=_run_order)
+
+
+def _run_order(item) -> tuple[int, int]:
+    """Long work first, short tests last. pytest-xdist (`--dist loadgroup --no-loadscope-reorder`, Makefile) hands
+    tests out in this order, a few at a time per worker, so the tail is made of short tests that fill whichever
+    worker frees up first: a two-minute test dealt last would leave the other core idle. Trainings that need no
+    pipeline run go first, while the background build (pytest_collection_finish) makes it; then the tests that
+    read it; then the rest. In each, an xdist_group first: its tests run one after the other on one worker."""
+    if item.get_closest_marker("slow") is None:
+        phase = 2
+    else:
+        phase = 1 if "trained_project" in getattr(item, "fixturenames", ()) else 0
+    return phase, 0 if item.get_closest_marker("xdist_group") is not None else 1
 
 
 @functools.cache

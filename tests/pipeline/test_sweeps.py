@@ -12,13 +12,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from imgclf import sandbox, tracking
 from imgclf.artifacts import MLFLOW_STORE_FILE
 from imgclf.evaluation.compare import format_p_value
-from imgclf.pipeline import PROJECT_ROOT
 
-QUEUE_SECONDS = 1500  # two smoke pipelines side by side on a busy 2-core machine
+QUEUE_SECONDS = 1500  # two experiments side by side on a busy 2-core machine
 VARIANTS = {"sweep-one": "scratch.epochs=1", "sweep-two": "scratch.epochs=2"}
 
 
@@ -33,9 +33,18 @@ def dvc_as_user(root: Path, *args: str, capture: bool = True) -> subprocess.Comp
 
 
 @pytest.mark.slow
-def test_parallel_queued_experiments_record_in_the_project_store(tmp_path):
-    overrides = sandbox.merge(sandbox.SMOKE_OVERRIDES, {"transfer": {"epochs": 1}})
-    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=overrides, git=True)
+def test_parallel_queued_experiments_record_in_the_project_store(copy_trained_project, tmp_path):
+    # A sweep after a first run, as users make one: the experiments reuse the pipeline run's cached data and
+    # features and rerun only the stages their params reach (both trainings, evaluate, analyze), in parallel.
+    root = copy_trained_project(tmp_path / "project")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["transfer"]["epochs"] = 1  # differs from dvc.lock: each experiment retrains the transfer head too
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sandbox.commit(root, "sweep baseline")
+    store = root / MLFLOW_STORE_FILE
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name(params["mlflow"]["experiment"])
+    earlier = {run.info.run_id for run in client.search_runs([experiment.experiment_id], max_results=100)}
     for name, assignment in VARIANTS.items():
         queued = dvc_as_user(root, "exp", "run", "--queue", "--name", name, "-S", assignment)
         assert queued.returncode == 0, queued.stderr
@@ -56,14 +65,14 @@ def test_parallel_queued_experiments_record_in_the_project_store(tmp_path):
     for name, log in logs.items():
         assert "database is locked" not in log, f"{name}:\n{log[-4000:]}"
 
-    store = root / MLFLOW_STORE_FILE
-    assert store.is_file(), "the stages recorded elsewhere (DVC's temporary workspace?)"
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
-    experiment = client.get_experiment_by_name(overrides["mlflow"]["experiment"])
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    runs = [run for run in client.search_runs([experiment.experiment_id], max_results=100)
+            if run.info.run_id not in earlier]
+    assert runs, "the stages recorded elsewhere (DVC's temporary workspace?)"
+    assert {run.data.tags.get("dvc.experiment") for run in runs} == set(VARIANTS), "every new run is a sweep's"
     for name in VARIANTS:
         mine = {run.data.tags.get("model"): run for run in runs if run.data.tags.get("dvc.experiment") == name}
         assert set(mine) == {"scratch", "transfer", "comparison"}, (name, sorted(mine))
+        assert len([run for run in runs if run.data.tags.get("dvc.experiment") == name]) == 3, name
         comparison = mine.pop("comparison")
         assert comparison.info.status == "FINISHED"
         assert "mcnemar_p_value" in " ".join(comparison.data.metrics), "the analyze stage's statistics"
