@@ -289,7 +289,7 @@ class Selections:
 
 def select(table: pd.DataFrame, *, settings: AnalysisConfig) -> Selections:
     """Every gallery's images, from the per-image table and the analysis params."""
-    size = settings.gallery_size
+    size, per_pair = settings.gallery_size, settings.confused_examples
     pairs = {model: most_confused(table, model=model, pairs=settings.confused_pairs) for model in MODELS}
     label_errors = label_error_candidates(table, confidence=settings.label_error_confidence)
     return Selections(
@@ -300,7 +300,7 @@ def select(table: pd.DataFrame, *, settings: AnalysisConfig) -> Selections:
         confused_pairs=pairs,
         confused_examples={model: [confused_examples(table, model=model, true_class=pair.true_class,
                                                      predicted_class=pair.predicted_class,
-                                                     size=settings.confused_examples)
+                                                     size=per_pair)
                                    for pair in pairs[model].itertuples()] for model in MODELS},
         label_errors=label_errors.head(size), label_error_count=len(label_errors),
         score_bars=score_bar_selection(table, ids=settings.score_bar_ids, count=settings.score_bar_images))
