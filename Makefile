@@ -34,9 +34,12 @@ smoke: setup ## all stages on tiny synthetic data in smoke/, default results unt
 compare: setup ## experiments side by side: the params that differ, both accuracies, McNemar p (120 columns)
 	$(PYTHON) -m imgclf.evaluation.compare $(ARGS)
 
-# One pytest-xdist worker per logical CPU; tests marked xdist_group run on one worker, one after the other. Tests are
-# dealt in the order tests/conftest.py sorts them (long first): xdist must not reorder them by group size.
-PYTEST_PARALLEL := -n logical --dist loadgroup --no-loadscope-reorder --durations=15
+# One pytest-xdist worker per logical CPU. `loadfile`: a test module runs whole on one worker, so a module-scoped
+# fixture (a reference training, a remote, DVC in the shared pipeline run) is built once and never used by two
+# workers at a time. (Not `loadgroup`: with pytest 9.2, pytest-xdist 3.8's `xdist_group` is silently ignored; it sets
+# `item._nodeid`, which pytest no longer reads.) Modules are dealt in the order tests/conftest.py sorts the tests
+# (long first): xdist must not reorder them by size.
+PYTEST_PARALLEL := -n logical --dist loadfile --no-loadscope-reorder --durations=15
 
 test: setup ## the test suite, in parallel on every core
 	$(PYTHON) -m pytest $(PYTEST_PARALLEL)

@@ -69,17 +69,15 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=_run_order)
 
 
-def _run_order(item) -> tuple[int, int]:
-    """Long work first, short tests last. pytest-xdist (`--dist loadgroup --no-loadscope-reorder`, Makefile) hands
-    tests out in this order, a few at a time per worker, so the tail is made of short tests that fill whichever
-    worker frees up first: a two-minute test dealt last would leave the other core idle. Trainings that need no
-    pipeline run go first, while the background build (pytest_collection_finish) makes it; then the tests that
-    read it; then the rest. In each, an xdist_group first: its tests run one after the other on one worker."""
+def _run_order(item) -> int:
+    """Long work first, short tests last. pytest-xdist (`--dist loadfile --no-loadscope-reorder`, Makefile) deals
+    whole modules in the order their first test has here, so the tail is made of modules of short tests that fill
+    whichever worker frees up first: a two-minute module dealt last would leave the other core idle. Trainings that
+    need no pipeline run go first, while the background build (pytest_collection_finish) makes it; then the tests
+    that read it; then the rest. (The sort is stable: a module's tests keep their order.)"""
     if item.get_closest_marker("slow") is None:
-        phase = 2
-    else:
-        phase = 1 if "trained_project" in getattr(item, "fixturenames", ()) else 0
-    return phase, 0 if item.get_closest_marker("xdist_group") is not None else 1
+        return 2
+    return 1 if "trained_project" in getattr(item, "fixturenames", ()) else 0
 
 
 @functools.cache

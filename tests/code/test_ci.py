@@ -74,7 +74,6 @@ def fresh_project(tmp_path_factory) -> Path:
     ("epochs", "is not KEY=VALUE"),
     ("--epochs=5", "unknown option"),
 ])
-@pytest.mark.xdist_group("ci-fresh-project")  # one worker makes the module's project copy
 def test_script_refuses_bad_overrides_before_running_anything(fresh_project, override, message):
     root = fresh_project
     result = subprocess.run(["bash", str(SCRIPT), override], cwd=root, env=sandbox.environment(root),

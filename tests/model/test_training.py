@@ -97,7 +97,6 @@ def uninterrupted(workspace):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("uninterrupted-training")  # one worker trains the reference run
 def test_deterministic_runs_give_identical_metrics(workspace, uninterrupted):
     root, base = workspace
     params = _write_params(root, base, "seed", {})
@@ -109,7 +108,6 @@ def test_deterministic_runs_give_identical_metrics(workspace, uninterrupted):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("uninterrupted-training")  # one worker trains the reference run
 def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(workspace, uninterrupted):
     root, base = workspace
     params = _write_params(root, base, "seed", {})

@@ -12,8 +12,9 @@ from PIL import Image
 
 from imgclf import sandbox
 
-# Both cases run DVC in the shared `trained_project`: one worker, one after the other (`--dist loadgroup`).
-pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.xdist_group("dvc-in-trained-project")]
+# Both cases run DVC in the shared `trained_project`: one after the other, the module on one worker (`--dist
+# loadfile`, Makefile); no other module runs DVC there.
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 LINE_PLOT_AXIS_TITLES = {"epoch", "accuracy", "cross-entropy loss", "learning rate"}
 

@@ -19,8 +19,8 @@ import yaml
 from imgclf import sandbox
 from imgclf.pipeline import PROJECT_ROOT
 
-# One worker builds `pushed` (a copy, a remote, the retrain script's first run) and runs every test on it.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dvc-remote")]
+# `pushed` (a copy, a remote, the retrain script's first run) is built once; the module runs on one worker.
+pytestmark = pytest.mark.slow
 
 SCRIPT = PROJECT_ROOT / "ci" / "retrain.sh"
 
