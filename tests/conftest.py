@@ -66,15 +66,26 @@ def pytest_collection_modifyitems(config, items):
     if unmarked:
         raise pytest.UsageError("these tests use trained_project but are not marked slow; add @pytest.mark.slow: "
                                 + ", ".join(unmarked))
-    items.sort(key=_run_order)
+    module_seconds: dict[str, float] = {}
+    for item in items:
+        module_seconds[item.nodeid.split("::")[0]] = (module_seconds.get(item.nodeid.split("::")[0], 0.0)
+                                                     + _estimated_seconds(item))
+    items.sort(key=lambda item: (_phase(item), -module_seconds[item.nodeid.split("::")[0]]))
 
 
-def _run_order(item) -> int:
+def _estimated_seconds(item) -> float:
+    """`@pytest.mark.slow(seconds=N)`: about N s under `make test` on the idle 2-core machine (long tests only)."""
+    marker = item.get_closest_marker("slow")
+    return float(marker.kwargs.get("seconds", 0)) if marker is not None else 0.0
+
+
+def _phase(item) -> int:
     """Long work first, short tests last. pytest-xdist (`--dist loadfile --no-loadscope-reorder`, Makefile) deals
-    whole modules in the order their first test has here, so the tail is made of modules of short tests that fill
-    whichever worker frees up first: a two-minute module dealt last would leave the other core idle. Trainings that
-    need no pipeline run go first, while the background build (pytest_collection_finish) makes it; then the tests
-    that read it; then the rest. (The sort is stable: a module's tests keep their order.)"""
+    whole modules in the order their first test has after sorting by (phase, the module's estimated seconds), so
+    the tail is made of modules of short tests that fill whichever worker frees up first: a two-minute module
+    dealt last would leave the other core idle (the sweep test did: 8 min 26 s). Trainings that need no pipeline
+    run go first, while the background build (pytest_collection_finish) makes it; then the tests that read it,
+    longest first; then the rest. (The sort is stable: a module's tests keep their order.)"""
     if item.get_closest_marker("slow") is None:
         return 2
     return 1 if "trained_project" in getattr(item, "fixturenames", ()) else 0

@@ -124,7 +124,7 @@ def write_object_photos(root, per_class: int, *, size: int = 32, seed: int = 0):
     return root
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=40)
 def test_seed_cnn_trained_for_under_50_steps_does_not_collapse(tmp_path, params_dict, monkeypatch):
     """The seed architecture, unchanged, through the real stages on a small two-class photo folder: before the
     re-estimation every test image got one class (validation and test at chance) while training accuracy

@@ -171,7 +171,7 @@ def test_profiles_are_valid_overrides(params_dict):
         profile_params(params_dict, path.name)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 def test_train_scratch_stage_fits_the_residual_net_with_whitening_from_training_pixels(tmp_path):
     """The real stage: whitening computed from the prepared training split before fitting, model saved and loadable."""
     import os

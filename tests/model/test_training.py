@@ -96,7 +96,7 @@ def uninterrupted(workspace):
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=110)
 def test_deterministic_runs_give_identical_metrics(workspace, uninterrupted):
     root, base = workspace
     params = _write_params(root, base, "seed", {})
@@ -107,7 +107,7 @@ def test_deterministic_runs_give_identical_metrics(workspace, uninterrupted):
     assert not (again / "resume").exists(), "a finished run leaves no resume state"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=70)
 def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(workspace, uninterrupted):
     root, base = workspace
     params = _write_params(root, base, "seed", {})
@@ -138,7 +138,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(workspace, uninterrupt
     assert steps == [1, 2, 3, 4], "the resumed run continues the same MLflow run"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 def test_every_switch_on(workspace):
     root, base = workspace
     params = _write_params(root, base, "switches", {
@@ -192,7 +192,7 @@ def test_mirrored_strategy_on_two_logical_cpus(workspace):
     assert (root / "mirrored" / "model.keras").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 def test_transfer_fine_tuning_continues_the_step_axis(workspace):
     root, base = workspace
     params = _write_params(root, base, "finetune", {"augment": {"enabled": True},

@@ -101,7 +101,7 @@ def test_the_input_link_never_replaces_a_real_directory_and_refuses_a_missing_pa
     assert link.read_text() == input_link.PLACEHOLDER and (tmp_path / "photos").is_dir()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_a_param_change_reruns_only_the_check_and_the_stages_that_read_it(trained_project, tmp_path,
                                                                           copy_trained_project):
     # A key only the last stage reads: every training and evaluation result stays, though check_params (which

@@ -45,7 +45,7 @@ def test_overrides_become_a_dvc_experiment_and_need_git(tmp_path):
     assert result.returncode == 2 and "git repository" in result.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 def test_mlflow_run_main_with_overrides_nests_the_runs(copy_trained_project, tmp_path):
     # Its own copy: the registry and results it changes are not those the tracking and UI tests read.
     root = copy_trained_project(tmp_path / "p")

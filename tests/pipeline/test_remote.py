@@ -109,6 +109,7 @@ def test_retrain_script_in_a_clone_reports_params_and_metrics_diff(pushed, tmp_p
     assert "90%" in summary and text.rstrip().endswith(summary.rstrip())
 
 
+@pytest.mark.slow(seconds=75)
 def test_partial_retrain_in_a_clone_records_the_pulled_model_in_its_own_store(pushed, tmp_path):
     # A clone's embedded store lacks the runs of the machine that trained the pulled models: retraining one
     # model must still compare, register and crown both (the pulled one is recorded in a new run here).

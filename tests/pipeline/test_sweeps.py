@@ -32,7 +32,7 @@ def dvc_as_user(root: Path, *args: str, capture: bool = True) -> subprocess.Comp
                           check=False, timeout=300, **output)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=120)
 def test_parallel_queued_experiments_record_in_the_project_store(copy_trained_project, tmp_path):
     # A sweep after a first run, as users make one: the experiments reuse the pipeline run's cached data and
     # features and rerun only the stages their params reach (both trainings, evaluate, analyze), in parallel.
@@ -57,7 +57,7 @@ def test_parallel_queued_experiments_record_in_the_project_store(copy_trained_pr
             if not any(state in status for state in ("Queued", "Running")):
                 break
             assert time.monotonic() < deadline, f"queue still busy after {QUEUE_SECONDS} s:\n{status}"
-            time.sleep(10)
+            time.sleep(3)
     finally:
         dvc_as_user(root, "queue", "stop")
     logs = {name: dvc_as_user(root, "queue", "logs", name).stdout for name in VARIANTS}
