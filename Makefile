@@ -31,6 +31,9 @@ run: setup ## the main job: the whole pipeline, rerunning only what changed (dvc
 smoke: setup ## all stages on tiny synthetic data in smoke/, default results untouched
 	$(PYTHON) -m imgclf smoke --dir smoke
 
+ui: setup ## the MLflow UI on the project's store; prints the address that opens on the training runs
+	$(PYTHON) -m imgclf ui $(ARGS)
+
 compare: setup ## experiments side by side: the params that differ, both accuracies, McNemar p (120 columns)
 	$(PYTHON) -m imgclf.evaluation.compare $(ARGS)
 

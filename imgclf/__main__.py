@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--format", choices=["table", "json", "csv"], default="table", dest="output_format")
     predict.add_argument("--output", type=Path, help="write the predictions to this file (default: stdout)")
     predict.add_argument("--score-bars", type=Path, metavar="DIR", help="write one class-score PNG per image here")
+    ui = command("ui", help="start `mlflow ui` on the project's store and print the address of its training runs")
+    ui.add_argument("--params", type=Path, default=Path("params.yaml"), help="names the experiment (mlflow.experiment)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--address-only", action="store_true", help="print the address, start nothing")
     export = command("export", help="write a TensorFlow SavedModel for TF Serving (raw 0-255 pixels in)")
     export.add_argument("--model", required=True, help=MODEL_HELP)
     export.add_argument("--meta", type=Path, default=DEFAULT_META,
@@ -102,6 +107,15 @@ def _run(arguments: argparse.Namespace) -> int:
         config.params_from_dict(sandbox.merge(base, overrides), source=str(arguments.profile))
         flat = config.flatten(overrides)
         print(" ".join(f"-S {key}={json.dumps(value, separators=(',', ':'))}" for key, value in flat.items()))
+    elif arguments.command == "ui":
+        from imgclf import config, tracking
+
+        uri = tracking.tracking_uri(Path.cwd())
+        experiment = config.load_params(arguments.params).mlflow.experiment
+        print(tracking.runs_page(uri, experiment, base_url=f"http://127.0.0.1:{arguments.port}"), flush=True)
+        if not arguments.address_only:
+            mlflow_program = str(Path(sys.executable).with_name("mlflow"))
+            os.execv(mlflow_program, [mlflow_program, "ui", "--backend-store-uri", uri, "--port", str(arguments.port)])
     elif arguments.command == "check-params":
         from imgclf import config
 

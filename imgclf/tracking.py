@@ -73,6 +73,24 @@ def tracking_uri(project_root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store}"
 
 
+def runs_page(uri: str, experiment: str, *, base_url: str) -> str:
+    """The `mlflow ui` address that opens `experiment` on its training runs.
+
+    MLflow 3.17's UI starts in its GenAI mode (traces, all "No data") whatever the experiment's
+    `mlflow.experimentKind` tag says: the mode is a per-browser setting that the `workflowType` URL parameter
+    overrides."""
+    database = sqlite_path(uri)
+    if database is not None and not database.is_file():  # MLflow would create an empty store there
+        raise TrackingStoreError(f"no MLflow store at {database} yet: run the pipeline first (dvc repro)")
+    with store_errors(uri):
+        found = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    if found is None:
+        where = uri.removeprefix(SQLITE_PREFIX)
+        raise TrackingStoreError(f"no MLflow experiment {experiment!r} in {where} yet: run the pipeline first "
+                                 "(dvc repro), or name another with mlflow.experiment in params.yaml")
+    return f"{base_url.rstrip('/')}/#/experiments/{found.experiment_id}?workflowType=machine_learning"
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` tracking URI (relative to the working directory, as SQLAlchemy
     resolves it), else None."""

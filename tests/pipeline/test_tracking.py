@@ -152,3 +152,27 @@ def test_experiment_opens_on_runs_and_runs_show_their_data_set(project, store):
         doubled = [key for key in run.data.metrics if "test_test" in key]
         assert not doubled, f"{run.info.run_name}: {doubled}"
     assert "test_images" in by_name["scratch-cnn"].data.metrics
+
+
+def test_ui_command_prints_the_address_of_the_experiments_training_runs(tmp_path, monkeypatch, capsys, run_cli,
+                                                                          params_dict):
+    # MLflow 3.17's UI opens an experiment on its GenAI overview unless the address asks for model training.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(json.dumps(params_dict))  # JSON is YAML
+    experiment_id = mlflow.MlflowClient(tracking_uri=uri).create_experiment(params_dict["mlflow"]["experiment"])
+
+    assert run_cli("ui", "--address-only", "--port", "5055") == 0
+    assert capsys.readouterr().out.strip() == (
+        f"http://127.0.0.1:5055/#/experiments/{experiment_id}?workflowType=machine_learning")
+
+    for store, message in (("absent.db", "no MLflow store at"), ("mlflow.db", "no MLflow experiment 'other'")):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / store}")
+        params_dict["mlflow"]["experiment"] = "other"
+        (tmp_path / "params.yaml").write_text(json.dumps(params_dict))
+        assert run_cli("ui", "--address-only") == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"error: {message}") and "run the pipeline first" in error
+        assert len(error.splitlines()) == 1
+    assert not (tmp_path / "absent.db").exists()
