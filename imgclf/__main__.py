@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--score-bars", type=Path, metavar="DIR", help="write one class-score PNG per image here")
     ui = command("ui", help="start `mlflow ui` on the project's store and print the address of its training runs")
     ui.add_argument("--params", type=Path, default=Path("params.yaml"), help="names the experiment (mlflow.experiment)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000)
     ui.add_argument("--address-only", action="store_true", help="print the address, start nothing")
     export = command("export", help="write a TensorFlow SavedModel for TF Serving (raw 0-255 pixels in)")
     export.add_argument("--model", required=True, help=MODEL_HELP)
@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # One policy for every subcommand: a condition the user can fix is one `error:` line and exit status 2.
     sys.exit(cli.exit_on_user_error(lambda: _run(arguments)) or 0)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return int(text)
 
 
 def _run(arguments: argparse.Namespace) -> int:

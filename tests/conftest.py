@@ -13,6 +13,7 @@ without one), `browser` on tests that open headless Chromium, `shared` on tests 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import fcntl
@@ -66,11 +67,15 @@ def pytest_collection_modifyitems(config, items):
     if unmarked:
         raise pytest.UsageError("these tests use trained_project but are not marked slow; add @pytest.mark.slow: "
                                 + ", ".join(unmarked))
-    module_seconds: dict[str, float] = {}
+    module_seconds: dict[str, float] = collections.defaultdict(float)
     for item in items:
-        module_seconds[item.nodeid.split("::")[0]] = (module_seconds.get(item.nodeid.split("::")[0], 0.0)
-                                                     + _estimated_seconds(item))
-    items.sort(key=lambda item: (_phase(item), -module_seconds[item.nodeid.split("::")[0]]))
+        module_seconds[_module(item)] += _estimated_seconds(item)
+    items.sort(key=lambda item: (_phase(item), -module_seconds[_module(item)]))
+
+
+def _module(item) -> str:
+    """The test file: `--dist loadfile`'s unit of work."""
+    return item.nodeid.split("::", 1)[0]
 
 
 def _estimated_seconds(item) -> float:

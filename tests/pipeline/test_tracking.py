@@ -176,3 +176,5 @@ def test_ui_command_prints_the_address_of_the_experiments_training_runs(tmp_path
         assert error.startswith(f"error: {message}") and "run the pipeline first" in error
         assert len(error.splitlines()) == 1
     assert not (tmp_path / "absent.db").exists()
+    assert run_cli("ui", "--address-only", "--port", "99999") == 2
+    assert "is not a TCP port (1-65535)" in capsys.readouterr().err
