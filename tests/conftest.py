@@ -90,7 +90,8 @@ def _phase(item) -> int:
     the tail is made of modules of short tests that fill whichever worker frees up first: a two-minute module
     dealt last would leave the other core idle (the sweep test did: 8 min 26 s). Trainings that need no pipeline
     run go first, while the background build (pytest_collection_finish) makes it; then the tests that read it,
-    longest first; then the rest. (The sort is stable: a module's tests keep their order.)"""
+    longest first; then the rest. (The sort is stable: within a phase, a module's tests keep their order; a module's
+    slow tests run before its fast ones.)"""
     if item.get_closest_marker("slow") is None:
         return 2
     return 1 if "trained_project" in getattr(item, "fixturenames", ()) else 0
