@@ -301,7 +301,8 @@ def throughput(*, seconds: float, flops_per_cycle: int) -> dict:
 def save(name: str, result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": name, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "date": time.strftime("%Y-%m-%d %H:%M"), **result}
+              "date": time.strftime("%Y-%m-%d %H:%M"),
+              "command": " ".join([".venv/bin/python", "bench/training.py", *sys.argv[1:]]), **result}
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -1,0 +1,87 @@
+"""Accuracy against wall time for every CIFAR-10 profile, from the raw results of `bench/training.py`.
+
+    .venv/bin/python bench/accuracy_vs_time.py
+
+Reads bench/results/<benchmark>.json, prints one markdown table per profile (validation accuracy at each epoch
+end against cumulative seconds, then the final test accuracy) and draws them in one plot,
+bench/results/accuracy-vs-time.png. A transfer profile's clock starts with its feature extraction, which it
+pays before its first head epoch. Results written before `per_epoch` was recorded give their final point only.
+No training happens here: rerun the benchmarks themselves (their commands are in the JSON files) for new figures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PLOT = RESULTS / "accuracy-vs-time.png"
+# (benchmark, label): every profile the headline-numbers issue names, in reading order.
+PROFILES = (
+    ("seed-recipe", "seed CNN, 10 epochs"),
+    ("seed-recipe-25", "seed CNN, 25 epochs (the recipe)"),
+    ("best-scratch", "best seed-CNN profile"),
+    ("residual", "residual net (profiles/scratch_residual.yaml)"),
+    ("transfer-lite0-160", "transfer, head only (Lite0, 160 px)"),
+    ("transfer-finetune", "transfer, fine-tuned (profiles/transfer_finetune.yaml)"),
+)
+
+
+def curve(result: dict) -> tuple[list[float], list[float]]:
+    """(cumulative minutes, validation accuracy) at each epoch end, extraction first for transfer."""
+    offset = float(result.get("extract_stage_seconds", 0.0))
+    rows = result.get("per_epoch") or []
+    return ([(offset + row["cumulative_seconds"]) / 60 for row in rows], [row["val_accuracy"] for row in rows])
+
+
+def total_seconds(result: dict) -> float:
+    return float(result.get("extract_stage_seconds", 0.0)) + float(
+        result.get("stage_seconds", result.get("transfer_stage_seconds", 0.0)))
+
+
+def table(label: str, result: dict) -> str:
+    lines = [f"**{label}** (`{result.get('command', 'bench/training.py ' + result['benchmark'])}`, "
+             f"{result.get('date', '?')}): test accuracy **{result['test_accuracy']:.1%}** after "
+             f"{total_seconds(result) / 60:.1f} min", ""]
+    minutes, accuracy = curve(result)
+    if minutes:
+        lines += ["| epoch | " + " | ".join(str(row["epoch"]) for row in result["per_epoch"]) + " |",
+                  "|---|" + "---|" * len(minutes),
+                  "| val accuracy | " + " | ".join(f"{value:.1%}" for value in accuracy) + " |",
+                  "| minutes | " + " | ".join(f"{value:.1f}" for value in minutes) + " |"]
+    else:
+        lines.append("(final point only: this run predates the per-epoch record)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    found = [(label, json.loads((RESULTS / f"{name}.json").read_text())) for name, label in PROFILES
+             if (RESULTS / f"{name}.json").is_file()]
+    if not found:
+        sys.exit(f"no results in {RESULTS}: run bench/training.py first")
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for label, result in found:
+        minutes, accuracy = curve(result)
+        line = axes.plot(minutes, accuracy, marker="o", markersize=3, label=label)[0] if minutes else None
+        axes.scatter([total_seconds(result) / 60], [result["test_accuracy"]], marker="*", s=120, zorder=3,
+                     color=line.get_color() if line else None, label=None if line else f"{label} (final only)")
+        print(table(label, result), end="\n\n")
+    axes.set_xlabel("cumulative wall time, minutes (2-core CPU)")
+    axes.set_ylabel("accuracy (lines: validation per epoch; stars: final test)")
+    axes.set_title("CIFAR-10: accuracy against training time")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(PLOT, dpi=120)
+    print(f"plot: {PLOT.relative_to(Path.cwd()) if PLOT.is_relative_to(Path.cwd()) else PLOT}")
+
+
+if __name__ == "__main__":
+    main()
