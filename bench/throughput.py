@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/throughput.py --architecture residual --precision mixed_bfloat16 --jit-compile
 
+    .venv/bin/python bench/throughput.py --extraction ../shared/models/efficientnet_lite0_imagenet_notop.keras \
+        --mode compiled --input-size 128 --batch-size 128   # the features stage's forward pass instead
+
 Prints one JSON line. Run one setting per process: Keras' dtype policy is global and XLA's compiled steps
 stay cached, so settings measured in one process would leak into each other. The images are generated: the
 cost of a training step does not depend on pixel values. `bench/training.py throughput` runs the matrix.
@@ -32,7 +35,11 @@ def forward_flops(model) -> int:
 
     total = 0
     for layer in _leaf_layers(model):
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            height, width, channels = layer.output.shape[1:]
+            kernel_height, kernel_width = layer.kernel.shape[:2]
+            total += 2 * kernel_height * kernel_width * channels * height * width
+        elif isinstance(layer, keras.layers.Conv2D):
             height, width, channels_out = layer.output.shape[1:]
             kernel_height, kernel_width, channels_in, _ = layer.kernel.shape
             total += 2 * kernel_height * kernel_width * channels_in * channels_out * height * width
@@ -108,9 +115,58 @@ def measure(*, architecture: str, precision: str, jit_compile: bool, images: int
             "threads": os.cpu_count()}
 
 
+def measure_extraction(*, backbone: Path, mode: str, jit_compile: bool, input_size: int, images: int,
+                       batch_size: int, seconds: float) -> dict:
+    """Feature extraction (forward only) through the features stage's extractor: `mode` "eager" calls it per
+    batch as `features.run_extractor` does; "compiled" goes through `predict_on_batch` (one traced function)."""
+    import dataclasses
+
+    import keras
+    import numpy as np
+    import yaml
+
+    from imgclf.config import params_from_dict
+    from imgclf.training import models
+
+    keras.utils.set_random_seed(0)
+    config = params_from_dict(yaml.safe_load((ROOT / "params.yaml").read_text())).transfer
+    config = dataclasses.replace(config, backbone=str(backbone), input_size=input_size)
+    network, preprocessing = models.load_backbone(config)
+    network.trainable = False
+    extractor = models.build_feature_extractor(network, preprocessing, input_shape=(32, 32, 3), input_size=input_size)
+    if mode == "compiled":
+        extractor.compile(jit_compile=jit_compile)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(images, 32, 32, 3)).astype("float32")
+    batches = [pixels[start:start + batch_size] for start in range(0, images, batch_size)]
+
+    def forward(batch):
+        return extractor.predict_on_batch(batch) if mode == "compiled" else np.asarray(extractor(batch, training=False))
+
+    started = time.perf_counter()
+    forward(batches[0])  # tracing, compilation, first-touch allocations
+    timed, count, clock = 0.0, 0, time.perf_counter()
+    while timed < seconds:
+        for batch in batches:
+            forward(batch)
+            count += len(batch)
+        timed = time.perf_counter() - clock
+    rate = count / timed
+    flops = forward_flops(extractor)
+    return {"architecture": f"{backbone.stem} extraction", "mode": mode, "precision": "float32",
+            "jit_compile": jit_compile, "input_size": input_size, "batch_size": batch_size, "images": images,
+            "timed_seconds": round(timed, 1), "wall_seconds": round(time.perf_counter() - started, 1),
+            "images_per_second": round(rate, 1), "forward_flops_per_image": flops,
+            "training_flops_per_image": flops,  # forward only: what the stage computes per image
+            "training_gflops_per_second": round(flops * rate / 1e9, 2), "threads": os.cpu_count()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", choices=["seed_cnn", "residual"], default="residual")
+    parser.add_argument("--extraction", type=Path, metavar="BACKBONE",
+                        help="measure feature extraction with this .keras backbone instead of training")
+    parser.add_argument("--mode", choices=["eager", "compiled"], default="eager", help="extraction: how it is called")
+    parser.add_argument("--input-size", type=int, default=128, help="extraction: the backbone's input side")
     parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32")
     parser.add_argument("--jit-compile", action="store_true")
     parser.add_argument("--images", type=int, default=512, help="generated training images (one epoch)")
@@ -119,6 +175,12 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="params overrides (e.g. profiles/scratch_residual.yaml)")
     arguments = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if arguments.extraction:
+        print(json.dumps(measure_extraction(backbone=arguments.extraction, mode=arguments.mode,
+                                            jit_compile=arguments.jit_compile, input_size=arguments.input_size,
+                                            images=arguments.images, batch_size=arguments.batch_size,
+                                            seconds=arguments.seconds)))
+        return
     print(json.dumps(measure(architecture=arguments.architecture, precision=arguments.precision,
                              jit_compile=arguments.jit_compile, images=arguments.images,
                              batch_size=arguments.batch_size, seconds=arguments.seconds,

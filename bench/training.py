@@ -12,6 +12,7 @@
     .venv/bin/python bench/training.py residual          # profiles/scratch_residual.yaml (target: >= 93% in 60 min)
     .venv/bin/python bench/training.py transfer-finetune  # profiles/transfer_finetune.yaml (target: >= 92%)
     .venv/bin/python bench/training.py throughput        # images/s: float32 vs mixed_bfloat16, XLA off/on, % of peak
+    .venv/bin/python bench/training.py extraction-throughput  # the features stage's forward pass: eager, compiled, XLA
 
 The long runs write per-epoch validation accuracy with epoch and cumulative seconds (`per_epoch`) next to the
 final test accuracy; run them on an otherwise idle machine, one at a time, or the seconds mean nothing.
@@ -295,7 +296,29 @@ def throughput(*, seconds: float, flops_per_cycle: int) -> dict:
                 run = json.loads(result.stdout.strip().splitlines()[-1])
                 run["share_of_peak"] = round(run["training_gflops_per_second"] / peak["peak_gflops"], 4)
                 runs.append(run)
+    runs += extraction_runs(seconds=seconds, peak=peak)
     return {"peak": peak, "seconds_per_setting": seconds, "runs": runs}
+
+
+def extraction_runs(*, seconds: float, peak: dict) -> list[dict]:
+    """The features stage's forward pass (shared EfficientNet-Lite0, 128 px): called eagerly per batch as the
+    stage did, through one compiled function, and compiled with XLA; one process each."""
+    if not BACKBONE.is_file():
+        return []
+    runs = []
+    for mode, jit_compile in (("eager", False), ("compiled", False), ("compiled", True)):
+        command = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--extraction", str(BACKBONE),
+                   "--mode", mode, "--input-size", "128", "--batch-size", "128", "--images", "512",
+                   "--seconds", str(seconds), *(["--jit-compile"] if jit_compile else [])]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            runs.append({"architecture": "extraction", "mode": mode, "jit_compile": jit_compile,
+                         "error": result.stderr.strip().splitlines()[-1:]})
+            continue
+        run = json.loads(result.stdout.strip().splitlines()[-1])
+        run["share_of_peak"] = round(run["training_gflops_per_second"] / peak["peak_gflops"], 4)
+        runs.append(run)
+    return runs
 
 
 def save(name: str, result: dict) -> None:
@@ -311,7 +334,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("benchmark", choices=["pipeline-ratio", "transfer", "small-data", "determinism",
                                               "seed-recipe", "best-scratch", "small-finetune", "small-report",
-                                              "seed-recipe-25", "residual", "transfer-finetune", "throughput"])
+                                              "seed-recipe-25", "residual", "transfer-finetune", "throughput",
+                                              "extraction-throughput"])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-imgclf"))
     parser.add_argument("--size", type=int, default=96, help="transfer input size")
     parser.add_argument("--finetune-epochs", type=int, default=0)
@@ -320,6 +344,11 @@ def main() -> None:
     arguments = parser.parse_args()
     if arguments.benchmark == "throughput":  # generated images: no data preparation needed
         save("throughput", throughput(seconds=arguments.seconds, flops_per_cycle=arguments.flops_per_cycle))
+        return
+    if arguments.benchmark == "extraction-throughput":
+        peak = arithmetic_peak_gflops(arguments.flops_per_cycle)
+        save("extraction-throughput", {"peak": peak, "seconds_per_setting": arguments.seconds,
+                                       "runs": extraction_runs(seconds=arguments.seconds, peak=peak)})
         return
     directory = project(arguments.dir)
     prepared = directory / "data" / "prepared"

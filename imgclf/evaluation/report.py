@@ -403,8 +403,9 @@ def render_html(inputs: ReportInputs) -> str:
               "the test image id (hover for the original file).</p>")
     galleries = "\n".join(_gallery_html(gallery, size=size) for gallery in inputs.galleries)
     body = "\n".join([
-        f"<header><h1>{_e(inputs.title)}</h1><p class=\"sub\">A CNN trained from scratch and a transfer-learned "
-        f"ImageNet model, on the same {inputs.summary['test_images']:,} test images.</p></header>",
+        f"<header><h1>{_e(inputs.title)}</h1><p class=\"sub\">A CNN trained from scratch and a transfer model (a "
+        f"new classifier head on a backbone's features), on the same {inputs.summary['test_images']:,} test "
+        "images.</p></header>",
         _headline_html(inputs), _metrics_html(inputs), _calibration_html(inputs),
         f'<section id="galleries"><h2>Where each model fails</h2>{legend}{galleries}'
         f"{_score_bars_html(inputs.score_bars, size=size, num_classes=len(inputs.class_names))}</section>",
