@@ -104,6 +104,22 @@ def _gpu_count() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
+_TIMELINE = os.environ.get("IMGCLF_TEST_TIMELINE")  # a file: one line per test, to see where a run's time goes
+_started: dict[str, float] = {}
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _started[nodeid] = time.time()
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    """With IMGCLF_TEST_TIMELINE=<file>: `worker start end nodeid` per test (setup to teardown), appended."""
+    if _TIMELINE:
+        with open(_TIMELINE, "a") as handle:
+            handle.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {_started.pop(nodeid, 0):.1f} "
+                         f"{time.time():.1f} {nodeid}\n")
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("gpu") is not None and _gpu_count() == 0:
         pytest.skip("needs a GPU: TensorFlow sees none here (install `tensorflow` instead of `tensorflow-cpu` on a "

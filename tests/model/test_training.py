@@ -28,6 +28,8 @@ from imgclf.training import fitting
 
 # Big enough that an epoch of the seed CNN takes a couple of seconds: a kill lands mid-epoch.
 DATA = {"source": "synthetic", "synthetic_classes": 4, "synthetic_per_class": 200, "synthetic_image_size": 32}
+# For tests that check what a switch does, not how long an epoch lasts: a quarter of the images.
+SMALL_DATA_PER_CLASS = 50
 # For tests whose assertions do not depend on the model's size (switches, schedules, distribution): the smoke
 # settings' CNN, a third of the seed CNN's CPU time per epoch (the switches test: 116 s -> 40 s of CPU).
 SMALL_CNN = {"conv_filters": [16, 32], "pool_after": [1, 2], "dense_units": [64]}
@@ -35,18 +37,21 @@ SMALL_CNN = {"conv_filters": [16, 32], "pool_after": [1, 2], "dense_units": [64]
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """Prepared data plus a params template (the real params.yaml with small data)."""
+    """Prepared data (`prepared`, and a quarter of it in `prepared-small`) plus a params template (the real
+    params.yaml with small data). BatchNorm statistics are re-estimated on 4 batches, not the whole training set:
+    what these tests check (resume, determinism, switches) does not depend on how many."""
     root = tmp_path_factory.mktemp("training")
     base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     base = merge(base, {"data": DATA, "preprocess": {"min_images_per_class": 5}, "deterministic": True,
-                        "scratch": {"epochs": 4, "batch_size": 32},
+                        "scratch": {"epochs": 3, "batch_size": 32, "batch_norm_images": 128},
                         "transfer": {"backbone": "resnet50", "weights": None, "input_size": 32, "epochs": 3},
                         "mlflow": {"experiment": "imgclf-tests"}})
     params = params_from_dict(base)
-    sources.fetch_source(source="synthetic", path=None, sha256=None, raw_dir=root / "raw",
-                         download_dir=root / "downloads", seed=params.seed, synthetic_classes=4,
-                         synthetic_per_class=200, synthetic_image_size=32)
-    preprocess.run(params, raw_dir=root / "raw", out_dir=root / "prepared", workers=1)
+    for suffix, per_class in (("", DATA["synthetic_per_class"]), ("-small", SMALL_DATA_PER_CLASS)):
+        sources.fetch_source(source="synthetic", path=None, sha256=None, raw_dir=root / f"raw{suffix}",
+                             download_dir=root / "downloads", seed=params.seed, synthetic_classes=4,
+                             synthetic_per_class=per_class, synthetic_image_size=32)
+        preprocess.run(params, raw_dir=root / f"raw{suffix}", out_dir=root / f"prepared{suffix}", workers=1)
     return root, base
 
 
@@ -63,10 +68,9 @@ def _environment(root: Path) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
 
 
-def _train_command(stage: str, params: Path, root: Path, out: Path) -> list[str]:
-    command = [sys.executable, "-m", f"stages.{stage}", "--params", str(params), "--data", str(root / "prepared"),
-               "--out", str(out)]
-    return command
+def _train_command(stage: str, params: Path, root: Path, out: Path, *, data: str = "prepared") -> list[str]:
+    return [sys.executable, "-m", f"stages.{stage}", "--params", str(params), "--data", str(root / data),
+            "--out", str(out)]
 
 
 def _run(command: list[str], root: Path) -> subprocess.CompletedProcess:
@@ -117,8 +121,8 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(workspace, uninterrupt
                                env=_environment(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if metadata.is_file() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
-            break  # two epochs are backed up: the third is under way
+        if metadata.is_file() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1:
+            break  # the first epoch is backed up: the second is under way
         time.sleep(0.02)
     assert process.poll() is None, "training finished before it could be killed; make the epochs longer"
     os.kill(process.pid, signal.SIGKILL)
@@ -126,16 +130,16 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(workspace, uninterrupt
     assert not (out / "model.keras").exists()
 
     resumed = _run(_train_command("train_scratch", params, root, out), root)
-    assert "resuming from the end of epoch 2 of 4" in resumed.stderr
+    assert "resuming from the end of epoch 1 of 3" in resumed.stderr
     rows = _history(out)
-    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
     # Weights, optimizer state, schedule position, shuffling order and dropout masks are all restored.
     np.testing.assert_allclose(_final(out), _final(uninterrupted), rtol=1e-6)
     np.testing.assert_allclose(_final(out, "accuracy"), _final(uninterrupted, "accuracy"), rtol=1e-6)
     run_id = json.loads((out / "run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     steps = sorted({metric.step for metric in client.get_metric_history(run_id, "val_loss")})
-    assert steps == [1, 2, 3, 4], "the resumed run continues the same MLflow run"
+    assert steps == [1, 2, 3], "the resumed run continues the same MLflow run"
 
 
 @pytest.mark.slow(seconds=35)
@@ -149,7 +153,7 @@ def test_every_switch_on(workspace):
                     "checkpoint_best": True},
         "training": {"tensorboard": True, "precision": "mixed_bfloat16", "jit_compile": True}})
     out = root / "switches"
-    _run(_train_command("train_scratch", params, root, out), root)
+    _run(_train_command("train_scratch", params, root, out, data="prepared-small"), root)
     rows = _history(out)
     rates = [float(row["learning_rate"]) for row in rows]
     assert rates[0] != rates[-1], "one-cycle changes the learning rate"
@@ -167,7 +171,7 @@ def test_step_schedule_with_sgd_and_plateau(workspace):
         "scratch": {**SMALL_CNN, "epochs": 3, "optimizer": "sgd", "lr_schedule": "step", "lr_step_epochs": 1,
                     "lr_decay_factor": 0.5, "learning_rate": 0.01}})
     out = root / "sgd"
-    _run(_train_command("train_scratch", params, root, out), root)
+    _run(_train_command("train_scratch", params, root, out, data="prepared-small"), root)
     rates = [float(row["learning_rate"]) for row in _history(out)]
     np.testing.assert_allclose(rates, [0.005, 0.0025, 0.00125], rtol=1e-5)  # logged after each epoch's steps
 
@@ -184,7 +188,7 @@ def test_mirrored_strategy_on_two_logical_cpus(workspace):
         "from imgclf.data import tfdata\n"
         "assert tfdata.distribution_strategy('mirrored').num_replicas_in_sync == 2\n"
         "import sys; from stages import train_scratch\n"
-        f"sys.argv = ['train_scratch', '--params', {str(params)!r}, '--data', {str(root / 'prepared')!r},"
+        f"sys.argv = ['train_scratch', '--params', {str(params)!r}, '--data', {str(root / 'prepared-small')!r},"
         f" '--out', {str(root / 'mirrored')!r}]\n"
         "train_scratch.main()\n"
     )
@@ -202,13 +206,13 @@ def test_transfer_fine_tuning_continues_the_step_axis(workspace):
                                                                  "augment_copies": 1}})
     features = root / "features"
     _run([sys.executable, "-m", "stages.extract_features", "--params", str(params), "--data",
-          str(root / "prepared"), "--out", str(features)], root)
+          str(root / "prepared-small"), "--out", str(features)], root)
     extracted = json.loads((features / "features.json").read_text())
     assert extracted["augmented_views"] == ["train_aug1"], "one augmented view of the training set, extracted once"
     assert extracted["timings"]["train_aug1"]["images"] == extracted["timings"]["train"]["images"]
     out = root / "transfer"
-    _run([sys.executable, "-m", "stages.train_transfer", "--params", str(params), "--data", str(root / "prepared"),
-          "--features", str(features), "--out", str(out)], root)
+    _run([sys.executable, "-m", "stages.train_transfer", "--params", str(params), "--data",
+          str(root / "prepared-small"), "--features", str(features), "--out", str(out)], root)
     rows = _history(out)
     assert [(int(row["epoch"]), row["phase"]) for row in rows] == [
         (1, "head"), (2, "head"), (3, "finetune"), (4, "finetune")]

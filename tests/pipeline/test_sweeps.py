@@ -32,6 +32,23 @@ def dvc_as_user(root: Path, *args: str, capture: bool = True) -> subprocess.Comp
                           check=False, timeout=300, **output)
 
 
+def _queue_status(root: Path, *, seconds: float = 30.0) -> tuple[bool, str]:
+    """(settled, `dvc queue status`) once no experiment is queued or running, or after `seconds`. Before it asks it
+    watches the git refs where DVC files finished (`refs/exps/<baseline>/<name>`) and failed
+    (`refs/exps/celery/failed`) experiments: a `dvc` process costs about a second of CPU, taken from the very
+    experiments it would be polling if it ran every few seconds."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=root,
+                              capture_output=True, text=True, check=False).stdout.split()
+        if any("/celery/failed" in ref for ref in refs) or all(
+                any(ref.endswith(f"/{name}") for ref in refs) for name in VARIANTS):
+            break
+        time.sleep(1)
+    status = dvc_as_user(root, "queue", "status").stdout
+    return not any(state in status for state in ("Queued", "Running")), status
+
+
 @pytest.mark.slow(seconds=120)
 def test_parallel_queued_experiments_record_in_the_project_store(copy_trained_project, tmp_path):
     # A sweep after a first run, as users make one: the experiments reuse the pipeline run's cached data and
@@ -53,11 +70,10 @@ def test_parallel_queued_experiments_record_in_the_project_store(copy_trained_pr
     try:
         deadline = time.monotonic() + QUEUE_SECONDS
         while True:
-            status = dvc_as_user(root, "queue", "status").stdout
-            if not any(state in status for state in ("Queued", "Running")):
+            settled, status = _queue_status(root)
+            if settled:
                 break
             assert time.monotonic() < deadline, f"queue still busy after {QUEUE_SECONDS} s:\n{status}"
-            time.sleep(3)
     finally:
         dvc_as_user(root, "queue", "stop")
     logs = {name: dvc_as_user(root, "queue", "logs", name).stdout for name in VARIANTS}
