@@ -26,24 +26,24 @@ from imgclf.pipeline import PROJECT_ROOT
 from imgclf.sandbox import merge
 from imgclf.training import fitting
 
-# Big enough that an epoch of the seed CNN takes a couple of seconds: a kill lands mid-epoch.
+# Big enough that an epoch takes about a second: a kill lands mid-epoch.
 DATA = {"source": "synthetic", "synthetic_classes": 4, "synthetic_per_class": 200, "synthetic_image_size": 32}
 # For tests that check what a switch does, not how long an epoch lasts: a quarter of the images.
 SMALL_DATA_PER_CLASS = 50
-# For tests whose assertions do not depend on the model's size (switches, schedules, distribution): the smoke
-# settings' CNN, a third of the seed CNN's CPU time per epoch (the switches test: 116 s -> 40 s of CPU).
+# No assertion here depends on the model's size: the smoke settings' CNN (the seed CNN's blocks, conv, dropout,
+# BatchNorm, MaxNorm dense, at a third of its CPU time per epoch; the switches test: 116 s -> 40 s of CPU).
 SMALL_CNN = {"conv_filters": [16, 32], "pool_after": [1, 2], "dense_units": [64]}
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Prepared data (`prepared`, and a quarter of it in `prepared-small`) plus a params template (the real
-    params.yaml with small data). BatchNorm statistics are re-estimated on 4 batches, not the whole training set:
+    params.yaml with small data and the smoke CNN). BatchNorm statistics are re-estimated on 4 batches, not the whole training set:
     what these tests check (resume, determinism, switches) does not depend on how many."""
     root = tmp_path_factory.mktemp("training")
     base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     base = merge(base, {"data": DATA, "preprocess": {"min_images_per_class": 5}, "deterministic": True,
-                        "scratch": {"epochs": 3, "batch_size": 32, "batch_norm_images": 128},
+                        "scratch": {**SMALL_CNN, "epochs": 3, "batch_size": 32, "batch_norm_images": 128},
                         "transfer": {"backbone": "resnet50", "weights": None, "input_size": 32, "epochs": 3},
                         "mlflow": {"experiment": "imgclf-tests"}})
     params = params_from_dict(base)
@@ -100,7 +100,7 @@ def uninterrupted(workspace):
     return out
 
 
-@pytest.mark.slow(seconds=110)
+@pytest.mark.slow(seconds=50)
 def test_deterministic_runs_give_identical_metrics(workspace, uninterrupted):
     root, base = workspace
     params = _write_params(root, base, "seed", {})
@@ -111,7 +111,7 @@ def test_deterministic_runs_give_identical_metrics(workspace, uninterrupted):
     assert not (again / "resume").exists(), "a finished run leaves no resume state"
 
 
-@pytest.mark.slow(seconds=70)
+@pytest.mark.slow(seconds=55)
 def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(workspace, uninterrupted):
     root, base = workspace
     params = _write_params(root, base, "seed", {})
@@ -148,7 +148,7 @@ def test_every_switch_on(workspace):
     params = _write_params(root, base, "switches", {
         "deterministic": False,
         "augment": {"enabled": True, "rotate": 0.05, "zoom": 0.1, "contrast": 0.1},
-        "scratch": {**SMALL_CNN, "epochs": 2, "optimizer": "adamw", "weight_decay": 1e-4, "label_smoothing": 0.1,
+        "scratch": {"epochs": 2, "optimizer": "adamw", "weight_decay": 1e-4, "label_smoothing": 0.1,
                     "lr_schedule": "one_cycle", "early_stopping": True, "early_stopping_patience": 1,
                     "checkpoint_best": True},
         "training": {"tensorboard": True, "precision": "mixed_bfloat16", "jit_compile": True}})
@@ -168,7 +168,7 @@ def test_every_switch_on(workspace):
 def test_step_schedule_with_sgd_and_plateau(workspace):
     root, base = workspace
     params = _write_params(root, base, "sgd", {
-        "scratch": {**SMALL_CNN, "epochs": 3, "optimizer": "sgd", "lr_schedule": "step", "lr_step_epochs": 1,
+        "scratch": {"epochs": 3, "optimizer": "sgd", "lr_schedule": "step", "lr_step_epochs": 1,
                     "lr_decay_factor": 0.5, "learning_rate": 0.01}})
     out = root / "sgd"
     _run(_train_command("train_scratch", params, root, out, data="prepared-small"), root)
@@ -179,7 +179,7 @@ def test_step_schedule_with_sgd_and_plateau(workspace):
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(workspace):
     root, base = workspace
-    params = _write_params(root, base, "mirrored", {"deterministic": False, "scratch": {**SMALL_CNN, "epochs": 1},
+    params = _write_params(root, base, "mirrored", {"deterministic": False, "scratch": {"epochs": 1},
                                                      "training": {"distribute": "mirrored"}})
     script = (
         "import tensorflow as tf\n"
