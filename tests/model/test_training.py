@@ -38,8 +38,8 @@ SMALL_CNN = {"conv_filters": [16, 32], "pool_after": [1, 2], "dense_units": [64]
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Prepared data (`prepared`, and a quarter of it in `prepared-small`) plus a params template (the real
-    params.yaml with small data and the smoke CNN). BatchNorm statistics are re-estimated on 4 batches, not the whole training set:
-    what these tests check (resume, determinism, switches) does not depend on how many."""
+    params.yaml with small data and the smoke CNN). BatchNorm statistics are re-estimated on 4 batches, not the
+    whole training set: what these tests check (resume, determinism, switches) does not depend on how many."""
     root = tmp_path_factory.mktemp("training")
     base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     base = merge(base, {"data": DATA, "preprocess": {"min_images_per_class": 5}, "deterministic": True,
