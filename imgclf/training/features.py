@@ -77,11 +77,15 @@ def _extract_views(extractor: keras.Model, backbone: keras.Model, preprocessing:
 def run_extractor(extractor: keras.Model, dataset, *, description: str = "features",
                   total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features and labels of every image of `dataset`, one backbone pass per batch (with a progress bar
-    in a terminal: 60,000 CIFAR images take minutes on a CPU)."""
+    in a terminal: 60,000 CIFAR images take minutes on a CPU).
+
+    Through `predict_on_batch`, one traced inference function, not an eager call per batch: on the 2-core CPU
+    EfficientNet-Lite0 at 128 px extracts 142.8 images/s that way against 90.5 eager (XLA: 16.0;
+    `bench/training.py extraction-throughput`)."""
     feature_batches, label_batches = [], []
     with progress.step(description, total=total, summary=False) as counter:
         for images, targets, _ in dataset:
-            feature_batches.append(np.asarray(extractor(images, training=False), dtype=np.float32))
+            feature_batches.append(np.asarray(extractor.predict_on_batch(images), dtype=np.float32))
             label_batches.append(np.argmax(np.asarray(targets), axis=-1))
             counter.update(len(label_batches[-1]))
     return np.concatenate(feature_batches), np.concatenate(label_batches).astype(np.int64)
