@@ -47,7 +47,8 @@ def total_seconds(result: dict) -> float:
 
 
 def table(label: str, result: dict) -> str:
-    lines = [f"**{label}** (`{result.get('command', 'bench/training.py ' + result['benchmark'])}`, "
+    command = f"`{result['command']}`" if "command" in result else f"bench/results/{result['benchmark']}.json"
+    lines = [f"**{label}** ({command}, "
              f"{result.get('date', '?')}): test accuracy **{result['test_accuracy']:.1%}** after "
              f"{total_seconds(result) / 60:.1f} min", ""]
     minutes, accuracy = curve(result)
@@ -67,11 +68,13 @@ def main() -> None:
     if not found:
         sys.exit(f"no results in {RESULTS}: run bench/training.py first")
     figure, axes = plt.subplots(figsize=(8, 5))
-    for label, result in found:
+    for index, (label, result) in enumerate(found):
         minutes, accuracy = curve(result)
-        line = axes.plot(minutes, accuracy, marker="o", markersize=3, label=label)[0] if minutes else None
+        colour = f"C{index}"  # one colour per profile: its curve and its final star
+        if minutes:
+            axes.plot(minutes, accuracy, marker="o", markersize=3, color=colour, label=label)
         axes.scatter([total_seconds(result) / 60], [result["test_accuracy"]], marker="*", s=120, zorder=3,
-                     color=line.get_color() if line else None, label=None if line else f"{label} (final only)")
+                     color=colour, label=None if minutes else f"{label} (final only)")
         print(table(label, result), end="\n\n")
     axes.set_xlabel("cumulative wall time, minutes (2-core CPU)")
     axes.set_ylabel("accuracy (lines: validation per epoch; stars: final test)")
