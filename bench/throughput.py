@@ -118,7 +118,8 @@ def measure(*, architecture: str, precision: str, jit_compile: bool, images: int
 def measure_extraction(*, backbone: Path, mode: str, jit_compile: bool, input_size: int, images: int,
                        batch_size: int, seconds: float) -> dict:
     """Feature extraction (forward only) through the features stage's extractor: `mode` "eager" calls it per
-    batch as `features.run_extractor` does; "compiled" goes through `predict_on_batch` (one traced function)."""
+    batch (as `features.run_extractor` did before this measurement); "compiled" goes through `predict_on_batch`
+    (one traced function), as it does now."""
     import dataclasses
 
     import keras

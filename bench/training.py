@@ -288,14 +288,8 @@ def throughput(*, seconds: float, flops_per_cycle: int) -> dict:
                     command += ["--profile", str(profile)]
                 if jit_compile:
                     command.append("--jit-compile")
-                result = subprocess.run(command, capture_output=True, text=True, check=False)
-                if result.returncode != 0:
-                    runs.append({"architecture": architecture, "precision": precision, "jit_compile": jit_compile,
-                                 "error": result.stderr.strip().splitlines()[-1:]})
-                    continue
-                run = json.loads(result.stdout.strip().splitlines()[-1])
-                run["share_of_peak"] = round(run["training_gflops_per_second"] / peak["peak_gflops"], 4)
-                runs.append(run)
+                runs.append(measured_setting(command, peak, {"architecture": architecture, "precision": precision,
+                                                             "jit_compile": jit_compile}))
     runs += extraction_runs(seconds=seconds, peak=peak)
     return {"peak": peak, "seconds_per_setting": seconds, "runs": runs}
 
@@ -310,15 +304,20 @@ def extraction_runs(*, seconds: float, peak: dict) -> list[dict]:
         command = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--extraction", str(BACKBONE),
                    "--mode", mode, "--input-size", "128", "--batch-size", "128", "--images", "512",
                    "--seconds", str(seconds), *(["--jit-compile"] if jit_compile else [])]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            runs.append({"architecture": "extraction", "mode": mode, "jit_compile": jit_compile,
-                         "error": result.stderr.strip().splitlines()[-1:]})
-            continue
-        run = json.loads(result.stdout.strip().splitlines()[-1])
-        run["share_of_peak"] = round(run["training_gflops_per_second"] / peak["peak_gflops"], 4)
-        runs.append(run)
+        runs.append(measured_setting(command, peak, {"architecture": "extraction", "mode": mode,
+                                                     "jit_compile": jit_compile}))
     return runs
+
+
+def measured_setting(command: list[str], peak: dict, setting: dict) -> dict:
+    """One bench/throughput.py process: its JSON line with its share of the CPU's peak, or `setting` with the
+    error that ended it (the matrix goes on)."""
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return {**setting, "error": result.stderr.strip().splitlines()[-1:]}
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    run["share_of_peak"] = round(run["training_gflops_per_second"] / peak["peak_gflops"], 4)
+    return run
 
 
 def save(name: str, result: dict) -> None:

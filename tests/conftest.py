@@ -109,7 +109,8 @@ _started: dict[str, float] = {}
 
 
 def pytest_runtest_logstart(nodeid, location):
-    _started[nodeid] = time.time()
+    if _TIMELINE:
+        _started[nodeid] = time.time()
 
 
 def pytest_runtest_logfinish(nodeid, location):
