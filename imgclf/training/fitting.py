@@ -57,18 +57,24 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
 @keras.saving.register_keras_serializable(package="imgclf")
 class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear decay from `peak` to 0 at `total_steps` (airbench's triangular schedule after its warm-up)."""
+    """`peak` until `start_step`, then linear decay to 0 at `total_steps`.
 
-    def __init__(self, peak: float, total_steps: int):
+    With a warm-up over the first `start_step` steps this is airbench's triangle: the rate climbs to `peak`, then
+    falls. Decaying from step 0 instead would cap the warmed-up rate at (1 - warm-up share) of `peak`.
+    """
+
+    def __init__(self, peak: float, total_steps: int, start_step: int = 0):
         self.peak = peak
         self.total_steps = total_steps
+        self.start_step = start_step
 
     def __call__(self, step):
-        remaining = 1.0 - keras.ops.cast(step, "float32") / float(max(1, self.total_steps))
+        decaying = keras.ops.cast(step, "float32") - float(self.start_step)
+        remaining = 1.0 - decaying / float(max(1, self.total_steps - self.start_step))
         return self.peak * keras.ops.clip(remaining, 0.0, 1.0)
 
     def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps}
+        return {"peak": self.peak, "total_steps": self.total_steps, "start_step": self.start_step}
 
 
 @keras.saving.register_keras_serializable(package="imgclf")
@@ -104,19 +110,21 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
 def learning_rate(config: FitConfig, *, steps_per_epoch: int, epochs: int | None = None,
                   initial: float | None = None):
     """A float or a `LearningRateSchedule` for the configured schedule (per-step, so it resumes exactly)."""
-    schedule = _schedule(config, steps_per_epoch=steps_per_epoch, epochs=epochs, initial=initial)
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    schedule = _schedule(config, steps_per_epoch=steps_per_epoch, epochs=epochs, initial=initial,
+                         warmup_steps=warmup_steps)
     # one_cycle warms up by itself; plateau lowers a plain float from a callback, which a wrapper would hide.
     if warmup_steps > 0 and config.lr_schedule not in ("one_cycle", "plateau"):
         return Warmup(schedule, warmup_steps)
     return schedule
 
 
-def _schedule(config: FitConfig, *, steps_per_epoch: int, epochs: int | None, initial: float | None):
+def _schedule(config: FitConfig, *, steps_per_epoch: int, epochs: int | None, initial: float | None,
+              warmup_steps: int):
     rate = config.learning_rate if initial is None else initial
     total_steps = steps_per_epoch * (epochs or config.epochs)
     if config.lr_schedule == "linear":
-        return LinearDecay(rate, total_steps=max(1, total_steps))
+        return LinearDecay(rate, total_steps=max(1, total_steps), start_step=min(warmup_steps, total_steps))
     if config.lr_schedule == "step":
         return keras.optimizers.schedules.ExponentialDecay(rate, decay_steps=steps_per_epoch * config.lr_step_epochs,
                                                            decay_rate=config.lr_decay_factor, staircase=True)

@@ -130,6 +130,32 @@ WHITEN_PATCH_SIZE = 2
 WHITEN_EPSILON = 5e-4
 # Keras' 0.99 needs hundreds of steps to forget the initial statistics; a 10-epoch run at batch 512 has ~900.
 RESIDUAL_BATCH_NORM_MOMENTUM = 0.9
+# airbench's BatchNorm epsilon. Weight decay shrinks the (scale-invariant) conv kernels by a factor of ten over a
+# run, and the pre-norm variance with them: Keras' 1e-3 would then damp every channel, a hidden extra decay.
+RESIDUAL_BATCH_NORM_EPSILON = 1e-12
+
+
+@keras.saving.register_keras_serializable(package=MODEL_PACKAGE)
+class ScaledBias(keras.layers.Layer):
+    """Adds `multiplier * bias`, one bias per channel: BatchNorm's shift with a faster learning rate.
+
+    With the output bias stored as `multiplier * v`, an SGD step on `v` moves the bias `multiplier**2` times as far
+    as a step on a plain bias would: airbench's 64x learning rate for BatchNorm biases (multiplier 8) without a
+    second optimizer. Weight decay shrinks `v`, and so the bias, by the same fraction as every other weight.
+    """
+
+    def __init__(self, multiplier: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.multiplier = multiplier
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="bias")
+
+    def call(self, inputs):
+        return inputs + self.multiplier * keras.ops.cast(self.bias, inputs.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "multiplier": self.multiplier}
 
 
 @keras.saving.register_keras_serializable(package=MODEL_PACKAGE)
@@ -165,7 +191,7 @@ def build_residual_model(config: ScratchConfig, *, input_shape: tuple[int, int, 
 
     Each block: Conv 3x3 -> MaxPool 2x2 -> BatchNorm -> act -> Conv 3x3 -> BatchNorm -> act, with identity-
     initialised convs (`PartialIdentity`) and BatchNorm without a learned scale (it would only duplicate the
-    next conv's). The whitening layer's weights are a placeholder until `set_patch_whitening` computes them from
+    next conv's); its shift is a `ScaledBias` that learns `residual_bias_lr_scale` times faster. The whitening layer's weights are a placeholder until `set_patch_whitening` computes them from
     training pixels (the training stage does; the model itself never sees the data layer).
     """
     channels = input_shape[-1]
@@ -177,6 +203,7 @@ def build_residual_model(config: ScratchConfig, *, input_shape: tuple[int, int, 
                                f"{input_shape[0]}x{input_shape[1]} images below one pixel; use fewer blocks or "
                                "larger images (preprocess.image_size)")
     activation = config.residual_activation
+    bias_multiplier = float(np.sqrt(config.residual_bias_lr_scale))
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     whiten_filters = 2 * WHITEN_PATCH_SIZE * WHITEN_PATCH_SIZE * channels
@@ -190,8 +217,10 @@ def build_residual_model(config: ScratchConfig, *, input_shape: tuple[int, int, 
                                     name=f"block{block}_conv{position}")(x)
             if position == 1:
                 x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-            x = keras.layers.BatchNormalization(scale=False, momentum=RESIDUAL_BATCH_NORM_MOMENTUM,
+            x = keras.layers.BatchNormalization(center=False, scale=False, momentum=RESIDUAL_BATCH_NORM_MOMENTUM,
+                                                epsilon=RESIDUAL_BATCH_NORM_EPSILON,
                                                 name=f"block{block}_bn{position}")(x)
+            x = ScaledBias(bias_multiplier, name=f"block{block}_shift{position}")(x)
             x = keras.layers.Activation(activation, name=f"block{block}_act{position}")(x)
     x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
     logits = keras.layers.Dense(num_classes, use_bias=False, name="classifier")(x)

@@ -151,7 +151,8 @@ READ_ONLY_WHEN = {
        for key in ("early_stopping_patience", "early_stopping_min_delta", "restore_best_weights", "lr_step_epochs",
                    "lr_decay_factor", "lr_plateau_patience", "momentum", "nesterov")},
     **{f"scratch.{key}": "scratch.architecture residual"
-       for key in ("residual_widths", "residual_activation", "residual_head_scale")},
+       for key in ("residual_widths", "residual_activation", "residual_head_scale",
+                   "residual_bias_lr_scale")},
     **{key: "transfer.finetune_epochs > 0" for key in ("training.distribute", "transfer.finetune_layers",
                                                        "transfer.finetune_learning_rate")},
 }

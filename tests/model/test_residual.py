@@ -127,15 +127,23 @@ def test_residual_net_loss_falls_and_round_trips(params_dict, tmp_path):
     np.testing.assert_allclose(np.asarray(restored(images[:4])), np.asarray(model(images[:4])), atol=1e-5)
 
 
-def test_warmup_then_linear_decay():
-    schedule = fitting.Warmup(fitting.LinearDecay(1.0, total_steps=100), warmup_steps=10)
-    rates = [float(schedule(step)) for step in (0, 4, 9, 50, 100)]
-    assert rates[0] == pytest.approx(0.1 * 1.0)
-    assert rates[1] == pytest.approx(0.5 * 0.96)
-    assert rates[2] == pytest.approx(0.91)
-    assert rates[3] == pytest.approx(0.5) and rates[4] == pytest.approx(0.0)
+def test_warmup_then_linear_decay_peaks_at_the_learning_rate(params_dict):
+    """airbench's triangle: up to the full rate over the warm-up, then down to 0 at the last step."""
+    params_dict["scratch"].update(optimizer="sgd", learning_rate=1.0, lr_schedule="linear", warmup_epochs=1.0,
+                                  epochs=10)
+    schedule = fitting.learning_rate(params_from_dict(params_dict).scratch, steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in (0, 4, 9, 10, 55, 100)]
+    assert rates == pytest.approx([0.1, 0.5, 1.0, 1.0, 0.5, 0.0])
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
-    assert float(restored(5)) == pytest.approx(float(schedule(5)))
+    assert float(restored(30)) == pytest.approx(float(schedule(30)))
+
+
+def test_scaled_bias_learns_multiplier_squared_times_faster():
+    """One SGD step moves a ScaledBias(8) output by 64 times the rate: airbench's BatchNorm-bias rate."""
+    model = keras.Sequential([keras.Input(shape=(3,)), models.ScaledBias(8.0, name="shift")])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=lambda _, outputs: keras.ops.sum(outputs, axis=-1))
+    model.train_on_batch(np.zeros((4, 3), "float32"), np.zeros((4, 3), "float32"))
+    np.testing.assert_allclose(np.asarray(model(np.zeros((1, 3), "float32"))), -64 * 0.01, rtol=1e-5)
 
 
 def test_warmup_and_nesterov_from_params(params_dict):
