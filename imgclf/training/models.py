@@ -191,8 +191,9 @@ def build_residual_model(config: ScratchConfig, *, input_shape: tuple[int, int, 
 
     Each block: Conv 3x3 -> MaxPool 2x2 -> BatchNorm -> act -> Conv 3x3 -> BatchNorm -> act, with identity-
     initialised convs (`PartialIdentity`) and BatchNorm without a learned scale (it would only duplicate the
-    next conv's); its shift is a `ScaledBias` that learns `residual_bias_lr_scale` times faster. The whitening layer's weights are a placeholder until `set_patch_whitening` computes them from
-    training pixels (the training stage does; the model itself never sees the data layer).
+    next conv's); its shift is a `ScaledBias` that learns `residual_bias_lr_scale` times faster under SGD. The
+    whitening layer's weights are a placeholder until `set_patch_whitening` computes them from training pixels
+    (the training stage does; the model itself never sees the data layer).
     """
     channels = input_shape[-1]
     side = min(input_shape[0], input_shape[1]) - (WHITEN_PATCH_SIZE - 1)
