@@ -110,6 +110,7 @@ class ScratchConfig(FitConfig):
     residual_activation: Activation = "gelu"
     residual_head_scale: float = _field(1 / 9, minimum=0.0, exclusive_minimum=True)
     residual_bias_lr_scale: float = _field(64.0, minimum=1.0)
+    lookahead: bool = False
     conv_filters: list[int] = _field([32, 64, 64, 128])
     pool_after: list[int] = _field([2, 3])
     dense_units: list[int] = _field([256, 128])

@@ -167,6 +167,38 @@ class EpochSeeds(keras.callbacks.Callback):
             state.assign(np.array([self.seed * 7919 + index, epoch * 1_000_003], dtype=state.dtype))
 
 
+class Lookahead(keras.callbacks.Callback):
+    """airbench's lookahead: every `interval` steps the weights become an average of themselves and their past.
+
+    The slow copy follows the weights with a decay of `base_decay * (step / total_steps) ** 3`: nothing early on,
+    when progress matters, up to heavy averaging at the end of the schedule, when noise does. At the last step the
+    weights become the slow copy. A resumed run starts its slow copy from the restored weights (the average of
+    the killed run is not kept), which differs from an uninterrupted run only in late, small corrections.
+    """
+
+    def __init__(self, total_steps: int, *, interval: int = 5, base_decay: float = 0.95 ** 5):
+        super().__init__()
+        self.total_steps = total_steps
+        self.interval = interval
+        self.base_decay = base_decay
+        self._slow: list[np.ndarray] = []
+
+    def on_train_begin(self, logs=None):
+        self._slow = [keras.ops.convert_to_numpy(variable).copy() for variable in self.model.trainable_variables]
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if step % self.interval == 0:
+            decay = self.base_decay * (min(step, self.total_steps) / self.total_steps) ** 3
+            for slow, variable in zip(self._slow, self.model.trainable_variables, strict=True):
+                slow *= decay
+                slow += (1.0 - decay) * keras.ops.convert_to_numpy(variable)
+                variable.assign(slow)
+        elif step >= self.total_steps:  # the last step: end on the average, not on the last few noisy steps
+            for slow, variable in zip(self._slow, self.model.trainable_variables, strict=True):
+                variable.assign(slow)
+
+
 def trainable_batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     """Every BatchNormalization layer that normalises with batch statistics in training, nested ones included.
 

@@ -63,7 +63,8 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
         history = resume.history("fit")
         logger = fitting.EpochLogger([out_dir / artifacts.HISTORY_FILE, resume.history_path("fit")],
                                      examples_per_epoch=train_count, rows=history)
-        callbacks = common.training_callbacks(params, config, resume=resume, phase="fit", logger=logger,
+        lookahead = [fitting.Lookahead(total_steps=steps * config.epochs)] if config.lookahead else []
+        callbacks = lookahead + common.training_callbacks(params, config, resume=resume, phase="fit", logger=logger,
                                               history=history, model_name="scratch", run_id=run.info.run_id,
                                               project_root=project_root,
                                               validation=fitting.ValidateWithPopulationStatistics(

@@ -146,6 +146,19 @@ def test_scaled_bias_learns_multiplier_squared_times_faster():
     np.testing.assert_allclose(np.asarray(model(np.zeros((1, 3), "float32"))), -64 * 0.01, rtol=1e-5)
 
 
+def test_lookahead_averages_every_interval_and_ends_on_the_average():
+    """Constant gradient 1 at rate 1: the weight falls by one per step; the slow copy pulls it back every 5."""
+    weight = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")
+    model = keras.Sequential([keras.Input(shape=(1,)), weight])
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=lambda _, outputs: keras.ops.sum(outputs, axis=-1))
+    lookahead = fitting.Lookahead(total_steps=10, interval=5, base_decay=0.5)
+    model.fit(np.ones((10, 1), "float32"), np.zeros((10, 1), "float32"), batch_size=1, epochs=1, shuffle=False,
+              callbacks=[lookahead], verbose=0)
+    at_step_5 = (1 - 0.5 * 0.5 ** 3) * -5.0  # decay 0.5 * (5 / 10) ** 3 on a slow copy still at 0
+    at_step_10 = 0.5 * at_step_5 + 0.5 * (at_step_5 - 5.0)
+    assert float(keras.ops.convert_to_numpy(weight.kernel)[0, 0]) == pytest.approx(at_step_10)
+
+
 def test_warmup_and_nesterov_from_params(params_dict):
     params_dict["scratch"].update(optimizer="sgd", nesterov=True, warmup_epochs=0.5, lr_schedule="constant")
     config = params_from_dict(params_dict).scratch
