@@ -207,7 +207,7 @@ def test_train_scratch_stage_fits_the_residual_net_with_whitening_from_training_
                           "mlflow": {"experiment": "imgclf-tests"}})
     base = sandbox.merge(base, yaml.safe_load((PROFILES / "scratch_residual.yaml").read_text()))
     base["scratch"].update(residual_widths=[16, 32, 32], epochs=2, batch_size=32, warmup_epochs=1.0,
-                           learning_rate=0.1)
+                           learning_rate=0.1, lookahead=True)  # the stage wires lookahead in too
     params = params_from_dict(base)
     sources.fetch_source(source="synthetic", path=None, sha256=None, raw_dir=tmp_path / "raw",
                          download_dir=tmp_path / "downloads", seed=params.seed, synthetic_classes=4,
