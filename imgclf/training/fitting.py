@@ -173,7 +173,9 @@ class Lookahead(keras.callbacks.Callback):
     The slow copy follows the weights with a decay of `base_decay * (step / total_steps) ** 3`: nothing early on,
     when progress matters, up to heavy averaging at the end of the schedule, when noise does. At the last step the
     weights become the slow copy. A resumed run starts its slow copy from the restored weights (the average of
-    the killed run is not kept), which differs from an uninterrupted run only in late, small corrections.
+    the killed run is not kept), which differs from an uninterrupted run only in late, small corrections. The
+    copy is taken before the first step, not at train begin: BackupAndRestore restores the weights in its own
+    `on_train_begin`, which may run after this one's.
     """
 
     def __init__(self, total_steps: int, *, interval: int = 5, base_decay: float = 0.95 ** 5):
@@ -184,7 +186,11 @@ class Lookahead(keras.callbacks.Callback):
         self._slow: list[np.ndarray] = []
 
     def on_train_begin(self, logs=None):
-        self._slow = [keras.ops.convert_to_numpy(variable).copy() for variable in self.model.trainable_variables]
+        self._slow = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self._slow:
+            self._slow = [keras.ops.convert_to_numpy(variable).copy() for variable in self.model.trainable_variables]
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))

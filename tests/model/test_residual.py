@@ -159,6 +159,25 @@ def test_lookahead_averages_every_interval_and_ends_on_the_average():
     assert float(keras.ops.convert_to_numpy(weight.kernel)[0, 0]) == pytest.approx(at_step_10)
 
 
+def test_lookahead_starts_from_weights_restored_after_it_in_train_begin():
+    """BackupAndRestore sets the weights in its on_train_begin, listed after Lookahead: the slow copy must start
+    from the restored weights, or a resumed run would pull its weights back towards their random init."""
+    weight = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")
+    model = keras.Sequential([keras.Input(shape=(1,)), weight])
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=lambda _, outputs: keras.ops.sum(outputs, axis=-1))
+
+    class Restore(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            weight.kernel.assign(np.full((1, 1), 10.0, "float32"))
+
+    lookahead = fitting.Lookahead(total_steps=10, interval=5, base_decay=0.5)
+    model.fit(np.ones((10, 1), "float32"), np.zeros((10, 1), "float32"), batch_size=1, epochs=1, shuffle=False,
+              callbacks=[lookahead, Restore()], verbose=0)
+    at_step_5 = 10.0 + (1 - 0.5 * 0.5 ** 3) * -5.0
+    at_step_10 = 0.5 * at_step_5 + 0.5 * (at_step_5 - 5.0)
+    assert float(keras.ops.convert_to_numpy(weight.kernel)[0, 0]) == pytest.approx(at_step_10)
+
+
 def test_warmup_and_nesterov_from_params(params_dict):
     params_dict["scratch"].update(optimizer="sgd", nesterov=True, warmup_epochs=0.5, lr_schedule="constant")
     config = params_from_dict(params_dict).scratch
