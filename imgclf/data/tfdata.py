@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from imgclf.data.records import split_files
 from imgclf.errors import ModelConfigError
 
 # Splits whose decoded pixels fit under this many bytes are cached in memory after the first epoch.
@@ -60,13 +61,6 @@ def _serialize(pixels: np.ndarray, label: int, index: int) -> bytes:
         "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(index)])),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def split_files(prepared_dir: Path, split: str) -> list[str]:
-    files = sorted(str(path) for path in Path(prepared_dir).glob(f"{split}-*.tfrecord"))
-    if not files:
-        raise FileNotFoundError(f"no {split} shards in {prepared_dir}; run the preprocess stage (dvc repro)")
-    return files
 
 
 def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int, int], num_classes: int,

@@ -36,6 +36,7 @@ from imgclf.artifacts import (
     probabilities_file,
 )
 from imgclf.config import AnalysisConfig, Params
+from imgclf.data import records
 from imgclf.errors import EvaluationError
 from imgclf.evaluation import comparison, plots, report
 
@@ -204,21 +205,9 @@ def shown_classes(scores: dict[str, np.ndarray], *, true_label: int, limit: int)
 
 
 def test_images(prepared_dir: Path, ids: set[int], meta: PreparedMeta) -> dict[int, np.ndarray]:
-    """The uint8 pixels of the requested test images, read from the shards in one streaming pass."""
-    from imgclf.data import tfdata
-
-    wanted, found = set(ids), {}
-    if not wanted:
-        return found
-    dataset = tfdata.make_dataset(prepared_dir, "test", image_shape=meta.image_shape,
-                                  num_classes=meta.num_classes, batch_size=256, with_index=True)
-    for images, _, index in tfdata.iterate_numpy(dataset):
-        for image, row_id in zip(images, index, strict=True):
-            if int(row_id) in wanted:
-                found[int(row_id)] = image.astype(np.uint8)
-        if len(found) == len(wanted):
-            break
-    return found
+    """The uint8 pixels of the requested test images, read from the shards in one streaming pass (without
+    TensorFlow: this stage would otherwise import it for a few dozen images)."""
+    return records.read_images(records.split_files(prepared_dir, "test"), ids, meta.image_shape)
 
 
 def read_history(path: Path) -> pd.DataFrame:

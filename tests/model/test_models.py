@@ -86,8 +86,8 @@ def test_local_keras_backbone_file(params_dict, shared_backbone):
 
 def test_head_does_not_blow_up_a_feature_constant_in_training(tiny_params_dict, tmp_path):
     # Feature 0 varies; feature 1 is a ReLU unit no training image switches on, as 110 of the 2,048 features of
-    # the smoke run's random ResNet50 were: a validation image with 0.14 there got a z-score of 1e5 and the head a
-    # validation loss of 554.
+    # a random ResNet50 (the smoke run's backbone then) were: a validation image with 0.14 there got a z-score of
+    # 1e5 and the head a validation loss of 554.
     rng = np.random.default_rng(0)
     train = np.stack([rng.normal(3.0, 2.0, 64), np.zeros(64)], axis=1).astype("float32")
     head = models.build_head(params_from_dict(tiny_params_dict).transfer, train_features=train, num_classes=2)

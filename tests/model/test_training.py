@@ -44,7 +44,7 @@ def workspace(tmp_path_factory):
     base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     base = merge(base, {"data": DATA, "preprocess": {"min_images_per_class": 5}, "deterministic": True,
                         "scratch": {**SMALL_CNN, "epochs": 3, "batch_size": 32, "batch_norm_images": 128},
-                        "transfer": {"backbone": "resnet50", "weights": None, "input_size": 32, "epochs": 3},
+                        "transfer": {"backbone": "mobilenet_v3_small", "weights": None, "input_size": 32, "epochs": 3},
                         "mlflow": {"experiment": "imgclf-tests"}})
     params = params_from_dict(base)
     for suffix, per_class in (("", DATA["synthetic_per_class"]), ("-small", SMALL_DATA_PER_CLASS)):

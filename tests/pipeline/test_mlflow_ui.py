@@ -61,7 +61,7 @@ def test_compare_view_shows_both_experiments_with_test_accuracy(experiment_proje
     transfer_runs = client.search_runs([experiment.experiment_id], "tags.model = 'transfer'",
                                        order_by=["attributes.start_time ASC"])
     baseline, variant = transfer_runs[0], transfer_runs[1]
-    assert baseline.data.params["transfer.backbone"] == "resnet50"
+    assert baseline.data.params["transfer.backbone"] == sandbox.SMOKE_OVERRIDES["transfer"]["backbone"]
     assert variant.data.params["transfer.backbone"] == "mobilenet_v2"
 
     # The route the UI's own Compare button opens (getCompareRunPageRoute in the MLflow 3 JS bundle).
@@ -83,7 +83,7 @@ def test_compare_view_shows_both_experiments_with_test_accuracy(experiment_proje
     expected = [run.data.metrics["test_accuracy"] for run in (baseline, variant)]
     assert sorted(shown) == pytest.approx(sorted(expected), abs=1e-3), f"test_accuracy row shows {shown}"
     assert "transfer.backbone" in dom
-    assert "mobilenet_v2" in dom and "resnet50" in dom
+    assert "mobilenet_v2" in dom and baseline.data.params["transfer.backbone"] in dom
     assert screenshot.is_file(), "chromium wrote no screenshot"
     pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=float)
     assert pixels.std() > 10, "the compare page rendered, not a blank"

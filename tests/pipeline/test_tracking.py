@@ -16,6 +16,8 @@ import pytest
 from imgclf import fileio, sandbox, tracking
 
 EXPERIMENT = sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"]
+SMOKE_BACKBONE = sandbox.SMOKE_OVERRIDES["transfer"]["backbone"]
+SMOKE_TRANSFER = f"transfer-{SMOKE_BACKBONE}"  # the pipeline run's transfer run
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +43,13 @@ def test_runs_are_named_tagged_and_grouped(project, store):
     client, runs, info = store
     exp_name, baseline = info["experiment"], info["baseline"]
     by_name = _by_name(runs)
-    expected = {"scratch-cnn", "transfer-resnet50", "comparison", f"transfer-mobilenet_v2-{exp_name}",
+    expected = {"scratch-cnn", SMOKE_TRANSFER, "comparison", f"transfer-mobilenet_v2-{exp_name}",
                 f"comparison-{exp_name}"}
     assert expected <= set(by_name), sorted(by_name)
 
     # The pipeline run (dvc repro on a clean commit): commit, clean, stage, data checksums, flat params.
     scratch, comparison = by_name["scratch-cnn"], by_name["comparison"]
-    for run, stage in ((scratch, "train_scratch"), (by_name["transfer-resnet50"], "train_transfer"),
+    for run, stage in ((scratch, "train_scratch"), (by_name[SMOKE_TRANSFER], "train_transfer"),
                        (comparison, "evaluate")):
         tags = run.data.tags
         assert tags["stage"] == stage and tags["git.dirty"] == "false", tags
@@ -56,7 +58,7 @@ def test_runs_are_named_tagged_and_grouped(project, store):
         assert "dvc.experiment" not in tags
     assert scratch.data.params["scratch.epochs"] == str(sandbox.SMOKE_OVERRIDES["scratch"]["epochs"])
     assert scratch.data.params["scratch.conv_filters"] == "[16, 32]" and scratch.data.params["seed"] == "42"
-    assert by_name["transfer-resnet50"].data.params["transfer.backbone"] == "resnet50"
+    assert by_name[SMOKE_TRANSFER].data.params["transfer.backbone"] == SMOKE_BACKBONE
     assert comparison.data.params["evaluate.top_k"] == "5"
 
     # The experiment: DVC_EXP_NAME reached the stages; params.yaml differs from the commit, so dirty.
@@ -72,13 +74,13 @@ def test_runs_are_named_tagged_and_grouped(project, store):
     # Groups: each execution's new training runs under its comparison run; the scratch run the experiment
     # reused (DVC did not retrain it) stays in the first group and is linked from the second.
     assert scratch.data.tags["mlflow.parentRunId"] == comparison.info.run_id
-    assert by_name["transfer-resnet50"].data.tags["mlflow.parentRunId"] == comparison.info.run_id
+    assert by_name[SMOKE_TRANSFER].data.tags["mlflow.parentRunId"] == comparison.info.run_id
     assert variant.data.tags["mlflow.parentRunId"] == variant_comparison.info.run_id
     assert variant_comparison.data.tags["scratch_run_id"] == scratch.info.run_id
     assert "mlflow.parentRunId" not in comparison.data.tags
     # Curves to compare: per-epoch history on both transfer runs, and test accuracy on each.
     epochs = sandbox.SMOKE_OVERRIDES["transfer"]["epochs"]
-    for run in (by_name["transfer-resnet50"], variant):
+    for run in (by_name[SMOKE_TRANSFER], variant):
         assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == epochs
         assert 0 <= run.data.metrics["test_accuracy"] <= 1
 
@@ -137,7 +139,7 @@ def test_experiment_opens_on_runs_and_runs_show_their_data_set(project, store):
     experiment = client.get_experiment(runs[0].info.experiment_id)
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_DEVELOPMENT  # not the GenAI overview
     by_name = _by_name(runs)
-    expected_contexts = {"scratch-cnn": "training", "transfer-resnet50": "training", "comparison": "evaluation"}
+    expected_contexts = {"scratch-cnn": "training", SMOKE_TRANSFER: "training", "comparison": "evaluation"}
     meta = json.loads((project / "data/prepared/meta.json").read_text())
     for name, context in expected_contexts.items():
         run = client.get_run(by_name[name].info.run_id)  # search_runs leaves inputs out

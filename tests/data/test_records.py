@@ -1,0 +1,60 @@
+"""The TensorFlow-free shard reader the analyze stage uses: the same examples as tf.data, damage refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgclf.data import records, tfdata
+
+SHAPE = (5, 4, 3)
+
+
+@pytest.fixture
+def shard(tmp_path):
+    rng = np.random.default_rng(0)
+    examples = [(rng.integers(0, 256, SHAPE, dtype=np.uint8), label, index)
+                for label, index in ((0, 0), (3, 7), (1, 2**40), (2, 130), (0, 1))]
+    tfdata.write_shards(tmp_path, "test", iter(examples), count=len(examples), examples_per_shard=3)
+    return tmp_path, examples
+
+
+def test_crc32c_known_answer():
+    assert records.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+
+
+def test_reads_what_tensorflow_wrote_in_manifest_order(shard):
+    directory, examples = shard
+    files = records.split_files(directory, "test")
+    assert len(files) == 2
+    read = [record.verified() for record in records.read_records(files)]
+    assert [(record.label, record.index) for record in read] == [(label, index) for _, label, index in examples]
+    assert all(record.pixels == pixels.tobytes() for record, (pixels, _, _) in zip(read, examples, strict=True))
+    by_tf = tfdata.make_dataset(directory, "test", image_shape=SHAPE, num_classes=4, batch_size=8, with_index=True)
+    (images, _, indices), = tfdata.iterate_numpy(by_tf)
+    found = records.read_images(files, {7, 2**40}, SHAPE)
+    for position, index in enumerate(indices):
+        if int(index) in found:
+            np.testing.assert_array_equal(found[int(index)], images[position].astype(np.uint8))
+    assert set(found) == {7, 2**40}
+
+
+def test_damaged_image_bytes_and_lengths_are_errors_that_say_what_to_do(shard):
+    directory, _ = shard
+    first = Path(records.split_files(directory, "test")[0])
+    pristine = first.read_bytes()
+    damaged = bytearray(pristine)
+    damaged[len(damaged) // 2] ^= 0xFF  # inside the second record's pixels
+    first.write_bytes(bytes(damaged))
+    with pytest.raises(records.CorruptShardError, match=r"data checksum.*rerun the preprocess stage"):
+        records.read_images([first], {7}, SHAPE)
+    damaged = bytearray(pristine)
+    damaged[0] ^= 0x01  # the first record's length
+    first.write_bytes(bytes(damaged))
+    with pytest.raises(records.CorruptShardError, match="length checksum"):
+        records.read_images([first], {0}, SHAPE)
+    first.write_bytes(pristine[:-3])
+    with pytest.raises(records.CorruptShardError, match="truncated"):
+        records.read_images([first], {1}, SHAPE)  # index 1 is in the other shard: the whole file is read
