@@ -100,19 +100,11 @@ def uninterrupted(workspace):
     return out
 
 
-@pytest.mark.slow(seconds=50)
-def test_deterministic_runs_give_identical_metrics(workspace, uninterrupted):
-    root, base = workspace
-    params = _write_params(root, base, "seed", {})
-    again = root / "again"
-    _run(_train_command("train_scratch", params, root, again), root)
-    assert _history(again)[-1]["val_loss"] == _history(uninterrupted)[-1]["val_loss"]
-    assert _history(again)[-1]["accuracy"] == _history(uninterrupted)[-1]["accuracy"]
-    assert not (again / "resume").exists(), "a finished run leaves no resume state"
-
-
 @pytest.mark.slow(seconds=55)
-def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(workspace, uninterrupted):
+def test_sigkill_mid_epoch_then_rerun_resumes_bit_identical_to_an_uninterrupted_run(workspace, uninterrupted):
+    """Also the determinism test: the killed, the resumed and the uninterrupted run are three processes in
+    deterministic mode, and the resumed run must end on exactly the uninterrupted run's numbers. (A separate
+    pair of fresh runs proved nothing more and cost half a minute of the suite.)"""
     root, base = workspace
     params = _write_params(root, base, "seed", {})
     out = root / "killed"
@@ -133,9 +125,11 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(workspace, uninterrupt
     assert "resuming from the end of epoch 1 of 3" in resumed.stderr
     rows = _history(out)
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
-    # Weights, optimizer state, schedule position, shuffling order and dropout masks are all restored.
-    np.testing.assert_allclose(_final(out), _final(uninterrupted), rtol=1e-6)
-    np.testing.assert_allclose(_final(out, "accuracy"), _final(uninterrupted, "accuracy"), rtol=1e-6)
+    # Weights, optimizer state, schedule position, shuffling order and dropout masks are all restored, and every
+    # op is deterministic: the same digits, not merely close ones.
+    for key in ("val_loss", "accuracy", "loss"):
+        assert [row[key] for row in rows] == [row[key] for row in _history(uninterrupted)], key
+    assert not (out / "resume").exists(), "a finished run leaves no resume state"
     run_id = json.loads((out / "run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     steps = sorted({metric.step for metric in client.get_metric_history(run_id, "val_loss")})
