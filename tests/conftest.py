@@ -8,7 +8,8 @@ fixtures can use them too.
 Layout: tests/code (units of the package), tests/data (sources, images, preprocessing), tests/model (models and
 training), tests/pipeline (DVC, MLflow, serving and the command line on a real pipeline run). Markers: `slow` on
 each test that trains or uses `trained_project` (checked at collection), `gpu` on tests that need a GPU (skipped
-without one), `browser` on tests that open headless Chromium, `shared` on tests that read ../shared.
+without one), `browser` on tests that open headless Chromium, `shared` on tests that read ../shared, `duration`
+on the longer modules of fast tests (it orders them).
 """
 
 from __future__ import annotations
@@ -70,7 +71,21 @@ def pytest_collection_modifyitems(config, items):
     module_seconds: dict[str, float] = collections.defaultdict(float)
     for item in items:
         module_seconds[_module(item)] += _estimated_seconds(item)
+    for module, seconds in _module_durations(items).items():
+        module_seconds[module] += seconds
     items.sort(key=lambda item: (_phase(item), -module_seconds[_module(item)]))
+
+
+def _module_durations(items) -> dict[str, float]:
+    """`pytestmark = pytest.mark.duration(seconds=N)`: a module of fast tests that takes about N s in all. Among
+    the short modules dealt last, the longer go first: one dealt at the very end (test_bad_inputs, 13-26 s) kept
+    one worker busy while the other idled."""
+    durations = {}
+    for item in items:
+        marker = item.get_closest_marker("duration")
+        if marker is not None:
+            durations[_module(item)] = float(marker.kwargs["seconds"])
+    return durations
 
 
 def _module(item) -> str:

@@ -16,6 +16,8 @@ from imgclf.config import params_from_dict
 from imgclf.errors import EvaluationError
 from imgclf.evaluation import analysis, comparison, evaluate
 
+pytestmark = pytest.mark.duration(seconds=10)  # about, under make test: orders the modules
+
 CLASSES = ["cat", "dog", "ship"]
 
 

@@ -13,6 +13,8 @@ import pytest
 from imgclf import sandbox
 from imgclf.pipeline import PROJECT_ROOT
 
+pytestmark = pytest.mark.duration(seconds=18)  # about, under make test: orders the modules
+
 WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "retrain.yml"
 SCRIPT = PROJECT_ROOT / "ci" / "retrain.sh"
 

@@ -20,6 +20,8 @@ from imgclf.pipeline import PROJECT_ROOT
 from imgclf.serving import serving
 from imgclf.training import models
 
+pytestmark = pytest.mark.duration(seconds=20)  # about, under make test: orders the modules
+
 CLASSES = ["cat", "dog", "ship"]
 
 

@@ -27,6 +27,8 @@ from imgclf.data import archives, download, preprocess, sources
 from imgclf.errors import DataSourceError, PreprocessError
 from imgclf.pipeline import PROJECT_ROOT
 
+pytestmark = pytest.mark.duration(seconds=20)  # about, under make test: orders the modules
+
 BOMB_BYTES = 40 << 20  # 40 MiB of zeros: ~40 KB compressed, a 1000:1 ratio
 
 
