@@ -99,13 +99,20 @@ class FramedRecord:
         self._data, self._path, self._offset, self._start, self._end = data, path, offset, start, end
 
     def example(self) -> Record:
-        return parse_example(self._data[self._start:self._end])
+        """The decoded example, checksum unchecked; a payload that does not decode is checked, then refused."""
+        try:
+            return parse_example(self._data[self._start:self._end])
+        except (IndexError, ValueError) as error:  # a damaged payload runs off its end or misreads a field
+            self._check_data()
+            raise _corrupt(self._path, self._offset, f"undecodable example ({error})") from error
 
     def verified(self) -> Record:
-        payload = self._data[self._start:self._end]
-        if _CRC.unpack_from(self._data, self._end)[0] != masked_crc(payload):
+        self._check_data()
+        return parse_example(self._data[self._start:self._end])
+
+    def _check_data(self) -> None:
+        if _CRC.unpack_from(self._data, self._end)[0] != masked_crc(self._data[self._start:self._end]):
             raise _corrupt(self._path, self._offset, "data checksum mismatch")
-        return parse_example(payload)
 
 
 def _corrupt(path: str | Path, offset: int, reason: str) -> CorruptShardError:

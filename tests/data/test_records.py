@@ -51,6 +51,11 @@ def test_damaged_image_bytes_and_lengths_are_errors_that_say_what_to_do(shard):
     with pytest.raises(records.CorruptShardError, match=r"data checksum.*rerun the preprocess stage"):
         records.read_images([first], {7}, SHAPE)
     damaged = bytearray(pristine)
+    damaged[14] ^= 0xFF  # the first record's first protobuf tag: its example no longer decodes
+    first.write_bytes(bytes(damaged))
+    with pytest.raises(records.CorruptShardError, match="data checksum"):
+        records.read_images([first], {7}, SHAPE)
+    damaged = bytearray(pristine)
     damaged[0] ^= 0x01  # the first record's length
     first.write_bytes(bytes(damaged))
     with pytest.raises(records.CorruptShardError, match="length checksum"):
