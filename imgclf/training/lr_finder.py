@@ -112,7 +112,7 @@ def run(params, *, model_name: str, prepared_dir: Path, features_dir: Path, out_
                                    num_classes=meta.num_classes, batch_size=config.batch_size, training=True,
                                    seed=params.seed, example_count=count, epochs=epochs)
         model = models.build_scratch_model(config, input_shape=meta.image_shape, num_classes=meta.num_classes)
-        fit_args = {"x": data, "steps_per_epoch": per_epoch}
+        fit_args = {"x": data, "steps_per_epoch": per_epoch, "shuffle": False}  # tf.data shuffles, per epoch seed
     else:
         config = params.transfer
         train_x, train_y = common.training_features(features_dir)
