@@ -30,6 +30,7 @@ PROFILES = (
     ("best-scratch", "best seed-CNN profile"),
     ("residual", "residual net (profiles/scratch_residual.yaml)"),
     ("transfer-lite0-160", "transfer, head only (Lite0, 160 px)"),
+    ("transfer-finetune-3-epochs", "transfer, fine-tuned, 3 unfrozen epochs (the profile's first run)"),
     ("transfer-finetune", "transfer, fine-tuned (profiles/transfer_finetune.yaml)"),
 )
 
