@@ -70,7 +70,7 @@ def split_files(prepared_dir: Path, split: str) -> list[str]:
 
 def read_records(files: Iterable[str | Path]) -> Iterator[FramedRecord]:
     """Every record of the shards, in file order (the manifest order). Each length is checked here; a record's
-    data checksum when the caller keeps it (`FramedRecord.verified`): a pure-Python CRC of every image of a
+    data checksum when the caller keeps it (`FramedRecord.verify`): a pure-Python CRC of every image of a
     split would cost more than the TensorFlow import this module avoids."""
     for path in files:
         with open(path, "rb") as handle:
@@ -103,14 +103,11 @@ class FramedRecord:
         try:
             return parse_example(self._data[self._start:self._end])
         except (IndexError, ValueError) as error:  # a damaged payload runs off its end or misreads a field
-            self._check_data()
+            self.verify()
             raise _corrupt(self._path, self._offset, f"undecodable example ({error})") from error
 
-    def verified(self) -> Record:
-        self._check_data()
-        return parse_example(self._data[self._start:self._end])
-
-    def _check_data(self) -> None:
+    def verify(self) -> None:
+        """Check the data checksum (for the records a caller keeps: see `read_records`)."""
         if _CRC.unpack_from(self._data, self._end)[0] != masked_crc(self._data[self._start:self._end]):
             raise _corrupt(self._path, self._offset, "data checksum mismatch")
 
@@ -203,10 +200,16 @@ def read_images(files: Iterable[str | Path], ids: set[int], image_shape: tuple[i
     wanted, found = set(ids), {}
     if not wanted:
         return found
+    expected_bytes = int(np.prod(image_shape))
     for record in read_records(files):
         example = record.example()
         if example.index in wanted:
-            example = record.verified()
+            record.verify()
+            if len(example.pixels) != expected_bytes:
+                raise CorruptShardError(
+                    f"test image {example.index} holds {len(example.pixels)} bytes, but meta.json's image shape "
+                    f"{tuple(image_shape)} needs {expected_bytes}: the shards and meta.json come from different "
+                    "preprocess runs; rerun the preprocess stage (`dvc repro --force preprocess`)")
             found[example.index] = np.frombuffer(example.pixels, np.uint8).reshape(image_shape).copy()
             if len(found) == len(wanted):
                 break

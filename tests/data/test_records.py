@@ -29,7 +29,10 @@ def test_reads_what_tensorflow_wrote_in_manifest_order(shard):
     directory, examples = shard
     files = records.split_files(directory, "test")
     assert len(files) == 2
-    read = [record.verified() for record in records.read_records(files)]
+    framed = list(records.read_records(files))
+    for record in framed:
+        record.verify()
+    read = [record.example() for record in framed]
     assert [(record.label, record.index) for record in read] == [(label, index) for _, label, index in examples]
     assert all(record.pixels == pixels.tobytes() for record, (pixels, _, _) in zip(read, examples, strict=True))
     by_tf = tfdata.make_dataset(directory, "test", image_shape=SHAPE, num_classes=4, batch_size=8, with_index=True)
@@ -39,6 +42,8 @@ def test_reads_what_tensorflow_wrote_in_manifest_order(shard):
         if int(index) in found:
             np.testing.assert_array_equal(found[int(index)], images[position].astype(np.uint8))
     assert set(found) == {7, 2**40}
+    with pytest.raises(records.CorruptShardError, match=r"meta.json's image shape \(4, 4, 3\) needs 48"):
+        records.read_images(files, {7}, (4, 4, 3))
 
 
 def test_damaged_image_bytes_and_lengths_are_errors_that_say_what_to_do(shard):
