@@ -11,6 +11,7 @@
     .venv/bin/python bench/training.py seed-recipe-25    # the write-up's recipe exactly: all 25 epochs
     .venv/bin/python bench/training.py residual          # profiles/scratch_residual.yaml (target: >= 93% in 60 min)
     .venv/bin/python bench/training.py transfer-finetune  # profiles/transfer_finetune.yaml (target: >= 92%)
+    .venv/bin/python bench/training.py transfer-finetune --input-size 160 --finetune-epochs 3  # a variant of it
     .venv/bin/python bench/training.py throughput        # images/s: float32 vs mixed_bfloat16, XLA off/on, % of peak
     .venv/bin/python bench/training.py extraction-throughput  # the features stage's forward pass: eager, compiled, XLA
 
@@ -337,7 +338,9 @@ def main() -> None:
                                               "extraction-throughput"])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-imgclf"))
     parser.add_argument("--size", type=int, default=96, help="transfer input size")
-    parser.add_argument("--finetune-epochs", type=int, default=0)
+    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        help="transfer: unfrozen epochs; transfer-finetune: replaces the profile's")
+    parser.add_argument("--input-size", type=int, default=0, help="transfer-finetune: replaces the profile's")
     parser.add_argument("--seconds", type=float, default=60.0, help="throughput: timed seconds per setting")
     parser.add_argument("--flops-per-cycle", type=int, default=FLOPS_PER_CYCLE, help="throughput: per core")
     arguments = parser.parse_args()
@@ -430,10 +433,17 @@ def main() -> None:
     elif arguments.benchmark == "transfer-finetune":
         profile = yaml.safe_load((ROOT / "profiles" / "transfer_finetune.yaml").read_text())
         profile["transfer"]["backbone"] = str(BACKBONE)  # the profile's path is relative to a project checkout
-        result = train_transfer(directory, "transfer-finetune", profile, prepared, features_test=False)
+        name = "transfer-finetune"
+        if arguments.input_size or arguments.finetune_epochs:  # a variant of the profile, saved under its own name
+            variant = {"input_size": arguments.input_size or profile["transfer"]["input_size"],
+                       "finetune_epochs": arguments.finetune_epochs or profile["transfer"]["finetune_epochs"]}
+            profile["transfer"].update(variant)
+            name = f"transfer-finetune-{variant['input_size']}px-{variant['finetune_epochs']}-epochs"
+        result = train_transfer(directory, name, profile, prepared, features_test=False)
         phases = [row for row in result["per_epoch"] if row["phase"] == "head"]
         result["head_only_final_val_accuracy"] = phases[-1]["val_accuracy"] if phases else None
-        save("transfer-finetune", result)
+        result["transfer_settings"] = {key: profile["transfer"][key] for key in ("input_size", "finetune_epochs")}
+        save(name, result)
     elif arguments.benchmark == "best-scratch":
         profile = yaml.safe_load((ROOT / "profiles" / "scratch_best.yaml").read_text())
         save("best-scratch", train_scratch(directory, "best-scratch", profile, prepared))

@@ -21,9 +21,11 @@ import fcntl
 import functools
 import http.server
 import os
+import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -39,6 +41,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from imgclf.artifacts import MLFLOW_STORE_FILE
 from imgclf.pipeline import PROJECT_ROOT
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -120,20 +123,28 @@ def _gpu_count() -> int:
 
 
 _TIMELINE = os.environ.get("IMGCLF_TEST_TIMELINE")  # a file: one line per test, to see where a run's time goes
-_started: dict[str, float] = {}
+_started: dict[str, tuple[float, float]] = {}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of the subprocesses it has reaped (the stages a test ran)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def pytest_runtest_logstart(nodeid, location):
     if _TIMELINE:
-        _started[nodeid] = time.time()
+        _started[nodeid] = (time.time(), _cpu_seconds())
 
 
 def pytest_runtest_logfinish(nodeid, location):
-    """With IMGCLF_TEST_TIMELINE=<file>: `worker start end nodeid` per test (setup to teardown), appended."""
+    """With IMGCLF_TEST_TIMELINE=<file>: `worker start end cpu_seconds nodeid` per test (setup to teardown),
+    appended. Wall time swings with what the other worker runs; CPU time is what a test costs the suite."""
     if _TIMELINE:
+        started, cpu = _started.pop(nodeid, (0.0, 0.0))
         with open(_TIMELINE, "a") as handle:
-            handle.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {_started.pop(nodeid, 0):.1f} "
-                         f"{time.time():.1f} {nodeid}\n")
+            handle.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {started:.1f} {time.time():.1f} "
+                         f"{_cpu_seconds() - cpu:.1f} {nodeid}\n")
 
 
 def pytest_runtest_setup(item):
@@ -312,6 +323,34 @@ def _build_once(base: Path, name: str, build: Callable[[Path], None]) -> Path:
                 raise
             done.touch()
     return folder
+
+
+def _build_store_template(folder: Path) -> None:
+    """An empty MLflow SQLite store, made by MLflow itself: its tables, then every schema migration."""
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / MLFLOW_STORE_FILE}").search_experiments()
+
+
+@pytest.fixture(scope="session")
+def new_mlflow_store(tmp_path_factory) -> Callable[[Path], str]:
+    """`new_mlflow_store(directory)`: the empty store MLflow creates on first use, placed at
+    `directory/mlflow.db`; returns its URI. MLflow creates one in about 2 s of CPU (schema migrations), a copy
+    of the session's template takes milliseconds, and the suite needs dozens. The store MLflow writes differs in
+    one row: the Default experiment's artifact location, under the working directory of the process that made it
+    (the directory here, where the stages run). The pipeline run (`trained_project`) still starts from no store."""
+    template = _build_once(_shared_base(tmp_path_factory), "mlflow-store-template", _build_store_template)
+
+    def create(directory: Path) -> str:
+        store = Path(directory) / MLFLOW_STORE_FILE
+        store.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template / MLFLOW_STORE_FILE, store)
+        with contextlib.closing(sqlite3.connect(store)) as connection, connection:
+            connection.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                                (str(store.parent.resolve() / "mlruns" / "0"),))
+        return f"sqlite:///{store}"
+
+    return create
 
 
 def _params_trace(trained: Path) -> Path:

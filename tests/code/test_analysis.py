@@ -120,8 +120,8 @@ def test_missing_or_mismatched_prediction_files_say_what_to_run(fake_probabiliti
 
 @pytest.mark.parametrize("num_classes", [2, 100])
 def test_analysis_run_end_to_end(write_prepared, fake_probabilities, write_evaluation, tmp_path, tiny_params_dict,
-                                 num_classes, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+                                 num_classes, monkeypatch, new_mlflow_store):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_mlflow_store(tmp_path))
     class_names = [f"class {i} <{'long name ' * (i % 3)}>" for i in range(num_classes)]
     per_test = 12 if num_classes == 2 else 2
     meta = write_prepared(tmp_path / "prepared", class_names=class_names,
@@ -179,8 +179,9 @@ def test_analysis_refuses_score_bar_ids_outside_the_test_split(write_prepared, f
 
 
 def test_no_label_errors_is_a_sentence_not_an_empty_figure(write_prepared, fake_probabilities, write_evaluation,
-                                                           tmp_path, tiny_params_dict, monkeypatch, caplog):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+                                                           tmp_path, tiny_params_dict, monkeypatch, caplog,
+                                                           new_mlflow_store):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_mlflow_store(tmp_path))
     monkeypatch.setenv(progress.MODE_ENV, "lines")
     labels = np.repeat(np.arange(3), 4)
     meta = write_prepared(tmp_path / "prepared", class_names=CLASSES, per_class={"train": 1, "val": 1, "test": 4})

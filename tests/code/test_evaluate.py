@@ -117,12 +117,13 @@ def test_predictions_file_lists_top_k_that_exist(tmp_path):
 
 
 @pytest.fixture
-def evaluate_project(write_prepared, tmp_path, tiny_params_dict, monkeypatch):
+def evaluate_project(write_prepared, tmp_path, tiny_params_dict, monkeypatch, new_mlflow_store):
     """Prepared data, two tiny models each logged in its MLflow run (as the training stages leave them), params:
     what the evaluate stage reads."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = new_mlflow_store(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     meta = write_prepared(tmp_path / "prepared", class_names=CLASSES, per_class={"train": 2, "val": 4, "test": 6})
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(store)
     experiment = mlflow.create_experiment("evaluate-test")
     for name, classes in (("scratch", 3), ("transfer", 3)):
         models.save_model(_tiny_model(8, classes), tmp_path / name / artifacts.MODEL_FILE)

@@ -125,11 +125,11 @@ def write_object_photos(root, per_class: int, *, size: int = 32, seed: int = 0):
 
 
 @pytest.mark.slow(seconds=40)
-def test_seed_cnn_trained_for_under_50_steps_does_not_collapse(tmp_path, params_dict, monkeypatch):
+def test_seed_cnn_trained_for_under_50_steps_does_not_collapse(tmp_path, params_dict, monkeypatch, new_mlflow_store):
     """The seed architecture, unchanged, through the real stages on a small two-class photo folder: before the
     re-estimation every test image got one class (validation and test at chance) while training accuracy
     climbed."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_mlflow_store(tmp_path))
     folder = write_object_photos(tmp_path / "photos", per_class=150)
     params = params_from_dict(merge(params_dict, {
         "data": {"source": "image_folder", "path": str(folder)},

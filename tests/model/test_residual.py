@@ -212,7 +212,7 @@ def test_profiles_are_valid_overrides(params_dict):
 
 
 @pytest.mark.slow(seconds=35)
-def test_train_scratch_stage_fits_the_residual_net_with_whitening_from_training_pixels(tmp_path):
+def test_train_scratch_stage_fits_the_residual_net_with_whitening_from_training_pixels(tmp_path, new_mlflow_store):
     """The real stage: whitening computed from the prepared training split before fitting, model saved and loadable."""
     import os
     import subprocess
@@ -236,7 +236,7 @@ def test_train_scratch_stage_fits_the_residual_net_with_whitening_from_training_
     result = subprocess.run([sys.executable, "-m", "stages.train_scratch", "--params", str(tmp_path / "params.yaml"),
                              "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "model")],
                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, check=False,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+                            env={**os.environ, "MLFLOW_TRACKING_URI": new_mlflow_store(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     model = models.load_model(tmp_path / "model" / artifacts.MODEL_FILE)
     assert model.name == "scratch_residual"

@@ -36,11 +36,12 @@ SMALL_CNN = {"conv_filters": [16, 32], "pool_after": [1, 2], "dense_units": [64]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, new_mlflow_store):
     """Prepared data (`prepared`, and a quarter of it in `prepared-small`) plus a params template (the real
     params.yaml with small data and the smoke CNN). BatchNorm statistics are re-estimated on 4 batches, not the
     whole training set: what these tests check (resume, determinism, switches) does not depend on how many."""
     root = tmp_path_factory.mktemp("training")
+    new_mlflow_store(root)
     base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     base = merge(base, {"data": DATA, "preprocess": {"min_images_per_class": 5}, "deterministic": True,
                         "scratch": {**SMALL_CNN, "epochs": 3, "batch_size": 32, "batch_norm_images": 128},

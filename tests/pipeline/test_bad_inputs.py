@@ -209,10 +209,11 @@ def test_sha256_of_a_verified_download_is_recorded(tmp_path, http_server, write_
 # --------------------------------------------------------------------------------- 5. MLflow store, runs
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, new_mlflow_store):
     """A fresh SQLite store in tmp_path, as a stage would use it (no MLFLOW_TRACKING_URI, no outer run)."""
     from imgclf import tracking
 
+    new_mlflow_store(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     tracking.configure(tmp_path, "hostile")

@@ -81,9 +81,10 @@ def test_clone_and_pull_is_up_to_date_without_retraining(pushed, tmp_path):
         assert (copy / path).read_bytes() == (project / path).read_bytes(), path
 
 
-def test_retrain_script_in_a_clone_reports_params_and_metrics_diff(pushed, tmp_path):
+def test_retrain_script_in_a_clone_reports_params_and_metrics_diff(pushed, tmp_path, new_mlflow_store):
     project, _remote, _result, _base = pushed
     copy = clone(project, tmp_path / "clone")
+    new_mlflow_store(copy)  # the empty store the analyze stage would create (git ignores it)
     # An override that reruns only the analyze stage (seconds): its interval level is a metric, so the diff
     # has rows. A retrained model would do too, but minutes of training prove nothing more here. (The clone has
     # its own, empty MLflow store; analyze logs to the run of the original only when it can find it.)
@@ -110,11 +111,12 @@ def test_retrain_script_in_a_clone_reports_params_and_metrics_diff(pushed, tmp_p
 
 
 @pytest.mark.slow(seconds=75)
-def test_partial_retrain_in_a_clone_records_the_pulled_model_in_its_own_store(pushed, tmp_path):
+def test_partial_retrain_in_a_clone_records_the_pulled_model_in_its_own_store(pushed, tmp_path, new_mlflow_store):
     # A clone's embedded store lacks the runs of the machine that trained the pulled models: retraining one
     # model must still compare, register and crown both (the pulled one is recorded in a new run here).
     project, _remote, _result, _base = pushed
     copy = clone(project, tmp_path / "clone")
+    new_mlflow_store(copy)  # the empty store the first stage would create (git ignores it)
     sandbox.dvc(copy, "pull")
     params = yaml.safe_load((copy / "params.yaml").read_text())
     params["transfer"]["epochs"] += 1

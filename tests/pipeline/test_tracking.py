@@ -6,8 +6,10 @@ The `experiment_project` fixture (a copy of `trained_project` with a second expe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sqlite3
 from pathlib import Path
 
 import mlflow
@@ -157,9 +159,9 @@ def test_experiment_opens_on_runs_and_runs_show_their_data_set(project, store):
 
 
 def test_ui_command_prints_the_address_of_the_experiments_training_runs(tmp_path, monkeypatch, capsys, run_cli,
-                                                                          params_dict):
+                                                                          params_dict, new_mlflow_store):
     # MLflow 3.17's UI opens an experiment on its GenAI overview unless the address asks for model training.
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_mlflow_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(json.dumps(params_dict))  # JSON is YAML
@@ -180,3 +182,28 @@ def test_ui_command_prints_the_address_of_the_experiments_training_runs(tmp_path
     assert not (tmp_path / "absent.db").exists()
     assert run_cli("ui", "--address-only", "--port", "99999") == 2
     assert "is not a TCP port (1-65535)" in capsys.readouterr().err
+
+
+def _store_contents(store: Path) -> tuple:
+    """What a store holds, less the times it was made at: the schema, the migration it is at, the experiments."""
+    with contextlib.closing(sqlite3.connect(store)) as connection:
+        return (connection.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall(),
+                connection.execute("SELECT * FROM alembic_version").fetchall(),
+                connection.execute("SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments"
+                                   " ORDER BY experiment_id").fetchall())
+
+
+def test_the_suites_store_copies_are_the_store_mlflow_creates(tmp_path, monkeypatch, new_mlflow_store):
+    """Tests start from copies of one store MLflow made (conftest's `new_mlflow_store`, seconds of migrations
+    saved each time): a copy must hold what MLflow itself creates there on first use, row for row."""
+    made, copied = tmp_path / "made", tmp_path / "copied"
+    made.mkdir()
+    monkeypatch.chdir(made)  # MLflow puts the Default experiment's artifacts under the working directory
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{made / 'mlflow.db'}").search_experiments()
+    new_mlflow_store(copied)
+    expected = _store_contents(made / "mlflow.db")
+    assert expected[1] and expected[2], "MLflow made no migration or no Default experiment"
+    actual = _store_contents(copied / "mlflow.db")
+    assert actual[:2] == expected[:2]
+    assert actual[2] == [(0, "Default", str(copied.resolve() / "mlruns" / "0"), "active")]
+    assert expected[2] == [(0, "Default", str(made.resolve() / "mlruns" / "0"), "active")]
