@@ -31,6 +31,7 @@ PROFILES = (
     ("residual", "residual net (profiles/scratch_residual.yaml)"),
     ("transfer-lite0-160", "transfer, head only (Lite0, 160 px)"),
     ("transfer-finetune-3-epochs", "transfer, fine-tuned, 3 unfrozen epochs (the profile's first run)"),
+    ("transfer-finetune-160px-3-epochs", "transfer, fine-tuned at 160 px, 3 unfrozen epochs"),
     ("transfer-finetune", "transfer, fine-tuned (profiles/transfer_finetune.yaml)"),
 )
 
