@@ -185,9 +185,13 @@ def test_ui_command_prints_the_address_of_the_experiments_training_runs(tmp_path
 
 
 def _store_contents(store: Path) -> tuple:
-    """What a store holds, less the times it was made at: the schema, the migration it is at, the experiments."""
+    """What a store holds, less the times it was made at: the schema, the migration it is at, the experiments.
+    A table's clauses are compared as a set: MLflow's migrations write a table's CHECK constraints in an order that
+    changes with Python's string hashing (PYTHONHASHSEED), so two stores MLflow makes differ in that order."""
     with contextlib.closing(sqlite3.connect(store)) as connection:
-        return (connection.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall(),
+        schema = connection.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+        return ([(kind, name, sorted(line.strip().rstrip(",") for line in (sql or "").splitlines()))
+                 for kind, name, sql in schema],
                 connection.execute("SELECT * FROM alembic_version").fetchall(),
                 connection.execute("SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments"
                                    " ORDER BY experiment_id").fetchall())
