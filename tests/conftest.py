@@ -336,7 +336,7 @@ def _build_store_template(folder: Path) -> None:
 def new_mlflow_store(tmp_path_factory) -> Callable[[Path], str]:
     """`new_mlflow_store(directory)`: the empty store MLflow creates on first use, placed at
     `directory/mlflow.db`; returns its URI. MLflow creates one in about 2 s of CPU (schema migrations), a copy
-    of the session's template takes milliseconds, and the suite needs dozens. The store MLflow writes differs in
+    of the session's template takes milliseconds, and many tests need one. The store MLflow writes differs in
     one row: the Default experiment's artifact location, under the working directory of the process that made it
     (the directory here, where the stages run). The pipeline run (`trained_project`) still starts from no store."""
     template = _build_once(_shared_base(tmp_path_factory), "mlflow-store-template", _build_store_template)
