@@ -86,8 +86,9 @@ def test_parallel_queued_experiments_record_in_the_project_store(copy_trained_pr
     for name, log in logs.items():
         assert "database is locked" not in log, f"{name}:\n{log[-4000:]}"
 
+    earlier_ids = {run.info.run_id for run in earlier}
     runs = [run for run in client.search_runs([experiment.experiment_id], max_results=100)
-            if run.info.run_id not in {run.info.run_id for run in earlier}]
+            if run.info.run_id not in earlier_ids]
     assert runs, "the stages recorded elsewhere (DVC's temporary workspace?)"
     assert {run.data.tags.get("dvc.experiment") for run in runs} == set(VARIANTS), "every new run is a sweep's"
     for name, (key, value) in VARIED.items():
