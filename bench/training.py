@@ -9,9 +9,11 @@
     .venv/bin/python bench/training.py small-finetune    # max_per_class 100: transfer head, then 3 unfrozen epochs
     .venv/bin/python bench/training.py small-report      # evaluate + analyze of the small-data models (run it after)
     .venv/bin/python bench/training.py seed-recipe-25    # the write-up's recipe exactly: all 25 epochs
+    .venv/bin/python bench/training.py seed-recipe-25 --val-fraction 0.01  # the same on 49,500 training images
     .venv/bin/python bench/training.py residual          # profiles/scratch_residual.yaml (target: >= 93% in 60 min)
     .venv/bin/python bench/training.py transfer-finetune  # profiles/transfer_finetune.yaml (target: >= 92%)
     .venv/bin/python bench/training.py transfer-finetune --input-size 160 --finetune-epochs 3  # a variant of it
+    .venv/bin/python bench/training.py transfer-finetune --finetune-learning-rate 3e-4  # another (0: the profile's)
     .venv/bin/python bench/training.py throughput        # images/s: float32 vs mixed_bfloat16, XLA off/on, % of peak
     .venv/bin/python bench/training.py extraction-throughput  # the features stage's forward pass: eager, compiled, XLA
 
@@ -61,14 +63,19 @@ def project(directory: Path) -> Path:
     return directory
 
 
+def prepare_variant(directory: Path, name: str, data_overrides: dict) -> Path:
+    """The preprocess stage's output under `data/prepared-<name>` with `data:` params replaced (reused when there)."""
+    prepared = directory / "data" / f"prepared-{name}"
+    if not (prepared / "meta.json").is_file():
+        params = write_params(directory, name, {"data": data_overrides})
+        stage(directory, "preprocess", "--params", str(params), "--raw", str(directory / "data" / "raw"),
+              "--out", str(prepared))
+    return prepared
+
+
 def prepare_small(directory: Path) -> Path:
     """The small-data split (at most 100 training images per class; validation and test unchanged)."""
-    small = directory / "data" / "prepared-small"
-    if not (small / "meta.json").is_file():
-        params = write_params(directory, "small", {"data": {"max_per_class": 100}})
-        stage(directory, "preprocess", "--params", str(params), "--raw", str(directory / "data" / "raw"),
-              "--out", str(small))
-    return small
+    return prepare_variant(directory, "small", {"max_per_class": 100})
 
 
 def write_params(directory: Path, name: str, overrides: dict) -> Path:
@@ -341,6 +348,10 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=0,
                         help="transfer: unfrozen epochs; transfer-finetune: replaces the profile's")
     parser.add_argument("--input-size", type=int, default=0, help="transfer-finetune: replaces the profile's")
+    parser.add_argument("--finetune-learning-rate", type=float, default=0.0,
+                        help="transfer-finetune: replaces the profile's")
+    parser.add_argument("--val-fraction", type=float, default=0.0,
+                        help="seed-recipe-25: data.val_fraction for the run (default: params.yaml's)")
     parser.add_argument("--seconds", type=float, default=60.0, help="throughput: timed seconds per setting")
     parser.add_argument("--flops-per-cycle", type=int, default=FLOPS_PER_CYCLE, help="throughput: per core")
     arguments = parser.parse_args()
@@ -426,7 +437,14 @@ def main() -> None:
     elif arguments.benchmark == "seed-recipe":
         save("seed-recipe", train_scratch(directory, "seed-recipe", {"scratch": {"epochs": 10}}, prepared))
     elif arguments.benchmark == "seed-recipe-25":
-        save("seed-recipe-25", train_scratch(directory, "seed-recipe-25", {"scratch": {"epochs": 25}}, prepared))
+        overrides, name = {"scratch": {"epochs": 25}}, "seed-recipe-25"
+        if arguments.val_fraction:  # more training images, the same recipe: separates data size from the rest
+            name = f"seed-recipe-25-val-{arguments.val_fraction:g}"
+            overrides["data"] = {"val_fraction": arguments.val_fraction}
+            prepared = prepare_variant(directory, f"val-{arguments.val_fraction:g}", overrides["data"])
+        result = train_scratch(directory, name, overrides, prepared)
+        result["train_images"] = json.loads((prepared / "meta.json").read_text())["counts"]["train"]
+        save(name, result)
     elif arguments.benchmark == "residual":
         profile = yaml.safe_load((ROOT / "profiles" / "scratch_residual.yaml").read_text())
         save("residual", train_scratch(directory, "residual", profile, prepared))
@@ -434,15 +452,20 @@ def main() -> None:
         profile = yaml.safe_load((ROOT / "profiles" / "transfer_finetune.yaml").read_text())
         profile["transfer"]["backbone"] = str(BACKBONE)  # the profile's path is relative to a project checkout
         name = "transfer-finetune"
-        if arguments.input_size or arguments.finetune_epochs:  # a variant of the profile, saved under its own name
+        if arguments.input_size or arguments.finetune_epochs or arguments.finetune_learning_rate:
+            # A variant of the profile, saved under its own name.
             variant = {"input_size": arguments.input_size or profile["transfer"]["input_size"],
                        "finetune_epochs": arguments.finetune_epochs or profile["transfer"]["finetune_epochs"]}
-            profile["transfer"].update(variant)
             name = f"transfer-finetune-{variant['input_size']}px-{variant['finetune_epochs']}-epochs"
+            if arguments.finetune_learning_rate:
+                variant["finetune_learning_rate"] = arguments.finetune_learning_rate
+                name += f"-lr-{arguments.finetune_learning_rate:g}"
+            profile["transfer"].update(variant)
         result = train_transfer(directory, name, profile, prepared, features_test=False)
         phases = [row for row in result["per_epoch"] if row["phase"] == "head"]
         result["head_only_final_val_accuracy"] = phases[-1]["val_accuracy"] if phases else None
-        result["transfer_settings"] = {key: profile["transfer"][key] for key in ("input_size", "finetune_epochs")}
+        result["transfer_settings"] = {key: profile["transfer"][key]
+                                       for key in ("input_size", "finetune_epochs", "finetune_learning_rate")}
         save(name, result)
     elif arguments.benchmark == "best-scratch":
         profile = yaml.safe_load((ROOT / "profiles" / "scratch_best.yaml").read_text())
