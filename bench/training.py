@@ -161,13 +161,22 @@ def train_scratch(directory: Path, name: str, overrides: dict, prepared: Path) -
             "tta_flip": tta_flip, "per_epoch": per_epoch(rows)}
 
 
-def train_transfer(directory: Path, name: str, overrides: dict, prepared: Path, *, features_test: bool = True) -> dict:
+def train_transfer(directory: Path, name: str, overrides: dict, prepared: Path, *, features_test: bool = True,
+                   features_name: str = "") -> dict:
     """Features stage, then transfer stage. `features_test`: score the head on the cached test features (same
-    computation as the saved model, much faster); off when fine-tuning changed the backbone."""
+    computation as the saved model, much faster); off when fine-tuning changed the backbone. `features_name`:
+    a features directory shared by variants that differ only after extraction, reused when it is complete (the
+    backbone never runs twice on the same image; its input size is checked)."""
     params = write_params(directory, name, overrides)
-    features, out = directory / "bench" / f"{name}-features", directory / "bench" / name
-    extraction = stage(directory, "extract_features", "--params", str(params), "--data", str(prepared),
-                       "--out", str(features))
+    features = directory / "bench" / f"{features_name or name}-features"
+    out = directory / "bench" / name
+    cached = features / "features.json"
+    if features_name and cached.is_file() and (
+            json.loads(cached.read_text())["input_size"] == overrides["transfer"]["input_size"]):
+        extraction = None  # reused: its seconds are those of the run that made it (`timings` below)
+    else:
+        extraction = stage(directory, "extract_features", "--params", str(params), "--data", str(prepared),
+                           "--out", str(features))
     fitting_seconds = stage(directory, "train_transfer", "--params", str(params), "--data", str(prepared),
                             "--features", str(features), "--out", str(out))
     timings = json.loads((features / "features.json").read_text())["timings"]
@@ -175,7 +184,8 @@ def train_transfer(directory: Path, name: str, overrides: dict, prepared: Path, 
     backbone_seconds = sum(split["seconds"] for split in timings.values())
     rows = history(out)
     tta_flip = bool(overrides.get("evaluate", {}).get("tta_flip", False))
-    return {"extract_stage_seconds": round(extraction, 1), "extraction_images": images,
+    return {"extract_stage_seconds": None if extraction is None else round(extraction, 1),
+            "features_reused": extraction is None, "extraction_images": images,
             "extraction_images_per_second": round(images / backbone_seconds, 1),
             "transfer_stage_seconds": round(fitting_seconds, 1),
             "head_epoch_seconds": round(sum(float(r["epoch_seconds"]) for r in rows if r.get("phase") == "head")
@@ -461,7 +471,9 @@ def main() -> None:
                 variant["finetune_learning_rate"] = arguments.finetune_learning_rate
                 name += f"-lr-{arguments.finetune_learning_rate:g}"
             profile["transfer"].update(variant)
-        result = train_transfer(directory, name, profile, prepared, features_test=False)
+        # The cached features depend only on the input size here: the profile and its variants share them.
+        result = train_transfer(directory, name, profile, prepared, features_test=False,
+                                features_name=f"transfer-finetune-{profile['transfer']['input_size']}px")
         phases = [row for row in result["per_epoch"] if row["phase"] == "head"]
         result["head_only_final_val_accuracy"] = phases[-1]["val_accuracy"] if phases else None
         result["transfer_settings"] = {key: profile["transfer"][key]
