@@ -11,6 +11,7 @@
     .venv/bin/python bench/training.py seed-recipe-25    # the write-up's recipe exactly: all 25 epochs
     .venv/bin/python bench/training.py seed-recipe-25 --val-fraction 0.01  # the same on 49,500 training images
     .venv/bin/python bench/training.py residual          # profiles/scratch_residual.yaml (target: >= 93% in 60 min)
+    .venv/bin/python bench/training.py residual --lookahead  # the same with scratch.lookahead: true
     .venv/bin/python bench/training.py transfer-finetune  # profiles/transfer_finetune.yaml (target: >= 92%)
     .venv/bin/python bench/training.py transfer-finetune --input-size 160 --finetune-epochs 3  # a variant of it
     .venv/bin/python bench/training.py transfer-finetune --finetune-learning-rate 3e-4  # another (0: the profile's)
@@ -360,6 +361,7 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=0, help="transfer-finetune: replaces the profile's")
     parser.add_argument("--finetune-learning-rate", type=float, default=0.0,
                         help="transfer-finetune: replaces the profile's")
+    parser.add_argument("--lookahead", action="store_true", help="residual: turn on scratch.lookahead")
     parser.add_argument("--val-fraction", type=float, default=0.0,
                         help="seed-recipe-25: data.val_fraction for the run (default: params.yaml's)")
     parser.add_argument("--seconds", type=float, default=60.0, help="throughput: timed seconds per setting")
@@ -457,7 +459,10 @@ def main() -> None:
         save(name, result)
     elif arguments.benchmark == "residual":
         profile = yaml.safe_load((ROOT / "profiles" / "scratch_residual.yaml").read_text())
-        save("residual", train_scratch(directory, "residual", profile, prepared))
+        name = "residual"
+        if arguments.lookahead:  # a variant of the profile, saved under its own name
+            profile["scratch"]["lookahead"], name = True, "residual-lookahead"
+        save(name, train_scratch(directory, name, profile, prepared))
     elif arguments.benchmark == "transfer-finetune":
         profile = yaml.safe_load((ROOT / "profiles" / "transfer_finetune.yaml").read_text())
         profile["transfer"]["backbone"] = str(BACKBONE)  # the profile's path is relative to a project checkout
