@@ -33,7 +33,8 @@ PROFILES = (
     ("transfer-lite0-160", "transfer, head only (Lite0, 160 px)"),
     ("transfer-finetune-3-epochs", "transfer, fine-tuned, 3 unfrozen epochs (the profile's first run)"),
     ("transfer-finetune-160px-3-epochs", "transfer, fine-tuned at 160 px, 3 unfrozen epochs"),
-    ("transfer-finetune", "transfer, fine-tuned (profiles/transfer_finetune.yaml)"),
+    ("transfer-finetune-128px-5-epochs-lr-0.0001", "transfer, fine-tuned at rate 1e-4 (the profile's second run)"),
+    ("transfer-finetune", "transfer, fine-tuned (profiles/transfer_finetune.yaml, rate 3e-4)"),
 )
 
 
