@@ -25,6 +25,7 @@ DataSource = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "image_fol
 ResizePolicy = Literal["pad", "crop", "stretch"]
 SmallClassPolicy = Literal["error", "drop"]
 FlipMode = Literal["none", "horizontal", "vertical", "horizontal_and_vertical"]
+Interpolation = Literal["bilinear", "nearest"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 LrSchedule = Literal["constant", "step", "cosine", "one_cycle", "plateau", "linear"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
@@ -73,6 +74,7 @@ class AugmentConfig:
     enabled: bool = False
     flip: FlipMode = "horizontal"
     translate: float = _field(0.1, minimum=0.0, maximum=0.5)
+    interpolation: Interpolation = "bilinear"
     rotate: float = _field(0.0, minimum=0.0, maximum=0.5)
     zoom: float = _field(0.0, minimum=0.0, maximum=0.9)
     contrast: float = _field(0.0, minimum=0.0, maximum=0.9)

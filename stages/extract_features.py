@@ -6,7 +6,8 @@ from imgclf.training import features
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
 PARAMS = ("seed", "deterministic", "transfer.backbone", "transfer.weights", "transfer.input_size",
           "transfer.feature_batch_size", "transfer.augment_copies",
-          "augment.enabled", "augment.flip", "augment.translate", "augment.rotate", "augment.zoom",
+          "augment.enabled", "augment.flip", "augment.translate", "augment.interpolation",
+          "augment.rotate", "augment.zoom",
           "augment.contrast")
 
 

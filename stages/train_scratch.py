@@ -5,7 +5,8 @@ from imgclf.training import scratch
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
 PARAMS = ("seed", "deterministic",
-          "augment.enabled", "augment.flip", "augment.translate", "augment.rotate", "augment.zoom",
+          "augment.enabled", "augment.flip", "augment.translate", "augment.interpolation",
+          "augment.rotate", "augment.zoom",
           "augment.contrast", "scratch", "training", "mlflow.experiment")
 
 

@@ -5,7 +5,8 @@ from imgclf.training import transfer
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
 PARAMS = ("seed", "deterministic",
-          "augment.enabled", "augment.flip", "augment.translate", "augment.rotate", "augment.zoom",
+          "augment.enabled", "augment.flip", "augment.translate", "augment.interpolation",
+          "augment.rotate", "augment.zoom",
           "augment.contrast", "training", "mlflow.experiment", "transfer.head_dropout",
           "transfer.head_units", "transfer.optimizer", "transfer.learning_rate", "transfer.weight_decay",
           "transfer.momentum", "transfer.label_smoothing", "transfer.lr_schedule", "transfer.lr_step_epochs",

@@ -10,18 +10,23 @@ from imgclf.config import AugmentConfig
 def build_augmentation(config: AugmentConfig, *, seed: int) -> keras.Sequential | None:
     """A `keras.Sequential` of random layers for the configured policy, or None when it changes nothing.
 
-    Layers take float pixels in [0, 255] and are active only when called with `training=True`.
+    Layers take float pixels in [0, 255] and are active only when called with `training=True`. Shifts, rotations
+    and zooms resample with `config.interpolation`: bilinear blends neighbouring pixels, so a sub-pixel shift
+    blurs the image the model trains on while the test images stay sharp; nearest moves whole pixels, which for
+    a shift is a random crop of the reflect-padded image (airbench's augmentation).
     """
     layers: list[keras.layers.Layer] = []
     if config.flip != "none":
         layers.append(keras.layers.RandomFlip(config.flip, seed=seed))
     if config.translate > 0:
-        layers.append(keras.layers.RandomTranslation(config.translate, config.translate,
-                                                     fill_mode="reflect", seed=seed + 1))
+        layers.append(keras.layers.RandomTranslation(config.translate, config.translate, fill_mode="reflect",
+                                                     interpolation=config.interpolation, seed=seed + 1))
     if config.rotate > 0:
-        layers.append(keras.layers.RandomRotation(config.rotate, fill_mode="reflect", seed=seed + 2))
+        layers.append(keras.layers.RandomRotation(config.rotate, fill_mode="reflect",
+                                                  interpolation=config.interpolation, seed=seed + 2))
     if config.zoom > 0:
-        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect", seed=seed + 3))
+        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect", interpolation=config.interpolation,
+                                              seed=seed + 3))
     if config.contrast > 0:
         layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 4))
     return keras.Sequential(layers, name="augmentation") if layers else None

@@ -144,7 +144,7 @@ READ_ONLY_WHEN = {
     "data.test_fraction": "the source has no official test split",
     "preprocess.small_class_policy": "a class has fewer than preprocess.min_images_per_class images",
     **{f"augment.{key}": "augment.enabled (train_transfer: when fine-tuning)"
-       for key in ("enabled", "flip", "translate", "rotate", "zoom", "contrast")},
+       for key in ("enabled", "flip", "translate", "interpolation", "rotate", "zoom", "contrast")},
     "transfer.augment_copies": "augment.enabled",
     **{f"{model}.{key}": "early_stopping, lr_schedule step/plateau, optimizer sgd"
        for model in ("scratch", "transfer")
