@@ -115,11 +115,25 @@ def measure(*, architecture: str, precision: str, jit_compile: bool, images: int
             "threads": os.cpu_count()}
 
 
+def with_dtype_policy(model, policy: str):
+    """A copy of `model` whose every layer computes under `policy`, with the same weights. A saved backbone's
+    layers carry their own float32 policies, which the global policy does not override."""
+    import keras
+
+    def rebuilt(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+
+    copy = keras.models.clone_model(model, clone_function=rebuilt)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def measure_extraction(*, backbone: Path, mode: str, jit_compile: bool, input_size: int, images: int,
-                       batch_size: int, seconds: float) -> dict:
+                       batch_size: int, seconds: float, precision: str = "float32") -> dict:
     """Feature extraction (forward only) through the features stage's extractor: `mode` "eager" calls it per
     batch (as `features.run_extractor` did before this measurement); "compiled" goes through `predict_on_batch`
-    (one traced function), as it does now."""
+    (one traced function), as it does now. Under `mixed_bfloat16` the backbone's layers compute in bfloat16, and
+    the result carries how far its features are from float32's on the first batch."""
     import dataclasses
 
     import keras
@@ -134,11 +148,22 @@ def measure_extraction(*, backbone: Path, mode: str, jit_compile: bool, input_si
     config = dataclasses.replace(config, backbone=str(backbone), input_size=input_size)
     network, preprocessing = models.load_backbone(config)
     network.trainable = False
+    pixels = np.random.default_rng(0).integers(0, 256, size=(images, 32, 32, 3)).astype("float32")
+    batches = [pixels[start:start + batch_size] for start in range(0, images, batch_size)]
+    feature_error = None
+    if precision != "float32":
+        reference = models.build_feature_extractor(network, preprocessing, input_shape=(32, 32, 3),
+                                                   input_size=input_size).predict_on_batch(batches[0])
+        network = with_dtype_policy(network, precision)
     extractor = models.build_feature_extractor(network, preprocessing, input_shape=(32, 32, 3), input_size=input_size)
     if mode == "compiled":
         extractor.compile(jit_compile=jit_compile)
-    pixels = np.random.default_rng(0).integers(0, 256, size=(images, 32, 32, 3)).astype("float32")
-    batches = [pixels[start:start + batch_size] for start in range(0, images, batch_size)]
+    if precision != "float32":
+        # Relative L2 distance of each image's feature vector from float32's, the worst and the mean.
+        features = np.asarray(extractor.predict_on_batch(batches[0]), dtype="float64").reshape(len(batches[0]), -1)
+        reference = np.asarray(reference, dtype="float64").reshape(len(batches[0]), -1)
+        distance = np.linalg.norm(features - reference, axis=1) / np.linalg.norm(reference, axis=1)
+        feature_error = {"max": round(float(distance.max()), 4), "mean": round(float(distance.mean()), 4)}
 
     def forward(batch):
         return extractor.predict_on_batch(batch) if mode == "compiled" else np.asarray(extractor(batch, training=False))
@@ -154,7 +179,8 @@ def measure_extraction(*, backbone: Path, mode: str, jit_compile: bool, input_si
     rate = count / timed
     # The backbone file takes any image size, so its layers' shapes are unknown: count on a copy built for this one.
     flops = forward_flops(keras.models.clone_model(network, input_tensors=keras.Input((input_size, input_size, 3))))
-    return {"architecture": f"{backbone.stem} extraction", "mode": mode, "precision": "float32",
+    return {"architecture": f"{backbone.stem} extraction", "mode": mode, "precision": precision,
+            "feature_relative_error": feature_error,
             "jit_compile": jit_compile, "input_size": input_size, "batch_size": batch_size, "images": images,
             "timed_seconds": round(timed, 1), "wall_seconds": round(time.perf_counter() - started, 1),
             "images_per_second": round(rate, 1), "forward_flops_per_image": flops,
@@ -181,7 +207,7 @@ def main() -> None:
         print(json.dumps(measure_extraction(backbone=arguments.extraction, mode=arguments.mode,
                                             jit_compile=arguments.jit_compile, input_size=arguments.input_size,
                                             images=arguments.images, batch_size=arguments.batch_size,
-                                            seconds=arguments.seconds)))
+                                            seconds=arguments.seconds, precision=arguments.precision)))
         return
     print(json.dumps(measure(architecture=arguments.architecture, precision=arguments.precision,
                              jit_compile=arguments.jit_compile, images=arguments.images,

@@ -12,11 +12,13 @@
     .venv/bin/python bench/training.py seed-recipe-25 --val-fraction 0.01  # the same on 49,500 training images
     .venv/bin/python bench/training.py residual          # profiles/scratch_residual.yaml (target: >= 93% in 60 min)
     .venv/bin/python bench/training.py residual --lookahead  # the same with scratch.lookahead: true
+    .venv/bin/python bench/training.py residual --set scratch.epochs=12  # the profile with params replaced
+    .venv/bin/python bench/training.py residual --reencode-quality 50  # on the images JPEG-encoded once more
     .venv/bin/python bench/training.py transfer-finetune  # profiles/transfer_finetune.yaml (target: >= 92%)
     .venv/bin/python bench/training.py transfer-finetune --input-size 160 --finetune-epochs 3  # a variant of it
     .venv/bin/python bench/training.py transfer-finetune --finetune-learning-rate 3e-4  # another (0: the profile's)
     .venv/bin/python bench/training.py throughput        # images/s: float32 vs mixed_bfloat16, XLA off/on, % of peak
-    .venv/bin/python bench/training.py extraction-throughput  # the features stage's forward pass: eager, compiled, XLA
+    .venv/bin/python bench/training.py extraction-throughput  # the features stage: eager, compiled, XLA, bfloat16
 
 The long runs write per-epoch validation accuracy with epoch and cumulative seconds (`per_epoch`) next to the
 final test accuracy; run them on an otherwise idle machine, one at a time, or the seconds mean nothing.
@@ -71,6 +73,28 @@ def prepare_variant(directory: Path, name: str, data_overrides: dict) -> Path:
         params = write_params(directory, name, {"data": data_overrides})
         stage(directory, "preprocess", "--params", str(params), "--raw", str(directory / "data" / "raw"),
               "--out", str(prepared))
+    return prepared
+
+
+def prepare_reencoded(directory: Path, quality: int) -> Path:
+    """The dataset with every image JPEG-encoded once more at `quality` (4:2:0 chroma, as the archive's), through
+    the real preprocess stage: how much a further generation of lossy compression costs a model measures how
+    much the archive's own compression is likely to cost against the lossless original (not available offline)."""
+    from PIL import Image
+
+    name = f"jpeg-{quality}"
+    raw, prepared = directory / "data" / f"raw-{name}", directory / "data" / f"prepared-{name}"
+    if not (prepared / "meta.json").is_file():
+        source = directory / "data" / "raw"
+        for path in sorted((source / "images").rglob("*")):
+            if path.is_file():
+                target = raw / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with Image.open(path) as image:
+                    image.convert("RGB").save(target, "JPEG", quality=quality, subsampling="4:2:0")
+        (raw / "source.json").write_text((source / "source.json").read_text())
+        params = write_params(directory, name, {})
+        stage(directory, "preprocess", "--params", str(params), "--raw", str(raw), "--out", str(prepared))
     return prepared
 
 
@@ -275,24 +299,33 @@ print(json.dumps(result))
             "in_memory_images_per_second": round(memory, 1), "ratio": round(pipeline / memory, 3), "runs": rates}
 
 
-# Two 256-bit FMA pipes per core (AMD Zen 2-4, Intel client cores): 2 x 8 float32 lanes x 2 FLOPs (multiply and
-# add) per cycle. The CPU the project was measured on is an AMD EPYC (family 25) whose hypervisor exposes AVX2 and
-# FMA but no AVX-512, so neither float32 nor bfloat16 has a wider path there; pass --flops-per-cycle otherwise.
-FLOPS_PER_CYCLE = 32
+def float32_flops_per_cycle(flags: list[str], family: int) -> int:
+    """float32 FLOPs per cycle per core: two FMA pipes x float32 lanes x 2 (multiply and add). AVX2 pipes hold 8
+    lanes; AMD Zen 5 (family 26) and Intel server cores execute AVX-512 on full 512-bit pipes (16 lanes), while
+    Zen 4 (family 25) splits each AVX-512 instruction into two 256-bit halves. Pass --flops-per-cycle otherwise."""
+    if "avx512f" in flags and family != 25:
+        return 64
+    return 32 if "fma" in flags else 8
 
 
-def arithmetic_peak_gflops(flops_per_cycle: int = FLOPS_PER_CYCLE) -> dict:
-    """The CPU's float32 peak: cores x clock x FLOPs per cycle (the clock as /proc/cpuinfo reports it)."""
+def arithmetic_peak_gflops(flops_per_cycle: int | None = None) -> dict:
+    """The CPU's peaks: cores x clock x FLOPs per cycle (the clock as /proc/cpuinfo reports it), for float32 and,
+    where the CPU has AVX-512 BF16 (`vdpbf16ps`: two bfloat16 products per float32 lane), for bfloat16."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    megahertz = next((float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")), 0.0)
-    flags = next((line.split(":")[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    def field(name: str, default: str) -> str:
+        return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith(name)), default)
+    megahertz, family = float(field("cpu MHz", "0")), int(field("cpu family", "0"))
+    flags = field("flags", "").split()
     vector_flags = sorted(flag for flag in flags if flag.startswith(("avx", "fma", "amx")) or "bf16" in flag)
     cores = os.cpu_count() or 1
-    return {"cores": cores, "megahertz": megahertz, "flops_per_cycle": flops_per_cycle, "vector_flags": vector_flags,
-            "peak_gflops": round(cores * megahertz / 1000 * flops_per_cycle, 1)}
+    flops_per_cycle = flops_per_cycle or float32_flops_per_cycle(flags, family)
+    peak = round(cores * megahertz / 1000 * flops_per_cycle, 1)
+    return {"model": field("model name", "unknown"), "cpu_family": family, "cores": cores, "megahertz": megahertz,
+            "flops_per_cycle": flops_per_cycle, "vector_flags": vector_flags, "peak_gflops": peak,
+            "peak_bfloat16_gflops": 2 * peak if "avx512_bf16" in flags else peak}
 
 
-def throughput(*, seconds: float, flops_per_cycle: int) -> dict:
+def throughput(*, seconds: float, flops_per_cycle: int | None) -> dict:
     """bench/throughput.py for each model x precision x XLA setting, one process each; share of the peak."""
     peak = arithmetic_peak_gflops(flops_per_cycle)
     profile = ROOT / "profiles" / "scratch_residual.yaml"
@@ -319,12 +352,14 @@ def extraction_runs(*, seconds: float, peak: dict) -> list[dict]:
     if not BACKBONE.is_file():
         return []
     runs = []
-    for mode, jit_compile in (("eager", False), ("compiled", False), ("compiled", True)):
+    for mode, precision, jit_compile in (("eager", "float32", False), ("compiled", "float32", False),
+                                         ("compiled", "float32", True), ("compiled", "mixed_bfloat16", False),
+                                         ("compiled", "mixed_bfloat16", True)):
         command = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--extraction", str(BACKBONE),
-                   "--mode", mode, "--input-size", "128", "--batch-size", "128", "--images", "512",
-                   "--seconds", str(seconds), *(["--jit-compile"] if jit_compile else [])]
+                   "--mode", mode, "--precision", precision, "--input-size", "128", "--batch-size", "128",
+                   "--images", "512", "--seconds", str(seconds), *(["--jit-compile"] if jit_compile else [])]
         runs.append(measured_setting(command, peak, {"architecture": "extraction", "mode": mode,
-                                                     "jit_compile": jit_compile}))
+                                                     "precision": precision, "jit_compile": jit_compile}))
     return runs
 
 
@@ -336,7 +371,25 @@ def measured_setting(command: list[str], peak: dict, setting: dict) -> dict:
         return {**setting, "error": result.stderr.strip().splitlines()[-1:]}
     run = json.loads(result.stdout.strip().splitlines()[-1])
     run["share_of_peak"] = round(run["training_gflops_per_second"] / peak["peak_gflops"], 4)
+    if setting.get("precision") == "mixed_bfloat16":  # against the bfloat16 peak too, where there is one
+        run["share_of_bfloat16_peak"] = round(run["training_gflops_per_second"] / peak["peak_bfloat16_gflops"], 4)
     return run
+
+
+def with_assignments(params: dict, name: str, assignments: list[str]) -> tuple[dict, str]:
+    """`params` with each `KEY=VALUE` of --set applied (dotted key, YAML value), and the run's name extended by
+    the keys and values it replaces: a variant is saved under its own name."""
+    for assignment in assignments:
+        key, separator, value = assignment.partition("=")
+        if not separator:
+            sys.exit(f"--set {assignment!r}: expected KEY=VALUE, e.g. scratch.epochs=12")
+        *sections, leaf = key.split(".")
+        target = params
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[leaf] = yaml.safe_load(value)
+        name += f"-{leaf}-{value}"
+    return params, name
 
 
 def save(name: str, result: dict) -> None:
@@ -362,10 +415,15 @@ def main() -> None:
     parser.add_argument("--finetune-learning-rate", type=float, default=0.0,
                         help="transfer-finetune: replaces the profile's")
     parser.add_argument("--lookahead", action="store_true", help="residual: turn on scratch.lookahead")
+    parser.add_argument("--reencode-quality", type=int, default=0,
+                        help="residual, seed-recipe-25: train and test on every image JPEG-encoded once more")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="residual, seed-recipe-25: replace one params key (dotted, YAML value); repeatable")
     parser.add_argument("--val-fraction", type=float, default=0.0,
                         help="seed-recipe-25: data.val_fraction for the run (default: params.yaml's)")
     parser.add_argument("--seconds", type=float, default=60.0, help="throughput: timed seconds per setting")
-    parser.add_argument("--flops-per-cycle", type=int, default=FLOPS_PER_CYCLE, help="throughput: per core")
+    parser.add_argument("--flops-per-cycle", type=int, default=None,
+                        help="throughput: float32 FLOPs per cycle per core (default: from /proc/cpuinfo)")
     arguments = parser.parse_args()
     if arguments.benchmark == "throughput":  # generated images: no data preparation needed
         save("throughput", throughput(seconds=arguments.seconds, flops_per_cycle=arguments.flops_per_cycle))
@@ -454,6 +512,12 @@ def main() -> None:
             name = f"seed-recipe-25-val-{arguments.val_fraction:g}"
             overrides["data"] = {"val_fraction": arguments.val_fraction}
             prepared = prepare_variant(directory, f"val-{arguments.val_fraction:g}", overrides["data"])
+        overrides, name = with_assignments(overrides, name, arguments.set)
+        if arguments.reencode_quality:
+            if arguments.val_fraction:
+                sys.exit("--reencode-quality keeps params.yaml's split: leave out --val-fraction")
+            prepared = prepare_reencoded(directory, arguments.reencode_quality)
+            name += f"-jpeg-{arguments.reencode_quality}"
         result = train_scratch(directory, name, overrides, prepared)
         result["train_images"] = json.loads((prepared / "meta.json").read_text())["counts"]["train"]
         save(name, result)
@@ -462,6 +526,10 @@ def main() -> None:
         name = "residual"
         if arguments.lookahead:  # a variant of the profile, saved under its own name
             profile["scratch"]["lookahead"], name = True, "residual-lookahead"
+        profile, name = with_assignments(profile, name, arguments.set)
+        if arguments.reencode_quality:
+            prepared = prepare_reencoded(directory, arguments.reencode_quality)
+            name += f"-jpeg-{arguments.reencode_quality}"
         save(name, train_scratch(directory, name, profile, prepared))
     elif arguments.benchmark == "transfer-finetune":
         profile = yaml.safe_load((ROOT / "profiles" / "transfer_finetune.yaml").read_text())
