@@ -66,12 +66,13 @@ def project(directory: Path) -> Path:
     return directory
 
 
-def prepare_variant(directory: Path, name: str, data_overrides: dict) -> Path:
-    """The preprocess stage's output under `data/prepared-<name>` with `data:` params replaced (reused when there)."""
+def prepare_variant(directory: Path, name: str, data_overrides: dict, raw: Path | None = None) -> Path:
+    """The preprocess stage's output under `data/prepared-<name>` with `data:` params replaced, from the downloaded
+    images or from `raw` (reused when there)."""
     prepared = directory / "data" / f"prepared-{name}"
     if not (prepared / "meta.json").is_file():
         params = write_params(directory, name, {"data": data_overrides})
-        stage(directory, "preprocess", "--params", str(params), "--raw", str(directory / "data" / "raw"),
+        stage(directory, "preprocess", "--params", str(params), "--raw", str(raw or directory / "data" / "raw"),
               "--out", str(prepared))
     return prepared
 
@@ -83,8 +84,9 @@ def prepare_reencoded(directory: Path, quality: int) -> Path:
     from PIL import Image
 
     name = f"jpeg-{quality}"
-    raw, prepared = directory / "data" / f"raw-{name}", directory / "data" / f"prepared-{name}"
-    if not (prepared / "meta.json").is_file():
+    raw = directory / "data" / f"raw-{name}"
+    if not (directory / "data" / f"prepared-{name}" / "meta.json").is_file():
+        # Every file is rewritten, so a run killed half-way is simply redone.
         source = directory / "data" / "raw"
         for path in sorted((source / "images").rglob("*")):
             if path.is_file():
@@ -93,9 +95,7 @@ def prepare_reencoded(directory: Path, quality: int) -> Path:
                 with Image.open(path) as image:
                     image.convert("RGB").save(target, "JPEG", quality=quality, subsampling="4:2:0")
         (raw / "source.json").write_text((source / "source.json").read_text())
-        params = write_params(directory, name, {})
-        stage(directory, "preprocess", "--params", str(params), "--raw", str(raw), "--out", str(prepared))
-    return prepared
+    return prepare_variant(directory, name, {}, raw=raw)
 
 
 def prepare_small(directory: Path) -> Path:
@@ -387,6 +387,8 @@ def with_assignments(params: dict, name: str, assignments: list[str]) -> tuple[d
         target = params
         for section in sections:
             target = target.setdefault(section, {})
+            if not isinstance(target, dict):
+                sys.exit(f"--set {assignment!r}: {section} is a value, not a section of params")
         target[leaf] = yaml.safe_load(value)
         name += f"-{leaf}-{value}"
     return params, name
@@ -415,7 +417,7 @@ def main() -> None:
     parser.add_argument("--finetune-learning-rate", type=float, default=0.0,
                         help="transfer-finetune: replaces the profile's")
     parser.add_argument("--lookahead", action="store_true", help="residual: turn on scratch.lookahead")
-    parser.add_argument("--reencode-quality", type=int, default=0,
+    parser.add_argument("--reencode-quality", type=int, default=None,
                         help="residual, seed-recipe-25: train and test on every image JPEG-encoded once more")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="residual, seed-recipe-25: replace one params key (dotted, YAML value); repeatable")
@@ -425,6 +427,14 @@ def main() -> None:
     parser.add_argument("--flops-per-cycle", type=int, default=None,
                         help="throughput: float32 FLOPs per cycle per core (default: from /proc/cpuinfo)")
     arguments = parser.parse_args()
+    # Checked before any preparation, so a wrong combination costs nothing and never passes silently.
+    reencode = arguments.reencode_quality is not None
+    if (arguments.set or reencode) and arguments.benchmark not in ("residual", "seed-recipe-25"):
+        parser.error("--set and --reencode-quality apply to residual and seed-recipe-25 only")
+    if reencode and not 1 <= arguments.reencode_quality <= 95:
+        parser.error(f"--reencode-quality {arguments.reencode_quality}: a JPEG quality from 1 to 95")
+    if reencode and arguments.val_fraction:
+        parser.error("--reencode-quality keeps params.yaml's split: leave out --val-fraction")
     if arguments.benchmark == "throughput":  # generated images: no data preparation needed
         save("throughput", throughput(seconds=arguments.seconds, flops_per_cycle=arguments.flops_per_cycle))
         return
@@ -513,9 +523,7 @@ def main() -> None:
             overrides["data"] = {"val_fraction": arguments.val_fraction}
             prepared = prepare_variant(directory, f"val-{arguments.val_fraction:g}", overrides["data"])
         overrides, name = with_assignments(overrides, name, arguments.set)
-        if arguments.reencode_quality:
-            if arguments.val_fraction:
-                sys.exit("--reencode-quality keeps params.yaml's split: leave out --val-fraction")
+        if reencode:
             prepared = prepare_reencoded(directory, arguments.reencode_quality)
             name += f"-jpeg-{arguments.reencode_quality}"
         result = train_scratch(directory, name, overrides, prepared)
@@ -527,7 +535,7 @@ def main() -> None:
         if arguments.lookahead:  # a variant of the profile, saved under its own name
             profile["scratch"]["lookahead"], name = True, "residual-lookahead"
         profile, name = with_assignments(profile, name, arguments.set)
-        if arguments.reencode_quality:
+        if reencode:
             prepared = prepare_reencoded(directory, arguments.reencode_quality)
             name += f"-jpeg-{arguments.reencode_quality}"
         save(name, train_scratch(directory, name, profile, prepared))
