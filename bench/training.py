@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -390,7 +391,8 @@ def with_assignments(params: dict, name: str, assignments: list[str]) -> tuple[d
             if not isinstance(target, dict):
                 sys.exit(f"--set {assignment!r}: {section} is a value, not a section of params")
         target[leaf] = yaml.safe_load(value)
-        name += f"-{leaf}-{value}"
+        # A list value ([128,384,384]) names the file as 128-384-384: no brackets, commas or spaces in file names.
+        name += f"-{leaf}-" + re.sub(r"[^A-Za-z0-9._]+", "-", value).strip("-")
     return params, name
 
 
@@ -422,7 +424,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="residual, seed-recipe-25: replace one params key (dotted, YAML value); repeatable")
     parser.add_argument("--val-fraction", type=float, default=0.0,
-                        help="seed-recipe-25: data.val_fraction for the run (default: params.yaml's)")
+                        help="seed-recipe-25, residual: data.val_fraction for the run (default: params.yaml's)")
     parser.add_argument("--seconds", type=float, default=60.0, help="throughput: timed seconds per setting")
     parser.add_argument("--flops-per-cycle", type=int, default=None,
                         help="throughput: float32 FLOPs per cycle per core (default: from /proc/cpuinfo)")
@@ -435,6 +437,8 @@ def main() -> None:
         parser.error(f"--reencode-quality {arguments.reencode_quality}: a JPEG quality from 1 to 95")
     if reencode and arguments.val_fraction:
         parser.error("--reencode-quality keeps params.yaml's split: leave out --val-fraction")
+    if arguments.val_fraction and arguments.benchmark not in ("residual", "seed-recipe-25"):
+        parser.error("--val-fraction applies to residual and seed-recipe-25 only")
     if arguments.benchmark == "throughput":  # generated images: no data preparation needed
         save("throughput", throughput(seconds=arguments.seconds, flops_per_cycle=arguments.flops_per_cycle))
         return
@@ -534,11 +538,17 @@ def main() -> None:
         name = "residual"
         if arguments.lookahead:  # a variant of the profile, saved under its own name
             profile["scratch"]["lookahead"], name = True, "residual-lookahead"
+        if arguments.val_fraction:  # more training images, the same profile
+            name += f"-val-{arguments.val_fraction:g}"
+            profile["data"] = {**profile.get("data", {}), "val_fraction": arguments.val_fraction}
+            prepared = prepare_variant(directory, f"val-{arguments.val_fraction:g}", profile["data"])
         profile, name = with_assignments(profile, name, arguments.set)
         if reencode:
             prepared = prepare_reencoded(directory, arguments.reencode_quality)
             name += f"-jpeg-{arguments.reencode_quality}"
-        save(name, train_scratch(directory, name, profile, prepared))
+        result = train_scratch(directory, name, profile, prepared)
+        result["train_images"] = json.loads((prepared / "meta.json").read_text())["counts"]["train"]
+        save(name, result)
     elif arguments.benchmark == "transfer-finetune":
         profile = yaml.safe_load((ROOT / "profiles" / "transfer_finetune.yaml").read_text())
         profile["transfer"]["backbone"] = str(BACKBONE)  # the profile's path is relative to a project checkout
