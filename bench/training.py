@@ -541,11 +541,17 @@ def main() -> None:
         if arguments.val_fraction:  # more training images, the same profile
             name += f"-val-{arguments.val_fraction:g}"
             profile["data"] = {**profile.get("data", {}), "val_fraction": arguments.val_fraction}
-            prepared = prepare_variant(directory, f"val-{arguments.val_fraction:g}", profile["data"])
         profile, name = with_assignments(profile, name, arguments.set)
+        # The split the run's params name (the profile's, --val-fraction's or --set data.val_fraction's) is the
+        # split it trains on: prepared for it, never params.yaml's under another name.
+        split = profile.get("data", {}).get("val_fraction")
         if reencode:
+            if split is not None:
+                sys.exit("--reencode-quality keeps params.yaml's split, but this run sets data.val_fraction")
             prepared = prepare_reencoded(directory, arguments.reencode_quality)
             name += f"-jpeg-{arguments.reencode_quality}"
+        elif split is not None:
+            prepared = prepare_variant(directory, f"val-{split:g}", {"val_fraction": split})
         result = train_scratch(directory, name, profile, prepared)
         result["train_images"] = json.loads((prepared / "meta.json").read_text())["counts"]["train"]
         save(name, result)
