@@ -238,7 +238,10 @@ def train(train_images, train_labels, test_images, test_labels, *, epochs, seed,
     lookahead = Lookahead(net)
 
     started = time.perf_counter()
-    init_whitening_conv(net[0], normalize(train_images[:5000]))
+    # airbench whitens from the first 5,000 images of its (randomly ordered) arrays; the shards are sorted by class,
+    # so the same-sized sample is drawn at random here.
+    sample = torch.randperm(len(train_images), generator=generator)[:5000]
+    init_whitening_conv(net[0], normalize(train_images[sample]))
     steps, per_epoch = 0, []
     for epoch in range(ceil(epochs)):
         net[0].bias.requires_grad = epoch < opt["whiten_bias_epochs"]

@@ -10,7 +10,7 @@ import numpy as np
 
 from imgclf import artifacts, fileio, progress, tracking
 from imgclf.config import Params
-from imgclf.data import augment, tfdata
+from imgclf.data import augment, records, tfdata
 from imgclf.serving import serving
 from imgclf.training import common, fitting, models
 
@@ -51,7 +51,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
     with strategy.scope():
         model = models.build_scratch_model(config, input_shape=shape, num_classes=num_classes)
         if config.architecture == "residual":
-            models.set_patch_whitening(model, training_pixels(prepared_dir, image_shape=shape, num_classes=num_classes,
+            models.set_patch_whitening(model, training_pixels(prepared_dir, image_shape=shape, train_count=train_count,
                                                               seed=params.seed))
         common.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
     logged = tracking.stage_params(params, "data", "preprocess", "augment", "scratch", "training")
@@ -85,9 +85,23 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
 WHITENING_IMAGES = 5000  # airbench's sample: the 2x2 patch covariance is settled long before this
 
 
-def training_pixels(prepared_dir: Path, *, image_shape: tuple[int, int, int], num_classes: int, seed: int,
+def training_pixels(prepared_dir: Path, *, image_shape: tuple[int, int, int], train_count: int, seed: int,
                     count: int = WHITENING_IMAGES) -> np.ndarray:
-    """A seeded random sample of raw training pixels, unaugmented (for data-dependent initialisation)."""
-    dataset = tfdata.make_dataset(prepared_dir, "train", image_shape=image_shape, num_classes=num_classes,
-                                  batch_size=count, training=True, seed=seed)
-    return common.first_images(dataset, count=count)
+    """A seeded uniform sample of `count` raw training images, unaugmented (for data-dependent initialisation).
+
+    Drawn by position from the whole split: the shards hold it sorted by class, and the head of a shuffle buffer
+    smaller than the split holds only the first classes. (Taken from tf.data's 20,000-image buffer, the CIFAR-10
+    whitening sample held classes 0-5 only: no frog, horse, ship or truck.)
+    """
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.choice(train_count, size=min(count, train_count), replace=False).tolist())
+    images = []
+    for position, record in enumerate(records.read_records(records.split_files(prepared_dir, "train"))):
+        if position in chosen:
+            record.verify()
+            images.append(np.frombuffer(record.example().pixels, np.uint8).reshape(image_shape))
+    if len(images) != len(chosen):
+        raise records.CorruptShardError(
+            f"the train shards in {prepared_dir} hold fewer images than meta.json counts ({train_count}); rerun the "
+            "preprocess stage (`dvc repro --force preprocess`)")
+    return np.stack(images)

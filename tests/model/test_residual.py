@@ -242,7 +242,7 @@ def test_train_scratch_stage_fits_the_residual_net_with_whitening_from_training_
     assert model.name == "scratch_residual"
     meta = artifacts.read_prepared_meta(tmp_path / "prepared")
     pixels = scratch.training_pixels(tmp_path / "prepared", image_shape=meta.image_shape,
-                                     num_classes=meta.num_classes, seed=params.seed)
+                                     train_count=meta.counts["train"], seed=params.seed)
     kernel, bias = models.patch_whitening_weights(pixels)
     # Same images in another order: float32 sums differ in the last bits, which the weakest eigen-directions
     # (divided by the square root of tiny eigenvalues) amplify to ~0.05 on weights of up to ~10; a random
@@ -250,3 +250,25 @@ def test_train_scratch_stage_fits_the_residual_net_with_whitening_from_training_
     saved_kernel, saved_bias = model.get_layer(models.WHITEN_LAYER).get_weights()
     np.testing.assert_allclose(saved_kernel, kernel, rtol=0.02, atol=0.1)
     np.testing.assert_allclose(saved_bias, bias, rtol=0.02, atol=0.1)
+
+
+def test_whitening_sample_covers_every_class_of_the_class_sorted_shards(tmp_path, write_prepared, monkeypatch):
+    """The whitening sample is uniform over the whole training split: the shards hold it sorted by class, and a
+    sample from their head (a shuffle buffer smaller than the split) held CIFAR-10's classes 0-5 only."""
+    from imgclf.data import tfdata
+    from imgclf.training import scratch
+
+    monkeypatch.setattr(tfdata, "SHUFFLE_BUFFER", 50)  # a split far larger than the buffer, as CIFAR-10's is
+
+    class_names = [f"class{i}" for i in range(10)]
+    meta = write_prepared(tmp_path, class_names=class_names, per_class={"train": 40, "val": 2, "test": 2})
+    pixels = scratch.training_pixels(tmp_path, image_shape=(8, 8, 3), train_count=meta["counts"]["train"], seed=3,
+                                     count=100)
+    assert pixels.shape == (100, 8, 8, 3) and pixels.dtype == np.uint8
+    # Each class has its own colour (red channel label * 70 mod 256, +-20 noise): read the class back from it.
+    colours = np.arange(10) * 70 % 256
+    red = pixels[..., 0].reshape(len(pixels), -1).mean(axis=1)
+    classes = np.abs(red[:, None] - colours[None, :]).argmin(axis=1)
+    assert set(classes.tolist()) == set(range(10))
+    again = scratch.training_pixels(tmp_path, image_shape=(8, 8, 3), train_count=400, seed=3, count=100)
+    np.testing.assert_array_equal(pixels, again)  # seeded
