@@ -18,6 +18,7 @@ from imgclf.training import fitting, models
 PROFILES = PROJECT_ROOT / "profiles"
 SEED_CNN_PARAMETERS = 2_264_458
 RESIDUAL_PARAMETERS = 1_973_944  # widths 64/256/256 on 32x32x3, 10 classes (airbench94's net has the same)
+RESIDUAL_PROFILE_PARAMETERS = 4_608_312  # the profile's widths 128/384/384 (airbench95's)
 
 
 def profile_params(params_dict: dict, name: str):
@@ -43,7 +44,7 @@ def test_residual_net_parameter_count_and_shapes(params_dict):
 
 
 @pytest.mark.parametrize(("profile", "parameters"), [("scratch_best.yaml", SEED_CNN_PARAMETERS),
-                                                     ("scratch_residual.yaml", RESIDUAL_PARAMETERS)])
+                                                     ("scratch_residual.yaml", RESIDUAL_PROFILE_PARAMETERS)])
 def test_scratch_profiles_build(params_dict, profile, parameters):
     params = profile_params(params_dict, profile)
     model = models.build_scratch_model(params.scratch, input_shape=(32, 32, 3), num_classes=10)
