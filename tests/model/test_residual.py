@@ -273,3 +273,12 @@ def test_whitening_sample_covers_every_class_of_the_class_sorted_shards(tmp_path
     assert set(classes.tolist()) == set(range(10))
     again = scratch.training_pixels(tmp_path, image_shape=(8, 8, 3), train_count=400, seed=3, count=100)
     np.testing.assert_array_equal(pixels, again)  # seeded
+
+
+def test_whitening_sample_refuses_shards_of_another_image_size(tmp_path, write_prepared):
+    from imgclf.data import records
+    from imgclf.training import scratch
+
+    meta = write_prepared(tmp_path, class_names=["a", "b"], per_class={"train": 5, "val": 1, "test": 1})
+    with pytest.raises(records.CorruptShardError, match="different preprocess runs"):
+        scratch.training_pixels(tmp_path, image_shape=(4, 4, 3), train_count=meta["counts"]["train"], seed=0)
