@@ -111,6 +111,19 @@ class FramedRecord:
         if _CRC.unpack_from(self._data, self._end)[0] != masked_crc(self._data[self._start:self._end]):
             raise _corrupt(self._path, self._offset, "data checksum mismatch")
 
+    def image(self, image_shape: tuple[int, int, int], example: Record | None = None) -> np.ndarray:
+        """The record's uint8 pixels as `image_shape`, checksum verified (`example`: the record's, if already
+        decoded). An image of another size is refused: the shards and meta.json come from different runs."""
+        self.verify()
+        example = example or self.example()
+        expected_bytes = int(np.prod(image_shape))
+        if len(example.pixels) != expected_bytes:
+            raise CorruptShardError(
+                f"image {example.index} holds {len(example.pixels)} bytes, but meta.json's image shape "
+                f"{tuple(image_shape)} needs {expected_bytes}: the shards and meta.json come from different "
+                "preprocess runs; rerun the preprocess stage (`dvc repro --force preprocess`)")
+        return np.frombuffer(example.pixels, np.uint8).reshape(image_shape).copy()
+
 
 def _corrupt(path: str | Path, offset: int, reason: str) -> CorruptShardError:
     return CorruptShardError(f"{path}: {reason} at byte {offset}; the prepared data is damaged: rerun the "
@@ -200,17 +213,10 @@ def read_images(files: Iterable[str | Path], ids: set[int], image_shape: tuple[i
     wanted, found = set(ids), {}
     if not wanted:
         return found
-    expected_bytes = int(np.prod(image_shape))
     for record in read_records(files):
         example = record.example()
         if example.index in wanted:
-            record.verify()
-            if len(example.pixels) != expected_bytes:
-                raise CorruptShardError(
-                    f"test image {example.index} holds {len(example.pixels)} bytes, but meta.json's image shape "
-                    f"{tuple(image_shape)} needs {expected_bytes}: the shards and meta.json come from different "
-                    "preprocess runs; rerun the preprocess stage (`dvc repro --force preprocess`)")
-            found[example.index] = np.frombuffer(example.pixels, np.uint8).reshape(image_shape).copy()
+            found[example.index] = record.image(image_shape, example)
             if len(found) == len(wanted):
                 break
     return found

@@ -95,18 +95,9 @@ def training_pixels(prepared_dir: Path, *, image_shape: tuple[int, int, int], tr
     """
     rng = np.random.default_rng(seed)
     chosen = set(rng.choice(train_count, size=min(count, train_count), replace=False).tolist())
-    expected_bytes = int(np.prod(image_shape))
-    images = []
-    for position, record in enumerate(records.read_records(records.split_files(prepared_dir, "train"))):
-        if position in chosen:
-            record.verify()
-            pixels = record.example().pixels
-            if len(pixels) != expected_bytes:
-                raise records.CorruptShardError(
-                    f"a training image holds {len(pixels)} bytes, but meta.json's image shape {tuple(image_shape)} "
-                    f"needs {expected_bytes}: the shards and meta.json come from different preprocess runs; rerun "
-                    "the preprocess stage (`dvc repro --force preprocess`)")
-            images.append(np.frombuffer(pixels, np.uint8).reshape(image_shape))
+    images = [record.image(image_shape)
+              for position, record in enumerate(records.read_records(records.split_files(prepared_dir, "train")))
+              if position in chosen]
     if len(images) != len(chosen):
         raise records.CorruptShardError(
             f"the train shards in {prepared_dir} hold fewer images than meta.json counts ({train_count}); rerun the "
