@@ -78,16 +78,16 @@ def prepare_variant(directory: Path, name: str, data_overrides: dict, raw: Path 
     return prepared
 
 
-def prepare_reencoded(directory: Path, quality: int) -> Path:
+def prepare_reencoded(directory: Path, quality: int, split: float | None = None) -> Path:
     """The dataset with every image JPEG-encoded once more at `quality` (4:2:0 chroma, as the archive's), through
-    the real preprocess stage: how much a further generation of lossy compression costs a model measures how
-    much the archive's own compression is likely to cost against the lossless original (not available offline)."""
+    the real preprocess stage, with `data.val_fraction: split` if given: how much a further generation of lossy
+    compression costs a model measures how much the archive's own compression is likely to cost against the
+    lossless original (not available offline)."""
     from PIL import Image
 
     name = f"jpeg-{quality}"
     raw = directory / "data" / f"raw-{name}"
-    if not (directory / "data" / f"prepared-{name}" / "meta.json").is_file():
-        # Every file is rewritten, so a run killed half-way is simply redone.
+    if not (raw / "source.json").is_file():  # written last: a run killed half-way re-encodes every file again
         source = directory / "data" / "raw"
         for path in sorted((source / "images").rglob("*")):
             if path.is_file():
@@ -96,7 +96,9 @@ def prepare_reencoded(directory: Path, quality: int) -> Path:
                 with Image.open(path) as image:
                     image.convert("RGB").save(target, "JPEG", quality=quality, subsampling="4:2:0")
         (raw / "source.json").write_text((source / "source.json").read_text())
-    return prepare_variant(directory, name, {}, raw=raw)
+    if split is None:
+        return prepare_variant(directory, name, {}, raw=raw)
+    return prepare_variant(directory, f"{name}-val-{split:g}", {"val_fraction": split}, raw=raw)
 
 
 def prepare_small(directory: Path) -> Path:
@@ -396,6 +398,27 @@ def with_assignments(params: dict, name: str, assignments: list[str]) -> tuple[d
     return params, name
 
 
+def scratch_variant(directory: Path, name: str, overrides: dict, arguments: argparse.Namespace) -> None:
+    """Train and save one train_scratch run of `overrides` with --val-fraction, --set and --reencode-quality
+    applied, each extending its name. The split the run's params name (the overrides', --val-fraction's or --set
+    data.val_fraction's) is the split it trains on, re-encoded or not: prepared for it, never params.yaml's under
+    another name."""
+    if arguments.val_fraction:  # more training images, the same recipe: separates data size from the rest
+        name += f"-val-{arguments.val_fraction:g}"
+        overrides["data"] = {**overrides.get("data", {}), "val_fraction": arguments.val_fraction}
+    overrides, name = with_assignments(overrides, name, arguments.set)
+    split = overrides.get("data", {}).get("val_fraction")
+    prepared = directory / "data" / "prepared"
+    if arguments.reencode_quality is not None:
+        prepared = prepare_reencoded(directory, arguments.reencode_quality, split)
+        name += f"-jpeg-{arguments.reencode_quality}"
+    elif split is not None:
+        prepared = prepare_variant(directory, f"val-{split:g}", {"val_fraction": split})
+    result = train_scratch(directory, name, overrides, prepared)
+    result["train_images"] = json.loads((prepared / "meta.json").read_text())["counts"]["train"]
+    save(name, result)
+
+
 def save(name: str, result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": name, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -436,7 +459,7 @@ def main() -> None:
     if reencode and not 1 <= arguments.reencode_quality <= 95:
         parser.error(f"--reencode-quality {arguments.reencode_quality}: a JPEG quality from 1 to 95")
     if reencode and arguments.val_fraction:
-        parser.error("--reencode-quality keeps params.yaml's split: leave out --val-fraction")
+        parser.error("--reencode-quality with --val-fraction: give the split as --set data.val_fraction=... instead")
     if arguments.val_fraction and arguments.benchmark not in ("residual", "seed-recipe-25"):
         parser.error("--val-fraction applies to residual and seed-recipe-25 only")
     if arguments.benchmark == "throughput":  # generated images: no data preparation needed
@@ -521,40 +544,13 @@ def main() -> None:
     elif arguments.benchmark == "seed-recipe":
         save("seed-recipe", train_scratch(directory, "seed-recipe", {"scratch": {"epochs": 10}}, prepared))
     elif arguments.benchmark == "seed-recipe-25":
-        overrides, name = {"scratch": {"epochs": 25}}, "seed-recipe-25"
-        if arguments.val_fraction:  # more training images, the same recipe: separates data size from the rest
-            name = f"seed-recipe-25-val-{arguments.val_fraction:g}"
-            overrides["data"] = {"val_fraction": arguments.val_fraction}
-            prepared = prepare_variant(directory, f"val-{arguments.val_fraction:g}", overrides["data"])
-        overrides, name = with_assignments(overrides, name, arguments.set)
-        if reencode:
-            prepared = prepare_reencoded(directory, arguments.reencode_quality)
-            name += f"-jpeg-{arguments.reencode_quality}"
-        result = train_scratch(directory, name, overrides, prepared)
-        result["train_images"] = json.loads((prepared / "meta.json").read_text())["counts"]["train"]
-        save(name, result)
+        scratch_variant(directory, "seed-recipe-25", {"scratch": {"epochs": 25}}, arguments)
     elif arguments.benchmark == "residual":
         profile = yaml.safe_load((ROOT / "profiles" / "scratch_residual.yaml").read_text())
         name = "residual"
         if arguments.lookahead:  # a variant of the profile, saved under its own name
             profile["scratch"]["lookahead"], name = True, "residual-lookahead"
-        if arguments.val_fraction:  # more training images, the same profile
-            name += f"-val-{arguments.val_fraction:g}"
-            profile["data"] = {**profile.get("data", {}), "val_fraction": arguments.val_fraction}
-        profile, name = with_assignments(profile, name, arguments.set)
-        # The split the run's params name (the profile's, --val-fraction's or --set data.val_fraction's) is the
-        # split it trains on: prepared for it, never params.yaml's under another name.
-        split = profile.get("data", {}).get("val_fraction")
-        if reencode:
-            if split is not None:
-                sys.exit("--reencode-quality keeps params.yaml's split, but this run sets data.val_fraction")
-            prepared = prepare_reencoded(directory, arguments.reencode_quality)
-            name += f"-jpeg-{arguments.reencode_quality}"
-        elif split is not None:
-            prepared = prepare_variant(directory, f"val-{split:g}", {"val_fraction": split})
-        result = train_scratch(directory, name, profile, prepared)
-        result["train_images"] = json.loads((prepared / "meta.json").read_text())["counts"]["train"]
-        save(name, result)
+        scratch_variant(directory, name, profile, arguments)
     elif arguments.benchmark == "transfer-finetune":
         profile = yaml.safe_load((ROOT / "profiles" / "transfer_finetune.yaml").read_text())
         profile["transfer"]["backbone"] = str(BACKBONE)  # the profile's path is relative to a project checkout
