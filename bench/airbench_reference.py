@@ -34,7 +34,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imgclf.data import records  # noqa: E402 (pure Python and numpy: no TensorFlow in this environment)
+from imgclf import fileio  # noqa: E402 (both pure Python and numpy: no TensorFlow in this environment)
+from imgclf.data import records  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -50,13 +51,17 @@ CIFAR_STD = torch.tensor((0.2470, 0.2435, 0.2616)).view(1, 3, 1, 1)
 
 
 def load_split(prepared: Path, splits: list[str], image_side: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 NCHW images and int64 labels of the prepared shards of `splits`, in shard order."""
+    """uint8 NCHW images and int64 labels of the prepared shards of `splits`, in shard order (checksums verified;
+    airbench's net takes 32x32 RGB only)."""
     images, labels = [], []
-    for split in splits:
-        for record in records.read_records(records.split_files(prepared, split)):
-            example = record.example()
-            images.append(np.frombuffer(example.pixels, np.uint8).reshape(image_side, image_side, 3))
-            labels.append(example.label)
+    try:
+        for split in splits:
+            for record in records.read_records(records.split_files(prepared, split)):
+                example = record.example()
+                images.append(record.image((image_side, image_side, 3), example))
+                labels.append(example.label)
+    except (FileNotFoundError, records.CorruptShardError) as error:
+        sys.exit(f"{error} (--prepared: a directory bench/training.py prepared from 32x32 CIFAR-10)")
     if not images:
         sys.exit(f"no {'+'.join(splits)} images in {prepared}: give a prepared directory (bench/training.py "
                  "builds one)")
@@ -287,6 +292,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
     parser.add_argument("--name", default="", help="suffix of the result file name")
     args = parser.parse_args()
+    if args.epochs <= 0:
+        parser.error(f"--epochs {args.epochs}: a positive number of epochs")
     if args.threads:
         torch.set_num_threads(args.threads)
     splits = [split.strip() for split in args.train_splits.split(",") if split.strip()]
@@ -313,7 +320,7 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    fileio.atomic_write_json(path, result)  # a killed run leaves no half-written result
     print(json.dumps(result["test_accuracy"]), "->", path)
 
 
