@@ -44,7 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imgclf import sandbox  # noqa: E402
+from imgclf import fileio, sandbox  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 ARCHIVE = SHARED / "data" / "cifar10-jpg.tar.gz"
@@ -424,7 +424,7 @@ def save(name: str, result: dict) -> None:
     result = {"benchmark": name, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d %H:%M"),
               "command": " ".join([".venv/bin/python", "bench/training.py", *sys.argv[1:]]), **result}
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    fileio.atomic_write_json(RESULTS / f"{name}.json", result)  # a killed run leaves no half-written result
     print(json.dumps(result, indent=2))
 
 
