@@ -31,7 +31,8 @@ PROFILES = (
     ("best-scratch", "best seed-CNN profile"),
     ("residual-8-epochs-float32", "residual net, 8 epochs, float32 (the profile until 2026-12-05)"),
     ("residual-widths-64-256-256-20-epochs", "residual net, widths 64/256/256, 20 epochs, bfloat16"),
-    ("residual", "residual net (profiles/scratch_residual.yaml: widths 128/384/384, 17 epochs, bfloat16)"),
+    ("residual-widths-128-384-384-17-epochs", "residual net, widths 128/384/384, 17 epochs, bfloat16"),
+    ("residual", "residual net (profiles/scratch_residual.yaml: widths 128/384/384, 21 epochs, bfloat16)"),
     ("transfer-lite0-160", "transfer, head only (Lite0, 160 px)"),
     ("transfer-finetune-3-epochs", "transfer, fine-tuned, 3 unfrozen epochs (the profile's first run)"),
     ("transfer-finetune-160px-3-epochs", "transfer, fine-tuned at 160 px, 3 unfrozen epochs"),
@@ -87,9 +88,11 @@ def main() -> None:
     figure, axes = plt.subplots(figsize=(8, 5))
     for index, (label, result) in enumerate(found):
         minutes, accuracy = curve(result)
-        colour = f"C{index}"  # one colour per profile: its curve and its final star
+        # One colour and line style per profile, shared by its curve and its final star: the ten colours of the
+        # default cycle, then dashed lines, so no two profiles look alike.
+        colour, line_style = f"C{index % 10}", ("-", "--", ":")[index // 10 % 3]
         if minutes:
-            axes.plot(minutes, accuracy, marker="o", markersize=3, color=colour, label=label)
+            axes.plot(minutes, accuracy, marker="o", markersize=3, color=colour, linestyle=line_style, label=label)
         axes.scatter([total_seconds(result) / 60], [result["test_accuracy"]], marker="*", s=120, zorder=3,
                      color=colour, label=None if minutes else f"{label} (final only)")
         print(table(label, result), end="\n\n")
