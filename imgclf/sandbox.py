@@ -7,6 +7,7 @@ directory with its own data, models, results and MLflow store, so the default re
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,9 +17,8 @@ from typing import Any
 
 import yaml
 
-from imgclf import artifacts, fileio
+from imgclf import fileio
 from imgclf.config import params_from_dict, read_params_yaml
-from imgclf.data import input_link
 
 PROJECT_ENTRIES = ("dvc.yaml", "params.yaml", "stages", "imgclf", "MLproject", "python_env.yaml")
 # Also copied when the copy is a git repository, so git and DVC ignore what the project ignores.
@@ -91,8 +91,6 @@ def create(destination: Path, *, source_root: Path, overrides: dict[str, Any], g
     params = merge(read_params_yaml(destination / "params.yaml"), overrides)
     params_from_dict(params, source="sandbox overrides")  # fail here, not three stages later
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # Not a copy of the project's link, which may point at its own data: check_params points it on first repro.
-    fileio.atomic_write_text(destination / artifacts.INPUT_LINK, input_link.PLACEHOLDER)
     if git:
         run_git(destination, "init", "--quiet", "--initial-branch=main")
         dvc(destination, "init", "--quiet")
@@ -146,6 +144,22 @@ def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
         raise RuntimeError(f"`dvc {' '.join(args)}` failed in {root} ({result.returncode}):\n"
                            f"{result.stdout}\n{result.stderr}")
     return result
+
+
+# Stages dvc.yaml marks `always_changed`: they run on every repro (fingerprint_data reads data.path's data) and
+# `dvc status` lists them as "always changed"; a pipeline with nothing else to run is up to date.
+ALWAYS_RUN = ("fingerprint_data",)
+
+
+def stages_ran(output: str) -> list[str]:
+    """The stages a `dvc repro` / `dvc exp run` output says it ran, in order."""
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+def stale_stages(root: Path, *targets: str) -> set[str]:
+    """The stages `dvc status` says must rerun, not counting the always-run ones."""
+    listed = set(re.findall(r"^(\w+):$", dvc(root, "status", *targets).stdout, flags=re.MULTILINE))
+    return listed - set(ALWAYS_RUN)
 
 
 def smoke(destination: Path, *, source_root: Path) -> float:

@@ -26,7 +26,7 @@ import yaml
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 
-from imgclf import artifacts, fileio
+from imgclf import artifacts, fileio, workspace
 from imgclf.artifacts import CHAMPION
 from imgclf.config import Params, flatten, params_to_dict, whole
 from imgclf.errors import TrackingStoreError
@@ -38,7 +38,6 @@ OUTER_RUN_ENV = "MLFLOW_RUN_ID"
 DVC_STAGE_ENV = "DVC_STAGE"
 DVC_EXP_NAME_ENV = "DVC_EXP_NAME"
 DVC_EXP_BASELINE_ENV = "DVC_EXP_BASELINE_REV"
-DVC_ROOT_ENV = "DVC_ROOT"
 SQLITE_PREFIX = "sqlite:///"
 STORE_LOCK_SUFFIX = ".lock"
 STORE_LOCK_TIMEOUT_S = 120  # a first migration of a new store takes seconds on a busy machine
@@ -54,17 +53,9 @@ log = logging.getLogger(__name__)
 
 
 def store_root(project_root: Path) -> Path:
-    """The directory of the embedded store: the DVC project's root, also for a queued experiment.
-
-    `dvc exp run --queue` (and `--temp`) runs the stages in a temporary copy under `.dvc/tmp/exps/` that DVC
-    deletes afterwards, so a store in the stage's working directory would vanish with every run. DVC exports the
-    original project root as DVC_ROOT to those stages (dvc/repo/experiments/queue/base.py) and the repository root
-    to every other stage (dvc/stage/run.py); outside DVC (tests, `imgclf predict`) the given root is used.
-    """
-    dvc_root = os.environ.get(DVC_ROOT_ENV)
-    if dvc_root and Path(dvc_root).is_dir():
-        return Path(dvc_root).resolve()
-    return Path(project_root).resolve()
+    """The directory of the embedded store: the user's project root, also for a queued experiment, whose
+    temporary copy DVC deletes afterwards (`workspace.user_project_root`)."""
+    return workspace.user_project_root(project_root)
 
 
 def tracking_uri(project_root: Path) -> str:

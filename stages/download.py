@@ -1,7 +1,7 @@
 """DVC stage `download`: fetch the configured data source (checksummed) into the raw data directory."""
 
 from imgclf import cli
-from imgclf.data import archives, sources
+from imgclf.data import archives, fingerprint, sources
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
 PARAMS = ("seed", "data.source", "data.path", "data.sha256", "data.synthetic_classes", "data.synthetic_per_class",
@@ -11,7 +11,10 @@ PARAMS = ("seed", "data.source", "data.path", "data.sha256", "data.synthetic_cla
 def main() -> None:
     def body(params, args):
         data = params.data
-        sources.fetch_source(source=data.source, path=data.path, sha256=data.sha256, raw_dir=args.out,
+        local = fingerprint.local_data_path(data.source, data.path)
+        # A relative data.path is the user's project's, also in a queued experiment's temporary copy.
+        path = str(fingerprint.checked_local_path(local, project=cli.project_root())) if local else data.path
+        sources.fetch_source(source=data.source, path=path, sha256=data.sha256, raw_dir=args.out,
                              download_dir=args.download_dir, seed=params.seed,
                              synthetic_classes=data.synthetic_classes,
                              synthetic_per_class=data.synthetic_per_class,

@@ -107,7 +107,8 @@ def test_a_stage_refusal_is_the_scripts_one_line_exit_2(tmp_path, overrides):
                             capture_output=True, text=True, check=False, timeout=300)
     last_line = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2, result.stderr
-    assert last_line.startswith("retrain: error: stage 'check_params': data.path ") and "does not exist" in last_line
+    assert last_line.startswith("retrain: error: stage 'fingerprint_data': data.path ")
+    assert "does not exist" in last_line
     assert "failed to reproduce" not in result.stderr and "Traceback" not in result.stderr
     assert "nothing to pull" in result.stderr and "No remote provided" not in result.stderr
     assert not (root / "data" / "raw").exists()

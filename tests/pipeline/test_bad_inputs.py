@@ -396,7 +396,7 @@ def test_mlproject_run_turns_a_stage_refusal_into_one_line_exit_2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "imgclf.pipeline", "run"], cwd=root,
                             env=sandbox.environment(root), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(f"error: stage 'check_params': data.path '{photos}' does not exist")
+    assert result.stderr.startswith(f"error: stage 'fingerprint_data': data.path '{photos}' does not exist")
     assert result.stderr.count("\n") == 1 and "failed to reproduce" not in result.stderr
 
 

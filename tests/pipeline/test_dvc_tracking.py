@@ -1,12 +1,13 @@
 """DVC sees the data itself and checks every hand edit: real `dvc status` / `dvc repro` in sandbox copies.
 
-`check_params` (first stage) validates all of params.yaml and links data/input to data.path's local folder or
-archive; `download` depends on that link, so DVC hashes the images, not the data.path string.
+`check_params` (first stage) validates all of params.yaml; `fingerprint_data` (always run) digests data.path's local
+folder or archive into data/fingerprint.json, which `download` depends on, so a changed image reruns `download` and
+an unchanged folder reruns nothing, whatever the data.path string.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -15,38 +16,36 @@ import pytest
 from PIL import Image
 
 from imgclf import sandbox
-from imgclf.data import input_link
-from imgclf.errors import DataSourceError
 from imgclf.pipeline import PROJECT_ROOT
 
+(ALWAYS_RUN,) = sandbox.ALWAYS_RUN  # dvc.yaml: always_changed, it reads the data on every repro
 
-def _stages_in_status(root: Path) -> set[str]:
-    result = sandbox.dvc(root, "status")
-    return set(re.findall(r"^(\w+):$", result.stdout, flags=re.MULTILINE))
+
+def _up_to_date(root: Path, *targets: str) -> bool:
+    return not sandbox.stale_stages(root, *targets)
 
 
 def _ran(result) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", result.stdout)
+    return sandbox.stages_ran(result.stdout)
 
 
 def _project(base: Path, data_path: Path) -> Path:
     overrides = sandbox.merge(sandbox.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(data_path)}})
     root = sandbox.create(base / "project", source_root=PROJECT_ROOT, overrides=overrides)
-    assert _ran(sandbox.dvc(root, "repro", "download")) == ["check_params", "download"]
-    assert "Data and pipelines are up to date." in sandbox.dvc(root, "status", "download").stdout
+    assert _ran(sandbox.dvc(root, "repro", "download")) == ["check_params", ALWAYS_RUN, "download"]
+    assert _up_to_date(root, "download")
+    assert _ran(sandbox.dvc(root, "repro", "download")) == [ALWAYS_RUN], "an unchanged folder reruns nothing"
     return root
 
 
 def _assert_download_stale_then_rerun(root: Path) -> None:
-    assert "download" in _stages_in_status(root), "the changed data makes download stale"
-    assert _ran(sandbox.dvc(root, "repro", "download")) == ["download"]
-    assert "Data and pipelines are up to date." in sandbox.dvc(root, "status", "download").stdout
+    assert _ran(sandbox.dvc(root, "repro", "download")) == [ALWAYS_RUN, "download"], "the changed data reruns it"
+    assert _ran(sandbox.dvc(root, "repro", "download")) == [ALWAYS_RUN]
 
 
 def test_adding_removing_or_changing_one_image_in_a_folder_reruns_download(tmp_path, write_image_folder):
     photos = write_image_folder(tmp_path / "photos", {"cat": 6, "dog": 6})
     root = _project(tmp_path, photos)
-    assert (root / "data" / "input").resolve() == photos.resolve()
 
     write_image_folder(tmp_path / "extra", {"cat": 1}, seed=7)
     shutil.copy(tmp_path / "extra" / "cat" / "0000.png", photos / "cat" / "new.png")
@@ -84,23 +83,6 @@ def test_a_typo_in_params_stops_repro_before_any_stage_works(tmp_path):
     assert not (root / "data" / "raw").exists() and not (root / "data" / "params_checked").exists()
 
 
-def test_the_input_link_never_replaces_a_real_directory_and_refuses_a_missing_path(tmp_path):
-    (tmp_path / "data" / "input").mkdir(parents=True)
-    with pytest.raises(DataSourceError, match="is a directory"):
-        input_link.point(tmp_path / "data" / "input", source="synthetic", path=None, root=tmp_path)
-    assert (tmp_path / "data" / "input").is_dir()
-    link = tmp_path / "data" / "other"
-    with pytest.raises(DataSourceError, match="does not exist"):
-        input_link.point(link, source="image_folder", path="absent", root=tmp_path)
-    (tmp_path / "photos").mkdir()
-    input_link.point(link, source="image_folder", path="photos", root=tmp_path)
-    assert link.is_symlink() and str(link.readlink()) == "../photos", "relative data.path: a relative link"
-    input_link.point(link, source="image_folder", path="https://example.com/a.tar.gz", root=tmp_path)
-    assert not link.is_symlink() and link.read_text() == input_link.PLACEHOLDER
-    input_link.point(link, source="cifar10", path=None, root=tmp_path)
-    assert link.read_text() == input_link.PLACEHOLDER and (tmp_path / "photos").is_dir()
-
-
 @pytest.mark.slow(seconds=30)
 def test_a_param_change_reruns_only_the_check_and_the_stages_that_read_it(trained_project, tmp_path,
                                                                           copy_trained_project):
@@ -113,15 +95,15 @@ def test_a_param_change_reruns_only_the_check_and_the_stages_that_read_it(traine
     assert text.count(f"  gallery_size: {size}\n") == 1
     params.write_text(text.replace(f"  gallery_size: {size}\n", f"  gallery_size: {size - 1}\n"))
 
-    assert _stages_in_status(root) == {"check_params", "analyze"}
+    assert sandbox.stale_stages(root) == {"check_params", "analyze"}
     result = sandbox.dvc(root, "repro")
-    assert _ran(result) == ["check_params", "analyze"]
-    assert "Data and pipelines are up to date." in sandbox.dvc(root, "status").stdout
+    assert _ran(result) == ["check_params", ALWAYS_RUN, "analyze"]
+    assert _up_to_date(root)
 
 
-def test_an_experiment_on_another_folder_commits_the_link_not_the_images(tmp_path, write_image_folder):
-    """`dvc exp run -S data.path=...` reruns download on the new folder, and the experiment's git commit holds
-    data/input as a link (mode 120000), not copies of the images it points to (.gitignore: /data/input/)."""
+def test_an_experiment_on_another_folder_commits_no_link_and_no_images(tmp_path, write_image_folder):
+    """`dvc exp run -S data.path=...` reruns download on the new folder, and the experiment's git commit holds nothing
+    under data/: no link to the user's data (git would write through it), no copy of the images."""
     first = write_image_folder(tmp_path / "first", {"cat": 6, "dog": 6})
     second = write_image_folder(tmp_path / "second", {"cat": 6, "dog": 7}, seed=3)
     overrides = sandbox.merge(sandbox.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(first)}})
@@ -130,10 +112,9 @@ def test_an_experiment_on_another_folder_commits_the_link_not_the_images(tmp_pat
     sandbox.commit(root, "first folder")
 
     result = sandbox.dvc(root, "exp", "run", "--name", "second", "-S", f"data.path={second}", "download")
-    assert _ran(result) == ["check_params", "download"]
-    assert (root / "data" / "input").resolve() == second.resolve()
-    assert "Data and pipelines are up to date." in sandbox.dvc(root, "status", "download").stdout
+    assert _ran(result) == ["check_params", ALWAYS_RUN, "download"]
+    assert _up_to_date(root, "download")
+    assert json.loads((root / "data" / "raw" / "source.json").read_text())["num_examples"]["train"] == 13
     refs = sandbox.run_git(root, "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
     (ref,) = [name for name in refs if name.endswith("/second")]
-    tree = sandbox.run_git(root, "ls-tree", "-r", ref, "data/").stdout.splitlines()
-    assert len(tree) == 1 and tree[0].startswith("120000 blob ") and tree[0].endswith("\tdata/input")
+    assert sandbox.run_git(root, "ls-tree", "-r", ref, "data/").stdout == ""

@@ -1,0 +1,21 @@
+"""DVC stage `fingerprint_data` (always run, seconds, no TensorFlow): digest data.path's local folder or archive
+into the project, so `download` reruns when the data changes; the project never links to the data
+(imgclf/data/fingerprint.py says why)."""
+
+from imgclf import cli
+from imgclf.data import fingerprint
+
+PARAMS = ("data.source", "data.path")
+
+
+def main() -> None:
+    def body(params, args):
+        root = cli.project_root()
+        fingerprint.remove_legacy_link(root)
+        fingerprint.write(args.out, fingerprint.fingerprint(params.data.source, params.data.path, project=root))
+
+    cli.stage(__doc__, PARAMS, {"out": "the fingerprint file to write (download depends on it)"}, body)
+
+
+if __name__ == "__main__":
+    main()
