@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +24,6 @@ from typing import Any
 
 import mlflow
 import sqlalchemy.exc
-import yaml
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 
@@ -46,6 +47,7 @@ STORE_LOCK_TIMEOUT_S = 120  # a first migration of a new store takes seconds on 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
 TEST_PREFIX = "test_"
+PREPARED_DIGEST_TAG = "data.prepared_digest"  # tracking.prepared_digest: the same images, the same digest
 # Written by DVC while the pipeline runs, so it never makes the code "dirty".
 GIT_DIRTY_IGNORED = ("dvc.lock",)
 
@@ -237,15 +239,14 @@ class PreparedDataset(MetaDataset):
 
 
 def prepared_dataset(project_root: Path, *, name: str) -> PreparedDataset | None:
-    """The prepared data of `project_root` (its meta.json split counts, DVC's md5 as digest); None before the
-    preprocess stage ran."""
+    """The prepared data of `project_root` (its meta.json split counts, `prepared_digest` as digest); None before
+    the preprocess stage ran."""
     folder = Path(project_root).resolve() / artifacts.PREPARED_DIR
     if not (folder / artifacts.META_FILE).is_file():
         return None
     counts = artifacts.read_prepared_meta(folder).counts
-    md5 = prepared_data_md5(project_root)
     return PreparedDataset(source=LocalArtifactDatasetSource(folder.as_uri()), name=name,
-                           digest=md5.removesuffix(".dir") if md5 else None,
+                           digest=prepared_digest(project_root),
                            split_sizes={f"{split}_images": int(count) for split, count in counts.items()})
 
 
@@ -279,19 +280,26 @@ def git_tags(project_root: Path) -> dict[str, str]:
     return tags
 
 
-def prepared_data_md5(project_root: Path) -> str | None:
-    """DVC's checksum of the prepared data (`data/prepared` in dvc.lock, written when preprocess finished)."""
-    lock = Path(project_root) / "dvc.lock"
-    if not lock.is_file():
+def prepared_digest(project_root: Path) -> str | None:
+    """The content digest of the prepared data: its classes, image size and the bytes of every TFRecord shard (the
+    images, labels and ids a model sees), so the same photos have one digest in MLflow however data.path was
+    spelled, wherever the project lies. None before the preprocess stage ran."""
+    folder = Path(project_root).resolve() / artifacts.PREPARED_DIR
+    if not (folder / artifacts.META_FILE).is_file():
         return None
-    try:
-        stage = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get("preprocess", {})
-    except yaml.YAMLError:
-        return None
-    for out in stage.get("outs", []):
-        if out.get("path") == artifacts.PREPARED_DIR:
-            return out.get("md5")
-    return None
+    return _prepared_digest(str(folder), (folder / artifacts.META_FILE).stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _prepared_digest(folder: str, _meta_mtime_ns: int) -> str:
+    meta = artifacts.read_prepared_meta(Path(folder))
+    digest = hashlib.sha256(json.dumps(
+        {"class_names": list(meta.class_names), "image_shape": list(meta.image_shape), "resize": meta.resize},
+        sort_keys=True).encode())
+    for split in sorted(meta.shards):
+        for shard in meta.shards[split]:
+            digest.update(f"{split}/{shard}:{fileio.sha256_file(Path(folder) / shard)}\n".encode())
+    return digest.hexdigest()[:32]
 
 
 def dvc_experiment() -> str | None:
@@ -306,9 +314,9 @@ def run_tags(params: Params, *, stage: str, project_root: Path, data_sha256: str
     tags = {"stage": stage, "data.source": whole(params).data.source, **git_tags(project_root)}
     if data_sha256:  # the downloaded archive's digest (none for generated data)
         tags["data.sha256"] = data_sha256
-    prepared = prepared_data_md5(project_root)
+    prepared = prepared_digest(project_root)
     if prepared:
-        tags["data.prepared_md5"] = prepared
+        tags[PREPARED_DIGEST_TAG] = prepared
     if dvc_experiment():
         tags["dvc.experiment"] = dvc_experiment()
         if os.environ.get(DVC_EXP_BASELINE_ENV):

@@ -487,7 +487,7 @@ def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str
     versions, entries = {}, {}
     for name in MODEL_NAMES:
         version_tags = {"test_accuracy": f"{accuracies[name]:.6f}", "comparison_run_id": comparison_id,
-                        **{key: tags[key] for key in ("git.commit", "dvc.experiment", "data.prepared_md5")
+                        **{key: tags[key] for key in ("git.commit", "dvc.experiment", tracking.PREPARED_DIGEST_TAG)
                            if key in tags}}
         version, created = tracking.register(client, name=tracking.REGISTERED_MODELS[name], run_id=run_ids[name],
                                              model_file=Path(model_dirs[name]) / MODEL_FILE, tags=version_tags)

@@ -56,7 +56,8 @@ def test_runs_are_named_tagged_and_grouped(project, store):
         tags = run.data.tags
         assert tags["stage"] == stage and tags["git.dirty"] == "false", tags
         assert tags["git.commit"] == tags["mlflow.source.git.commit"] and len(tags["git.commit"]) == 40
-        assert re.fullmatch(r"[0-9a-f]{64}", tags["data.sha256"]) and tags["data.prepared_md5"].endswith(".dir")
+        assert re.fullmatch(r"[0-9a-f]{64}", tags["data.sha256"])
+        assert re.fullmatch(r"[0-9a-f]{32}", tags["data.prepared_digest"])
         assert "dvc.experiment" not in tags
     assert scratch.data.params["scratch.epochs"] == str(sandbox.SMOKE_OVERRIDES["scratch"]["epochs"])
     assert scratch.data.params["scratch.conv_filters"] == "[16, 32]" and scratch.data.params["seed"] == "42"
@@ -148,7 +149,7 @@ def test_experiment_opens_on_runs_and_runs_show_their_data_set(project, store):
         (dataset_input,) = run.inputs.dataset_inputs
         dataset = dataset_input.dataset
         assert dataset.name == "synthetic-prepared"
-        assert dataset.digest == run.data.tags["data.prepared_md5"].removesuffix(".dir")
+        assert dataset.digest == run.data.tags["data.prepared_digest"]
         assert json.loads(dataset.source)["uri"].endswith("/data/prepared")
         assert json.loads(dataset.profile) == {f"{split}_images": count for split, count in meta["counts"].items()}
         assert {tag.key: tag.value for tag in dataset_input.tags}["mlflow.data.context"] == context
