@@ -66,6 +66,11 @@ def probabilities_file(model: str) -> str:
     return f"{model}_probabilities.npz"
 
 
+def validation_predictions_file(model: str) -> str:
+    """Validation ids, labels and predicted classes: also logged to the model's run, where promotion reads them."""
+    return f"{model}_validation_predictions.npz"
+
+
 def confusion_file(model: str) -> str:
     return f"{model}_confusion.csv"  # DVC's confusion plot data
 

@@ -154,6 +154,7 @@ class EvaluateConfig:
     calibration_bins: int = _field(15, minimum=2, maximum=100)
     top_k: int = _field(5, minimum=1, maximum=20)
     tta_flip: bool = False
+    promotion_level: float = _field(0.05, minimum=0.0, maximum=1.0, exclusive_minimum=True)
 
 
 @dataclasses.dataclass(frozen=True)

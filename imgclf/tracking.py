@@ -18,11 +18,13 @@ import logging
 import os
 import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import sqlalchemy.exc
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
@@ -482,20 +484,39 @@ def register(client: mlflow.MlflowClient, *, name: str, run_id: str, model_file:
     return client.get_model_version(name, version.version), True  # with its tags
 
 
-def champion_of(accuracies: dict[str, float], parameter_counts: dict[str, int]) -> str:
-    """The model with the higher test accuracy; on a tie the one with fewer parameters (cheaper to serve),
-    then the first in alphabetical order (scratch), so the choice is deterministic."""
-    return min(accuracies, key=lambda name: (-accuracies[name], parameter_counts.get(name, 0), name))
+def current_champion(client: mlflow.MlflowClient):
+    """The model version holding the `champion` alias (on whichever registered model has it), or None."""
+    for name in REGISTERED_MODELS.values():
+        try:
+            return client.get_model_version_by_alias(name, CHAMPION)
+        except mlflow.exceptions.MlflowException as error:
+            if _is_store_failure(error):
+                raise
+    return None
 
 
-def set_champion(client: mlflow.MlflowClient, versions: dict[str, Any], champion: str) -> None:
-    """`champion` on the winner's version, `challenger` on the other's; each alias exists on one registered
-    model only, so `models:/imgclf-<model>@champion` resolves for exactly one of the two."""
-    for model, version in versions.items():
-        keep, drop = (CHAMPION, CHALLENGER) if model == champion else (CHALLENGER, CHAMPION)
-        client.set_registered_model_alias(version.name, keep, version.version)
-        with contextlib.suppress(mlflow.exceptions.MlflowException):  # absent: nothing to remove
-            client.delete_registered_model_alias(version.name, drop)
+def move_alias(client: mlflow.MlflowClient, alias: str, version) -> None:
+    """`alias` on `version`, and off every other registered model: `models:/<name>@<alias>` resolves for exactly
+    one of them."""
+    client.set_registered_model_alias(version.name, alias, version.version)
+    for name in REGISTERED_MODELS.values():
+        if name != version.name:
+            with contextlib.suppress(mlflow.exceptions.MlflowException):  # absent: nothing to remove
+                client.delete_registered_model_alias(name, alias)
+
+
+def evaluation_artifact(client: mlflow.MlflowClient, run_id: str, file_name: str) -> dict | None:
+    """The arrays of `evaluation/<file_name>` (an .npz the evaluate stage logged to the run), or None when the run
+    has none (evaluated by an older version, or its artifacts were removed)."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(run_id, f"evaluation/{file_name}", folder)
+        except (mlflow.exceptions.MlflowException, OSError) as error:
+            if _is_store_failure(error):
+                raise
+            return None
+        with np.load(path, allow_pickle=False) as arrays:
+            return {key: arrays[key] for key in arrays.files}
 
 
 def champion_uri(client: mlflow.MlflowClient | None = None) -> str:

@@ -30,3 +30,8 @@ def resolve_user_path(path: str) -> Path:
     (`user_project_root`), however and wherever the stage runs."""
     expanded = Path(path).expanduser()
     return expanded if expanded.is_absolute() else user_project_root() / expanded
+
+
+def in_temporary_copy() -> bool:
+    """True in a stage of a queued (or `--temp`) experiment: DVC runs it outside the user's project."""
+    return user_project_root() != Path.cwd().resolve()

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
-from imgclf import artifacts, fileio, progress, tracking
+from imgclf import artifacts, fileio, progress, tracking, workspace
 from imgclf.artifacts import (
     DEGENERATE_FILE,
     DETAILS_FILE,
@@ -47,11 +47,12 @@ from imgclf.artifacts import (
     per_class_file,
     predictions_file,
     probabilities_file,
+    validation_predictions_file,
 )
 from imgclf.config import Params, whole
 from imgclf.data import tfdata
 from imgclf.errors import EvaluationError
-from imgclf.evaluation import calibration, plots
+from imgclf.evaluation import calibration, plots, promotion
 from imgclf.serving import serving
 from imgclf.training import fitting, models
 
@@ -308,6 +309,14 @@ def write_per_class(path: Path, per_class: dict[str, dict]) -> None:
     fileio.atomic_write_text(path, table.to_csv(index=False, float_format="%.6f"))
 
 
+def write_validation_predictions(path: Path, predictions: Predictions) -> None:
+    """Ids, labels and predicted classes on the validation split: what promotion compares a later model with."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, ids=predictions.ids, labels=predictions.labels,
+                        predicted=predictions.probabilities.argmax(axis=1))
+    fileio.atomic_write_bytes(path, buffer.getvalue())
+
+
 def write_probabilities(path: Path, predictions: Predictions) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, ids=predictions.ids, labels=predictions.labels,
@@ -350,6 +359,7 @@ def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path]
         return tfdata.iterate_numpy(dataset)
 
     all_metrics: dict[str, dict] = {}
+    validations: dict[str, Predictions | None] = {}
     for name in MODEL_NAMES:
         model_path = Path(model_dirs[name]) / MODEL_FILE
         model = models.load_model(model_path, remedy=f"retrain it (dvc repro --force train_{name})")
@@ -379,6 +389,10 @@ def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path]
                                      training_accuracy=final_training_accuracy(model_dirs[name]),
                                      validation_accuracy=validation_accuracy,
                                      validation_images=len(validation.labels) if validation is not None else 0)
+        result["validation_accuracy"] = validation_accuracy
+        validations[name] = validation if validation is not None and len(validation.labels) else None
+        if validations[name] is not None:
+            write_validation_predictions(out_dir / validation_predictions_file(name), validations[name])
         result["degenerate"] = int(bool(reasons))
         result["degenerate_reasons"] = reasons
         if reasons:
@@ -404,16 +418,18 @@ def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path]
         name: {"degenerate": bool(all_metrics[name]["degenerate"]), "reasons": all_metrics[name]["degenerate_reasons"],
                "likely_causes": LIKELY_CAUSES if all_metrics[name]["degenerate"] else ""} for name in MODEL_NAMES})
     runs = _log_to_mlflow(params, all_metrics, model_dirs=model_dirs, out_dir=out_dir, project_root=project_root,
-                          meta=meta, example_image=lambda: next(batches("test"))[0][0])
+                          meta=meta, example_image=lambda: next(batches("test"))[0][0], validations=validations)
     fileio.atomic_write_json(out_dir / RUNS_FILE, runs)
     return all_metrics
 
 
 def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: dict[str, Path],
-                   out_dir: Path, project_root: Path, meta: dict, example_image: Callable[[], np.ndarray]) -> dict:
+                   out_dir: Path, project_root: Path, meta: dict, example_image: Callable[[], np.ndarray],
+                   validations: dict[str, Predictions | None]) -> dict:
     """Test metrics into each model's run; a parent comparison run groups this pipeline execution (the
     `mlflow run` run does, when there is one, with the comparison run beside the training runs); both models
-    registered, `champion` on the better one. Returns the run ids and registered versions (`runs.json`)."""
+    registered, and the aliases moved by the promotion policy (`promotion`). Returns the run ids and the
+    registry's state after the decision (`runs.json`)."""
     tracking.configure(project_root, params.mlflow.experiment)
     tags = tracking.run_tags(params, stage="evaluate", project_root=project_root,
                              data_sha256=meta.source_sha256)
@@ -433,10 +449,14 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
             mlflow.set_tag(f"{model_name}_run_id", run_ids[model_name])
         for artifact in (METRICS_FILE, DETAILS_FILE, RELIABILITY_FILE):
             mlflow.log_artifact(str(out_dir / artifact))
+        for model_name in MODEL_NAMES:  # what a later run's promotion compares with (promotion.decide)
+            if validations[model_name] is not None:
+                client.log_artifact(run_ids[model_name], str(out_dir / validation_predictions_file(model_name)),
+                                    artifact_path="evaluation")
         with tracking.store_lock(mlflow.get_tracking_uri()):  # parallel queued experiments register too
             registry = _register(client, params, all_metrics, model_dirs=model_dirs, run_ids=run_ids,
-                                 comparison_id=comparison_id, tags=tags)
-        mlflow.set_tags({"champion": registry["champion"],
+                                 comparison_id=comparison_id, tags=tags, validations=validations)
+        mlflow.set_tags({"champion": registry["champion"] or "none", "promotion": registry["decision"]["alias"],
                          **{f"registry.{name}": f"{entry['name']}/{entry['version']}"
                             for name, entry in registry["models"].items()}})
     group = tracking.outer_run_id() or comparison_id
@@ -480,24 +500,67 @@ def _training_run_id(client: mlflow.MlflowClient, params: Params, *, name: str, 
 
 
 def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str, dict], *,
-              model_dirs: dict[str, Path], run_ids: dict[str, str], comparison_id: str, tags: dict[str, str]) -> dict:
-    """Register both models (reusing the version of an unchanged model file) and move `champion`."""
-    accuracies = {name: float(all_metrics[name]["accuracy"]) for name in MODEL_NAMES}
-    champion = tracking.champion_of(accuracies, {name: all_metrics[name]["parameter_count"] for name in MODEL_NAMES})
+              model_dirs: dict[str, Path], run_ids: dict[str, str], comparison_id: str, tags: dict[str, str],
+              validations: dict[str, Predictions | None]) -> dict:
+    """Register both models (reusing the version of an unchanged model file), then apply the promotion policy to
+    this run's candidate (`promotion`): `champion` or `challenger`, with the decision as tags on its version."""
     versions, entries = {}, {}
     for name in MODEL_NAMES:
-        version_tags = {"test_accuracy": f"{accuracies[name]:.6f}", "comparison_run_id": comparison_id,
+        metrics = all_metrics[name]
+        version_tags = {"test_accuracy": f"{metrics['accuracy']:.6f}", "comparison_run_id": comparison_id,
                         **{key: tags[key] for key in ("git.commit", "dvc.experiment", tracking.PREPARED_DIGEST_TAG)
                            if key in tags}}
+        if metrics["validation_accuracy"] is not None:
+            version_tags["val_accuracy"] = f"{metrics['validation_accuracy']:.6f}"
         version, created = tracking.register(client, name=tracking.REGISTERED_MODELS[name], run_id=run_ids[name],
                                              model_file=Path(model_dirs[name]) / MODEL_FILE, tags=version_tags)
         versions[name] = version
         entries[name] = {"name": version.name, "version": int(version.version), "created": created,
-                         "run_id": run_ids[name], "test_accuracy": accuracies[name],
+                         "run_id": run_ids[name], "test_accuracy": float(metrics["accuracy"]),
+                         "val_accuracy": metrics["validation_accuracy"],
                          "model_sha256": version.tags.get(tracking.MODEL_SHA_TAG)}
         log.info("registry: %s version %s (%s)", version.name, version.version, "new" if created else "unchanged")
-    tracking.set_champion(client, versions, champion)
-    log.info("registry: %s is the %s (test accuracy %.4f vs %.4f)", tracking.REGISTERED_MODELS[champion],
-             tracking.CHAMPION, accuracies[champion], min(accuracies.values()))
-    return {"champion": champion, "champion_uri": f"models:/{tracking.REGISTERED_MODELS[champion]}@"
-            f"{tracking.CHAMPION}", "models": entries}
+
+    candidate = promotion.candidate_of({name: all_metrics[name]["validation_accuracy"] for name in MODEL_NAMES},
+                                       {name: all_metrics[name]["parameter_count"] for name in MODEL_NAMES})
+    if candidate is None:
+        decision = promotion.Decision("none", "no validation images (data.val_fraction is 0): the registry's "
+                                      "aliases are left as they are, since the test split never decides promotion")
+    else:
+        decision = _promotion(client, params, candidate=versions[candidate], tags=tags,
+                              candidate_right=validations[candidate].probabilities.argmax(axis=1)
+                              == validations[candidate].labels, candidate_ids=validations[candidate].ids)
+        if decision.alias in (tracking.CHAMPION, tracking.CHALLENGER):
+            tracking.move_alias(client, decision.alias, versions[candidate])
+        for key, value in decision.tags().items():
+            client.set_model_version_tag(versions[candidate].name, versions[candidate].version, key, value)
+    log.info("registry: %s %s", f"{versions[candidate].name} version {versions[candidate].version} (this run's "
+             f"better model on validation) becomes the {decision.alias}:" if candidate else "nothing promoted:",
+             decision.reason)
+    champion = tracking.current_champion(client)
+    champion_model = next((model for model, name in tracking.REGISTERED_MODELS.items()
+                           if champion is not None and champion.name == name), None)
+    return {"candidate": candidate, "decision": dataclasses.asdict(decision), "champion": champion_model,
+            "champion_uri": f"models:/{champion.name}@{tracking.CHAMPION}" if champion else None,
+            "champion_version": int(champion.version) if champion else None,
+            "champion_run_id": champion.run_id if champion else None, "models": entries}
+
+
+def _promotion(client: mlflow.MlflowClient, params: Params, *, candidate, tags: dict[str, str],
+               candidate_right: np.ndarray, candidate_ids: np.ndarray) -> promotion.Decision:
+    """Gather what `promotion.decide` needs about the current champion: its data and validation predictions."""
+    champion = tracking.current_champion(client)
+    if champion is not None and (champion.name, champion.version) == (candidate.name, candidate.version):
+        return promotion.Decision(tracking.CHAMPION, "it already is the champion")
+    same_data = champion is not None and tags.get(tracking.PREPARED_DIGEST_TAG) is not None and \
+        champion.tags.get(tracking.PREPARED_DIGEST_TAG) == tags.get(tracking.PREPARED_DIGEST_TAG)
+    champion_right = None
+    if same_data:
+        model = next(model for model, name in tracking.REGISTERED_MODELS.items() if name == champion.name)
+        recorded = tracking.evaluation_artifact(client, champion.run_id, validation_predictions_file(model))
+        if recorded is not None and np.array_equal(recorded["ids"], candidate_ids):
+            champion_right = recorded["predicted"] == recorded["labels"]
+    return promotion.decide(candidate_right=candidate_right, champion_right=champion_right,
+                            champion=f"{champion.name} version {champion.version}" if champion else None,
+                            same_data=same_data, level=params.evaluate.promotion_level,
+                            queued=workspace.in_temporary_copy())

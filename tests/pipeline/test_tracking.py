@@ -103,20 +103,25 @@ def test_registry_versions_champion_and_reuse(project, store):
     assert newest.tags[tracking.MODEL_SHA_TAG] == fileio.sha256_file(project / "models/transfer/model.keras")
     assert newest.tags["dvc.experiment"] == info["experiment"]
 
-    # `champion` on the better model of the latest pipeline run, `challenger` on the other, as runs.json says.
-    metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
+    # The promotion policy (imgclf.evaluation.promotion): the first run's better model on validation became the
+    # champion; the experiment's candidate replaces it only if significantly better on the same validation images,
+    # which a few smoke images cannot show. runs.json, the aliases and what serving resolves agree.
     registry = json.loads((project / "results/evaluate/runs.json").read_text())["registry"]
-    accuracy = {name: metrics[name]["accuracy"] for name in ("scratch", "transfer")}
-    champion = registry["champion"]
-    other = "transfer" if champion == "scratch" else "scratch"
-    assert accuracy[champion] >= accuracy[other]
     assert registry["models"]["scratch"] == {**registry["models"]["scratch"], "version": 1, "created": False}
     assert registry["models"]["transfer"]["version"] == 2 and registry["models"]["transfer"]["created"] is True
+    champion = registry["champion"]
     version = client.get_model_version_by_alias(tracking.REGISTERED_MODELS[champion], tracking.CHAMPION)
-    assert int(version.version) == registry["models"][champion]["version"]
-    challenger = client.get_registered_model(tracking.REGISTERED_MODELS[other])
-    assert tracking.CHAMPION not in challenger.aliases and tracking.CHALLENGER in challenger.aliases
+    assert int(version.version) == registry["champion_version"] and version.run_id == registry["champion_run_id"]
     assert tracking.champion_uri(client) == registry["champion_uri"]
+    other = client.get_registered_model(tracking.REGISTERED_MODELS["transfer" if champion == "scratch" else "scratch"])
+    assert tracking.CHAMPION not in other.aliases
+    candidate = registry["models"][registry["candidate"]]
+    decided = client.get_model_version(candidate["name"], str(candidate["version"]))
+    assert decided.tags["promotion.decision"] == registry["decision"]["alias"] in ("champion", "challenger")
+    assert decided.tags["promotion.reason"] == registry["decision"]["reason"]
+    if registry["decision"]["alias"] == "challenger":
+        assert client.get_model_version_by_alias(candidate["name"], tracking.CHALLENGER).version == decided.version
+        assert "not significantly better" in registry["decision"]["reason"]
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # get_model_info reads the global store
     try:
@@ -128,12 +133,6 @@ def test_registry_versions_champion_and_reuse(project, store):
     comparison = by_name[f"comparison-{info['experiment']}"]
     assert comparison.data.tags["champion"] == champion
     assert comparison.data.tags["registry.transfer"] == "imgclf-transfer/2"
-
-
-def test_champion_tie_rule():
-    assert tracking.champion_of({"scratch": 0.8, "transfer": 0.9}, {"scratch": 10, "transfer": 5}) == "transfer"
-    assert tracking.champion_of({"scratch": 0.9, "transfer": 0.9}, {"scratch": 10, "transfer": 5}) == "transfer"
-    assert tracking.champion_of({"scratch": 0.9, "transfer": 0.9}, {"scratch": 5, "transfer": 5}) == "scratch"
 
 
 @pytest.mark.slow

@@ -1,0 +1,80 @@
+"""The registry's promotion policy: validation images decide, by a paired test, never recency or the test split."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+
+from imgclf import tracking
+from imgclf.evaluation import promotion
+
+
+def _right(count: int, wrong: list[int]) -> np.ndarray:
+    right = np.ones(count, dtype=bool)
+    right[wrong] = False
+    return right
+
+
+def test_the_first_model_becomes_champion_and_a_significantly_better_one_replaces_it():
+    candidate = _right(400, [])
+    assert promotion.decide(candidate_right=candidate, champion_right=None, champion=None, same_data=True,
+                            level=0.05, queued=False).alias == "champion"
+    better = promotion.decide(candidate_right=candidate, champion_right=_right(400, list(range(30))),
+                              champion="imgclf-scratch version 1", same_data=True, level=0.05, queued=False)
+    assert better.alias == "champion" and better.candidate_only_right == 30 and better.champion_only_right == 0
+    assert better.p_value < 1e-6 and better.tags()["promotion.decision"] == "champion"
+
+
+@pytest.mark.parametrize(("champion_wrong", "why"), [(list(range(3)), "not significantly better"),
+                                                     ([], "not significantly better")])
+def test_a_model_not_significantly_better_becomes_challenger(champion_wrong, why):
+    # Three more right of 400 is noise (p = 0.25); a tie, or a worse sweep, never takes the alias.
+    decision = promotion.decide(candidate_right=_right(400, []), champion_right=_right(400, champion_wrong),
+                                champion="imgclf-transfer version 3", same_data=True, level=0.05, queued=False)
+    assert decision.alias == "challenger" and why in decision.reason and decision.p_value >= 0.05
+    worse = promotion.decide(candidate_right=_right(400, list(range(40))), champion_right=_right(400, []),
+                             champion="imgclf-transfer version 3", same_data=True, level=0.05, queued=False)
+    assert worse.alias == "challenger" and worse.champion_only_right == 40
+
+
+def test_other_data_or_a_queued_experiment_is_never_promoted_automatically():
+    kwargs = dict(candidate_right=_right(400, []), champion_right=_right(400, list(range(100))),
+                  champion="imgclf-scratch version 1", level=0.05)
+    other_data = promotion.decide(**kwargs, same_data=False, queued=False)
+    assert other_data.alias == "challenger" and "other prepared data" in other_data.reason
+    queued = promotion.decide(**kwargs, same_data=True, queued=True)
+    assert queued.alias == "challenger" and "dvc exp apply" in queued.reason
+    missing = promotion.decide(**{**kwargs, "champion_right": None}, same_data=True, queued=False)
+    assert missing.alias == "challenger" and "not recorded" in missing.reason
+
+
+def test_the_candidate_is_chosen_on_validation_not_test():
+    assert promotion.candidate_of({"scratch": 0.7, "transfer": 0.9}, {"scratch": 5, "transfer": 9}) == "transfer"
+    assert promotion.candidate_of({"scratch": 0.9, "transfer": 0.9}, {"scratch": 10, "transfer": 5}) == "transfer"
+    assert promotion.candidate_of({"scratch": 0.9, "transfer": 0.9}, {"scratch": 5, "transfer": 5}) == "scratch"
+    assert promotion.candidate_of({"scratch": None, "transfer": None}, {}) is None
+
+
+def test_aliases_move_between_the_two_registered_models_on_a_real_store(tmp_path):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("promotion", artifact_location=(tmp_path / "artifacts").as_uri())
+    versions = {}
+    for model, name in tracking.REGISTERED_MODELS.items():
+        run = client.create_run(experiment)
+        path = tmp_path / "evaluation" / f"{model}_validation_predictions.npz"
+        path.parent.mkdir(exist_ok=True)
+        np.savez(path, ids=np.arange(4), labels=np.zeros(4, int), predicted=np.zeros(4, int))
+        client.log_artifact(run.info.run_id, str(path), artifact_path="evaluation")
+        client.create_registered_model(name)
+        versions[model] = client.create_model_version(name, source=f"runs:/{run.info.run_id}/model",
+                                                      run_id=run.info.run_id)
+    assert tracking.current_champion(client) is None
+    tracking.move_alias(client, tracking.CHAMPION, versions["scratch"])
+    assert tracking.current_champion(client).name == "imgclf-scratch"
+    tracking.move_alias(client, tracking.CHAMPION, versions["transfer"])
+    assert tracking.current_champion(client).name == "imgclf-transfer"
+    assert tracking.CHAMPION not in client.get_registered_model("imgclf-scratch").aliases
+    recorded = tracking.evaluation_artifact(client, versions["scratch"].run_id, "scratch_validation_predictions.npz")
+    assert list(recorded["ids"]) == [0, 1, 2, 3]
+    assert tracking.evaluation_artifact(client, versions["scratch"].run_id, "absent.npz") is None
