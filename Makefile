@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run smoke compare test test-fast lint clean-smoke
+.PHONY: help setup run smoke compare exp-show test test-fast lint clean-smoke
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,8 +34,24 @@ smoke: setup ## all stages on tiny synthetic data in smoke/, default results unt
 ui: setup ## the MLflow UI on the project's store; prints the address that opens on the training runs
 	$(PYTHON) -m imgclf ui $(ARGS)
 
-compare: setup ## experiments side by side: the params that differ, both accuracies, McNemar p (120 columns)
+compare: setup ## experiments side by side: state, the params that differ, both accuracies, McNemar p (120 columns)
 	$(PYTHON) -m imgclf.evaluation.compare $(ARGS)
+
+# DVC's own table has a column for every param, metric and dependency (over 200). This form keeps the columns whose
+# values differ (--only-changed), then drops (DVC joins the --drop patterns, each matched at a column's start) the
+# creation time, the executor and every dependency (each path has a slash), and every metric but the two test
+# accuracies: those of results/evaluate/metrics.json per model, then of results/analysis/summary.json. --keep shows
+# both accuracies even when equal. Tests check that it drops no key of params.yaml and keeps no other metric, and
+# that it fits 200 columns.
+EXP_SHOW_FORM := --only-changed \
+	--drop 'Created|Executor|.*/' \
+	--drop '(scratch|transfer)\.(loss|top5_accuracy|macro_|weighted_|ece|temperature|accuracy_calibrated)' \
+	--drop '(scratch|transfer)\.(test_images|images_per_second|parameter_count|model_size_mb|degenerate)' \
+	--drop 'test_images|both_|only_|(scratch|transfer)_accuracy|accuracy_difference|mcnemar|comparison_meaningful' \
+	--keep 'scratch\.accuracy$$|transfer\.accuracy$$'
+
+exp-show: setup ## `dvc exp show` in 200 columns: state, the params that changed, both test accuracies
+	dvc exp show $(EXP_SHOW_FORM) $(ARGS)
 
 # One pytest-xdist worker per logical CPU. `loadfile`: a test module runs whole on one worker, so a module-scoped
 # fixture (a reference training, a remote, DVC in the shared pipeline run) is built once and never used by two

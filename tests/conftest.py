@@ -20,7 +20,9 @@ import csv
 import fcntl
 import functools
 import http.server
+import itertools
 import os
+import re
 import resource
 import shutil
 import signal
@@ -452,6 +454,26 @@ def experiment_project(trained_project, tmp_path_factory) -> Path:
     made once per session and only read. `<project>/../experiment.json` holds the experiment's name and the
     baseline commit."""
     return _experiment(_shared_base(tmp_path_factory))
+
+
+# --- `make exp-show`: DVC's table in 200 columns ---------------------------------------------------------------
+
+def _exp_show_form() -> list[str]:
+    """The options `make exp-show` gives `dvc exp show` (the Makefile's EXP_SHOW_FORM), as the shell splits them."""
+    result = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(PROJECT_ROOT), "--eval",
+                             'print-exp-show-form: ; @printf "%s\\n" $(EXP_SHOW_FORM)', "print-exp-show-form"],
+                            capture_output=True, text=True, check=True, timeout=60)
+    return result.stdout.splitlines()
+
+
+@pytest.fixture(scope="session")
+def exp_show_form() -> types.SimpleNamespace:
+    """`.args`: `make exp-show`'s options for `dvc exp show`; `.keeps(column)`: whether a column whose values differ
+    between experiments survives them (matched by --keep, or by no --drop pattern: DVC anchors both at the start)."""
+    args = _exp_show_form()
+    drop, keep = (re.compile("|".join(value for option, value in itertools.pairwise(args) if option == name))
+                  for name in ("--drop", "--keep"))  # as DVC joins repeated options
+    return types.SimpleNamespace(args=args, keeps=lambda column: bool(keep.match(column)) or not drop.match(column))
 
 
 # --- command line, ports, servers, browser -----------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """`make compare`: DVC experiments side by side in one 120-column screen.
 
-`dvc exp show` lists every param and metric (about 180 columns here); this keeps the params whose values differ
-between the experiments shown and the headline metrics: both models' test accuracy, transfer - scratch, and
-McNemar's p-value in scientific notation when small (DVC's own tables round 6e-21 to 0.0).
+`dvc exp show` has a column for every param, metric and dependency (over 200 here); this keeps each experiment's
+state, the params whose values differ between the experiments shown and the headline metrics: both models' test
+accuracy, transfer - scratch, and McNemar's p-value in scientific notation when small (DVC's own tables round 6e-21
+to 0.0). Only a finished experiment has numbers: DVC gives a failed experiment the metrics files of the workspace it
+was queued from, so its table shows another run's numbers beside the failed one's params.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ HEADLINE_METRICS = (
     ("diff", ANALYSIS_SUMMARY, "accuracy_difference", "difference"),
     ("McNemar p", ANALYSIS_SUMMARY, "mcnemar.p_value", "p_value"),
 )
+# `dvc exp show --json` puts a queued, running or finished queue task's state in its `executor`; an experiment run
+# in the workspace has no executor and is done. Only a done experiment's metrics are its own: a failed one carries
+# the metrics files of the workspace it was queued from, a running one whatever its temporary copy holds so far.
+STATES = {"success": "done", "failed": "failed", "queued": "queued", "running": "running"}
+DONE = "done"
+BASELINE_STATE = "-"  # the workspace and each commit: their numbers are the metrics files they hold
 WIDTH = 120
 MAX_VALUE_CHARS = 22  # a long value (a backbone file path) is cut, keeping its end
 GAP = "  "
@@ -60,24 +68,34 @@ def file_data(state: dict[str, Any], section: str, path: str) -> dict[str, Any]:
     return flatten((data.get(path) or {}).get("data") or {})
 
 
+def experiment_state(experiment: dict[str, Any]) -> str:
+    """done, failed, queued or running (DVC's executor state, else failed when DVC reports an error)."""
+    executor = experiment.get("executor") or {}
+    if executor.get("state"):
+        return STATES.get(executor["state"], executor["state"])
+    return "failed" if experiment["revs"][0].get("error") else DONE
+
+
 def rows_of(exp_show: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per revision of `dvc exp show --json`: the workspace, each baseline commit and its experiments
-    (newest first, as DVC lists them), each with its name, flat params and flat metrics."""
+    (newest first, as DVC lists them), each with its name, state, flat params and flat metrics. An experiment that
+    is not done has no metrics: never the numbers DVC fills in from another revision."""
     rows = []
 
-    def add(state: dict[str, Any], name: str) -> None:
-        if not state.get("data"):
-            return  # a queued or failed experiment: nothing to compare yet
-        rows.append({"name": name, "params": file_data(state, "params", PARAMS_FILE),
-                     "metrics": {path: file_data(state, "metrics", path) for path in (EVALUATE_METRICS,
-                                                                                      ANALYSIS_SUMMARY)}})
+    def add(revision: dict[str, Any], name: str, state: str) -> None:
+        has_numbers = state in (DONE, BASELINE_STATE)
+        rows.append({"name": name, "state": state, "has_params": bool(revision.get("data")),
+                     "params": file_data(revision, "params", PARAMS_FILE),
+                     "metrics": {path: file_data(revision, "metrics", path) if has_numbers else {}
+                                 for path in (EVALUATE_METRICS, ANALYSIS_SUMMARY)}})
 
     for baseline in exp_show:
         rev = baseline["rev"]
-        add(baseline, baseline.get("name") or (rev if rev == "workspace" else rev[:7]))
+        if baseline.get("data"):  # a commit DVC could not read (its error is in `dvc exp show`) has nothing to show
+            add(baseline, baseline.get("name") or (rev if rev == "workspace" else rev[:7]), BASELINE_STATE)
         for experiment in baseline.get("experiments") or []:
             tip = experiment["revs"][0]
-            add(tip, experiment.get("name") or tip.get("name") or tip["rev"][:7])
+            add(tip, experiment.get("name") or tip.get("name") or tip["rev"][:7], experiment_state(experiment))
     return rows
 
 
@@ -86,12 +104,15 @@ def shorten(text: str) -> str:
 
 
 def table(rows: list[dict[str, Any]], width: int = WIDTH) -> str:
-    """Name, the params that differ, the headline metrics; params that do not fit in `width` are named below."""
+    """Name, state, the params that differ, the headline metrics; params that do not fit in `width` are named
+    below."""
     if not rows:
         return "no experiments to compare: run `dvc repro` or `dvc exp run` first"
-    keys = sorted({key for row in rows for key in row["params"]})
-    differing = [key for key in keys if len({json.dumps(row["params"].get(key)) for row in rows}) > 1]
-    columns: list[tuple[str, list[str]]] = [("experiment", [shorten(row["name"]) for row in rows])]
+    with_params = [row for row in rows if row["has_params"]]
+    keys = sorted({key for row in with_params for key in row["params"]})
+    differing = [key for key in keys if len({json.dumps(row["params"].get(key)) for row in with_params}) > 1]
+    columns: list[tuple[str, list[str]]] = [("experiment", [shorten(row["name"]) for row in rows]),
+                                            ("state", [row["state"] for row in rows])]
     metric_columns = [(title, [format_metric(row["metrics"][path].get(key), kind) for row in rows])
                       for title, path, key, kind in HEADLINE_METRICS]
 
@@ -101,18 +122,20 @@ def table(rows: list[dict[str, Any]], width: int = WIDTH) -> str:
 
     left_out = []
     for key in differing:
-        column = (key, [shorten(json.dumps(row["params"].get(key)).strip('"')) for row in rows])
+        column = (key, [shorten(json.dumps(row["params"].get(key)).strip('"')) if row["has_params"] else ""
+                        for row in rows])
         if render_width([*columns, column, *metric_columns]) <= width:
             columns.append(column)
         else:
             left_out.append(key)
     columns += metric_columns
     widths = [max(len(title), *(len(cell) for cell in cells)) for title, cells in columns]
-    lines = [GAP.join(title.rjust(size) if position else title.ljust(size)
+    text_columns = 2  # name and state read left to right; params and numbers are right-aligned
+    lines = [GAP.join(title.rjust(size) if position >= text_columns else title.ljust(size)
                       for position, ((title, _), size) in enumerate(zip(columns, widths, strict=True)))]
     lines.append(GAP.join("-" * size for size in widths))
     for index in range(len(rows)):
-        lines.append(GAP.join(cells[index].rjust(size) if position else cells[index].ljust(size)
+        lines.append(GAP.join(cells[index].rjust(size) if position >= text_columns else cells[index].ljust(size)
                               for position, ((_, cells), size) in enumerate(zip(columns, widths, strict=True)))
                      .rstrip())
     if left_out:

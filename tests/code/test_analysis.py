@@ -14,7 +14,7 @@ from scipy import stats
 from imgclf import progress
 from imgclf.config import params_from_dict
 from imgclf.errors import EvaluationError
-from imgclf.evaluation import analysis, comparison, evaluate
+from imgclf.evaluation import analysis, compare, comparison, evaluate
 
 pytestmark = pytest.mark.duration(seconds=10)  # about, under make test: orders the modules
 
@@ -120,7 +120,7 @@ def test_missing_or_mismatched_prediction_files_say_what_to_run(fake_probabiliti
 
 @pytest.mark.parametrize("num_classes", [2, 100])
 def test_analysis_run_end_to_end(write_prepared, fake_probabilities, write_evaluation, tmp_path, tiny_params_dict,
-                                 num_classes, monkeypatch, new_mlflow_store):
+                                 num_classes, monkeypatch, new_mlflow_store, exp_show_form):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", new_mlflow_store(tmp_path))
     class_names = [f"class {i} <{'long name ' * (i % 3)}>" for i in range(num_classes)]
     per_test = 12 if num_classes == 2 else 2
@@ -143,6 +143,7 @@ def test_analysis_run_end_to_end(write_prepared, fake_probabilities, write_evalu
                            out_dir=out, project_root=tmp_path)
 
     assert summary == json.loads((out / "summary.json").read_text())
+    assert [key for key in compare.flatten(summary) if exp_show_form.keeps(key)] == [], "`make exp-show` shows none"
     assert sum(summary[key] for key in analysis.OUTCOMES) == summary["test_images"] == len(labels)
     assert summary["accuracy_difference"] == pytest.approx(summary["transfer_accuracy"] - summary["scratch_accuracy"])
     assert 0 <= summary["mcnemar"]["p_value"] <= 1

@@ -15,7 +15,7 @@ import pytest
 from imgclf import artifacts
 from imgclf.config import params_from_dict
 from imgclf.errors import EvaluationError
-from imgclf.evaluation import calibration, evaluate
+from imgclf.evaluation import calibration, compare, evaluate
 from imgclf.pipeline import PROJECT_ROOT
 from imgclf.serving import serving
 from imgclf.training import models
@@ -135,7 +135,7 @@ def evaluate_project(write_prepared, tmp_path, tiny_params_dict, monkeypatch, ne
     return tmp_path, params_from_dict(tiny_params_dict)
 
 
-def test_evaluate_run_writes_scalar_dvc_metrics_details_and_logs_to_mlflow(evaluate_project):
+def test_evaluate_run_writes_scalar_dvc_metrics_details_and_logs_to_mlflow(evaluate_project, exp_show_form):
     root, params = evaluate_project
     out = root / "evaluate"
     evaluate.run(params, prepared_dir=root / "prepared", model_dirs={m: root / m for m in ("scratch", "transfer")},
@@ -147,6 +147,9 @@ def test_evaluate_run_writes_scalar_dvc_metrics_details_and_logs_to_mlflow(evalu
         assert {"accuracy", "loss", "macro_f1", "weighted_f1", "ece", "ece_calibrated", "temperature",
                 "images_per_second", "model_size_mb", "parameter_count"} <= set(values)
         assert values["test_images"] == 18
+    # `make exp-show` (Makefile) shows no metric of this file but the two test accuracies
+    assert {key for key in compare.flatten(metrics) if exp_show_form.keeps(key)} == {"scratch.accuracy",
+                                                                                   "transfer.accuracy"}
     details = json.loads((out / "details.json").read_text())
     assert set(details["scratch"]["per_class"]) == set(CLASSES)
     for name in ("scratch_predictions.csv", "transfer_probabilities.npz", "scratch_confusion.png",

@@ -107,11 +107,12 @@ def test_parallel_queued_experiments_record_in_the_project_store(copy_trained_pr
                              env=sandbox.environment(root), capture_output=True, text=True, check=False, timeout=300)
     assert compare.returncode == 0, compare.stderr
     lines = compare.stdout.splitlines()
-    assert lines[0].split()[:3] == ["experiment", "evaluate.calibration_bins", "evaluate.tta_flip"], compare.stdout
+    assert lines[0].split()[:4] == ["experiment", "state", "evaluate.calibration_bins", "evaluate.tta_flip"], \
+        compare.stdout
     assert all(len(line) <= 120 for line in lines), compare.stdout
     by_name = {line.split()[0]: line.split() for line in lines[2:] if line.split()}
-    assert by_name["sweep-flip"][1:3] == ["15", "true"] and by_name["sweep-bins"][1:3] == ["10", "false"], \
-        compare.stdout
+    assert by_name["sweep-flip"][1:4] == ["done", "15", "true"], compare.stdout
+    assert by_name["sweep-bins"][1:4] == ["done", "10", "false"], compare.stdout
     assert "McNemar p" in lines[0]
 
 
