@@ -82,12 +82,8 @@ def tracking_uri(project_root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store}"
 
 
-def runs_page(uri: str, experiment: str, *, base_url: str) -> str:
-    """The `mlflow ui` address that opens `experiment` on its training runs.
-
-    MLflow 3.17's UI shows GenAI pages (traces, all "No data") or model-training pages by a per-browser mode,
-    whatever the experiment's `mlflow.experimentKind` tag says. `make ui`'s server makes model training the default
-    (tracking_ui); the `workflowType` parameter opens the runs also in a browser switched to GenAI."""
+def ui_experiment_id(uri: str, experiment: str) -> str:
+    """The id of `experiment` in the store `mlflow ui` will show; a one-line error before the pipeline made it."""
     database = sqlite_path(uri)
     if database is not None and not database.is_file():  # MLflow would create an empty store there
         raise TrackingStoreError(f"no MLflow store at {database} yet: run the pipeline first (dvc repro)")
@@ -97,7 +93,16 @@ def runs_page(uri: str, experiment: str, *, base_url: str) -> str:
         where = uri.removeprefix(SQLITE_PREFIX)
         raise TrackingStoreError(f"no MLflow experiment {experiment!r} in {where} yet: run the pipeline first "
                                  "(dvc repro), or name another with mlflow.experiment in params.yaml")
-    return f"{base_url.rstrip('/')}/#/experiments/{found.experiment_id}?{WORKFLOW_TYPE_PARAM}={MACHINE_LEARNING}"
+    return found.experiment_id
+
+
+def runs_route(experiment_id: str) -> str:
+    """The UI's route (after `#`) of an experiment's training runs.
+
+    MLflow 3.17's UI shows GenAI pages (traces, all "No data") or model-training pages by a per-browser mode,
+    whatever the experiment's `mlflow.experimentKind` tag says. `make ui`'s server makes model training the default
+    (tracking_ui); the `workflowType` parameter opens the runs also in a browser switched to GenAI."""
+    return f"/experiments/{experiment_id}?{WORKFLOW_TYPE_PARAM}={MACHINE_LEARNING}"
 
 
 def sqlite_path(uri: str) -> Path | None:
