@@ -124,7 +124,8 @@ def evaluate_project(write_prepared, tmp_path, tiny_params_dict, monkeypatch, ne
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     meta = write_prepared(tmp_path / "prepared", class_names=CLASSES, per_class={"train": 2, "val": 4, "test": 6})
     mlflow.set_tracking_uri(store)
-    experiment = mlflow.create_experiment("evaluate-test")
+    # Artifacts in tmp_path: by default MLflow puts them in ./mlruns of the directory pytest runs in.
+    experiment = mlflow.create_experiment("evaluate-test", artifact_location=(tmp_path / "mlruns").as_uri())
     for name, classes in (("scratch", 3), ("transfer", 3)):
         models.save_model(_tiny_model(8, classes), tmp_path / name / artifacts.MODEL_FILE)
         with mlflow.start_run(experiment_id=experiment, tags={"model": name}) as run:
