@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--format", choices=["table", "json", "csv"], default="table", dest="output_format")
     predict.add_argument("--output", type=Path, help="write the predictions to this file (default: stdout)")
     predict.add_argument("--score-bars", type=Path, metavar="DIR", help="write one class-score PNG per image here")
-    ui = command("ui", help="start `mlflow ui` on the project's store and print the address of its training runs")
+    ui = command("ui", help="start `mlflow ui` on the project's store, opening on model training (not GenAI), and "
+                            "print the address of the experiment's training runs")
     ui.add_argument("--params", type=Path, default=Path("params.yaml"), help="names the experiment (mlflow.experiment)")
     ui.add_argument("--port", type=_port, default=5000)
     ui.add_argument("--address-only", action="store_true", help="print the address, start nothing")
@@ -114,14 +115,17 @@ def _run(arguments: argparse.Namespace) -> int:
         flat = config.flatten(overrides)
         print(" ".join(f"-S {key}={json.dumps(value, separators=(',', ':'))}" for key, value in flat.items()))
     elif arguments.command == "ui":
-        from imgclf import config, tracking
+        from imgclf import config, tracking, tracking_ui
 
         uri = tracking.tracking_uri(Path.cwd())
-        experiment = config.load_params(arguments.params).mlflow.experiment
-        print(tracking.runs_page(uri, experiment, base_url=f"http://127.0.0.1:{arguments.port}"), flush=True)
+        experiment_id = tracking.ui_experiment_id(uri, config.load_params(arguments.params).mlflow.experiment)
         if not arguments.address_only:
-            mlflow_program = str(Path(sys.executable).with_name("mlflow"))
-            os.execv(mlflow_program, [mlflow_program, "ui", "--backend-store-uri", uri, "--port", str(arguments.port)])
+            tracking_ui.require_installed()
+        print(f"http://127.0.0.1:{arguments.port}/#{tracking.runs_route(experiment_id)}", flush=True)
+        if not arguments.address_only:  # MLflow's server, its UI opening on the experiment's runs (tracking_ui)
+            os.execve(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                                       "--port", str(arguments.port), "--app-name", tracking_ui.APP_NAME],
+                      {**os.environ, tracking_ui.HOME_EXPERIMENT_ENV: experiment_id})
     elif arguments.command == "check-params":
         from imgclf import config
 

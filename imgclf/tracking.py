@@ -44,12 +44,21 @@ DVC_EXP_BASELINE_ENV = "DVC_EXP_BASELINE_REV"
 SQLITE_PREFIX = "sqlite:///"
 STORE_LOCK_SUFFIX = ".lock"
 STORE_LOCK_TIMEOUT_S = 120  # a first migration of a new store takes seconds on a busy machine
-# MLflow 3 opens an experiment on its GenAI overview (traces, tokens) unless it is marked as model development;
-# the values are the UI's ExperimentKind enum (mlflow/server/js).
+# What the experiment is, in the values of MLflow's ExperimentKind enum (mlflow/server/js). MLflow 3.17's UI does
+# not read it: it shows GenAI or model-training pages by a per-browser mode, which `make ui` sets (tracking_ui).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
+# The UI's mode (GenAI or model training) for one address, whatever the browser's own setting: `?workflowType=...`.
+WORKFLOW_TYPE_PARAM = "workflowType"
+MACHINE_LEARNING = "machine_learning"
 TEST_PREFIX = "test_"
 PREPARED_DIGEST_TAG = "data.prepared_digest"  # tracking.prepared_digest: the same images, the same digest
+# Keras names an epoch's training metrics bare (`accuracy`, `loss`) and the validation ones `val_<name>`; in MLflow
+# each metric says what it measures (`train_accuracy`, `val_accuracy`, `test_accuracy`). history.csv keeps Keras's
+# names (dvc.yaml's plots read them).
+TRAIN_PREFIX = "train_"
+VALIDATION_PREFIX = "val_"
+KERAS_TRAINING_METRICS = ("loss", "accuracy")  # the loss and the metric training/common.py compiles with
 # Written by DVC while the pipeline runs, so it never makes the code "dirty".
 GIT_DIRTY_IGNORED = ("dvc.lock",)
 
@@ -68,12 +77,8 @@ def tracking_uri(project_root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store}"
 
 
-def runs_page(uri: str, experiment: str, *, base_url: str) -> str:
-    """The `mlflow ui` address that opens `experiment` on its training runs.
-
-    MLflow 3.17's UI starts in its GenAI mode (traces, all "No data") whatever the experiment's
-    `mlflow.experimentKind` tag says: the mode is a per-browser setting that the `workflowType` URL parameter
-    overrides."""
+def ui_experiment_id(uri: str, experiment: str) -> str:
+    """The id of `experiment` in the store `mlflow ui` will show; a one-line error before the pipeline made it."""
     database = sqlite_path(uri)
     if database is not None and not database.is_file():  # MLflow would create an empty store there
         raise TrackingStoreError(f"no MLflow store at {database} yet: run the pipeline first (dvc repro)")
@@ -83,7 +88,16 @@ def runs_page(uri: str, experiment: str, *, base_url: str) -> str:
         where = uri.removeprefix(SQLITE_PREFIX)
         raise TrackingStoreError(f"no MLflow experiment {experiment!r} in {where} yet: run the pipeline first "
                                  "(dvc repro), or name another with mlflow.experiment in params.yaml")
-    return f"{base_url.rstrip('/')}/#/experiments/{found.experiment_id}?workflowType=machine_learning"
+    return found.experiment_id
+
+
+def runs_route(experiment_id: str) -> str:
+    """The UI's route (after `#`) of an experiment's training runs.
+
+    MLflow 3.17's UI shows GenAI pages (traces, all "No data") or model-training pages by a per-browser mode,
+    whatever the experiment's `mlflow.experimentKind` tag says. `make ui`'s server makes model training the default
+    (tracking_ui); the `workflowType` parameter opens the runs also in a browser switched to GenAI."""
+    return f"/experiments/{experiment_id}?{WORKFLOW_TYPE_PARAM}={MACHINE_LEARNING}"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -212,10 +226,23 @@ def _select_experiment(project_root: Path, uri: str, experiment: str) -> str:
 
 
 def _mark_model_development(experiment_id: str) -> None:
-    """Make `mlflow ui` open the experiment on its runs; a kind someone chose in the UI is kept."""
+    """Tag the experiment as model development (for clients that read the tag); a kind someone set is kept."""
     client = mlflow.MlflowClient()
     if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+
+
+def epoch_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """One epoch's history row as MLflow metrics: its float values, training metrics named `train_<name>`, and
+    the validation metrics first, `val_accuracy` leading.
+
+    The order matters: MLflow keeps a run's metrics in the order they were first logged, and the compare page's
+    parallel-coordinates plot starts on the first metric the compared runs share. Keras puts training accuracy
+    first, which made the plot open on the final training accuracy."""
+    metrics = {(TRAIN_PREFIX + key if key in KERAS_TRAINING_METRICS else key): value
+               for key, value in row.items() if isinstance(value, float)}
+    validation = sorted(key for key in metrics if key.startswith(VALIDATION_PREFIX))
+    return {key: metrics[key] for key in [*validation, *(key for key in metrics if key not in validation)]}
 
 
 def as_test_metric(key: str) -> str:

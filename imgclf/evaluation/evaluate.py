@@ -491,8 +491,7 @@ def _training_run_id(client: mlflow.MlflowClient, params: Params, *, name: str, 
                             tags={**tags, "stage": f"train_{name}", "model": name,
                                   "imgclf.recorded_run_id": recorded}) as run:
         for row in fitting.read_history(model_dir / HISTORY_FILE):
-            mlflow.log_metrics({key: value for key, value in row.items() if isinstance(value, float)},
-                               step=int(row["epoch"]))
+            mlflow.log_metrics(tracking.epoch_metrics(row), step=int(row["epoch"]))  # the names training logs
         if (model_dir / SUMMARY_FILE).is_file():
             mlflow.log_dict(fileio.read_json(model_dir / SUMMARY_FILE), SUMMARY_FILE)
         serving.log_model(model_dir / MODEL_FILE, meta, example_image())

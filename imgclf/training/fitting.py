@@ -297,7 +297,8 @@ class ValidateWithPopulationStatistics(keras.callbacks.Callback):
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """After each epoch: metrics, learning rate, epoch time and images/s to MLflow and to CSV files."""
+    """After each epoch: metrics, learning rate, epoch time and images/s to MLflow and to CSV files (Keras's metric
+    names in the CSV, `train_accuracy`-style names in MLflow: `tracking.epoch_metrics`)."""
 
     def __init__(self, csv_paths: list[Path], *, examples_per_epoch: int, rows: list[dict] | None = None,
                  phase: str = ""):
@@ -314,6 +315,8 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         import mlflow
 
+        from imgclf import tracking
+
         seconds = time.perf_counter() - self._started
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update({key: float(value) for key, value in (logs or {}).items() if key != "learning_rate"})
@@ -323,8 +326,7 @@ class EpochLogger(keras.callbacks.Callback):
         if self.phase:
             row["phase"] = self.phase
         self.rows.append(row)
-        mlflow.log_metrics({key: value for key, value in row.items() if isinstance(value, float)},
-                           step=int(row["epoch"]))
+        mlflow.log_metrics(tracking.epoch_metrics(row), step=int(row["epoch"]))  # train_accuracy, val_accuracy, ...
         for path in self.csv_paths:
             write_history(path, self.rows)
 

@@ -18,7 +18,7 @@ from imgclf.errors import EvaluationError
 from imgclf.evaluation import calibration, compare, evaluate
 from imgclf.pipeline import PROJECT_ROOT
 from imgclf.serving import serving
-from imgclf.training import models
+from imgclf.training import fitting, models
 
 pytestmark = pytest.mark.duration(seconds=20)  # about, under make test: orders the modules
 
@@ -124,7 +124,8 @@ def evaluate_project(write_prepared, tmp_path, tiny_params_dict, monkeypatch, ne
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     meta = write_prepared(tmp_path / "prepared", class_names=CLASSES, per_class={"train": 2, "val": 4, "test": 6})
     mlflow.set_tracking_uri(store)
-    experiment = mlflow.create_experiment("evaluate-test")
+    # Artifacts in tmp_path: by default MLflow puts them in ./mlruns of the directory pytest runs in.
+    experiment = mlflow.create_experiment("evaluate-test", artifact_location=(tmp_path / "mlruns").as_uri())
     for name, classes in (("scratch", 3), ("transfer", 3)):
         models.save_model(_tiny_model(8, classes), tmp_path / name / artifacts.MODEL_FILE)
         with mlflow.start_run(experiment_id=experiment, tags={"model": name}) as run:
@@ -163,6 +164,25 @@ def test_evaluate_run_writes_scalar_dvc_metrics_details_and_logs_to_mlflow(evalu
     assert scratch.data.tags["mlflow.parentRunId"] == runs["comparison"]
     assert {a.path for a in client.list_artifacts(runs["scratch"], "evaluation")} >= {
         "evaluation/scratch_predictions.csv", "evaluation/reliability.png"}
+
+
+def test_a_model_trained_with_another_store_gets_a_run_with_its_curves_under_the_training_names(evaluate_project):
+    """A model fetched with `dvc pull` names a run this store lacks: its history.csv is recorded in a new run, with
+    the names the training stages log (`train_accuracy`, not Keras's `accuracy`)."""
+    root, params = evaluate_project
+    (root / "scratch" / "run.json").write_text(json.dumps({"run_id": "0" * 32}))  # another machine's run
+    fitting.write_history(root / "scratch" / artifacts.HISTORY_FILE, [
+        {"epoch": epoch, "accuracy": 0.5 + epoch / 10, "loss": 1.0 / epoch, "val_accuracy": 0.5, "val_loss": 0.9,
+         "learning_rate": 0.001} for epoch in (1, 2)])
+    evaluate.run(params, prepared_dir=root / "prepared", model_dirs={m: root / m for m in ("scratch", "transfer")},
+                 out_dir=root / "evaluate", project_root=root)
+    run_id = json.loads((root / "evaluate" / "runs.json").read_text())["scratch"]
+    client = mlflow.MlflowClient()
+    recorded = client.get_run(run_id)
+    assert recorded.data.tags["imgclf.recorded_run_id"] == "0" * 32
+    assert [metric.value for metric in client.get_metric_history(run_id, "train_accuracy")] == pytest.approx([0.6, 0.7])
+    assert not {"accuracy", "loss"} & set(recorded.data.metrics)
+    assert next(iter(recorded.data.metrics)) == "val_accuracy"
 
 
 def test_evaluate_stage_refuses_a_model_for_other_classes_in_one_line(evaluate_project):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import keras
+import mlflow
 import numpy as np
 import pytest
 
@@ -105,3 +106,36 @@ def test_lr_finder_compiles_through_the_stage_compile_path(write_prepared, tmp_p
     assert (config.optimizer, config.label_smoothing, config.lr_schedule) == ("sgd", 0.1, "constant")
     assert kwargs["learning_rate"] == pytest.approx(1e-7)
     assert set(suggestions) == {"steepest", "min_loss_over_10"} and (tmp_path / "out" / "lr_find_scratch.csv").is_file()
+
+
+def test_epoch_logger_names_each_metric_by_its_split_and_logs_validation_first(tmp_path, params_dict,
+                                                                               new_mlflow_store):
+    """MLflow gets `train_accuracy` (Keras: `accuracy`) beside `val_accuracy`, and `val_accuracy` first: the compare
+    page's parallel-coordinates plot opens on the first metric the runs logged. history.csv keeps Keras's names,
+    which dvc.yaml's plots read."""
+    from imgclf import tracking
+    from imgclf.training import common
+
+    uri = new_mlflow_store(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = keras.utils.to_categorical((x[:, 0] > 0).astype(int), 2)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
+    common.compile_model(model, params_from_dict(params_dict).scratch, steps_per_epoch=4, jit_compile=False)
+    history = tmp_path / "history.csv"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with tracking.start_run(run_name="epoch-logger") as run:
+            model.fit(x, y, validation_data=(x[:16], y[:16]), batch_size=16, epochs=2, verbose=0,
+                      callbacks=[fitting.EpochLogger([history], examples_per_epoch=len(x))])
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    logged = list(client.get_run(run.info.run_id).data.metrics)
+    assert {"train_accuracy", "train_loss", "val_accuracy", "val_loss", "learning_rate"} <= set(logged)
+    assert not {"accuracy", "loss"} & set(logged), f"a metric that does not say its split: {logged}"
+    assert logged[0] == "val_accuracy", f"the compare page would open on {logged[0]}"
+    assert [metric.step for metric in client.get_metric_history(run.info.run_id, "train_accuracy")] == [1, 2]
+    assert {"epoch", "accuracy", "loss", "val_accuracy", "val_loss"} <= set(fitting.read_history(history)[0])

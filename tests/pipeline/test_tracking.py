@@ -136,10 +136,10 @@ def test_registry_versions_champion_and_reuse(project, store):
 
 
 @pytest.mark.slow
-def test_experiment_opens_on_runs_and_runs_show_their_data_set(project, store):
+def test_experiment_is_tagged_model_development_and_runs_show_their_data_set(project, store):
     client, runs, _ = store
     experiment = client.get_experiment(runs[0].info.experiment_id)
-    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_DEVELOPMENT  # not the GenAI overview
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_DEVELOPMENT  # says what it holds
     by_name = _by_name(runs)
     expected_contexts = {"scratch-cnn": "training", SMOKE_TRANSFER: "training", "comparison": "evaluation"}
     meta = json.loads((project / "data/prepared/meta.json").read_text())
@@ -160,7 +160,8 @@ def test_experiment_opens_on_runs_and_runs_show_their_data_set(project, store):
 
 def test_ui_command_prints_the_address_of_the_experiments_training_runs(tmp_path, monkeypatch, capsys, run_cli,
                                                                           params_dict, new_mlflow_store):
-    # MLflow 3.17's UI opens an experiment on its GenAI overview unless the address asks for model training.
+    # MLflow 3.17's UI opens an experiment on its GenAI overview unless the address or the browser asks for model
+    # training (tracking_ui sets the browser; test_ui_opens_on_runs opens the pages).
     uri = new_mlflow_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
