@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--format", dest="output_format", default="table", choices=["table", "json", "csv"])
     predict.add_argument("--top-k", type=float, default=5, help="classes listed per image")
     arguments = parser.parse_args(argv)
+    cli.quiet_unless_verbose(False)  # MLflow here, TensorFlow in the stages: IMGCLF_LOG_LEVEL=DEBUG shows everything
     root = Path.cwd()
 
     def body() -> int:
