@@ -130,12 +130,13 @@ trap 'rm -rf "$scratch"' EXIT
 
 # run_pipeline DVC_ARGS...: dvc with its and the stages' output passing through live, except that a stage's
 # refusal of something the user can fix (it prints one `error: ...` line and exits 2, imgclf/cli.py) becomes this
-# script's exit 2 with that line last, instead of DVC's "ERROR: failed to reproduce ..." and status 255.
+# script's exit 2 with that line last, instead of DVC's "ERROR: failed to reproduce ..." and status 255. DVC runs as
+# imgclf/dvc_cli.py: `dvc exp run` on a clone with no dvc.lock yet warns of nothing to check out for each output.
 run_pipeline() {
   local held="$scratch/held.err" status=0 failed message
   : >"$held"
   # stdout passes through; stderr goes through awk, which holds back `error:` lines and DVC's ERROR line.
-  { dvc "$@" 2>&1 1>&3 3>&- \
+  { python -m imgclf.dvc_cli "$@" 2>&1 1>&3 3>&- \
       | awk -v held="$held" '/^(error|ERROR): / { print > held; fflush(held); next } { print; fflush() }' >&2
   } 3>&1 || status=$?
   if [[ "$status" -eq 0 ]]; then

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import importlib.abc
+import importlib.util
 import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import yaml
@@ -27,7 +32,8 @@ PARAMS_TRACE_ENV = "IMGCLF_PARAMS_TRACE"
 # Log level of the stages and `python -m imgclf`; DEBUG (or `-v`) also lets TensorFlow and MLflow say everything.
 LOG_LEVEL_ENV = "IMGCLF_LOG_LEVEL"
 VERBOSE_FLAGS = ("-v", "--verbose")
-VERBOSE_HELP = "show everything: debug logs, TensorFlow's C++ info lines, MLflow's artifact transfer bars"
+VERBOSE_HELP = ("show everything: debug logs, TensorFlow's start-up and C++ info lines, MLflow's info lines and "
+                "artifact transfer bars")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Conditions a user can fix, shown as one line without a traceback; anything else is a bug and keeps it.
 _PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
@@ -39,8 +45,92 @@ def quiet_unless_verbose(verbose: bool) -> None:
     if verbose:
         os.environ[LOG_LEVEL_ENV] = "DEBUG"  # also for the processes this one starts (`imgclf smoke` runs dvc)
     if os.environ.get(LOG_LEVEL_ENV, "").upper() != "DEBUG":
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no C++ start-up banner (absl, oneDNN, CPU features)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no C++ info or warning lines (CPU features, ...)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one CR-redrawn line per file
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no "Creating initial MLflow database tables"
+        if "tensorflow" not in sys.modules and not any(isinstance(finder, _TensorFlowStartUp)
+                                                       for finder in sys.meta_path):
+            sys.meta_path.insert(0, _TensorFlowStartUp())
+
+
+# TF_CPP_MIN_LOG_LEVEL: the least severe C++ log line TensorFlow shows (0 info, 1 warning, 2 error, 3 fatal).
+_TF_SEVERITIES = "IWEF"
+# Abseil's line format: severity letter, date, time, thread, file:line]. TensorFlow 2.21 logs through Abseil.
+_ABSL_LINE = re.compile(rb"^(?P<severity>[IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] ")
+# Abseil's notice before the first line logged before absl::InitializeLog (TensorFlow never calls it).
+_ABSL_NOTICE = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+def tensorflow_start_up_lines(output: bytes, min_log_level: int) -> bytes:
+    """`output` (what loading TensorFlow wrote to stderr) without Abseil's lines below TF_CPP_MIN_LOG_LEVEL and
+    without Abseil's notice that logging was not initialised (level 1 and up); every other line is kept.
+
+    Why: TensorFlow 2.21 applies TF_CPP_MIN_LOG_LEVEL in a static initialiser of libtensorflow_framework.so
+    (logging_initializer.cc) that runs after another one (threadpool_device.cc) has already asked whether oneDNN
+    is on, which logs "oneDNN custom operations are on ..." at INFO; the profiler plugin, a second library with its
+    own copy of Abseil, never applies it. So two INFO lines and two notices print at any level, and only
+    TF_ENABLE_ONEDNN_OPTS=0, which turns oneDNN off (other numerics, slower), stops them at the source."""
+    if min_log_level <= 0:
+        return output
+    hidden = _TF_SEVERITIES[:min(min_log_level, len(_TF_SEVERITIES) - 1)]
+    kept = []
+    for line in output.splitlines(keepends=True):
+        match = _ABSL_LINE.match(line)
+        if line.rstrip(b"\r\n") == _ABSL_NOTICE or (match and match["severity"].decode() in hidden):
+            continue
+        kept.append(line)
+    return b"".join(kept)
+
+
+@contextlib.contextmanager
+def _stderr_filtered(keep: Callable[[bytes], bytes]) -> Iterator[None]:
+    """File descriptor 2 goes to a temporary file for the block (C++ code writes there, not to sys.stderr); then
+    `keep(what was written)` goes to the real stderr, in order. Without a usable stderr, nothing is filtered."""
+    with contextlib.ExitStack() as stack:
+        try:
+            saved = os.dup(2)
+            stack.callback(os.close, saved)
+            capture = stack.enter_context(tempfile.TemporaryFile())
+        except OSError:
+            yield
+            return
+        sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            capture.seek(0)
+            remaining = memoryview(keep(capture.read()))
+            while remaining:
+                remaining = remaining[os.write(2, remaining):]
+
+
+class _TensorFlowStartUp(importlib.abc.MetaPathFinder):
+    """Loads `tensorflow` (whoever imports it first: keras, a stage) with its start-up lines filtered by
+    `tensorflow_start_up_lines`, as TF_CPP_MIN_LOG_LEVEL asks; then steps aside (the libraries load once)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        with contextlib.suppress(ValueError):  # another thread's import got here first
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module  # this spec's own loader object: patching it changes no other import
+
+        def exec_module_filtered(module) -> None:
+            try:
+                min_log_level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+            except ValueError:
+                min_log_level = 0
+            with _stderr_filtered(lambda output: tensorflow_start_up_lines(output, min_log_level)):
+                exec_module(module)
+
+        spec.loader.exec_module = exec_module_filtered
+        return spec
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:

@@ -24,6 +24,9 @@ from imgclf.artifacts import CHAMPION, DVC_FILE  # CHAMPION: predict's default, 
 from imgclf.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# DVC's command line, run by this interpreter (the project's environment) without the warnings `dvc exp run` gives
+# on a fresh clone for outputs no stage has made yet (imgclf/dvc_cli.py).
+DVC = (sys.executable, "-m", "imgclf.dvc_cli")
 
 
 def stage_names(root: Path = PROJECT_ROOT) -> tuple[str, ...]:
@@ -62,21 +65,15 @@ def dvc_command(*, overrides: list[str], stage: str | None, name: str | None, gi
         raise PipelineError(f"unknown stage {stage!r}; one of: {', '.join(stage_names())}")
     targets = [stage] if stage else []
     if not overrides and not name:
-        return [_dvc(), "repro", *targets]
+        return [*DVC, "repro", *targets]
     if not git:
         raise PipelineError("overrides and experiment names need a git repository with a commit (they run "
                             "`dvc exp run`): `git init && git add . && git commit`, or edit params.yaml and run "
                             "without overrides")
-    command = [_dvc(), "exp", "run", *(["--name", name] if name else [])]
+    command = [*DVC, "exp", "run", *(["--name", name] if name else [])]
     for item in overrides:
         command += ["-S", item]
     return command + targets
-
-
-def _dvc() -> str:
-    """The dvc beside this interpreter (the project's environment), else the one on PATH."""
-    beside = Path(sys.executable).parent / "dvc"
-    return str(beside) if beside.exists() else "dvc"
 
 
 def _name_group_run(root: Path, *, stage: str | None, overrides: list[str]) -> None:
@@ -198,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--format", dest="output_format", default="table", choices=["table", "json", "csv"])
     predict.add_argument("--top-k", type=float, default=5, help="classes listed per image")
     arguments = parser.parse_args(argv)
+    cli.quiet_unless_verbose(False)  # MLflow here, TensorFlow in the stages: IMGCLF_LOG_LEVEL=DEBUG shows everything
     root = Path.cwd()
 
     def body() -> int:

@@ -127,7 +127,6 @@ def environment(root: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in INHERITED_MLFLOW_IDS}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(root) / 'mlflow.db'}"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["DVC_NO_ANALYTICS"] = "1"
     for key, value in GIT_IDENTITY.items():
         env.setdefault(key, value)

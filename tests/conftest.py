@@ -359,6 +359,10 @@ def _params_trace(trained: Path) -> Path:
     return trained.parent / "params_read.jsonl"
 
 
+def _repro_log(trained: Path) -> Path:
+    return trained.parent / "repro.log"
+
+
 def _build_trained(folder: Path) -> None:
     from imgclf import cli, sandbox
 
@@ -366,9 +370,11 @@ def _build_trained(folder: Path) -> None:
     # Each stage records the params keys it read (tests/code/test_deps.py compares them with its PARAMS).
     os.environ[cli.PARAMS_TRACE_ENV] = str(_params_trace(root))
     try:
-        sandbox.dvc(root, "repro")
+        result = sandbox.dvc(root, "repro")
     finally:
         del os.environ[cli.PARAMS_TRACE_ENV]
+    # What `dvc repro` printed: DVC's lines (stdout), then the stages' logs (stderr). tests/pipeline/test_quiet.py.
+    _repro_log(root).write_text(result.stdout + result.stderr, encoding="utf-8")
     sandbox.commit(root, "pipeline run")
 
 
@@ -434,6 +440,12 @@ def trained_project(tmp_path_factory) -> Path:
 def params_trace(trained_project) -> Path:
     """Where `trained_project`'s stages recorded the params keys they read, one JSON line per stage run."""
     return _params_trace(trained_project)
+
+
+@pytest.fixture(scope="session")
+def repro_log(trained_project) -> str:
+    """What `trained_project`'s `dvc repro` printed: its stdout (DVC's lines), then its stderr (the stages' logs)."""
+    return _repro_log(trained_project).read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="session")

@@ -111,6 +111,8 @@ def test_a_stage_refusal_is_the_scripts_one_line_exit_2(tmp_path, overrides):
     assert "does not exist" in last_line
     assert "failed to reproduce" not in result.stderr and "Traceback" not in result.stderr
     assert "nothing to pull" in result.stderr and "No remote provided" not in result.stderr
+    # `dvc exp run` first checks out what dvc.lock records: nothing yet, and no warning per output about it.
+    assert "No file hash info" not in result.stderr and "WARNING" not in result.stderr
     assert not (root / "data" / "raw").exists()
 
 

@@ -405,7 +405,7 @@ def test_mlproject_run_keeps_dvcs_status_and_words_for_a_crash(tmp_path, capsys)
     from imgclf import pipeline
 
     (tmp_path / "dvc.yaml").write_text('stages:\n  crash:\n    cmd: "echo error: boom >&2 && exit 1"\n')
-    subprocess.run([pipeline._dvc(), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=120)
+    subprocess.run([*pipeline.DVC, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=120)
     status = pipeline.run_pipeline(tmp_path)
     err = capsys.readouterr().err
     assert status == 255 and "error: boom" in err and "failed to reproduce 'crash'" in err and "exited with 1" in err

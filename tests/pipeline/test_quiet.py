@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
 
 import keras
+import pytest
 
 from imgclf import artifacts
 from imgclf.config import params_from_dict
@@ -35,29 +37,90 @@ def test_validation_evaluates_without_running_out_of_data(tmp_path, params_dict,
             model.evaluate(validation, verbose=0)
 
 
-QUIET_VARIABLES = ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "IMGCLF_LOG_LEVEL")
+QUIET_VARIABLES = ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLFLOW_LOGGING_LEVEL",
+                   "IMGCLF_LOG_LEVEL")
 
 
 def clean_environment(extra: dict[str, str]) -> dict[str, str]:
     return {**{key: value for key, value in os.environ.items() if key not in QUIET_VARIABLES}, **extra}
 
 
-def stage_environment(extra: dict[str, str], argv: tuple[str, ...] = ()) -> dict[str, str]:
-    """os.environ as a stage sees it after `import stages`, with `argv` on its command line."""
+def stage_environment(extra: dict[str, str], argv: tuple[str, ...] = ()) -> dict[str, str | bool | None]:
+    """os.environ as a stage sees it after `import stages`, with `argv` on its command line, and whether TensorFlow
+    will load with its start-up lines filtered (`filtered`)."""
     code = ("import json, os, sys; sys.argv[1:] = json.loads(sys.argv[1]); import stages; "
-            "print(json.dumps({k: os.environ.get(k) for k in ('TF_CPP_MIN_LOG_LEVEL', "
-            "'MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR')}))")
+            f"state = {{k: os.environ.get(k) for k in {QUIET_VARIABLES[:-1]!r}}}; "
+            "state['filtered'] = any(type(f).__name__ == '_TensorFlowStartUp' for f in sys.meta_path); "
+            "print(json.dumps(state))")
     result = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], cwd=PROJECT_ROOT,
                             env=clean_environment(extra), capture_output=True, text=True, check=True, timeout=60)
     return json.loads(result.stdout)
 
 
 def test_stages_are_quiet_unless_debug_or_verbose():
-    assert stage_environment({}) == {"TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    everything = {"TF_CPP_MIN_LOG_LEVEL": None, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": None}
+    assert stage_environment({}) == {"TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                                     "MLFLOW_LOGGING_LEVEL": "WARNING", "filtered": True}
+    everything = {"TF_CPP_MIN_LOG_LEVEL": None, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": None,
+                  "MLFLOW_LOGGING_LEVEL": None, "filtered": False}
     assert stage_environment({"IMGCLF_LOG_LEVEL": "DEBUG"}) == everything
     assert stage_environment({}, argv=("--out", "x", "-v")) == everything
     assert stage_environment({}, argv=("--verbose",)) == everything
+
+
+# What TensorFlow 2.21 writes to stderr while it loads, at any TF_CPP_MIN_LOG_LEVEL, on a CPU where oneDNN is on:
+# the second pair comes from the profiler plugin's own copy of Abseil. The E line, a warnings line and a line of
+# the importing code's own are made up: all three must stay.
+TENSORFLOW_LOADING = (
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    b"I0000 00:00:1796517736.035379    9552 port.cc:153] oneDNN custom operations are on. You may see slightly "
+    b"different numerical results due to floating-point round-off errors from different computation orders. To turn "
+    b"them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.\n"
+    b"/x/keras/src/export.py:9: UserWarning: something the user should see\n"
+    b"W0000 00:00:1796517736.100000    9552 cuda_dnn.cc:8] a warning\n"
+    b"E0000 00:00:1796517736.200000    9552 cuda_dnn.cc:9] an error\n"
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    b"I0000 00:00:1796517737.950723    9552 port.cc:153] oneDNN custom operations are on.\n"
+    b"I0000 is not a log line of Abseil's\n"
+)
+
+
+def test_tensorflow_start_up_lines_follow_tf_cpp_min_log_level():
+    from imgclf import cli
+
+    def severities(level: int) -> list[str]:
+        return [line[:5].decode() for line in cli.tensorflow_start_up_lines(TENSORFLOW_LOADING, level).splitlines()]
+
+    assert cli.tensorflow_start_up_lines(TENSORFLOW_LOADING, 0) == TENSORFLOW_LOADING  # everything, as TF says
+    assert severities(1) == ["/x/ke", "W0000", "E0000", "I0000"]
+    assert severities(2) == ["/x/ke", "E0000", "I0000"]  # the default: no banner, errors and the rest kept
+    assert severities(3) == ["/x/ke", "I0000"]
+
+
+# The lines of a `dvc repro` that are the project's own: its log lines (cli.LOG_FORMAT), DVC's progress through the
+# stages and its closing hints, and Keras' line per epoch that the training stages ask for (progress.keras_verbose).
+PROJECT_LINES = re.compile("|".join((
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) (imgclf|stages)[\w.]*: .*",
+    r"Running stage '\w+':", r"> python -m stages\.\w+ .*", r"(Generating|Updating) lock file 'dvc\.lock'",
+    r"To track the changes with git, run:", r"\tgit add .*", r"To enable auto staging, run:",
+    r"\tdvc config core\.autostage true", r"Use `dvc push` to send your updates to remote storage\.",
+    r"Epoch \d+/\d+", r"\d+/\d+ - \d+m?s - \d+m?s/step - .*",
+)))
+# Printed by mlflow.register_model (a print, not a logger MLFLOW_LOGGING_LEVEL quiets) when the evaluate stage
+# registers a new model version; the stage's own `registry: ...` line says the same after them.
+MLFLOW_REGISTRY_LINES = re.compile(r"Successfully registered model 'imgclf-\w+'\.|Created version '\d+' of model "
+                                   r"'imgclf-\w+'\.")
+
+
+@pytest.mark.slow
+def test_a_pipeline_runs_log_holds_only_the_projects_lines(repro_log):
+    """No TensorFlow start-up banner, no MLflow database or signature notes, no DVC warning: a user reads only
+    what the project says. The count of the other lines must be zero."""
+    if os.environ.get("IMGCLF_LOG_LEVEL", "").upper() == "DEBUG":
+        pytest.skip("IMGCLF_LOG_LEVEL=DEBUG: the pipeline run was verbose on purpose")
+    others = [line for line in repro_log.splitlines()
+              if line.strip() and not PROJECT_LINES.fullmatch(line) and not MLFLOW_REGISTRY_LINES.fullmatch(line)]
+    assert len(others) == 0, "lines of `dvc repro` that are not the project's own:\n" + "\n".join(others)
+    assert "Running stage 'train_scratch':" in repro_log and " INFO imgclf.evaluation.evaluate: " in repro_log
 
 
 def _debug_lines(command: list[str], cwd) -> list[str]:
