@@ -18,7 +18,6 @@ from imgclf import sandbox
 from imgclf.data import fingerprint
 from imgclf.errors import DataSourceError
 from imgclf.pipeline import PROJECT_ROOT
-from tests.pipeline.test_sweeps import dvc_as_user
 
 QUEUE_SECONDS = 600
 
@@ -49,7 +48,7 @@ def _wait_for_queue(root: Path, names: list[str]) -> str:
                                                                for n in names):
             break
         time.sleep(1)
-    return dvc_as_user(root, "queue", "status").stdout
+    return sandbox.dvc(root, "queue", "status").stdout
 
 
 @pytest.mark.slow(seconds=90)
@@ -81,14 +80,14 @@ def test_no_git_or_dvc_command_writes_to_the_users_archive_or_folder(tmp_path, w
     # Queued experiments, two at a time, in DVC's temporary copies: a relative data.path is the project's.
     queued = {"on-folder": "data.path=photos", "on-archive": "data.max_extracted_mb=900"}
     for name, assignment in queued.items():
-        _ok(dvc_as_user(root, "exp", "run", "--queue", "--name", name, "-S", assignment))
+        _ok(sandbox.dvc(root, "exp", "run", "--queue", "--name", name, "-S", assignment))
     unchanged("dvc exp run --queue")
-    assert dvc_as_user(root, "queue", "start", "--jobs", "2", capture=False).returncode == 0
+    sandbox.dvc(root, "queue", "start", "--jobs", "2", capture=False)
     try:
         status = _wait_for_queue(root, list(queued))
     finally:
-        dvc_as_user(root, "queue", "stop")
-    logs = "\n".join(dvc_as_user(root, "queue", "logs", name).stdout for name in queued)
+        sandbox.dvc(root, "queue", "stop", check=False)
+    logs = "\n".join(sandbox.dvc(root, "queue", "logs", name, check=False).stdout for name in queued)
     assert status.count("Success") == 2, f"{status}\n{logs[-6000:]}"
     unchanged("dvc queue start --jobs 2")
     assert not sandbox.run_git(root, "stash", "list").stdout, "no stash entry left behind"
