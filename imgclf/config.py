@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import types
 import typing
 from pathlib import Path
@@ -178,7 +179,7 @@ class MlflowConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    seed: int = _field(42, minimum=0)
+    seed: int = _field(42, minimum=0, maximum=2**32 - 1)  # NumPy's and TensorFlow's seed range
     deterministic: bool = False
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     preprocess: PreprocessConfig = dataclasses.field(default_factory=PreprocessConfig)
@@ -326,6 +327,8 @@ def _convert(annotation: Any, value: Any, *, key: str, source: str) -> Any:
             return value
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # .nan would pass every range check (NaN compares false) and .inf mean nothing
+                raise ConfigError(f"{source}: {key}: expected a finite number, got {value!r}")
             return float(value)
     elif annotation is str and isinstance(value, str):
         return value

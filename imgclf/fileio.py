@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,22 @@ def umask_mode(base: int = 0o666) -> int:
     return base & ~current
 
 
+class SpecialFileError(IsADirectoryError):
+    """A write target that is a device, FIFO or socket: renaming a file over it would replace the node itself
+    (as root, `--output /dev/null` would replace /dev/null). An OSError subclass the error policy shows in one line."""
+
+
+def refuse_special_target(path: Path) -> None:
+    """Refuse a target that exists and is neither a regular file nor a link (a link is replaced, not followed)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
+        raise SpecialFileError(f"{path} is {kind}, not a file; give the path of a file to write")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a fresh hidden file name beside `path` to write; it is renamed to `path` only if the body succeeds.
@@ -35,6 +52,7 @@ def atomic_path(path: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     plain open() would give (mkstemp's is 0600); `suffix` keeps an extension a writer insists on (`.keras`).
     On any exception the temporary file is removed and `path` is untouched."""
     path = Path(path)
+    refuse_special_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(descriptor)

@@ -14,6 +14,7 @@ Images already at the target size are not resampled.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +24,9 @@ from PIL import Image, ImageOps
 
 # A decompression bomb is refused by Pillow beyond this many pixels; photos are far smaller.
 Image.MAX_IMAGE_PIXELS = 178_956_970
+# The raster formats Pillow decodes in-process. Never every format Pillow knows: it hands PostScript (EPS) to the
+# Ghostscript program, so a file named photo.jpg would start an external program on untrusted bytes.
+RASTER_FORMATS = ("BMP", "DIB", "GIF", "ICO", "JPEG", "MPO", "PCX", "PNG", "PPM", "SGI", "TGA", "TIFF", "WEBP")
 
 
 class ImageDecodeError(ValueError):
@@ -35,7 +39,7 @@ def decode_file(path: Path | BinaryIO, *, image_size: int, resize: str, channels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path, formats=_raster_formats()) as image:
                 # JPEG draft mode decodes at a reduced scale when the target is much smaller: a large speedup
                 # for photos, and the result is resampled below anyway.
                 image.draft("RGB" if channels == 3 else "L", (image_size, image_size))
@@ -46,6 +50,13 @@ def decode_file(path: Path | BinaryIO, *, image_size: int, resize: str, channels
             Image.DecompressionBombError) as error:
         reason = str(error) or type(error).__name__
         raise ImageDecodeError(f"{type(error).__name__}: {reason}") from error
+
+
+@functools.cache
+def _raster_formats() -> tuple[str, ...]:
+    """RASTER_FORMATS that this Pillow build decodes (`Image.open` fails on a name no plugin registered)."""
+    Image.init()
+    return tuple(name for name in RASTER_FORMATS if name in Image.OPEN)
 
 
 def to_pixels(image: Image.Image, *, image_size: int, resize: str, channels: int = 3) -> np.ndarray:

@@ -389,7 +389,6 @@ def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path]
                                      training_accuracy=final_training_accuracy(model_dirs[name]),
                                      validation_accuracy=validation_accuracy,
                                      validation_images=len(validation.labels) if validation is not None else 0)
-        result["validation_accuracy"] = validation_accuracy
         validations[name] = validation if validation is not None and len(validation.labels) else None
         if validations[name] is not None:
             write_validation_predictions(out_dir / validation_predictions_file(name), validations[name])
@@ -503,24 +502,26 @@ def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str
               validations: dict[str, Predictions | None]) -> dict:
     """Register both models (reusing the version of an unchanged model file), then apply the promotion policy to
     this run's candidate (`promotion`): `champion` or `challenger`, with the decision as tags on its version."""
+    validation_accuracy = {name: None if validations[name] is None else float(np.mean(
+        validations[name].probabilities.argmax(axis=1) == validations[name].labels)) for name in MODEL_NAMES}
     versions, entries = {}, {}
     for name in MODEL_NAMES:
         metrics = all_metrics[name]
         version_tags = {"test_accuracy": f"{metrics['accuracy']:.6f}", "comparison_run_id": comparison_id,
                         **{key: tags[key] for key in ("git.commit", "dvc.experiment", tracking.PREPARED_DIGEST_TAG)
                            if key in tags}}
-        if metrics["validation_accuracy"] is not None:
-            version_tags["val_accuracy"] = f"{metrics['validation_accuracy']:.6f}"
+        if validation_accuracy[name] is not None:
+            version_tags["val_accuracy"] = f"{validation_accuracy[name]:.6f}"
         version, created = tracking.register(client, name=tracking.REGISTERED_MODELS[name], run_id=run_ids[name],
                                              model_file=Path(model_dirs[name]) / MODEL_FILE, tags=version_tags)
         versions[name] = version
         entries[name] = {"name": version.name, "version": int(version.version), "created": created,
                          "run_id": run_ids[name], "test_accuracy": float(metrics["accuracy"]),
-                         "val_accuracy": metrics["validation_accuracy"],
+                         "val_accuracy": validation_accuracy[name],
                          "model_sha256": version.tags.get(tracking.MODEL_SHA_TAG)}
         log.info("registry: %s version %s (%s)", version.name, version.version, "new" if created else "unchanged")
 
-    candidate = promotion.candidate_of({name: all_metrics[name]["validation_accuracy"] for name in MODEL_NAMES},
+    candidate = promotion.candidate_of(validation_accuracy,
                                        {name: all_metrics[name]["parameter_count"] for name in MODEL_NAMES})
     if candidate is None:
         decision = promotion.Decision("none", "no validation images (data.val_fraction is 0): the registry's "

@@ -169,6 +169,8 @@ def run(paths: Sequence[Path], *, model: str, meta: Path, top_k: int, output_for
     # Checked before any work, so a mistyped option never costs a long run.
     if output is not None and Path(output).is_dir():
         raise UserError(f"--output {output} is a directory; give a file name, e.g. {Path(output) / 'predictions.csv'}")
+    if output is not None:
+        fileio.refuse_special_target(Path(output))  # a device node would be replaced by the results file
     if score_bars is not None and Path(score_bars).exists() and not Path(score_bars).is_dir():
         raise UserError(f"--score-bars {score_bars} exists and is not a folder; give a folder for the PNGs")
     missing = [str(path) for path in paths if not Path(path).exists()]

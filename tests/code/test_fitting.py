@@ -126,6 +126,8 @@ def test_epoch_logger_names_each_metric_by_its_split_and_logs_validation_first(t
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
+        # An experiment of this store: another test in this worker may have left MLFLOW_EXPERIMENT_ID set.
+        mlflow.set_experiment("epoch-logger")
         with tracking.start_run(run_name="epoch-logger") as run:
             model.fit(x, y, validation_data=(x[:16], y[:16]), batch_size=16, epochs=2, verbose=0,
                       callbacks=[fitting.EpochLogger([history], examples_per_epoch=len(x))])

@@ -482,3 +482,55 @@ def test_download_on_a_full_disk_says_how_much_space_and_leaves_no_part_file(sma
     with pytest.raises(DataSourceError, match=rf"no space left on {small_disk}, need about 6 MB"):
         download.download(f"{http_server.url}/big.tar.gz", small_disk / "big.tar.gz", sha256=None)
     assert list(small_disk.iterdir()) == []
+
+
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n"
+
+
+def test_a_postscript_file_named_jpg_never_starts_an_external_program(tmp_path):
+    """Pillow hands EPS to Ghostscript; only raster formats are opened, so a `gs` on PATH is never run."""
+    marker = tmp_path / "gs-ran"
+    fake = tmp_path / "bin" / "gs"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    (tmp_path / "photo.jpg").write_bytes(POSTSCRIPT)
+    script = ("import sys; from pathlib import Path; from imgclf.data import images\n"
+              "try:\n    images.decode_file(Path(sys.argv[1]), image_size=8, resize='pad')\n"
+              "except images.ImageDecodeError as error:\n    print('skipped:', error)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "photo.jpg")], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"},
+                            cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("skipped: UnidentifiedImageError"), result.stdout
+    assert not marker.exists(), "Ghostscript was started on the file"
+
+
+def test_predict_refuses_a_device_as_output_before_any_work(tmp_path, capsys, tiny_model, write_image_folder):
+    model, meta = tiny_model
+    photos = write_image_folder(tmp_path / "photos", {"cat": 1}, size=8)
+    device = Path("/dev/null")
+    before = os.stat(device)
+    status, err = _cli(capsys, "predict", str(photos), "--model", str(model), "--meta", str(meta), "--output",
+                       str(device))
+    assert status == 2 and err.startswith("error: /dev/null is a device, FIFO or socket") and err.count("\n") == 1
+    after = os.stat(device)
+    assert stat.S_ISCHR(after.st_mode) and (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(fileio.SpecialFileError):
+        fileio.atomic_write_text(fifo, "x")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+@pytest.mark.parametrize(("key", "value"), [("data.max_extracted_mb", float("nan")), ("scratch.learning_rate",
+                                            float("nan")), ("data.val_fraction", float("inf")),
+                                            ("analysis.confidence_level", float("nan")), ("seed", 2**32)])
+def test_nan_infinity_and_out_of_range_seeds_are_refused_by_the_params_check(tiny_params_dict, key, value):
+    from imgclf.config import ConfigError
+
+    section, _, field = key.rpartition(".")
+    params = json.loads(json.dumps(tiny_params_dict))
+    (params[section] if section else params)[field] = value
+    with pytest.raises(ConfigError, match=r"finite number|expected a value"):
+        params_from_dict(params, source="params.yaml")

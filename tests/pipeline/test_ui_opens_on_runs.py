@@ -19,7 +19,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from imgclf import tracking
+from imgclf import tracking, workspace
 from imgclf.config import load_params
 from imgclf.pipeline import PROJECT_ROOT
 from imgclf.training import common, fitting
@@ -58,7 +58,7 @@ def ui(tmp_path_factory, new_mlflow_store, free_port, running_server):
     uri = new_mlflow_store(project)
     previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as patch:
-        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", tracking.DVC_ROOT_ENV, tracking.DVC_EXP_NAME_ENV):
+        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", workspace.DVC_ROOT_ENV, tracking.DVC_EXP_NAME_ENV):
             patch.delenv(variable, raising=False)
         experiment_id = tracking.configure(project, load_params(project / "params.yaml").mlflow.experiment)
         run_ids = [_log_training_run(name, seed) for seed, name in enumerate(RUN_NAMES)]
@@ -67,7 +67,7 @@ def ui(tmp_path_factory, new_mlflow_store, free_port, running_server):
     port = free_port()
     log = project / "ui.log"
     environment = {key: value for key, value in os.environ.items()
-                   if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", tracking.DVC_ROOT_ENV)}
+                   if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", workspace.DVC_ROOT_ENV)}
     with running_server([sys.executable, "-m", "imgclf", "ui", "--port", str(port)],
                         ready_url=f"http://127.0.0.1:{port}/health", cwd=project, env=environment, log_path=log,
                         start_seconds=SERVER_START_SECONDS):
