@@ -455,12 +455,19 @@ def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_
             "training_curves": out_dir / artifacts.TRAINING_CURVES_PLOT}.items() if path.is_file()},
         galleries=galleries(table, selections, pixels, label_error_confidence=settings.label_error_confidence),
         score_bars=score_items,
-        thumbnail_size=settings.thumbnail_size)
+        thumbnail_size=settings.thumbnail_size,
+        registry=_registry(Path(evaluate_dir)))
     fileio.atomic_write_text(out_dir / REPORT_FILE, report.render_html(inputs))
     fileio.atomic_write_text(out_dir / MARKDOWN_FILE, report.render_markdown(inputs, report_name=REPORT_FILE))
     _log_to_mlflow(summary, evaluate_dir=Path(evaluate_dir), out_dir=out_dir, project_root=project_root)
     log.info("%s", comparison.verdict(summary, degenerate=report.degenerate_models(inputs.metrics)))
     return summary
+
+
+def _registry(evaluate_dir: Path) -> dict | None:
+    """runs.json's `registry` (what the promotion policy decided), None without one (evaluate ran elsewhere)."""
+    path = evaluate_dir / RUNS_FILE
+    return fileio.read_json(path).get("registry") if path.is_file() else None
 
 
 def _log_to_mlflow(summary: dict, *, evaluate_dir: Path, out_dir: Path, project_root: Path) -> None:

@@ -534,9 +534,9 @@ def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str
             tracking.move_alias(client, decision.alias, versions[candidate])
         for key, value in decision.tags().items():
             client.set_model_version_tag(versions[candidate].name, versions[candidate].version, key, value)
-    log.info("registry: %s %s", f"{versions[candidate].name} version {versions[candidate].version} (this run's "
-             f"better model on validation) becomes the {decision.alias}:" if candidate else "nothing promoted:",
-             decision.reason)
+    log.info("registry: %s", f"{versions[candidate].name} version {versions[candidate].version} (this run's better "
+             f"model on validation): {decision.alias} ({decision.reason})" if candidate
+             else f"nothing promoted: {decision.reason}")
     champion = tracking.current_champion(client)
     champion_model = next((model for model, name in tracking.REGISTERED_MODELS.items()
                            if champion is not None and champion.name == name), None)

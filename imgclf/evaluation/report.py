@@ -78,6 +78,21 @@ class ReportInputs:
     score_bars: list[ScoreBars]
     thumbnail_size: int = 96
     title: str = "From scratch or transfer learning?"
+    registry: dict | None = None  # runs.json's `registry`: the promotion decision and the champion after it
+
+
+def registry_sentence(registry: dict | None) -> str | None:
+    """One sentence on what the evaluate stage's promotion policy decided (imgclf.evaluation.promotion)."""
+    if not registry or "decision" not in registry:
+        return None
+    decision, candidate = registry["decision"], registry.get("candidate")
+    champion = (f"{registry['champion_uri']} (version {registry['champion_version']})" if registry.get("champion_uri")
+                else "no model")
+    if candidate is None:
+        return f"Registry: {decision['reason']}; the champion is {champion}."
+    entry = registry["models"][candidate]
+    return (f"Registry decision for this run's better model on validation, {entry['name']} version "
+            f"{entry['version']}: {decision['alias']} ({decision['reason']}). The champion served: {champion}.")
 
 
 # ---------------------------------------------------------------------------------------------------- images
@@ -308,7 +323,9 @@ def _headline_html(inputs: ReportInputs) -> str:
             '<p class="note">McNemar\'s test uses only the images exactly one model gets right (the off-diagonal '
             "cells); the interval is a paired bootstrap over test images.</p>"
             f'<p class="note">Data: {_e(data.get("source", ""))}, {len(inputs.class_names)} classes, '
-            f'{_e(data.get("image_size", ""))} px images; {_e(split_text)}.</p>{warning}</section>')
+            f'{_e(data.get("image_size", ""))} px images; {_e(split_text)}.</p>{warning}'
+            + (f'<p class="note" id="registry">{_e(sentence)}</p>' if (sentence := registry_sentence(inputs.registry))
+               else "") + "</section>")
 
 
 def _metrics_html(inputs: ReportInputs) -> str:
@@ -435,5 +452,6 @@ def render_markdown(inputs: ReportInputs, *, report_name: str = "report.html") -
               f"right {summary['only_scratch_right']}, only transfer right {summary['only_transfer_right']}, both "
               f"wrong {summary['both_wrong']}."
               + (f" Possible label errors: {label_errors}." if label_errors is not None else ""),
+              *(["", sentence] if (sentence := registry_sentence(inputs.registry)) else []),
               "", f"Full report with galleries: `{report_name}` (also an MLflow artifact of the comparison run).", ""]
     return "\n".join(lines)

@@ -78,3 +78,15 @@ def test_aliases_move_between_the_two_registered_models_on_a_real_store(tmp_path
     recorded = tracking.evaluation_artifact(client, versions["scratch"].run_id, "scratch_validation_predictions.npz")
     assert list(recorded["ids"]) == [0, 1, 2, 3]
     assert tracking.evaluation_artifact(client, versions["scratch"].run_id, "absent.npz") is None
+
+
+def test_the_report_says_what_the_registry_decided():
+    from imgclf.evaluation import report
+
+    registry = {"candidate": "transfer", "champion_uri": "models:/imgclf-scratch@champion", "champion_version": 1,
+                "decision": {"alias": "challenger", "reason": "not significantly better than the champion: ..."},
+                "models": {"transfer": {"name": "imgclf-transfer", "version": 3}}}
+    sentence = report.registry_sentence(registry)
+    assert "imgclf-transfer version 3: challenger (not significantly better" in sentence
+    assert sentence.endswith("The champion served: models:/imgclf-scratch@champion (version 1).")
+    assert report.registry_sentence(None) is None
