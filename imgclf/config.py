@@ -59,6 +59,7 @@ class DataConfig:
     synthetic_image_size: int = _field(32, minimum=8, maximum=512)
     max_extracted_mb: float = _field(20480.0, minimum=1.0)
     max_expansion_ratio: float = _field(100.0, minimum=1.0)
+    max_archive_members: int = _field(200_000, minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)

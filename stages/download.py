@@ -5,7 +5,8 @@ from imgclf.data import archives, fingerprint, sources
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
 PARAMS = ("seed", "data.source", "data.path", "data.sha256", "data.synthetic_classes", "data.synthetic_per_class",
-          "data.synthetic_image_size", "data.max_extracted_mb", "data.max_expansion_ratio")
+          "data.synthetic_image_size", "data.max_extracted_mb", "data.max_expansion_ratio",
+          "data.max_archive_members")
 
 
 def main() -> None:
@@ -20,7 +21,8 @@ def main() -> None:
                              synthetic_per_class=data.synthetic_per_class,
                              synthetic_image_size=data.synthetic_image_size,
                              limits=archives.ExtractionLimits(max_extracted_mb=data.max_extracted_mb,
-                                                              max_expansion_ratio=data.max_expansion_ratio))
+                                                              max_expansion_ratio=data.max_expansion_ratio,
+                                                              max_members=data.max_archive_members))
 
     cli.stage(__doc__, PARAMS, {"out": "raw data directory to write",
                                 "download_dir": "where downloaded archives are kept between runs"}, body)

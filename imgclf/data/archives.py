@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import re
 import stat
@@ -26,13 +27,24 @@ class ExtractionLimits:
 
     Checked member by member while extracting; `max_expansion_ratio` compares what is written with the
     archive's size and only applies past the first `_RATIO_FREE_BYTES` (tiny archives compress well too).
+    `max_members` is checked on the archive's listing, before anything is extracted: 300,000 empty files write
+    no bytes, so only a count stops them (140 s of file creation, and the inodes).
     """
 
     max_extracted_mb: float = 20480.0  # data.max_extracted_mb
     max_expansion_ratio: float = 100.0  # data.max_expansion_ratio
+    max_members: int = 200_000  # data.max_archive_members: files and folders; CIFAR-10 as JPEGs has 60,000
+
+    def max_archive_bytes(self) -> int:
+        """The most an archive within these limits can weigh: its content, each member's headers and padding
+        (a tar header and long-name records, a zip's local and central entries) and compression's worst case.
+        A download bigger than this could never extract, so it is stopped there (an endless body included)."""
+        content = self.max_extracted_mb * (1 << 20)
+        return math.ceil(content * 1.01) + self.max_members * _MEMBER_OVERHEAD_BYTES + (1 << 20)
 
 
 _RATIO_FREE_BYTES = 16 << 20
+_MEMBER_OVERHEAD_BYTES = 4096
 
 
 class _ExtractionBudget:
@@ -42,6 +54,14 @@ class _ExtractionBudget:
         self.archive, self.limits = archive, limits
         self.archive_bytes = max(1, archive.stat().st_size)
         self.written = 0
+
+    def count_member(self, count: int) -> None:
+        """Refuse the archive once its listing holds more than `max_members` entries."""
+        if count > self.limits.max_members:
+            raise DataSourceError(
+                f"{self.archive} holds more than data.max_archive_members={self.limits.max_members} files and "
+                "folders; refusing to extract it (check the archive, or raise data.max_archive_members if the data "
+                "set really has that many images)")
 
     def add(self, count: int, member: str) -> None:
         self.written += count
@@ -108,7 +128,8 @@ def _extract_tar(archive: Path, staging: Path, budget: _ExtractionBudget) -> Non
             # Iterated lazily: headers are read as the stream is decompressed, so a bomb is refused at the
             # member that overflows the budget, before its data is decompressed or anything is written
             # (tarfile writes exactly `size` bytes per file).
-            for member in tar:
+            for count, member in enumerate(tar, start=1):
+                budget.count_member(count)
                 _check_member_name(archive, member.name)
                 if member.isreg():
                     budget.add(member.size, member.name)
@@ -173,6 +194,7 @@ def _make_links(archive: Path, links: list[tarfile.TarInfo], staging: Path, root
 def _extract_zip(archive: Path, staging: Path, budget: _ExtractionBudget) -> None:
     try:
         with zipfile.ZipFile(archive) as bundle:
+            budget.count_member(len(bundle.infolist()))  # the central directory, read when the archive is opened
             for info in bundle.infolist():
                 _check_member_name(archive, info.filename)
                 # Unix type bits, when the archiver recorded them (many leave them 0).

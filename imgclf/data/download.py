@@ -16,6 +16,7 @@ import logging
 import math
 import re
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,7 +29,13 @@ from imgclf.errors import DataSourceError
 log = logging.getLogger(__name__)
 
 _DOWNLOAD_CHUNK = 1 << 20
-_DOWNLOAD_TIMEOUT_S = 60
+_DOWNLOAD_TIMEOUT_S = 60  # the most one read waits for the next bytes
+# The most a whole download may take: a per-read timeout never fires on a server that trickles a byte every
+# 20 s, so this bounds the transfer itself. CIFAR-10 (162 MB) needs 27 minutes at 100 KB/s.
+_DOWNLOAD_DEADLINE_S = 3600.0
+# The most a download may write, unless the caller gives its own cap (an archive to extract: what its extraction
+# limits allow): the default data.max_extracted_mb. An endless body stops here, not when the disk is full.
+_MAX_DOWNLOAD_BYTES = 20480 << 20
 
 
 def normalise_sha256(value: str | None) -> str | None:
@@ -61,24 +68,29 @@ def verify_local(file: Path, expected: str | None, *, official: str | None) -> s
     return digest
 
 
-def download(url: str, destination: Path, *, sha256: str | None) -> Path:
+def download(url: str, destination: Path, *, sha256: str | None, max_bytes: int | None = None,
+             deadline_s: float | None = None) -> Path:
     """Download `url` to `destination`, verified against `sha256` before it is renamed into place.
 
     A complete file already at `destination` is reused when its checksum matches, or, with no checksum
     given, when it was marked verified after an earlier use; otherwise it is downloaded again. The
-    transfer goes to a hidden `.part` file beside it, never mistaken for a complete file.
+    transfer goes to a hidden `.part` file beside it, never mistaken for a complete file. It stops with an
+    error past `max_bytes` (default `_MAX_DOWNLOAD_BYTES`) or `deadline_s` (default `_DOWNLOAD_DEADLINE_S`).
     """
-    return download_with_digest(url, Path(destination), sha256=normalise_sha256(sha256))[0]
+    return download_with_digest(url, Path(destination), sha256=normalise_sha256(sha256), max_bytes=max_bytes,
+                                deadline_s=deadline_s)[0]
 
 
 @contextlib.contextmanager
-def verified_download(url: str, destination: Path, *, sha256: str | None) -> Iterator[tuple[Path, str]]:
+def verified_download(url: str, destination: Path, *, sha256: str | None, max_bytes: int | None = None,
+                      deadline_s: float | None = None) -> Iterator[tuple[Path, str]]:
     """Download (or reuse) `url`; the body reads it. A file the body finds bad is deleted, a good one marked.
 
     Without a pinned digest only reading the file proves it good (an HTML error page or a truncated body
     has no Content-Length to betray it), so the mark, not the file's presence, decides reuse.
     """
-    file, digest = download_with_digest(url, destination, sha256=sha256)
+    file, digest = download_with_digest(url, destination, sha256=sha256, max_bytes=max_bytes,
+                                        deadline_s=deadline_s)
     try:
         yield file, digest
     except DataSourceError:
@@ -101,7 +113,8 @@ def discard_download(file: Path) -> None:
     _verified_mark(file).unlink(missing_ok=True)
 
 
-def download_with_digest(url: str, destination: Path, *, sha256: str | None) -> tuple[Path, str]:
+def download_with_digest(url: str, destination: Path, *, sha256: str | None, max_bytes: int | None = None,
+                         deadline_s: float | None = None) -> tuple[Path, str]:
     """`download`, for a normalised `sha256`, also returning the file's digest (computed while streaming)."""
     if urllib.parse.urlparse(url).scheme not in ("http", "https"):
         raise DataSourceError(f"cannot download {url!r}: only http:// and https:// URLs are supported")
@@ -116,31 +129,40 @@ def download_with_digest(url: str, destination: Path, *, sha256: str | None) -> 
                     f"is not the expected {sha256}" if sha256 else "was never verified")
         _verified_mark(destination).unlink(missing_ok=True)
     with fileio.atomic_path(destination, suffix=".part") as partial:
-        digest = _stream(url, partial, name=destination.name)
+        digest = _stream(url, partial, name=destination.name,
+                         max_bytes=_MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes,
+                         deadline_s=_DOWNLOAD_DEADLINE_S if deadline_s is None else deadline_s)
         if sha256 is not None and digest != sha256:
             raise DataSourceError(f"{url} downloaded with sha256 {digest}, but {sha256} was expected; check "
                                   "data.sha256 and the URL (the file may have changed upstream)")
     return destination, digest
 
 
-def _stream(url: str, partial: Path, *, name: str) -> str:
-    """Write the body at `url` to `partial` with a progress bar; return its sha256."""
+def _stream(url: str, partial: Path, *, name: str, max_bytes: int, deadline_s: float) -> str:
+    """Write the body at `url` to `partial` with a progress bar; return its sha256. Stops with an error once the
+    body passes `max_bytes` or the transfer `deadline_s` seconds."""
     hasher = hashlib.sha256()
     request = urllib.request.Request(url, headers={"User-Agent": "imgclf-download/1"})
     written, total = 0, None
+    deadline = time.monotonic() + deadline_s
     try:
-        with (urllib.request.urlopen(request, timeout=_DOWNLOAD_TIMEOUT_S) as response,
+        with (urllib.request.urlopen(request, timeout=min(_DOWNLOAD_TIMEOUT_S, deadline_s)) as response,
               open(partial, "wb") as handle):
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
+            if total is not None and total > max_bytes:
+                raise _too_big(url, max_bytes, f"announces {total} bytes, more")
             log.info("downloading %s (%s bytes) to %s", url, total if total is not None else "unknown",
                      partial.parent)
             # A bar with rate and estimate (when Content-Length gives the size) in a terminal; one line in logs.
             with progress.step(f"download {name}", total=total, unit=progress.BYTES) as counter:
-                while chunk := response.read(_DOWNLOAD_CHUNK):
+                # read1 returns what one receive brings: read(n) would wait for all n bytes, past any deadline.
+                while chunk := _read_before(response, deadline, url=url, deadline_s=deadline_s):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise _too_big(url, max_bytes, "sends more")
                     handle.write(chunk)
                     hasher.update(chunk)
-                    written += len(chunk)
                     counter.update(len(chunk))
     except urllib.error.HTTPError as error:
         raise DataSourceError(f"downloading {url} failed: HTTP {error.code} {error.reason}; check the URL "
@@ -160,6 +182,34 @@ def _stream(url: str, partial: Path, *, name: str) -> str:
         raise DataSourceError(f"downloading {url} stopped after {written} of {total} bytes; run the stage "
                               "again")
     return hasher.hexdigest()
+
+
+def _read_before(response: http.client.HTTPResponse, deadline: float, *, url: str, deadline_s: float) -> bytes:
+    """The next bytes of `response`, waiting at most until `deadline` (time.monotonic) for them."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _too_slow(url, deadline_s)
+    sock = getattr(getattr(response.fp, "raw", None), "_sock", None)  # the connection's socket (http.client's)
+    if sock is not None:
+        sock.settimeout(min(_DOWNLOAD_TIMEOUT_S, remaining))
+    try:
+        return response.read1(_DOWNLOAD_CHUNK)
+    except TimeoutError:
+        if time.monotonic() >= deadline:
+            raise _too_slow(url, deadline_s) from None
+        raise
+
+
+def _too_slow(url: str, deadline_s: float) -> DataSourceError:
+    return DataSourceError(f"downloading {url} took longer than {deadline_s:g} s in all, so it was stopped (a "
+                           "stalled or very slow server); try again later, or download the file yourself and "
+                           "point data.path at it")
+
+
+def _too_big(url: str, max_bytes: int, what: str) -> DataSourceError:
+    return DataSourceError(f"{url} {what} than the {max_bytes / (1 << 20):.1f} MB a download may have here (what "
+                           "data.max_extracted_mb and data.max_archive_members allow an archive), so it was "
+                           "stopped; check the URL, or raise those limits if the data set really is that big")
 
 
 def is_url(path: str) -> bool:

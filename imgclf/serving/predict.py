@@ -11,7 +11,9 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import re
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -65,6 +67,16 @@ def find_images(paths: Sequence[Path]) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+def refuse_special_inputs(paths: Sequence[Path]) -> None:
+    """Refuse a path named on the command line that is neither a file nor a folder, by its stat alone: opening a
+    FIFO blocks until something writes to it, and a device (/dev/zero, /dev/stdin) never ends."""
+    for path in paths:
+        mode = os.stat(path).st_mode  # follows links: a link to a FIFO is a FIFO
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise UserError(f"{path} is a FIFO, device or socket, not an image file or folder; give image files "
+                            "or folders")
 
 
 def top_classes(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> tuple[tuple[str, float], ...]:
@@ -177,6 +189,7 @@ def run(paths: Sequence[Path], *, model: str, meta: Path, top_k: int, output_for
     if missing:  # a mistyped path; a file that exists but cannot be decoded gets its error row instead
         raise UserError(f"{', '.join(missing)}: no such file or folder; check the path"
                         + ("s" if len(missing) > 1 else ""))
+    refuse_special_inputs(paths)
     files = find_images(paths)
     if not files:
         raise UserError(f"no image files in {', '.join(map(str, paths))}; give image files or "

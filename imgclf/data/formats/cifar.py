@@ -68,7 +68,8 @@ def fetch(source: str, path: str | None, expected: str | None, staging: Path, do
         digest = download.verify_local(archive, expected, official=spec.sha256)
         return _read_cifar_archive(spec, archive, digest, path, staging, limits)
     with download.verified_download(spec.url, download_dir / download.url_file_name(spec.url),
-                                    sha256=expected or spec.sha256) as (archive, digest):
+                                    sha256=expected or spec.sha256,
+                                    max_bytes=limits.max_archive_bytes()) as (archive, digest):
         return _read_cifar_archive(spec, archive, digest, spec.url, staging, limits)
 
 

@@ -30,7 +30,8 @@ def fetch(path: str | None, expected: str | None, staging: Path, download_dir: P
     extracted = staging / ".extracted"
     if download.is_url(path):
         cached = download_dir / download.url_cache_name(path)
-        with download.verified_download(path, cached, sha256=expected) as (archive, digest):
+        with download.verified_download(path, cached, sha256=expected,
+                                        max_bytes=limits.max_archive_bytes()) as (archive, digest):
             archives.safe_extract(archive, extracted, limits)
             return _read_image_folder(path, extracted, digest, staging, move=True)
     else:

@@ -1,0 +1,169 @@
+"""Hostile inputs, round two (issue 26): endless and trickling downloads, YAML alias bombs in params.yaml, staging
+left by kill -9, file names that are not UTF-8, FIFOs given to predict and archives of very many members. Each gets
+one line and exit 2 (or a skip-and-report), with nothing half-written left behind. Short limits are set here, so the
+module stays within seconds.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import tarfile
+import threading
+import time
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from imgclf.data import archives, download, sources
+from imgclf.errors import DataSourceError
+
+pytestmark = pytest.mark.duration(seconds=15)  # about, under make test: orders the modules
+
+
+def _fetch_folder(tmp_path: Path, path: str | Path, **options) -> dict:
+    return sources.fetch_source(source="image_folder", path=str(path), sha256=None, raw_dir=tmp_path / "raw",
+                                download_dir=tmp_path / "downloads", seed=0, **options)
+
+
+def _hidden(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in folder.iterdir() if entry.name.startswith(".")) if folder.is_dir() else []
+
+
+# ------------------------------------------------------------------ 4. endless and trickling downloads
+
+@pytest.fixture
+def hostile_server(monkeypatch):
+    """A server on 127.0.0.1: /endless sends zeros with no Content-Length (64 MB at most, so old code ends),
+    /announced claims 10 GB, /trickle sends a byte every 0.1 s (10 s at most). `.sent` counts the bytes sent."""
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+    stop = threading.Event()
+    sent = types.SimpleNamespace(bytes=0)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            if self.path == "/announced":
+                self.send_header("Content-Length", str(10 << 30))
+            self.end_headers()
+            chunk, pause, limit = ((b"x", 0.1, 100) if self.path == "/trickle" else (bytes(64 << 10), 0, 1024))
+            try:
+                for _ in range(limit):
+                    if stop.is_set():
+                        return
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                    sent.bytes += len(chunk)
+                    time.sleep(pause)
+            except OSError:  # the client hung up
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield types.SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}", sent=sent)
+    stop.set()
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.mark.parametrize("path", ["/endless", "/announced"])
+def test_a_download_stops_at_what_the_extraction_limits_allow(tmp_path, hostile_server, path):
+    limits = archives.ExtractionLimits(max_extracted_mb=1, max_members=10)
+    assert limits.max_archive_bytes() < 3 << 20
+    with pytest.raises(DataSourceError, match=r"than the 2\.0 MB a download may have here .*data\.max_extracted_mb"):
+        _fetch_folder(tmp_path, hostile_server.url + path, limits=limits)
+    assert hostile_server.sent.bytes < 24 << 20, "the client kept reading past the cap"
+    assert list((tmp_path / "downloads").iterdir()) == [] and _hidden(tmp_path) == []
+
+
+def test_a_trickling_download_stops_at_its_deadline(tmp_path, hostile_server):
+    started = time.monotonic()
+    with pytest.raises(DataSourceError, match=r"took longer than 1\.5 s in all"):
+        download.download(hostile_server.url + "/trickle", tmp_path / "data.tar.gz", sha256=None, deadline_s=1.5)
+    assert time.monotonic() - started < 5
+    assert list(tmp_path.iterdir()) == [], "no .part file left"
+
+
+# --------------------------------------------------------------- 15. archives of very many members
+
+def _many_members(path: Path, count: int) -> Path:
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path, "w") as bundle:
+            for number in range(count):
+                bundle.writestr(f"cats/{number}.png", b"")
+        return path
+    with tarfile.open(path, "w:gz") as tar:
+        for number in range(count):
+            tar.addfile(tarfile.TarInfo(f"cats/{number}.png"), io.BytesIO(b""))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_an_archive_of_too_many_members_is_refused_before_extracting(tmp_path, kind):
+    assert archives.ExtractionLimits().max_members < 300_000  # 300,000 empty files took 140 s
+    archive = _many_members(tmp_path / f"many.{kind}", 50)
+    with pytest.raises(DataSourceError, match=r"more than data\.max_archive_members=40 files and folders"):
+        _fetch_folder(tmp_path, archive, limits=archives.ExtractionLimits(max_members=40))
+    assert not (tmp_path / "raw").exists() and _hidden(tmp_path) == []
+    info = _fetch_folder(tmp_path, archive, limits=archives.ExtractionLimits(max_members=50))  # at the limit
+    assert info["num_examples"]["train"] == 50
+
+
+# ------------------------------------------------------------------------- 15. predict on a FIFO
+
+@pytest.fixture
+def tiny_model(tmp_path) -> tuple[Path, Path]:
+    """A real (untrained) two-class .keras model on 8x8 RGB and the meta.json of its data."""
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
+    model_path = tmp_path / "model.keras"
+    keras.Model(inputs, outputs).save(model_path)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"class_names": ["a", "b"], "image_size": 8, "channels": 3, "resize": "pad"}))
+    return model_path, meta
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_predict_refuses_a_fifo_or_device_without_opening_it(tmp_path, capsys, run_cli, tiny_model, kind):
+    model, meta = tiny_model
+    if kind == "device":
+        special = Path("/dev/zero")
+    else:
+        special = tmp_path / "camera.png"
+        os.mkfifo(special)
+    opened, done = threading.Event(), threading.Event()
+
+    def unblock_a_reader():
+        """Old code blocked opening the FIFO: open its other end once a reader waits, so the test ends."""
+        while kind == "fifo" and not done.wait(0.05):
+            try:
+                os.close(os.open(special, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO while nobody reads
+            except OSError:
+                continue
+            opened.set()
+            return
+
+    watcher = threading.Thread(target=unblock_a_reader, daemon=True)
+    watcher.start()
+    try:
+        status = run_cli("predict", str(special), "--model", str(model), "--meta", str(meta))
+    finally:
+        done.set()
+        watcher.join()
+    err = capsys.readouterr().err
+    assert status == 2 and err == (f"error: {special} is a FIFO, device or socket, not an image file or folder; "
+                                   "give image files or folders\n"), err
+    assert not opened.is_set(), "predict opened the FIFO"
