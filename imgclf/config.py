@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
+from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent
 
 from imgclf.errors import ConfigError
 
@@ -207,17 +208,67 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params_from_dict(raw, source=str(path))
 
 
+# A params file is a few KB of settings (params.yaml: about 10 KB) nested two or three levels deep. Anything much
+# bigger or deeper is refused before it is parsed: YAML's aliases let 2.7 KB expand to gigabytes (an "alias bomb":
+# 21 s and 704 MB for DVC to walk), and 100 KB of nested brackets take ruamel's scanner minutes.
+#
+# What this protects, and what it cannot: DVC parses params.yaml itself (dvc/utils/serialize/_yaml.py, ruamel's safe
+# loader as here) and before any stage runs: `dvc repro` and `dvc exp run` read it to decide which stages are stale,
+# flattening every value (`params.yaml:` tracks the whole file) with the aliases expanded, so the check_params stage
+# comes too late. Our entry points check the file before they start DVC: imgclf.dvc_cli (the MLproject entry points,
+# `make run`) and ci/retrain.sh, which runs on pull requests, so a bomb committed there stops in well under a second
+# with one line. A bare `dvc repro` or `dvc params diff` typed by hand still parses the file unchecked: nothing of
+# ours runs before it.
+MAX_PARAMS_BYTES = 256 << 10
+MAX_PARAMS_DEPTH = 16
+
+
+def check_params_file(path: str | Path) -> str:
+    """The text of a params file, refused (`ConfigError`, naming the file and line) when it is larger than
+    MAX_PARAMS_BYTES, uses YAML anchors or aliases, or nests deeper than MAX_PARAMS_DEPTH. Only the parser's events
+    are read, never a value built, so nothing expands."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_PARAMS_BYTES + 1)
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path}: more than {MAX_PARAMS_BYTES >> 10} KB, far more than a params file needs; check "
+                          "that it is the right file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    depth = 0
+    try:
+        for event in YAML(typ="safe").parse(text):
+            line = event.start_mark.line + 1
+            if isinstance(event, AliasEvent) or getattr(event, "anchor", None):
+                raise ConfigError(f"{path}:{line}: YAML anchors and aliases (&name, *name) are not allowed in a params "
+                                  "file (an alias can expand exponentially); write the values out")
+            depth += isinstance(event, CollectionStartEvent) - isinstance(event, CollectionEndEvent)
+            if depth > MAX_PARAMS_DEPTH:
+                raise ConfigError(f"{path}:{line}: nested more than {MAX_PARAMS_DEPTH} levels deep; a params file "
+                                  "holds sections of keys")
+    except YAMLError as error:
+        raise _not_valid_yaml(path, error) from error
+    return text
+
+
 def read_params_yaml(path: str | Path) -> Any:
     """A params file parsed exactly as DVC parses it (ruamel.yaml, YAML 1.2), so that the values a stage
     validates are the values DVC tracks: `3e-4` is a float and `yes` is a string, where PyYAML (YAML 1.1)
-    reads a string and a boolean."""
+    reads a string and a boolean. `check_params_file` vets it first."""
     path = Path(path)
+    text = check_params_file(path)
     try:
-        raw = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+        raw = YAML(typ="safe").load(text)
     except YAMLError as error:
-        message = " ".join(str(error).split())  # one line: ruamel spreads its message and position over several
-        raise ConfigError(f"{path}: not valid YAML: {message}") from error
+        raise _not_valid_yaml(path, error) from error
     return raw if raw is not None else {}
+
+
+def _not_valid_yaml(path: Path, error: YAMLError) -> ConfigError:
+    message = " ".join(str(error).split())  # one line: ruamel spreads its message and position over several
+    return ConfigError(f"{path}: not valid YAML: {message}")
 
 
 def params_from_dict(raw: Any, *, source: str = "params") -> Params:

@@ -7,6 +7,9 @@ Before it runs anything, `dvc exp run` checks out the outputs dvc.lock records f
 It won't be created." for each one, although the run then builds it. That warning becomes a debug line, shown with
 `-v` (`python -m imgclf.dvc_cli -v exp run`); with IMGCLF_LOG_LEVEL=DEBUG it stays a warning. An output whose
 hash dvc.lock records but whose data the cache lacks gets other messages, which are left as DVC writes them.
+
+It also vets params.yaml before DVC parses it (`config.check_params_file`: no aliases, bounded size and depth),
+since DVC reads it before any stage runs and expands its aliases: a refusal is one `error:` line and status 2.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
-from imgclf import cli
+from imgclf import artifacts, cli, config
+from imgclf.errors import ConfigError
 
 # dvc_data/index/checkout.py: the message (a %-format) and the logger it goes to.
 NEVER_RECORDED = "No file hash info found for '%s'. It won't be created."
@@ -35,7 +40,14 @@ class NeverRecordedOutputIsDebug(logging.Filter):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `dvc ARGV`; its exit status."""
+    """Run `dvc ARGV`; its exit status (2 after one `error:` line when params.yaml is refused)."""
+    params = Path(artifacts.PARAMS_FILE)  # in the working directory, the project's root, where DVC runs
+    if params.is_file():
+        try:
+            config.check_params_file(params)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return cli.EXIT_USER_ERROR
     from dvc.cli import main as dvc_main
 
     if os.environ.get(cli.LOG_LEVEL_ENV, "").upper() != "DEBUG":  # IMGCLF_LOG_LEVEL=DEBUG: DVC says everything

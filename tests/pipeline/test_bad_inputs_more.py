@@ -167,3 +167,61 @@ def test_predict_refuses_a_fifo_or_device_without_opening_it(tmp_path, capsys, r
     assert status == 2 and err == (f"error: {special} is a FIFO, device or socket, not an image file or folder; "
                                    "give image files or folders\n"), err
     assert not opened.is_set(), "predict opened the FIFO"
+
+
+# --------------------------------------------------------------------------- 5. YAML bombs in params.yaml
+
+def _alias_bomb(levels: int = 9) -> str:
+    """params.yaml's first line and a billion-laughs list under a real key: 9**levels strings once expanded."""
+    lines = ["seed: 42", 'laughs: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]" for level in range(1, levels)]
+    return "\n".join([*lines, f"analysis: {{score_bar_ids: *l{levels - 1}}}", ""])
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("anchor", r":2: YAML anchors and aliases \(&name, \*name\) are not allowed in a params file"),
+    ("deep", r":1: nested more than 16 levels deep"),
+    ("big", r": more than 256 KB, far more than a params file needs"),
+])
+def test_params_with_aliases_deep_nesting_or_bulk_are_refused_before_parsing(tmp_path, case, message):
+    from imgclf.config import ConfigError, load_params
+
+    params = tmp_path / "params.yaml"
+    text = (Path(__file__).resolve().parents[2] / "params.yaml").read_text()
+    if case == "anchor":  # harmless-looking reuse, which the old loader accepted
+        text = "scratch:\n  epochs: &epochs 3\ntransfer: {epochs: *epochs}\n"
+    elif case == "deep":
+        text = "analysis: {score_bar_ids: " + "[" * 2000 + "]" * 2000 + "}\n"
+    else:
+        text += "# padding\n" * 30_000
+    params.write_text(text)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_params(params)
+    assert time.monotonic() - started < 2 and "\n" not in str(caught.value)
+    assert str(caught.value).startswith(str(params))
+
+
+def test_an_alias_bomb_stops_the_params_check_and_dvc_in_one_line(tmp_path):
+    """The check_params stage, and DVC through imgclf.dvc_cli (the MLproject entry points, make run): DVC itself
+    would expand the bomb to decide what is stale before check_params runs."""
+    import subprocess
+    import sys
+
+    from imgclf.pipeline import PROJECT_ROOT
+
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    subprocess.run([sys.executable, "-m", "imgclf.dvc_cli", "init", "--no-scm", "-q"], cwd=tmp_path, check=True,
+                   env=environment, timeout=120)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  check:\n    cmd: echo checked\n    params:\n      - params.yaml:\n")
+    (tmp_path / "params.yaml").write_text(_alias_bomb())
+    assert len(_alias_bomb()) < 3000
+    stage = [sys.executable, "-m", "stages.check_params", "--params", str(tmp_path / "params.yaml"), "--out",
+             str(tmp_path / "checked")]
+    dvc = [sys.executable, "-m", "imgclf.dvc_cli", "status"]
+    for command, cwd, named in ((stage, PROJECT_ROOT, tmp_path / "params.yaml"), (dvc, tmp_path, "params.yaml")):
+        result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, (command, result.stderr[-2000:])
+        assert result.stderr == (f"error: {named}:2: YAML anchors and aliases (&name, *name) are not allowed in a "
+                                 "params file (an alias can expand exponentially); write the values out\n")
+    assert not (tmp_path / "checked").exists()
