@@ -1,18 +1,85 @@
-"""Small file helpers: every output is written atomically, so a killed stage never leaves half a file."""
+"""Small file helpers: every output is written atomically, so a killed stage never leaves half a file.
+
+What is being written lives beside its target under a hidden name, `.<target>.tmp-<owner>-<pid>-<random>` (and
+`.<target>.old-...` for a directory being replaced), renamed into place when complete. A process killed outright
+(kill -9, the OOM killer) cannot remove its own: the next write into that folder does (`remove_stale_staging`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
 import shutil
+import socket
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _owner() -> str:
+    """This machine and PID namespace, as 8 hex digits: a PID only means something there (containers on one disk)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}\0{namespace}".encode()).hexdigest()[:8]
+
+
+_OWNER = _owner()
+_STAGING_NAME = re.compile(r"\..+\.(?:tmp|old)-(?P<owner>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}(?:\.[A-Za-z0-9]+)?")
+_swept: set[str] = set()  # folders this process has cleaned: a process killed later is cleaned at the next start
+
+
+def _staging_name(target: Path, kind: str, suffix: str = "") -> Path:
+    """`.<target>.<kind>-<owner>-<pid>-<random><suffix>` beside `target`: hidden, and it says whose it is."""
+    return target.with_name(f".{target.name}.{kind}-{_OWNER}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process
+        return False
+    return False
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove the staging files and directories in `folder` whose process is gone (killed before it could clean
+    up: 1.2 GB of a half-prepared data set, say); return them. Only names this module gives, made on this machine
+    and PID namespace, and only once their process has exited: two runs at once never touch each other's. Done
+    once per folder and process, so writing a thousand files into one folder lists it once."""
+    key = os.path.abspath(folder)
+    if key in _swept:
+        return []
+    _swept.add(key)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _STAGING_NAME.fullmatch(entry.name)
+        if match is None or match["owner"] != _OWNER or not _process_is_gone(int(match["pid"])):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+        log.info("removed %s, left by process %s, which was killed before it finished", entry.path, match["pid"])
+        removed.append(Path(entry.path))
+    return removed
+
 
 
 def umask_mode(base: int = 0o666) -> int:
@@ -49,13 +116,14 @@ def atomic_path(path: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a fresh hidden file name beside `path` to write; it is renamed to `path` only if the body succeeds.
 
     For writers that want a file name rather than bytes (`model.save`, a download). The file gets the mode a
-    plain open() would give (mkstemp's is 0600); `suffix` keeps an extension a writer insists on (`.keras`).
+    plain open() would give (0600 while it is written); `suffix` keeps an extension a writer insists on (`.keras`).
     On any exception the temporary file is removed and `path` is untouched."""
     path = Path(path)
     refuse_special_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(descriptor)
+    remove_stale_staging(path.parent)
+    temporary = _staging_name(path, "tmp", suffix)
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # private until it is complete
     try:
         yield Path(temporary)
         os.chmod(temporary, umask_mode())
@@ -99,11 +167,12 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
 
 def staging_dir(target: Path) -> Path:
     """A fresh hidden directory beside `target` (same file system, so it can be renamed into place), with
-    the mode a plain mkdir would give, not mkdtemp's 0700 (which would become the final directory's mode)."""
+    the mode a plain mkdir would give (the final directory's mode). Stale staging beside it goes first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    folder.chmod(umask_mode(0o777))
+    remove_stale_staging(target.parent)
+    folder = _staging_name(target, "tmp")
+    folder.mkdir(mode=0o777)  # less the umask; never an existing directory
     return folder
 
 
@@ -112,7 +181,7 @@ def atomic_symlink(target: str, link: Path) -> None:
     a link it replaces is swapped, its target never touched. OSError when the file system has no links."""
     link = Path(link)
     link.parent.mkdir(parents=True, exist_ok=True)
-    staging = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
+    staging = _staging_name(link, "tmp")
     os.symlink(target, staging)
     try:
         os.replace(staging, link)
@@ -130,7 +199,7 @@ def replace_directory(staging: Path, target: Path) -> None:
     if not os.path.lexists(target):
         os.replace(staging, target)
         return
-    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+    old = _staging_name(target, "old")
     os.replace(target, old)
     try:
         os.replace(staging, target)

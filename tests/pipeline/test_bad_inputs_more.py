@@ -225,3 +225,68 @@ def test_an_alias_bomb_stops_the_params_check_and_dvc_in_one_line(tmp_path):
         assert result.stderr == (f"error: {named}:2: YAML anchors and aliases (&name, *name) are not allowed in a "
                                  "params file (an alias can expand exponentially); write the values out\n")
     assert not (tmp_path / "checked").exists()
+
+
+# ------------------------------------------------------------------------------- 8. kill -9 mid-write
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from imgclf import fileio
+staging = fileio.staging_dir(Path(sys.argv[1]))
+(staging / "shard-0.tfrecord").write_bytes(b"half a data set")
+writing = fileio.atomic_path(Path(sys.argv[2]), suffix=".part")  # kept: collected, it would clean up
+partial = writing.__enter__()
+print(staging, partial, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def writers(tmp_path):
+    """`start(target, file)`: a process that stages a directory for `target` and a file for `file`, then waits (as
+    a stage does mid-write); returns (process, its staging paths). All are killed at the end."""
+    import subprocess
+    import sys
+
+    from imgclf.pipeline import PROJECT_ROOT
+
+    started = []
+
+    def start(target: Path, file: Path):
+        process = subprocess.Popen([sys.executable, "-c", _WRITER, str(target), str(file)], stdout=subprocess.PIPE,
+                                   text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+        started.append(process)
+        return process, [Path(name) for name in process.stdout.readline().split()]
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+
+
+def test_staging_of_a_killed_stage_is_removed_at_the_next_start_and_a_live_ones_kept(tmp_path, writers, http_server,
+                                                                                     tiny_params_dict,
+                                                                                     write_image_folder):
+    import signal
+
+    from imgclf.config import params_from_dict
+    from imgclf.data import preprocess
+
+    data = tmp_path / "data"
+    killed, killed_paths = writers(data / "prepared", data / "downloads" / "cifar.tar.gz")
+    _, live_paths = writers(data / "prepared", data / "downloads" / "cifar.tar.gz")
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert all(path.exists() for path in killed_paths + live_paths)
+    (data / "downloads" / "notes.txt").write_text("mine")  # not staging: never touched
+
+    _fetch_folder(tmp_path, write_image_folder(tmp_path / "photos", {"cats": 12, "dogs": 12}))
+    preprocess.run(params_from_dict(tiny_params_dict), raw_dir=tmp_path / "raw", out_dir=data / "prepared", workers=1)
+    (http_server.root / "other.bin").write_bytes(b"other")
+    download.download(f"{http_server.url}/other.bin", data / "downloads" / "other.bin", sha256=None)
+    assert not any(path.exists() for path in killed_paths), "the killed run's staging is still there"
+    assert all(path.exists() for path in live_paths), "a running process lost its staging"
+    assert sorted(path.name for path in (data / "downloads").iterdir() if not path.name.startswith(".")) == [
+        "notes.txt", "other.bin"]
