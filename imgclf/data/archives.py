@@ -221,4 +221,7 @@ def _extract_zip(archive: Path, staging: Path, budget: _ExtractionBudget) -> Non
                             counter.update(len(chunk))
     except (zipfile.BadZipFile, zlib.error, EOFError, NotADirectoryError, IsADirectoryError) as error:
         raise DataSourceError(f"{archive} is corrupt or truncated ({error}); fetch it again") from error
+    except UnicodeDecodeError as error:  # zipfile decodes a name flagged UTF-8 strictly
+        raise DataSourceError(f"{archive}: a member's name is marked UTF-8 but is not ({error}); extract the archive "
+                              "yourself and point data.path at the folder") from error
 

@@ -290,3 +290,49 @@ def test_staging_of_a_killed_stage_is_removed_at_the_next_start_and_a_live_ones_
     assert all(path.exists() for path in live_paths), "a running process lost its staging"
     assert sorted(path.name for path in (data / "downloads").iterdir() if not path.name.startswith(".")) == [
         "notes.txt", "other.bin"]
+
+
+# ---------------------------------------------------------------------------- 10. names that are not UTF-8
+
+CAFE, DOGS = os.fsdecode(b"caf\xe9.png"), os.fsdecode(b"d\xf6gs")  # Latin-1 bytes, as a Windows archive holds them
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar.gz"])
+def test_names_that_are_not_utf8_are_kept_escaped_through_preprocess(tmp_path, tiny_params_dict, write_image_folder,
+                                                                     kind):
+    import csv
+
+    from imgclf.config import params_from_dict
+    from imgclf.data import preprocess
+
+    photos = write_image_folder(tmp_path / "photos", {"cats": 12, "dogs": 12})
+    (photos / "cats" / "0000.png").rename(photos / "cats" / CAFE)
+    (photos / "dogs").rename(photos / DOGS)
+    if kind == "tar.gz":
+        with tarfile.open(tmp_path / "photos.tar.gz", "w:gz") as tar:
+            tar.add(photos, arcname="photos")
+    info = _fetch_folder(tmp_path, photos if kind == "folder" else tmp_path / "photos.tar.gz")
+    assert info["class_names"] == ["cats", "d\\xf6gs"]
+    assert "images/train/cats/caf\\xe9.png" in info["escaped_names"] and len(info["escaped_names"]) == 13
+    preprocess.run(params_from_dict(tiny_params_dict), raw_dir=tmp_path / "raw", out_dir=tmp_path / "prepared",
+                   workers=1)
+    with open(tmp_path / "prepared" / "manifest.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 24 and "images/train/cats/caf\\xe9.png" in {row["original"] for row in rows}
+    assert {row["class_name"] for row in rows} == {"cats", "d\\xf6gs"}
+    assert json.loads((tmp_path / "prepared" / "meta.json").read_text())["skipped"] == 0
+
+
+def test_a_zip_name_marked_utf8_that_is_not_is_one_line(tmp_path):
+    archive = tmp_path / "windows.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr(zipfile.ZipInfo("cats/cafe.png"), b"x")
+        bundle.writestr(zipfile.ZipInfo("dogs/dog.png"), b"x")
+    data = bytearray(archive.read_bytes().replace(b"cats/cafe.png", b"cats/caf\xe9.png"))
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # the UTF-8 flag, in both headers
+        for position in [index for index in range(len(data)) if data.startswith(signature, index)]:
+            data[position + offset + 1] |= 0x08
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DataSourceError, match=r"windows\.zip: a member's name is marked UTF-8 but is not") as caught:
+        _fetch_folder(tmp_path, archive)
+    assert "\n" not in str(caught.value) and not (tmp_path / "raw").exists() and _hidden(tmp_path) == []

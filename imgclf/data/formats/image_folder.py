@@ -1,5 +1,9 @@
 """Image folders: a directory, a .tar/.tar.gz/.tgz/.zip archive or an http(s) URL of one, normalised to
-`images/train/<class>/...` and `images/test/<class>/...`; only image files are kept, and no link leads outside."""
+`images/train/<class>/...` and `images/test/<class>/...`; only image files are kept, and no link leads outside.
+
+Names there are UTF-8: a file or class folder named in another encoding (a Windows archive's `caf\xe9.png`, in
+Latin-1) keeps its image under its name with the undecodable bytes written as backslash escapes (`caf\\xe9.png`),
+listed in the log and in source.json (`escaped_names`), so manifest.csv, meta.json and the reports can hold it."""
 
 from __future__ import annotations
 
@@ -64,12 +68,14 @@ def _read_image_folder(path: str, root: Path, digest: str | None, staging: Path,
         ignored = [name for name in _class_dirs(root) if name not in raw.SPLITS]
         if ignored:  # a val/ folder, say: worth a word, since it silently holds no examples
             log.warning("%s: only train/ and test/ are read; ignoring %s", path, ", ".join(ignored))
-    class_names = _class_dirs(train_dir)
+    class_folders = _class_dirs(train_dir)
+    class_names = sorted(escape_name(name) for name in class_folders)
     if not class_names:
         raise DataSourceError(
             f"{path}: found no class folders. Expected <root>/<class>/<images>, or <root>/train/<class>/"
             "<images> with an optional <root>/test/<class>/<images> (one folder wrapping it all is fine)")
-    test_classes = _class_dirs(test_dir) if test_dir is not None else []
+    test_folders = _class_dirs(test_dir) if test_dir is not None else []
+    test_classes = sorted(escape_name(name) for name in test_folders)
     unknown = sorted(set(test_classes) - set(class_names))
     if unknown:
         raise DataSourceError(f"{path}: test/ has classes that train/ lacks: {', '.join(unknown)}; add "
@@ -77,9 +83,9 @@ def _read_image_folder(path: str, root: Path, digest: str | None, staging: Path,
     if test_dir is not None and not test_classes:
         raise DataSourceError(f"{path}: test/ holds no class folders; fill it as test/<class>/<images> or "
                               "remove it")
-    copies = {"train": _plan_copies(train_dir, staging / "images" / "train", class_names),
-              "test": _plan_copies(test_dir, staging / "images" / "test", test_classes) if test_dir else []}
-    outside = sorted(str(copy.source) for split in raw.SPLITS for copy in copies[split]
+    copies = {"train": _plan_copies(train_dir, staging / "images" / "train", class_folders),
+              "test": _plan_copies(test_dir, staging / "images" / "test", test_folders) if test_dir else []}
+    outside = sorted(escape_name(str(copy.source)) for split in raw.SPLITS for copy in copies[split]
                      if not archives.is_inside(copy.real, boundary))
     if outside:
         # A link to /etc/passwd named x.png would otherwise land in data/raw, the DVC cache and its remote.
@@ -94,13 +100,14 @@ def _read_image_folder(path: str, root: Path, digest: str | None, staging: Path,
     for split, names in (("train", class_names), ("test", test_classes)):
         for name in names:  # every class keeps its folder, even one left empty: the reader expects it
             (staging / "images" / split / name).mkdir(parents=True, exist_ok=True)
+    escaped = _check_escaped_names(path, staging, copies["train"] + copies["test"])
     _carry_out(copies["train"] + copies["test"], move=move)
     shutil.rmtree(extracted, ignore_errors=True)
     return raw.source_info(format_name="image_folder", class_names=class_names, channels=3, sha256=digest,
                            origin=path, has_test_split=test_dir is not None,
                            num_examples={split: len(copies[split]) for split in raw.SPLITS},
                            train_dir="images/train", test_dir="images/test" if test_dir is not None else None,
-                           skipped_links=outside)
+                           skipped_links=outside, escaped_names=escaped)
 
 
 def find_dataset_root(root: Path) -> Path:
@@ -148,17 +155,38 @@ class _Copy:
     linked: bool  # reached through a link (the file, its class folder or one in between)
 
 
-def _plan_copies(split_dir: Path, destination: Path, class_names: list[str]) -> list[_Copy]:
-    """Every image file of each class folder, and where it goes (destination/<class>/<relative path>)."""
+def _plan_copies(split_dir: Path, destination: Path, class_folders: list[str]) -> list[_Copy]:
+    """Every image file of each class folder, and where it goes (destination/<class>/<relative path>, escaped)."""
     split_real = os.path.realpath(split_dir)
     plan = []
-    for name in class_names:
+    for name in class_folders:
         for relative in image_files(split_dir / name):
             file = split_dir / name / relative
             real = os.path.realpath(file)
-            plan.append(_Copy(source=file, target=destination / name / relative, real=real,
+            plan.append(_Copy(source=file, target=destination / escape_name(name) / escape_name(relative), real=real,
                               linked=real != os.path.join(split_real, name, relative)))
     return plan
+
+
+def escape_name(name: str) -> str:
+    """`name` as UTF-8 text: bytes that are not UTF-8 (which Python holds as surrogates) become `\\xe9`."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _check_escaped_names(path: str, staging: Path, copies: list[_Copy]) -> list[str]:
+    """The images whose names were escaped (relative to staging), logged; refuse two that escape to one name."""
+    sources: dict[Path, Path] = {}
+    for copy in copies:
+        if sources.setdefault(copy.target, copy.source) != copy.source:
+            raise DataSourceError(f"{path}: {escape_name(str(sources[copy.target]))} and "
+                                  f"{escape_name(str(copy.source))} both become {copy.target.relative_to(staging)} "
+                                  "once their names are UTF-8; rename one of them")
+    escaped = sorted(copy.target.relative_to(staging).as_posix() for copy in copies
+                     if escape_name(str(copy.source)) != str(copy.source))
+    if escaped:
+        log.warning("%s: %d file name(s) are not UTF-8 (written on Windows, in Latin-1?); kept with the bytes escaped: "
+                    "%s", path, len(escaped), ", ".join(escaped[:10]) + (" ..." if len(escaped) > 10 else ""))
+    return escaped
 
 
 def _carry_out(copies: list[_Copy], *, move: bool) -> None:
