@@ -15,8 +15,9 @@ import http.client
 import logging
 import math
 import re
+import socket
 import ssl
-import time
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -144,60 +145,111 @@ def _stream(url: str, partial: Path, *, name: str, max_bytes: int, deadline_s: f
     hasher = hashlib.sha256()
     request = urllib.request.Request(url, headers={"User-Agent": "imgclf-download/1"})
     written, total = 0, None
-    deadline = time.monotonic() + deadline_s
-    try:
-        with (urllib.request.urlopen(request, timeout=min(_DOWNLOAD_TIMEOUT_S, deadline_s)) as response,
-              open(partial, "wb") as handle):
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            if total is not None and total > max_bytes:
-                raise _too_big(url, max_bytes, f"announces {total} bytes, more")
-            log.info("downloading %s (%s bytes) to %s", url, total if total is not None else "unknown",
-                     partial.parent)
-            # A bar with rate and estimate (when Content-Length gives the size) in a terminal; one line in logs.
-            with progress.step(f"download {name}", total=total, unit=progress.BYTES) as counter:
-                # read1 returns what one receive brings: read(n) would wait for all n bytes, past any deadline.
-                while chunk := _read_before(response, deadline, url=url, deadline_s=deadline_s):
-                    written += len(chunk)
-                    if written > max_bytes:
-                        raise _too_big(url, max_bytes, "sends more")
-                    handle.write(chunk)
-                    hasher.update(chunk)
-                    counter.update(len(chunk))
-    except urllib.error.HTTPError as error:
-        raise DataSourceError(f"downloading {url} failed: HTTP {error.code} {error.reason}; check the URL "
-                              "(data.path)") from error
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
-            ssl.SSLError) as error:
-        reason = getattr(error, "reason", None) or error
-        raise DataSourceError(f"downloading {url} failed ({reason}); check the network connection, or "
-                              "download the file yourself and point data.path at it") from error
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
-            raise
-        need = f"about {math.ceil(total / (1 << 20))} MB" if total else f"more than {written >> 20} MB"
-        raise DataSourceError(f"no space left on {partial.parent}, need {need} for {url}; free some space "
-                              "and run the stage again") from error
+    with _Deadline(deadline_s) as deadline:
+        try:
+            with (deadline.opener().open(request, timeout=min(_DOWNLOAD_TIMEOUT_S, deadline_s)) as response,
+                  open(partial, "wb") as handle):
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                if total is not None and total > max_bytes:
+                    raise _too_big(url, max_bytes, f"announces {total} bytes, more")
+                log.info("downloading %s (%s bytes) to %s", url, total if total is not None else "unknown",
+                         partial.parent)
+                # A bar with rate and estimate (when Content-Length gives the size) in a terminal; one line in logs.
+                with progress.step(f"download {name}", total=total, unit=progress.BYTES) as counter:
+                    while chunk := response.read1(_DOWNLOAD_CHUNK):  # what one receive brings: the cap holds
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise _too_big(url, max_bytes, "sends more")
+                        handle.write(chunk)
+                        hasher.update(chunk)
+                        counter.update(len(chunk))
+        except urllib.error.HTTPError as error:
+            raise DataSourceError(f"downloading {url} failed: HTTP {error.code} {error.reason}; check the URL "
+                                  "(data.path)") from error
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
+                ssl.SSLError) as error:
+            if deadline.expired:
+                raise _too_slow(url, deadline_s) from error
+            reason = getattr(error, "reason", None) or error
+            raise DataSourceError(f"downloading {url} failed ({reason}); check the network connection, or "
+                                  "download the file yourself and point data.path at it") from error
+        except OSError as error:
+            if deadline.expired:
+                raise _too_slow(url, deadline_s) from error
+            if error.errno != errno.ENOSPC:
+                raise
+            need = f"about {math.ceil(total / (1 << 20))} MB" if total else f"more than {written >> 20} MB"
+            raise DataSourceError(f"no space left on {partial.parent}, need {need} for {url}; free some space "
+                                  "and run the stage again") from error
+        if deadline.expired:  # the connection was shut mid-body: what came is not the whole file
+            raise _too_slow(url, deadline_s)
     if total is not None and written != total:
         raise DataSourceError(f"downloading {url} stopped after {written} of {total} bytes; run the stage "
                               "again")
     return hasher.hexdigest()
 
 
-def _read_before(response: http.client.HTTPResponse, deadline: float, *, url: str, deadline_s: float) -> bytes:
-    """The next bytes of `response`, waiting at most until `deadline` (time.monotonic) for them."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise _too_slow(url, deadline_s)
-    sock = getattr(getattr(response.fp, "raw", None), "_sock", None)  # the connection's socket (http.client's)
-    if sock is not None:
-        sock.settimeout(min(_DOWNLOAD_TIMEOUT_S, remaining))
-    try:
-        return response.read1(_DOWNLOAD_CHUNK)
-    except TimeoutError:
-        if time.monotonic() >= deadline:
-            raise _too_slow(url, deadline_s) from None
-        raise
+class _Deadline:
+    """Shuts the download's connections down once `seconds` have passed, so that a read blocked on a server that
+    trickles (the headers, a chunk's size line, the body: a byte every 20 s) returns: a per-read timeout never fires
+    on such a server, and http.client reads a header line or chunk size until it ends."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """urllib's opener (proxies and redirects as usual) whose connections this deadline watches."""
+        deadline = self
+
+        class Connection(http.client.HTTPConnection):
+            def connect(self):
+                super().connect()
+                deadline.watch(self.sock)
+
+        class SecureConnection(http.client.HTTPSConnection):
+            def connect(self):
+                super().connect()
+                deadline.watch(self.sock)
+
+        class Handler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(Connection, req)
+
+        class SecureHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(SecureConnection, req, context=self._context)
+
+        return urllib.request.build_opener(Handler, SecureHandler)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut the connection itself (a TLS socket's own shutdown would also drop its TLS state under the reader)."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _too_slow(url: str, deadline_s: float) -> DataSourceError:

@@ -39,7 +39,8 @@ def _hidden(folder: Path) -> list[str]:
 @pytest.fixture
 def hostile_server(monkeypatch):
     """A server on 127.0.0.1: /endless sends zeros with no Content-Length (64 MB at most, so old code ends),
-    /announced claims 10 GB, /trickle sends a byte every 0.1 s (10 s at most). `.sent` counts the bytes sent."""
+    /announced claims 10 GB, /trickle sends a byte every 0.1 s (10 s at most), /trickle-headers a header that way.
+    `.sent` counts the bytes sent."""
     monkeypatch.setenv("no_proxy", "*")
     monkeypatch.setenv("NO_PROXY", "*")
     stop = threading.Event()
@@ -47,6 +48,15 @@ def hostile_server(monkeypatch):
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/trickle-headers":
+                self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Slow: ")
+                for _ in range(100):
+                    if stop.wait(0.1):
+                        return
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                self.wfile.write(b"\r\n\r\nbody")
+                return
             self.send_response(200)
             if self.path == "/announced":
                 self.send_header("Content-Length", str(10 << 30))
@@ -87,10 +97,11 @@ def test_a_download_stops_at_what_the_extraction_limits_allow(tmp_path, hostile_
     assert list((tmp_path / "downloads").iterdir()) == [] and _hidden(tmp_path) == []
 
 
-def test_a_trickling_download_stops_at_its_deadline(tmp_path, hostile_server):
+@pytest.mark.parametrize("path", ["/trickle", "/trickle-headers"])
+def test_a_trickling_download_stops_at_its_deadline(tmp_path, hostile_server, path):
     started = time.monotonic()
     with pytest.raises(DataSourceError, match=r"took longer than 1\.5 s in all"):
-        download.download(hostile_server.url + "/trickle", tmp_path / "data.tar.gz", sha256=None, deadline_s=1.5)
+        download.download(hostile_server.url + path, tmp_path / "data.tar.gz", sha256=None, deadline_s=1.5)
     assert time.monotonic() - started < 5
     assert list(tmp_path.iterdir()) == [], "no .part file left"
 
