@@ -81,7 +81,6 @@ def remove_stale_staging(folder: Path) -> list[Path]:
     return removed
 
 
-
 def umask_mode(base: int = 0o666) -> int:
     """`base` less the process umask: the mode open() would give a new file (mkstemp always gives 0600)."""
     try:  # Linux reports it without changing it (os.umask can only be read by setting it, racing threads)

@@ -1,7 +1,7 @@
 """Image folders: a directory, a .tar/.tar.gz/.tgz/.zip archive or an http(s) URL of one, normalised to
 `images/train/<class>/...` and `images/test/<class>/...`; only image files are kept, and no link leads outside.
 
-Names there are UTF-8: a file or class folder named in another encoding (a Windows archive's `caf\xe9.png`, in
+Names there are UTF-8: a file or class folder named in another encoding (a Windows archive's `café.png` in
 Latin-1) keeps its image under its name with the undecodable bytes written as backslash escapes (`caf\\xe9.png`),
 listed in the log and in source.json (`escaped_names`), so manifest.csv, meta.json and the reports can hold it."""
 
@@ -153,6 +153,7 @@ class _Copy:
     target: Path
     real: str  # where it really is, every link resolved
     linked: bool  # reached through a link (the file, its class folder or one in between)
+    escaped: bool  # its class folder's or its own name is not UTF-8: the target's has those bytes escaped
 
 
 def _plan_copies(split_dir: Path, destination: Path, class_folders: list[str]) -> list[_Copy]:
@@ -163,8 +164,10 @@ def _plan_copies(split_dir: Path, destination: Path, class_folders: list[str]) -
         for relative in image_files(split_dir / name):
             file = split_dir / name / relative
             real = os.path.realpath(file)
-            plan.append(_Copy(source=file, target=destination / escape_name(name) / escape_name(relative), real=real,
-                              linked=real != os.path.join(split_real, name, relative)))
+            target = destination / escape_name(name) / escape_name(relative)
+            plan.append(_Copy(source=file, target=target, real=real,
+                              linked=real != os.path.join(split_real, name, relative),
+                              escaped=target != destination / name / relative))
     return plan
 
 
@@ -181,8 +184,7 @@ def _check_escaped_names(path: str, staging: Path, copies: list[_Copy]) -> list[
             raise DataSourceError(f"{path}: {escape_name(str(sources[copy.target]))} and "
                                   f"{escape_name(str(copy.source))} both become {copy.target.relative_to(staging)} "
                                   "once their names are UTF-8; rename one of them")
-    escaped = sorted(copy.target.relative_to(staging).as_posix() for copy in copies
-                     if escape_name(str(copy.source)) != str(copy.source))
+    escaped = sorted(copy.target.relative_to(staging).as_posix() for copy in copies if copy.escaped)
     if escaped:
         log.warning("%s: %d file name(s) are not UTF-8 (written on Windows, in Latin-1?); kept with the bytes escaped: "
                     "%s", path, len(escaped), ", ".join(escaped[:10]) + (" ..." if len(escaped) > 10 else ""))
