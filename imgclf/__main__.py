@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     finder.add_argument("--steps", type=int, default=100, help="batches in the sweep")
     finder.add_argument("--start", type=float, default=1e-7)
     finder.add_argument("--end", type=float, default=10.0)
-    exp_args = command("exp-args", help="turn a params profile into `dvc exp run -S` arguments")
+    exp_args = command("exp-args", help="turn a params profile into `dvc exp run -S` arguments, shell-quoted: "
+                                       'eval "dvc exp run $(imgclf exp-args PROFILE)"')
     exp_args.add_argument("profile", type=Path, help="YAML overrides of params.yaml, e.g. profiles/scratch_best.yaml")
     predict = command("predict", help="classify image files or folders with a trained model")
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files, or folders (recursive)")
@@ -113,7 +115,10 @@ def _run(arguments: argparse.Namespace) -> int:
         base = config.read_params_yaml("params.yaml")
         config.params_from_dict(sandbox.merge(base, overrides), source=str(arguments.profile))
         flat = config.flatten(overrides)
-        print(" ".join(f"-S {key}={json.dumps(value, separators=(',', ':'))}" for key, value in flat.items()))
+        # Shell-quoted, for `eval "dvc exp run $(imgclf exp-args ...)"`: a value with a space or a `*` (data.path)
+        # stays one argument, never split into words or expanded as a glob.
+        settings = [f"{key}={json.dumps(value, separators=(',', ':'))}" for key, value in flat.items()]
+        print(" ".join(f"-S {shlex.quote(setting)}" for setting in settings))
     elif arguments.command == "ui":
         from imgclf import config, tracking, tracking_ui
 

@@ -38,3 +38,7 @@ class TrackingStoreError(UserError):
 
 class EvaluationError(UserError):
     """A model or prediction file that does not fit the data."""
+
+
+class CorruptFileError(UserError):
+    """A JSON file an earlier stage wrote (or a user gave) that cannot be parsed; the message names it."""

@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from imgclf import artifacts
+from imgclf.errors import CorruptFileError
+
 
 def umask_mode(base: int = 0o666) -> int:
     """`base` less the process umask: the mode open() would give a new file (mkstemp always gives 0600)."""
@@ -82,11 +85,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file written by an earlier stage, saying which stage to run when it is missing."""
+    """Parse a JSON file written by an earlier stage, saying which stage to run when it is missing or damaged."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run the stage that writes it first (dvc repro)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError; `[[[...` 20,000 deep
+        raise CorruptFileError(f"{path} is not valid JSON ({artifacts.json_problem(error)}); run the stage that "
+                               "writes it again (dvc repro), or give the file it wrote") from None
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -74,14 +74,18 @@ class Preprocessing:
     resize: str
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any], *, source: str) -> Preprocessing:
+    def from_meta(cls, meta: Any, *, source: str) -> Preprocessing:
         """The preprocessing facts of a prepared data set's `meta.json` (or a logged `preprocessing.json`)."""
+        remedy = "give the meta.json that the preprocess stage wrote for the model's data (data/prepared/meta.json)"
+        if not isinstance(meta, dict):
+            raise ModelSourceError(f"{source} is not a JSON object of preprocessing facts; {remedy}")
         missing = [key for key in PREPROCESSING_KEYS if key not in meta]
         if missing:
-            raise ModelSourceError(f"{source} lacks {', '.join(missing)}; give the meta.json that the preprocess "
-                                   "stage wrote for the model's data (data/prepared/meta.json)")
-        return cls(tuple(str(name) for name in meta["class_names"]), int(meta["image_size"]), int(meta["channels"]),
-                   str(meta["resize"]))
+            raise ModelSourceError(f"{source} lacks {', '.join(missing)}; {remedy}")
+        problem = artifacts.preprocessing_problem(meta)
+        if problem:
+            raise ModelSourceError(f"{source}: {problem}; {remedy}")
+        return cls(tuple(meta["class_names"]), meta["image_size"], meta["channels"], meta["resize"])
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "class_names": list(self.class_names)}
