@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"meta.json of the model's prepared data, for a .keras model (default: {DEFAULT_META})")
     export.add_argument("--out", type=Path, required=True,
                         help="the SavedModel directory (for TF Serving: <model base path>/<version>)")
-    export.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    export.add_argument("--force", action="store_true",
+                        help="replace a non-empty --out directory that holds an earlier export")
     arguments = parser.parse_args(argv)
     cli.quiet_unless_verbose(arguments.verbose)
     if arguments.verbose:  # by default only warnings show, as before: the commands print what they found
@@ -146,6 +147,7 @@ def _serve_command(arguments: argparse.Namespace) -> int:
         return predict.run(arguments.paths, model=arguments.model, meta=arguments.meta, top_k=arguments.top_k,
                            output_format=arguments.output_format, output=arguments.output,
                            score_bars=arguments.score_bars, project_root=Path.cwd())
+    serving.check_export_target(arguments.out, force=arguments.force)  # before loading: a mistake costs nothing
     classifier = serving.load_classifier(arguments.model, meta=arguments.meta, project_root=Path.cwd())
     out = serving.export_saved_model(classifier, arguments.out, force=arguments.force)
     print(f"SavedModel in {out} (endpoint `serve`: float32 pixels 0-255, shape "

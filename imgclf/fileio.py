@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import artifacts
-from imgclf.errors import CorruptFileError
+from imgclf.errors import CorruptFileError, FolderTooDeepError, UnwritableOutputError
 
 
 def umask_mode(base: int = 0o666) -> int:
@@ -45,6 +46,27 @@ def refuse_special_target(path: Path) -> None:
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
         kind = "a folder" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
         raise SpecialFileError(f"{path} is {kind}, not a file; give the path of a file to write")
+
+
+def check_writable_folder(folder: Path, *, option: str) -> None:
+    """Refuse, before any work, an output folder nothing can be written in: a read-only folder, or one on a
+    read-only file system. A probe file is created and removed in `folder`, or in its nearest existing parent
+    when it is still to be made (nothing else is created). `os.access` alone would not do: it says yes to root in
+    a read-only folder, and knows nothing of a read-only mount. `option` names what the user gave (`--output`)."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UnwritableOutputError(f"{option} {folder}: {existing} is not a folder; give a path in a folder")
+    try:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        descriptor, probe = tempfile.mkstemp(prefix=".imgclf-write-probe-", dir=existing)
+    except OSError as error:
+        raise UnwritableOutputError(f"{option} {folder}: cannot write in {existing} ({error.strerror or error}); "
+                                    "choose a folder you can write to") from None
+    os.close(descriptor)
+    os.unlink(probe)
 
 
 @contextlib.contextmanager
@@ -94,6 +116,24 @@ def read_json(path: Path) -> Any:
     except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError; `[[[...` 20,000 deep
         raise CorruptFileError(f"{path} is not valid JSON ({artifacts.json_problem(error)}); run the stage that "
                                "writes it again (dvc repro), or give the file it wrote") from None
+
+
+# Folders a walk descends at most (a data folder, an archive's members): photo collections are a few deep. Python's
+# os.walk and Path.rglob recurse once per level, so a tree 2,100 deep ended them in RecursionError.
+MAX_FOLDER_DEPTH = 64
+
+
+def walk(folder: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(folder)` (top-down, links to folders not followed: prune `dirs` in place to skip some) that raises
+    `FolderTooDeepError` in one line at a folder MAX_FOLDER_DEPTH levels below `folder` that holds folders."""
+    base = len(Path(folder).parts)
+    for current, dirs, names in os.walk(folder):
+        depth = len(Path(current).parts) - base
+        if dirs and depth >= MAX_FOLDER_DEPTH:
+            shown = "/".join(Path(current).parts[base:base + 3])
+            raise FolderTooDeepError(f"{folder}: folders nested more than {MAX_FOLDER_DEPTH} levels deep (under "
+                                     f"{shown}/...); no data set needs that many: flatten or remove them")
+        yield current, dirs, names
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
