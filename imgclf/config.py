@@ -219,20 +219,50 @@ def read_params_yaml(path: str | Path) -> Any:
         found = ("it looks like UTF-16" if data.startswith((b"\xff\xfe", b"\xfe\xff"))
                  else f"byte 0x{data[error.start]:02x} at offset {error.start}")
         raise ConfigError(f"{path}: not UTF-8 text ({found}); save it as UTF-8") from None
+    too_deep = ConfigError(f"{path}: nested too deeply for a params file (at most {MAX_NESTING} levels); fix the file")
+    if _flow_depth(text) > MAX_NESTING:  # ruamel's scanner takes time quadratic in it, then recurses past the limit
+        raise too_deep
     try:
         raw = YAML(typ="safe").load(text)
     except YAMLError as error:
         message = " ".join(str(error).split())  # one line: ruamel spreads its message and position over several
         raise ConfigError(f"{path}: not valid YAML: {message}") from error
-    except RecursionError:  # ruamel's parser recurses once per level of `[[[...` or `{a: {a: ...`
-        raise ConfigError(f"{path}: nested too deeply for a params file (at most {MAX_NESTING} levels); "
-                          "fix the file") from None
+    except RecursionError:  # its parser recurses once per level (block nesting, which _flow_depth does not see)
+        raise too_deep from None
     check_plain_mapping(raw, source=str(path))
     return raw if raw is not None else {}
 
 
 # Levels of nested mappings and lists a params file or profile may have: params.yaml has 2 (`scratch.conv_filters`).
 MAX_NESTING = 8
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of YAML flow collections (`[`, `{`) in `text`, brackets in quoted strings and comments
+    aside: a cheap bound checked before parsing (a misjudged odd string only errs towards parsing it)."""
+    depth = deepest = 0
+    quote, previous, escaped, in_comment = "", "\n", False, False
+    for char in text:
+        if in_comment:
+            in_comment = char != "\n"
+        elif quote:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "'\"" and previous in " \t\n[{,:":
+            quote = char
+        elif char == "#" and previous in " \t\n":
+            in_comment = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        previous = char
+    return deepest
 
 
 def check_plain_mapping(raw: Any, *, source: str) -> None:

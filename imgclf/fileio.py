@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -51,20 +50,18 @@ def refuse_special_target(path: Path) -> None:
 def check_writable_folder(folder: Path, *, option: str) -> None:
     """Refuse, before any work, an output folder nothing can be written in: a read-only folder, or one on a
     read-only file system. A probe file is created and removed in `folder`, or in its nearest existing parent
-    when it is still to be made (nothing else is created). `os.access` alone would not do: it says yes to root in
-    a read-only folder, and knows nothing of a read-only mount. `option` names what the user gave (`--output`)."""
+    when it is still to be made (nothing else is created): `os.access` would say yes to root in a read-only folder
+    and knows nothing of a read-only mount. `option` is what the user gave, named in the error (`--output x.csv`)."""
     existing = Path(folder).absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise UnwritableOutputError(f"{option} {folder}: {existing} is not a folder; give a path in a folder")
+        raise UnwritableOutputError(f"{option}: {existing} is not a folder; give a path in a folder")
     try:
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
         descriptor, probe = tempfile.mkstemp(prefix=".imgclf-write-probe-", dir=existing)
     except OSError as error:
-        raise UnwritableOutputError(f"{option} {folder}: cannot write in {existing} ({error.strerror or error}); "
-                                    "choose a folder you can write to") from None
+        raise UnwritableOutputError(f"{option}: cannot write in {existing} ({error.strerror or error}); choose a "
+                                    "folder you can write to") from None
     os.close(descriptor)
     os.unlink(probe)
 

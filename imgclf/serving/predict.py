@@ -174,11 +174,11 @@ def run(paths: Sequence[Path], *, model: str, meta: Path, top_k: int, output_for
         raise UserError(f"--output {output} is a directory; give a file name, e.g. {Path(output) / 'predictions.csv'}")
     if output is not None:
         fileio.refuse_special_target(Path(output))  # a device node would be replaced by the results file
-        fileio.check_writable_folder(Path(output).parent, option="--output")  # else the predictions are lost
+        fileio.check_writable_folder(Path(output).parent, option=f"--output {output}")  # else the predictions are lost
     if score_bars is not None and Path(score_bars).exists() and not Path(score_bars).is_dir():
         raise UserError(f"--score-bars {score_bars} exists and is not a folder; give a folder for the PNGs")
     if score_bars is not None:
-        fileio.check_writable_folder(Path(score_bars), option="--score-bars")
+        fileio.check_writable_folder(Path(score_bars), option=f"--score-bars {score_bars}")
     missing = [str(path) for path in paths if not Path(path).exists()]
     if missing:  # a mistyped path; a file that exists but cannot be decoded gets its error row instead
         raise UserError(f"{', '.join(missing)}: no such file or folder; check the path"

@@ -335,7 +335,7 @@ def check_export_target(out_dir: Path, *, force: bool) -> None:
         if not (out_dir / SAVED_MODEL_FILE).is_file():
             raise ModelSourceError(f"{out_dir} is not an earlier export (it has no {SAVED_MODEL_FILE}), and --force "
                                    "replaces only that: it would delete the folder; choose an empty or new --out")
-    fileio.check_writable_folder(real.parent, option="--out")  # the export is built beside it, then renamed
+    fileio.check_writable_folder(real.parent, option=f"--out {out_dir}")  # the export is built beside it, then renamed
 
 
 def export_saved_model(classifier: Classifier, out_dir: Path, *, force: bool = False) -> Path:
