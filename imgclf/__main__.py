@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     finder.add_argument("--steps", type=int, default=100, help="batches in the sweep")
     finder.add_argument("--start", type=float, default=1e-7)
     finder.add_argument("--end", type=float, default=10.0)
-    exp_args = command("exp-args", help="turn a params profile into `dvc exp run -S` arguments")
+    exp_args = command("exp-args", help="turn a params profile into `dvc exp run -S` arguments, shell-quoted: "
+                                       'eval "dvc exp run $(imgclf exp-args PROFILE)"')
     exp_args.add_argument("profile", type=Path, help="YAML overrides of params.yaml, e.g. profiles/scratch_best.yaml")
     predict = command("predict", help="classify image files or folders with a trained model")
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files, or folders (recursive)")
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"meta.json of the model's prepared data, for a .keras model (default: {DEFAULT_META})")
     export.add_argument("--out", type=Path, required=True,
                         help="the SavedModel directory (for TF Serving: <model base path>/<version>)")
-    export.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    export.add_argument("--force", action="store_true",
+                        help="replace a non-empty --out directory that holds an earlier export")
     arguments = parser.parse_args(argv)
     cli.quiet_unless_verbose(arguments.verbose)
     if arguments.verbose:  # by default only warnings show, as before: the commands print what they found
@@ -113,7 +116,10 @@ def _run(arguments: argparse.Namespace) -> int:
         base = config.read_params_yaml("params.yaml")
         config.params_from_dict(sandbox.merge(base, overrides), source=str(arguments.profile))
         flat = config.flatten(overrides)
-        print(" ".join(f"-S {key}={json.dumps(value, separators=(',', ':'))}" for key, value in flat.items()))
+        # Shell-quoted, for `eval "dvc exp run $(imgclf exp-args ...)"`: a value with a space or a `*` (data.path)
+        # stays one argument, never split into words or expanded as a glob.
+        settings = [f"{key}={json.dumps(value, separators=(',', ':'))}" for key, value in flat.items()]
+        print(" ".join(f"-S {shlex.quote(setting)}" for setting in settings))
     elif arguments.command == "ui":
         from imgclf import config, tracking, tracking_ui
 
@@ -141,6 +147,7 @@ def _serve_command(arguments: argparse.Namespace) -> int:
         return predict.run(arguments.paths, model=arguments.model, meta=arguments.meta, top_k=arguments.top_k,
                            output_format=arguments.output_format, output=arguments.output,
                            score_bars=arguments.score_bars, project_root=Path.cwd())
+    serving.check_export_target(arguments.out, force=arguments.force)  # before loading: a mistake costs nothing
     classifier = serving.load_classifier(arguments.model, meta=arguments.meta, project_root=Path.cwd())
     out = serving.export_saved_model(classifier, arguments.out, force=arguments.force)
     print(f"SavedModel in {out} (endpoint `serve`: float32 pixels 0-255, shape "

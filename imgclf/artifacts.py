@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 PARAMS_FILE = "params.yaml"
 DATA_FINGERPRINT = "data/fingerprint.json"  # fingerprint_data's digest of data.path's local data; download's dep
@@ -148,14 +150,75 @@ class PreparedMeta:
         return {**dataclasses.asdict(self), "class_names": list(self.class_names), "num_classes": self.num_classes}
 
     @classmethod
-    def from_dict(cls, raw: dict, *, source: str = META_FILE) -> PreparedMeta:
+    def from_dict(cls, raw: Any, *, source: str = META_FILE) -> PreparedMeta:
+        rerun = "rerun the preprocess stage (dvc repro preprocess)"
+        if not isinstance(raw, dict):
+            raise MetadataError(f"{source} is not a JSON object of the preprocess stage's facts; {rerun}")
         names = [field.name for field in dataclasses.fields(cls)]
         missing = [name for name in names if name not in raw]
         if missing:
             raise MetadataError(f"{source} lacks {', '.join(missing)}: it was written by another version of the "
-                             "preprocess stage; rerun it (dvc repro preprocess)")
+                             f"preprocess stage; {rerun}")
         values = {name: raw[name] for name in names}
+        problem = preprocessing_problem(values) or _bookkeeping_problem(values)
+        if problem:
+            raise MetadataError(f"{source}: {problem}; {rerun}")
         return cls(**{**values, "class_names": tuple(values["class_names"])})
+
+
+RESIZE_POLICIES = ("pad", "crop", "stretch")
+
+
+def preprocessing_problem(raw: dict[str, Any]) -> str | None:
+    """What is wrong with the preprocessing facts (class_names, image_size, channels, resize) of a meta.json or
+    preprocessing.json, or None. `class_names: "abcd"` would otherwise be read as four classes."""
+    names = raw.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) and name for name in names):
+        return f"class_names must be a list of class names (strings), got {_short(names)}"
+    if len(set(names)) != len(names):
+        return f"class_names lists a class twice: {_short(names)}"
+    size = raw.get("image_size")
+    if not _is_int(size) or size < 1:
+        return f"image_size must be a positive integer, got {_short(size)}"
+    if raw.get("channels") not in (1, 3) or isinstance(raw.get("channels"), bool):
+        return f"channels must be 1 or 3, got {_short(raw.get('channels'))}"
+    if raw.get("resize") not in RESIZE_POLICIES:
+        return f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {_short(raw.get('resize'))}"
+    return None
+
+
+def _bookkeeping_problem(raw: dict[str, Any]) -> str | None:
+    """What is wrong with the rest of meta.json (counts, shards, source), or None."""
+    checks = (("source", isinstance(raw["source"], str), "a string"),
+              ("source_sha256", raw["source_sha256"] is None or isinstance(raw["source_sha256"], str),
+               "a string or null"),
+              ("counts", _is_mapping_of(raw["counts"], _is_int), "a mapping of split to image count"),
+              ("counts_per_class", _is_mapping_of(raw["counts_per_class"], lambda value: _is_list_of(value, _is_int)),
+               "a mapping of split to a list of counts"),
+              ("skipped", _is_int(raw["skipped"]), "an integer"),
+              ("shards", _is_mapping_of(raw["shards"], lambda value: _is_list_of(value, lambda item: isinstance(
+                  item, str))), "a mapping of split to a list of shard file names"))
+    for key, valid, expected in checks:
+        if not valid:
+            return f"{key} must be {expected}, got {_short(raw[key])}"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_list_of(value: Any, check: Callable[[Any], bool]) -> bool:
+    return isinstance(value, list) and all(check(item) for item in value)
+
+
+def _is_mapping_of(value: Any, check: Callable[[Any], bool]) -> bool:
+    return isinstance(value, dict) and all(isinstance(key, str) and check(item) for key, item in value.items())
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def read_prepared_meta(prepared_dir: Path) -> PreparedMeta:
@@ -163,4 +226,14 @@ def read_prepared_meta(prepared_dir: Path) -> PreparedMeta:
     path = Path(prepared_dir) / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run the preprocess stage first (dvc repro preprocess)")
-    return PreparedMeta.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError; `[[[...` 20,000 deep
+        raise MetadataError(f"{path} is not valid JSON ({json_problem(error)}); rerun the preprocess stage "
+                            "(dvc repro preprocess)") from None
+    return PreparedMeta.from_dict(raw, source=str(path))
+
+
+def json_problem(error: BaseException) -> str:
+    """`Expecting value: line 1 column 1 (char 0)`: why a JSON file could not be parsed, on one line."""
+    return error.args[0] if isinstance(error, json.JSONDecodeError) else type(error).__name__

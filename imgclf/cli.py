@@ -26,6 +26,10 @@ from imgclf.errors import UserError
 EVERY_PARAM = "params.yaml:"
 # Exit status of every entry point for a condition the user can fix (after one `error: ...` line).
 EXIT_USER_ERROR = 2
+# Exit status after Ctrl-C (SIGINT), the shell's convention (128 + 2), after one `error: interrupted` line.
+EXIT_INTERRUPTED = 130
+INTERRUPTED_MESSAGE = ("interrupted; run the same command again to resume (a training stage goes on after its last "
+                       "finished epoch)")
 # Set to a file, each stage appends one JSON line {"stage", "declared", "read"}: the params keys it really read
 # (tests/test_deps.py compares them with PARAMS, so a declared key no code reads is found too).
 PARAMS_TRACE_ENV = "IMGCLF_PARAMS_TRACE"
@@ -146,6 +150,8 @@ def user_error_message(error: BaseException) -> str | None:
         message = f"not valid YAML: {yaml_problem(error)}; fix the file"
     elif isinstance(error, OSError) and error.errno == errno.ENOSPC:
         message = f"no space left on {error.filename or os.getcwd()}; free some space and run it again"
+    elif isinstance(error, OSError) and error.errno == errno.EROFS:
+        message = f"{error.filename or os.getcwd()} is on a read-only file system; write somewhere else"
     elif isinstance(error, (UserError, artifacts.MetadataError, *_PATH_ERRORS)):
         message = str(error)
     else:
@@ -154,9 +160,13 @@ def user_error_message(error: BaseException) -> str | None:
 
 
 def exit_on_user_error(body: Callable[[], object]) -> object:
-    """Run `body`; an error the user can fix becomes `error: <one line>` on stderr and exit status 2."""
+    """Run `body`; an error the user can fix becomes `error: <one line>` on stderr and exit status 2, and Ctrl-C
+    `error: interrupted; ...` and status 130 (outputs are written atomically: none is left half-written)."""
     try:
         return body()
+    except KeyboardInterrupt:
+        print(f"error: {INTERRUPTED_MESSAGE}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as error:
         message = user_error_message(error)
         if message is None:

@@ -235,8 +235,13 @@ def check_params_file(path: str | Path) -> str:
                           "that it is the right file")
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    except UnicodeDecodeError as error:  # DVC reads it as UTF-8 too
+        found = ("it looks like UTF-16" if data.startswith((b"\xff\xfe", b"\xfe\xff"))
+                 else f"byte 0x{data[error.start]:02x} at offset {error.start}")
+        raise ConfigError(f"{path}: not UTF-8 text ({found}); save it as UTF-8") from None
+    if _flow_depth(text) > MAX_PARAMS_DEPTH:  # ruamel's scanner takes time quadratic in it, even for events
+        raise ConfigError(f"{path}: nested too deeply for a params file (more than {MAX_PARAMS_DEPTH} levels); fix "
+                          "the file")
     depth = 0
     try:
         for event in YAML(typ="safe").parse(text):
@@ -256,13 +261,18 @@ def check_params_file(path: str | Path) -> str:
 def read_params_yaml(path: str | Path) -> Any:
     """A params file parsed exactly as DVC parses it (ruamel.yaml, YAML 1.2), so that the values a stage
     validates are the values DVC tracks: `3e-4` is a float and `yes` is a string, where PyYAML (YAML 1.1)
-    reads a string and a boolean. `check_params_file` vets it first."""
+    reads a string and a boolean. `check_params_file` vets it first; keys that are not strings and nesting deeper
+    than `MAX_NESTING` (params.yaml has 2) are refused after it, each as one `ConfigError` line."""
     path = Path(path)
     text = check_params_file(path)
     try:
         raw = YAML(typ="safe").load(text)
     except YAMLError as error:
         raise _not_valid_yaml(path, error) from error
+    except RecursionError:  # its parser recurses once per level of block nesting
+        raise ConfigError(f"{path}: nested too deeply for a params file (at most {MAX_NESTING} levels); fix the "
+                          "file") from None
+    check_plain_mapping(raw, source=str(path))
     return raw if raw is not None else {}
 
 
@@ -271,8 +281,62 @@ def _not_valid_yaml(path: Path, error: YAMLError) -> ConfigError:
     return ConfigError(f"{path}: not valid YAML: {message}")
 
 
+# Levels of nested mappings and lists a params file or profile may have: params.yaml has 2 (`scratch.conv_filters`).
+MAX_NESTING = 8
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of YAML flow collections (`[`, `{`) in `text`, brackets in quoted strings and comments
+    aside: a cheap bound checked before parsing (a misjudged odd string only errs towards parsing it)."""
+    depth = deepest = 0
+    quote, previous, escaped, in_comment = "", "\n", False, False
+    for char in text:
+        if in_comment:
+            in_comment = char != "\n"
+        elif quote:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "'\"" and previous in " \t\n[{,:":
+            quote = char
+        elif char == "#" and previous in " \t\n":
+            in_comment = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        previous = char
+    return deepest
+
+
+def check_plain_mapping(raw: Any, *, source: str) -> None:
+    """Refuse keys that are not strings (`1: 2`, `null: x`) and nesting past MAX_NESTING, without recursion: a
+    20,000-level file would otherwise end every recursive reader (merge, flatten, validation) in RecursionError."""
+    pending, seen = [(raw, "", 0)], set()
+    while pending:
+        value, where, depth = pending.pop()
+        if not isinstance(value, (dict, list)) or id(value) in seen:  # a YAML alias repeats a node: checked once
+            continue
+        seen.add(id(value))
+        children = list(value.items() if isinstance(value, dict) else enumerate(value))
+        if children and depth >= MAX_NESTING:
+            raise ConfigError(f"{source}: {where or 'top level'}: nested more than {MAX_NESTING} levels deep; a "
+                              "params file has sections of keys, and lists of numbers")
+        for key, child in children:
+            if isinstance(value, dict) and not isinstance(key, str):
+                raise ConfigError(f"{source}: {where or 'top level'}: key {key!r} is not a string; every params "
+                                  "key is a name, e.g. `epochs: 10`")
+            name = f"[{key}]" if isinstance(value, list) else f".{key}" if where else key
+            pending.append((child, f"{where}{name}", depth + 1))
+
+
 def params_from_dict(raw: Any, *, source: str = "params") -> Params:
     """Build `Params` from a plain mapping (parsed YAML), validating every key."""
+    check_plain_mapping(raw, source=source)
     try:
         return _build(Params, raw, key="", source=source)
     except ConfigError:
@@ -312,6 +376,9 @@ def _check_cross_field(params: Params) -> None:
         if fit.warmup_epochs > 0 and fit.lr_schedule in ("one_cycle", "plateau"):
             raise ValueError(f"{section}.warmup_epochs: not used with lr_schedule {fit.lr_schedule!r} (one_cycle warms "
                              "up by itself, plateau lowers a plain rate); set it to 0 or pick another schedule")
+    if not params.mlflow.experiment.strip():
+        # MLflow refuses an empty experiment name only when the run is logged: after training, minutes later.
+        raise ValueError("mlflow.experiment: expected a non-empty experiment name, e.g. imgclf")
     if not params.scratch.residual_widths:
         raise ValueError("scratch.residual_widths: expected a non-empty list of positive integers")
     blocks = len(params.scratch.conv_filters)

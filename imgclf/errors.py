@@ -16,6 +16,10 @@ class DataSourceError(UserError):
     """A data source that cannot be fetched or read."""
 
 
+class FolderTooDeepError(DataSourceError):
+    """A folder tree nested deeper than any data set (fileio.MAX_FOLDER_DEPTH): refused before it is read."""
+
+
 class UnsafeArchiveError(DataSourceError):
     """An archive member that would land outside the extraction directory; the message names it."""
 
@@ -38,3 +42,11 @@ class TrackingStoreError(UserError):
 
 class EvaluationError(UserError):
     """A model or prediction file that does not fit the data."""
+
+
+class CorruptFileError(UserError):
+    """A JSON file an earlier stage wrote (or a user gave) that cannot be parsed; the message names it."""
+
+
+class UnwritableOutputError(UserError):
+    """An output that cannot be written (a read-only folder or file system): refused before any work."""

@@ -17,9 +17,13 @@ import secrets
 import shutil
 import socket
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from imgclf import artifacts
+from imgclf.errors import CorruptFileError, FolderTooDeepError, UnwritableOutputError
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +114,25 @@ def refuse_special_target(path: Path) -> None:
         raise SpecialFileError(f"{path} is {kind}, not a file; give the path of a file to write")
 
 
+def check_writable_folder(folder: Path, *, option: str) -> None:
+    """Refuse, before any work, an output folder nothing can be written in: a read-only folder, or one on a
+    read-only file system. A probe file is created and removed in `folder`, or in its nearest existing parent
+    when it is still to be made (nothing else is created): `os.access` would say yes to root in a read-only folder
+    and knows nothing of a read-only mount. `option` is what the user gave, named in the error (`--output x.csv`)."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UnwritableOutputError(f"{option}: {existing} is not a folder; give a path in a folder")
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".imgclf-write-probe-", dir=existing)
+    except OSError as error:
+        raise UnwritableOutputError(f"{option}: cannot write in {existing} ({error.strerror or error}); choose a "
+                                    "folder you can write to") from None
+    os.close(descriptor)
+    os.unlink(probe)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a fresh hidden file name beside `path` to write; it is renamed to `path` only if the body succeeds.
@@ -149,11 +172,33 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file written by an earlier stage, saying which stage to run when it is missing."""
+    """Parse a JSON file written by an earlier stage, saying which stage to run when it is missing or damaged."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run the stage that writes it first (dvc repro)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError; `[[[...` 20,000 deep
+        raise CorruptFileError(f"{path} is not valid JSON ({artifacts.json_problem(error)}); run the stage that "
+                               "writes it again (dvc repro), or give the file it wrote") from None
+
+
+# Folders a walk descends at most (a data folder, an archive's members): photo collections are a few deep. Python's
+# os.walk and Path.rglob recurse once per level, so a tree 2,100 deep ended them in RecursionError.
+MAX_FOLDER_DEPTH = 64
+
+
+def walk(folder: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(folder)` (top-down, links to folders not followed: prune `dirs` in place to skip some) that raises
+    `FolderTooDeepError` in one line at a folder MAX_FOLDER_DEPTH levels below `folder` that holds folders."""
+    base = len(Path(folder).parts)
+    for current, dirs, names in os.walk(folder):
+        depth = len(Path(current).parts) - base
+        if dirs and depth >= MAX_FOLDER_DEPTH:
+            shown = "/".join(Path(current).parts[base:base + 3])
+            raise FolderTooDeepError(f"{folder}: folders nested more than {MAX_FOLDER_DEPTH} levels deep (under "
+                                     f"{shown}/...); no data set needs that many: flatten or remove them")
+        yield current, dirs, names
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -416,7 +416,7 @@ def training_run(params: Params, *, model: str, project_root: Path, out_dir: Pat
                     "tracking_uri": mlflow.get_tracking_uri(),
                 })
                 yield run
-        except Exception:
+        except BaseException:  # Ctrl-C too
             # run.json belongs with a finished model.keras: one left by a failed training would point at a
             # FAILED (or, when the store broke, never-ended) run.
             run_file.unlink(missing_ok=True)

@@ -103,15 +103,25 @@ def safe_extract(archive: Path, target: Path, limits: ExtractionLimits = Extract
                                   "check data.path")
 
 
+# The longest file name Linux file systems store (NAME_MAX): a longer member fails with ENAMETOOLONG half-way.
+MAX_NAME_BYTES = 255
+
+
 def _check_member_name(archive: Path, name: str) -> None:
     if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
         raise _unsafe(archive, name, "has an absolute path")
-    if ".." in re.split(r"[\\/]", name):
+    parts = re.split(r"[\\/]", name)
+    if ".." in parts:
         raise _unsafe(archive, name, "contains '..'")
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for part in parts):
+        raise _unsafe(archive, name, f"has a name longer than {MAX_NAME_BYTES} bytes, which no file system stores")
+    if len([part for part in parts if part not in ("", ".")]) > fileio.MAX_FOLDER_DEPTH:
+        raise _unsafe(archive, name, f"is nested more than {fileio.MAX_FOLDER_DEPTH} folders deep")
 
 
 def _unsafe(archive: Path, member: str, problem: str) -> UnsafeArchiveError:
-    return UnsafeArchiveError(f"{archive}: member {member!r} {problem}; refusing to extract this archive "
+    shown = member if len(member) <= 100 else f"{member[:60]}...{member[-30:]}"  # one readable line
+    return UnsafeArchiveError(f"{archive}: member {shown!r} {problem}; refusing to extract this archive "
                               "(check where it came from, or extract it yourself and use the folder)")
 
 

@@ -92,7 +92,7 @@ def _folder_fingerprint(folder: Path, cache: _DigestCache) -> dict:
     boundary = os.path.realpath(folder)
     listing = hashlib.sha256()
     files = total = 0
-    for directory, subdirectories, names in os.walk(folder):  # never follows a linked folder
+    for directory, subdirectories, names in fileio.walk(folder):  # never follows a linked folder; bounded depth
         subdirectories.sort()
         for name in sorted([*names, *(entry for entry in subdirectories
                                       if os.path.islink(os.path.join(directory, entry)))]):

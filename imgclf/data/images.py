@@ -33,9 +33,11 @@ class ImageDecodeError(ValueError):
     """An image file that cannot be read; the message is the reason shown in the skipped-files report."""
 
 
-def decode_file(path: Path | BinaryIO, *, image_size: int, resize: str, channels: int = 3) -> np.ndarray:
+def decode_file(path: Path | BinaryIO, *, image_size: int, resize: str, channels: int = 3,
+                max_pixels: int | None = None) -> np.ndarray:
     """Read `path` (a file, or bytes in a binary stream: served images) and return uint8 pixels of shape
-    (image_size, image_size, channels)."""
+    (image_size, image_size, channels). `max_pixels` (serving) refuses a larger image from its header, before
+    anything is decoded: a 258 KB PNG can hold 13000x13000 pixels, 0.5 GB of RGB."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -43,9 +45,15 @@ def decode_file(path: Path | BinaryIO, *, image_size: int, resize: str, channels
                 # JPEG draft mode decodes at a reduced scale when the target is much smaller: a large speedup
                 # for photos, and the result is resampled below anyway.
                 image.draft("RGB" if channels == 3 else "L", (image_size, image_size))
+                width, height = image.size  # after draft: the pixels that load() will really decode
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageDecodeError(f"{width}x{height} pixels, past the limit of {max_pixels:,} per image; "
+                                           "send a smaller image")
                 image.load()
                 image = ImageOps.exif_transpose(image)
                 return to_pixels(image, image_size=image_size, resize=resize, channels=channels)
+    except ImageDecodeError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as error:
         reason = str(error) or type(error).__name__
@@ -81,6 +89,8 @@ def _to_8bit(image: Image.Image, *, channels: int) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image)
         if image.mode == "F":
+            if not np.isfinite(array).all():  # NaN would turn the whole image black (max() is NaN), silently
+                raise ValueError("a float image with NaN or infinite pixels; fix or remove the file")
             # Float images come as [0, 1] or [0, 255]; the maximum tells which.
             array = np.clip(array * (255.0 if array.max(initial=0.0) <= 1.0 else 1.0), 0, 255)
         else:

@@ -163,7 +163,8 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
             os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
         failures = decode_all(examples, pixels, image_size=size, resize=params.preprocess.resize,
                               workers=workers)
-        _report_skipped(failures, examples, staging / artifacts.SKIPPED_FILE)
+        not_fetched = source_info.get("skipped_files", [])  # image_folder: unsupported formats, FIFOs
+        _report_skipped(failures, examples, staging / artifacts.SKIPPED_FILE, not_fetched=not_fetched)
 
         labels = np.array([example.label for example in examples], dtype=np.int64)
         official_test = np.array([example.split == "test" for example in examples])
@@ -204,7 +205,7 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
             "resize": params.preprocess.resize,
             "counts": {name: int(sum(counts[name])) for name in SPLITS},
             "counts_per_class": counts,
-            "skipped": len(failures),
+            "skipped": len(failures) + len(not_fetched),
             "shards": shards,
         }
         fileio.atomic_write_json(staging / artifacts.META_FILE, meta)
@@ -233,16 +234,21 @@ def _check_free_space(folder: Path, needed_mb: int) -> None:
                               "some space (or lower preprocess.image_size) and run the stage again")
 
 
-def _report_skipped(failures: dict[int, str], examples: Sequence[RawExample], path: Path) -> None:
-    """Write every skipped file with its reason (an empty report still has its header) and log each one."""
+def _report_skipped(failures: dict[int, str], examples: Sequence[RawExample], path: Path, *,
+                    not_fetched: Sequence[dict[str, str]] = ()) -> None:
+    """Write every skipped file with its reason (an empty report still has its header) and log each one: the
+    images that could not be decoded (`original` under data/raw), then the files the download stage did not copy
+    (`original` under data.path: an AVIF, a FIFO; source.json's `skipped_files`)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["original", "reason"])
     for position in sorted(failures):
         writer.writerow([examples[position].original, failures[position]])
         log.warning("skipped unreadable image %s: %s", examples[position].original, failures[position])
-    if failures:
-        log.warning("skipped %d unreadable image(s); see %s", len(failures), path.name)
+    for item in not_fetched:
+        writer.writerow([item["file"], item["reason"]])
+    if failures or not_fetched:
+        log.warning("skipped %d unreadable image(s); see %s", len(failures) + len(not_fetched), path.name)
     fileio.atomic_write_text(path, buffer.getvalue())
 
 

@@ -9,7 +9,9 @@ so the directory can move. Common keys: `source`, `format`, `class_names`, `chan
 - `mnist` / `fashion_mnist` -> format `idx` (formats/idx.py): the four official IDX files, kept gzipped
   (`files`, `files_sha256`).
 - `image_folder` -> format `image_folder` (formats/image_folder.py): a directory, an archive or an http(s)
-  URL of one, normalised to `images/train/<class>/...` and `images/test/<class>/...` (`train_dir`, `test_dir`).
+  URL of one, normalised to `images/train/<class>/...` and `images/test/<class>/...` (`train_dir`, `test_dir`);
+  what it left out, and why: `skipped_links` (links out of the folder), `skipped_files` (formats not decoded here,
+  FIFOs and devices; preprocess lists them in skipped.csv).
 - `synthetic` -> format `image_folder` (formats/synthetic.py): small striped RGB images, generated from the seed.
 
 Checksums (download.py): a download is always verified before it is used, against `data.sha256` or else the

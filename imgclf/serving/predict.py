@@ -60,12 +60,15 @@ def find_images(paths: Sequence[Path]) -> list[Path]:
     suffixes = image_suffixes()
     found: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            found += sorted(candidate for candidate in path.rglob("*")
-                            if candidate.is_file() and candidate.suffix.lower() in suffixes
-                            and not any(part.startswith(".") for part in candidate.relative_to(path).parts))
-        else:
+        if not path.is_dir():
             found.append(path)
+            continue
+        under = []
+        for current, dirs, names in fileio.walk(path):  # bounded: a 2,100-level tree is one error line
+            dirs[:] = [name for name in dirs if not name.startswith(".")]
+            under += [Path(current, name) for name in names if not name.startswith(".")
+                      and Path(name).suffix.lower() in suffixes and Path(current, name).is_file()]
+        found += sorted(under)
     return found
 
 
@@ -183,8 +186,11 @@ def run(paths: Sequence[Path], *, model: str, meta: Path, top_k: int, output_for
         raise UserError(f"--output {output} is a directory; give a file name, e.g. {Path(output) / 'predictions.csv'}")
     if output is not None:
         fileio.refuse_special_target(Path(output))  # a device node would be replaced by the results file
+        fileio.check_writable_folder(Path(output).parent, option=f"--output {output}")  # else the predictions are lost
     if score_bars is not None and Path(score_bars).exists() and not Path(score_bars).is_dir():
         raise UserError(f"--score-bars {score_bars} exists and is not a folder; give a folder for the PNGs")
+    if score_bars is not None:
+        fileio.check_writable_folder(Path(score_bars), option=f"--score-bars {score_bars}")
     missing = [str(path) for path in paths if not Path(path).exists()]
     if missing:  # a mistyped path; a file that exists but cannot be decoded gets its error row instead
         raise UserError(f"{', '.join(missing)}: no such file or folder; check the path"

@@ -49,6 +49,14 @@ MODEL_CODE = ('"""The imgclf image classifier, as MLflow models-from-code (see i
               "import mlflow\n\nfrom imgclf.serving.serving import ImageClassifier\n\n"
               "mlflow.models.set_model(ImageClassifier())\n")
 IMAGE_COLUMN = "image"
+# What one request to the served model may hold, refused (HTTP 400) before anything is decoded: the scoring server
+# itself bounds only the time (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT, 60 s), not what a request makes it decode.
+MAX_REQUEST_IMAGES = 64
+MAX_REQUEST_BYTES = 32 << 20  # of base64 text, all images together
+# Pixels per served image, from its header (after JPEG's reduced-size decoding, so any phone photo passes): far
+# below Pillow's decompression-bomb limit (179 M, set in imgclf/data/images.py), which let a 258 KB PNG of
+# 13000x13000 pixels through (0.5 GB of RGB, 3 s to decode each).
+MAX_IMAGE_PIXELS = 16_000_000
 PREDICTED_CLASS = "predicted_class"
 PROBABILITY = "probability"
 BATCH_SIZE = 64
@@ -74,14 +82,18 @@ class Preprocessing:
     resize: str
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any], *, source: str) -> Preprocessing:
+    def from_meta(cls, meta: Any, *, source: str) -> Preprocessing:
         """The preprocessing facts of a prepared data set's `meta.json` (or a logged `preprocessing.json`)."""
+        remedy = "give the meta.json that the preprocess stage wrote for the model's data (data/prepared/meta.json)"
+        if not isinstance(meta, dict):
+            raise ModelSourceError(f"{source} is not a JSON object of preprocessing facts; {remedy}")
         missing = [key for key in PREPROCESSING_KEYS if key not in meta]
         if missing:
-            raise ModelSourceError(f"{source} lacks {', '.join(missing)}; give the meta.json that the preprocess "
-                                   "stage wrote for the model's data (data/prepared/meta.json)")
-        return cls(tuple(str(name) for name in meta["class_names"]), int(meta["image_size"]), int(meta["channels"]),
-                   str(meta["resize"]))
+            raise ModelSourceError(f"{source} lacks {', '.join(missing)}; {remedy}")
+        problem = artifacts.preprocessing_problem(meta)
+        if problem:
+            raise ModelSourceError(f"{source}: {problem}; {remedy}")
+        return cls(tuple(meta["class_names"]), meta["image_size"], meta["channels"], meta["resize"])
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "class_names": list(self.class_names)}
@@ -120,13 +132,17 @@ class Classifier:
     def class_names(self) -> tuple[str, ...]:
         return self.preprocessing.class_names
 
-    def decode(self, source: Path | bytes) -> np.ndarray:
-        """Pixels of one image file (path or its bytes), as the preprocess stage decoded training images."""
+    def decode(self, source: Path | bytes, *, max_pixels: int | None = None) -> np.ndarray:
+        """Pixels of one image file (path or its bytes), as the preprocess stage decoded training images;
+        `max_pixels` refuses a larger image before decoding it (serving)."""
         # decode_file hands its argument to PIL.Image.open, which reads paths and binary file objects alike.
         handle = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+        if isinstance(handle, Path) and handle.exists() and not handle.is_file():
+            raise InvalidImageError("not a regular file (a folder, FIFO or device); never opened")  # a FIFO blocks
         try:
             return images.decode_file(handle, image_size=self.preprocessing.image_size,
-                                      resize=self.preprocessing.resize, channels=self.preprocessing.channels)
+                                      resize=self.preprocessing.resize, channels=self.preprocessing.channels,
+                                      max_pixels=max_pixels)
         except images.ImageDecodeError as error:
             raise InvalidImageError(f"not a readable image ({error})") from error
 
@@ -185,10 +201,16 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(
                 f"expected a DataFrame with a string column {IMAGE_COLUMN!r} of base64-encoded image files")
+        texts = model_input[IMAGE_COLUMN].tolist()
+        size = sum(len(text) for text in texts if isinstance(text, str))
+        if len(texts) > MAX_REQUEST_IMAGES or size > MAX_REQUEST_BYTES:
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                f"cannot classify: {len(texts)} images and {size / (1 << 20):.1f} MB of base64 in one request, past "
+                f"the limits of {MAX_REQUEST_IMAGES} images and {MAX_REQUEST_BYTES >> 20} MB; split the request")
         pixels, problems = [], []
-        for row, text in enumerate(model_input[IMAGE_COLUMN].tolist()):
+        for row, text in enumerate(texts):
             try:
-                pixels.append(self._classifier.decode(decode_base64(text)))
+                pixels.append(self._classifier.decode(decode_base64(text), max_pixels=MAX_IMAGE_PIXELS))
             except InvalidImageError as error:
                 problems.append(f"row {row}: {error}")
         if problems:
@@ -293,17 +315,37 @@ def load_classifier(spec: str, *, meta: Path, project_root: Path) -> Classifier:
         return Classifier.from_files(files.keras_file, files.preprocessing_file)
 
 
+SAVED_MODEL_FILE = "saved_model.pb"  # what marks a folder as a SavedModel, the only kind `--force` replaces
+
+
+def check_export_target(out_dir: Path, *, force: bool) -> None:
+    """Refuse, before any work, an `--out` the export cannot or must not replace: a file, the current folder or
+    one holding it (`--out .`), a non-empty folder without `force`, a non-empty folder that is not an earlier
+    export even with `force` (it would be deleted), and a folder nothing can be written beside."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModelSourceError(f"{out_dir} is a file; give a directory for the SavedModel")
+    real, here = Path(os.path.realpath(out_dir)), Path(os.path.realpath(Path.cwd()))
+    if here.is_relative_to(real):
+        raise ModelSourceError(f"--out {out_dir} is the current folder or holds it ({here}), which the export would "
+                               "replace; give the SavedModel a folder of its own, e.g. serving/imgclf/1")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise ModelSourceError(f"{out_dir} is not empty; pass --force to replace it or choose another --out")
+        if not (out_dir / SAVED_MODEL_FILE).is_file():
+            raise ModelSourceError(f"{out_dir} is not an earlier export (it has no {SAVED_MODEL_FILE}), and --force "
+                                   "replaces only that: it would delete the folder; choose an empty or new --out")
+    fileio.check_writable_folder(real.parent, option=f"--out {out_dir}")  # the export is built beside it, then renamed
+
+
 def export_saved_model(classifier: Classifier, out_dir: Path, *, force: bool = False) -> Path:
     """Write a TensorFlow SavedModel (endpoint `serve`: raw 0-255 float32 pixels at the model's input size
     in, class probabilities out) to `out_dir`, with `assets.extra/preprocessing.json` for clients.
 
     Built in a temporary directory beside `out_dir` and renamed into place, so `out_dir` never holds half an
-    export; a non-empty `out_dir` is replaced only with `force`."""
+    export; a non-empty `out_dir` is replaced only with `force`, and only when it is an earlier export."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ModelSourceError(f"{out_dir} is a file; give a directory for the SavedModel")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ModelSourceError(f"{out_dir} is not empty; pass --force to replace it or choose another --out")
+    check_export_target(out_dir, force=force)
     with fileio.staged_directory(out_dir) as built:
         # model.export wants to create its directory itself
         classifier.model.export(str(built / "saved_model"), format="tf_saved_model", verbose=False)

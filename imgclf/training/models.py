@@ -353,15 +353,38 @@ def assemble_transfer_model(extractor: keras.Model, head: keras.Model) -> keras.
     return keras.Model(inputs, head(extractor(inputs)), name="transfer")
 
 
+# The description members of a `.keras` zip. Keras reads each whole into memory and parses it: a 1 GB config.json
+# took 2.8 GB of RAM before its error. A model's is kilobytes (ResNet50's about 100 KB), so this bound is generous.
+MODEL_DESCRIPTION_MEMBERS = ("config.json", "metadata.json")
+MAX_MODEL_DESCRIPTION_BYTES = 16 << 20
+
+
+def check_model_file(path: Path, *, remedy: str) -> None:
+    """Refuse, from the zip directory alone (nothing is decompressed), a `.keras` file whose config.json or
+    metadata.json is larger than any model's (MAX_MODEL_DESCRIPTION_BYTES): a `ModelFileError` naming the file."""
+    try:
+        with zipfile.ZipFile(path) as bundle:
+            members = bundle.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ModelFileError(f"{path} is not a Keras model file ({error}); {remedy}") from error
+    for info in members:
+        if info.filename in MODEL_DESCRIPTION_MEMBERS and info.file_size > MAX_MODEL_DESCRIPTION_BYTES:
+            raise ModelFileError(f"{path} is not a Keras model file as a training stage writes it: its {info.filename} "
+                                 f"is {info.file_size / (1 << 20):.0f} MB, past the "
+                                 f"{MAX_MODEL_DESCRIPTION_BYTES >> 20} MB any model's takes; {remedy}")
+
+
 def load_model(path: Path, *, remedy: str = "run the stage that wrote it again (dvc repro --force STAGE)"
                ) -> keras.Model:
     """Load a model saved by this project; importing this module registered its custom layers.
 
-    A file Keras cannot read (corrupt, truncated, not a model, refused by safe mode) is a `ModelFileError`
-    whose message ends with `remedy`, what the caller's user should do about it."""
+    A file Keras cannot read (corrupt, truncated, not a model, refused by safe mode) or with an oversized
+    description (`check_model_file`, checked first) is a `ModelFileError` whose message ends with `remedy`, what
+    the caller's user should do about it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} not found; run the training stage first (dvc repro)")
+    check_model_file(path, remedy=remedy)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except (ValueError, OSError, zipfile.BadZipFile) as error:  # how Keras reports a file that is no model

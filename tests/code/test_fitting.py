@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -85,7 +86,7 @@ def test_suggestion_finds_the_steepest_descent():
 def test_exp_args_turns_a_profile_into_dvc_arguments():
     result = subprocess.run([sys.executable, "-m", "imgclf", "exp-args", "profiles/scratch_best.yaml"],
                             cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
-    arguments = result.stdout.split()
+    arguments = shlex.split(result.stdout)  # shell-quoted, for the README's `eval "dvc exp run $(...)"`
     assert "scratch.lr_schedule=\"one_cycle\"" in arguments and arguments.count("-S") == len(arguments) // 2
 
 

@@ -191,7 +191,7 @@ def _alias_bomb(levels: int = 9) -> str:
 
 @pytest.mark.parametrize(("case", "message"), [
     ("anchor", r":2: YAML anchors and aliases \(&name, \*name\) are not allowed in a params file"),
-    ("deep", r":1: nested more than 16 levels deep"),
+    ("deep", r": nested too deeply for a params file \(more than 16 levels\)"),
     ("big", r": more than 256 KB, far more than a params file needs"),
 ])
 def test_params_with_aliases_deep_nesting_or_bulk_are_refused_before_parsing(tmp_path, case, message):

@@ -151,7 +151,8 @@ def test_export_saved_model_serves_what_the_keras_model_predicts(trained_project
     meta_path = trained_project / "data" / "prepared" / "meta.json"
     out = tmp_path / "serving" / "imgclf" / "1"
     out.mkdir(parents=True)
-    (out / "stale.txt").write_text("an earlier export")
+    (out / "saved_model.pb").write_text("an earlier export")  # --force replaces only a SavedModel folder
+    (out / "stale.txt").write_text("a file of the earlier export")
     arguments = ["export", "--model", str(model), "--meta", str(meta_path), "--out", str(out)]
     assert run_cli(*arguments) == 2
     assert "is not empty; pass --force" in capsys.readouterr().err and (out / "stale.txt").exists()

@@ -11,9 +11,11 @@ import dataclasses
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from imgclf import fileio
 from imgclf.data import archives, download
 from imgclf.data.formats import raw
 from imgclf.errors import DataSourceError
@@ -21,6 +23,13 @@ from imgclf.errors import DataSourceError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+# Image formats that are not decoded here (no decoder in this Pillow, or one not trusted with untrusted files):
+# such files are listed as skipped (source.json's `skipped_files`, then skipped.csv), never silently ignored.
+UNSUPPORTED_IMAGE_FORMATS = {".avif": "AVIF", ".heic": "HEIC", ".heif": "HEIF", ".jp2": "JPEG 2000",
+                             ".j2k": "JPEG 2000", ".j2c": "JPEG 2000", ".jpf": "JPEG 2000", ".jpx": "JPEG 2000",
+                             ".jxl": "JPEG XL", ".psd": "Photoshop", ".svg": "SVG", ".eps": "PostScript",
+                             ".dng": "camera raw", ".cr2": "camera raw", ".cr3": "camera raw", ".nef": "camera raw",
+                             ".arw": "camera raw", ".orf": "camera raw", ".rw2": "camera raw", ".raf": "camera raw"}
 # Folders that archivers add and that are never classes (macOS zip resource forks).
 _IGNORED_NAMES = frozenset({"__MACOSX"})
 
@@ -83,8 +92,15 @@ def _read_image_folder(path: str, root: Path, digest: str | None, staging: Path,
     if test_dir is not None and not test_classes:
         raise DataSourceError(f"{path}: test/ holds no class folders; fill it as test/<class>/<images> or "
                               "remove it")
-    copies = {"train": _plan_copies(train_dir, staging / "images" / "train", class_folders),
-              "test": _plan_copies(test_dir, staging / "images" / "test", test_folders) if test_dir else []}
+    skipped: list[dict[str, str]] = []  # files that look like images but are not copied, and why
+    copies = {"train": _plan_copies(train_dir, staging / "images" / "train", class_folders, root=root,
+                                    skipped=skipped),
+              "test": _plan_copies(test_dir, staging / "images" / "test", test_folders, root=root,
+                                   skipped=skipped) if test_dir else []}
+    if skipped:
+        log.warning("%s: skipped %d file(s) that are no readable images here (listed in skipped.csv): %s", path,
+                    len(skipped), "; ".join(f"{item['file']}: {item['reason']}" for item in skipped[:5])
+                    + (" ..." if len(skipped) > 5 else ""))
     outside = sorted(escape_name(str(copy.source)) for split in raw.SPLITS for copy in copies[split]
                      if not archives.is_inside(copy.real, boundary))
     if outside:
@@ -95,7 +111,8 @@ def _read_image_folder(path: str, root: Path, digest: str | None, staging: Path,
                   for split in raw.SPLITS}
     if not copies["train"]:
         extensions = " ".join(sorted(IMAGE_EXTENSIONS))
-        raise DataSourceError(f"{path}: the class folders hold no image files ({extensions}); "
+        unread = f" ({len(skipped)} skipped, e.g. {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
+        raise DataSourceError(f"{path}: the class folders hold no image files ({extensions}){unread}; "
                               "check data.path")
     for split, names in (("train", class_names), ("test", test_classes)):
         for name in names:  # every class keeps its folder, even one left empty: the reader expects it
@@ -107,7 +124,7 @@ def _read_image_folder(path: str, root: Path, digest: str | None, staging: Path,
                            origin=path, has_test_split=test_dir is not None,
                            num_examples={split: len(copies[split]) for split in raw.SPLITS},
                            train_dir="images/train", test_dir="images/test" if test_dir is not None else None,
-                           skipped_links=outside, escaped_names=escaped)
+                           skipped_links=outside, escaped_names=escaped, skipped_files=skipped)
 
 
 def find_dataset_root(root: Path) -> Path:
@@ -136,14 +153,19 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(entry.name for entry in _visible_entries(folder) if entry.is_dir())
 
 
-def image_files(folder: Path) -> list[str]:
-    """Image files under `folder`, recursively, as sorted relative POSIX paths; hidden entries skipped."""
+def image_files(folder: Path, *, unsupported: list[str] | None = None) -> list[str]:
+    """Image files under `folder`, recursively, as sorted relative POSIX paths; hidden entries skipped. Files in an
+    image format this project does not decode (UNSUPPORTED_IMAGE_FORMATS) are appended to `unsupported`."""
     found = []
-    for current, dirs, names in os.walk(folder):
+    for current, dirs, names in fileio.walk(folder):
         dirs[:] = [name for name in dirs if not _is_hidden(name)]
         relative = Path(current).relative_to(folder)
-        found += [(relative / name).as_posix() for name in names
-                  if not _is_hidden(name) and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+        for name in names:
+            suffix = Path(name).suffix.lower()
+            if not _is_hidden(name) and suffix in IMAGE_EXTENSIONS:
+                found.append((relative / name).as_posix())
+            elif not _is_hidden(name) and suffix in UNSUPPORTED_IMAGE_FORMATS and unsupported is not None:
+                unsupported.append((relative / name).as_posix())
     return sorted(found)
 
 
@@ -156,19 +178,42 @@ class _Copy:
     escaped: bool  # its class folder's or its own name is not UTF-8: the target's has those bytes escaped
 
 
-def _plan_copies(split_dir: Path, destination: Path, class_folders: list[str]) -> list[_Copy]:
-    """Every image file of each class folder, and where it goes (destination/<class>/<relative path>, escaped)."""
+def _plan_copies(split_dir: Path, destination: Path, class_folders: list[str], *, root: Path,
+                 skipped: list[dict[str, str]]) -> list[_Copy]:
+    """Every image file of each class folder, and where it goes (destination/<class>/<relative path>, escaped).
+    Appended to `skipped` ({"file": path under `root`, "reason"}): files in a format not decoded here, and files
+    that are not regular files (a FIFO would block the copy forever, a device is no image) or links to nothing:
+    never opened."""
     split_real = os.path.realpath(split_dir)
     plan = []
     for name in class_folders:
-        for relative in image_files(split_dir / name):
+        unsupported: list[str] = []
+        for relative in image_files(split_dir / name, unsupported=unsupported):
             file = split_dir / name / relative
+            try:
+                mode = os.stat(file).st_mode  # follows links: what a copy would open
+            except OSError as error:
+                skipped.append({"file": _shown(file, root), "reason": f"cannot be read ({error.strerror})"})
+                continue
+            if not stat.S_ISREG(mode):
+                skipped.append({"file": _shown(file, root),
+                                "reason": "not a regular file (a FIFO, socket or device); never opened"})
+                continue
             real = os.path.realpath(file)
             target = destination / escape_name(name) / escape_name(relative)
             plan.append(_Copy(source=file, target=target, real=real,
                               linked=real != os.path.join(split_real, name, relative),
                               escaped=target != destination / name / relative))
+        for relative in unsupported:
+            file = split_dir / name / relative
+            skipped.append({"file": _shown(file, root), "reason": f"{UNSUPPORTED_IMAGE_FORMATS[file.suffix.lower()]} "
+                            "images are not decoded here; convert them to PNG or JPEG"})
     return plan
+
+
+def _shown(file: Path, root: Path) -> str:
+    """A skipped file as the user knows it: its path under the data set's folder (escaped, if not UTF-8)."""
+    return escape_name(file.relative_to(root).as_posix())
 
 
 def escape_name(name: str) -> str:
