@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import zipfile
 
 import h5py
@@ -144,3 +145,17 @@ def test_saving_over_a_hard_link_replaces_it_and_leaves_the_linked_file_alone(tm
     assert cached.read_bytes() == b"an earlier model"
     assert (tmp_path / "model.keras").stat().st_ino != cached.stat().st_ino
     assert models.load_model(tmp_path / "model.keras").output_shape == (None, 2)
+
+
+def test_the_same_model_saved_twice_is_the_same_bytes(tmp_path):
+    # Keras stamps the time of saving into the file: an unchanged extractor was a new DVC cache entry (and the
+    # registry's same-file check never matched) at every rerun.
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
+    models.save_model(model, tmp_path / "first.keras")
+    time.sleep(2.1)  # past the 2-second resolution of a zip entry's time, and the second of Keras' date_saved
+    models.save_model(model, tmp_path / "second.keras")
+    assert (tmp_path / "first.keras").read_bytes() == (tmp_path / "second.keras").read_bytes()
+    restored = models.load_model(tmp_path / "second.keras")
+    np.testing.assert_array_equal(restored.get_layer("dense").get_weights()[0],
+                                  model.get_layer("dense").get_weights()[0])
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")], "no temporary left behind"
