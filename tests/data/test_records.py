@@ -13,6 +13,8 @@ import pytest
 from imgclf.data import records, tfdata
 from imgclf.pipeline import PROJECT_ROOT
 
+pytestmark = pytest.mark.duration(seconds=25)  # about, under make test (four processes importing TensorFlow)
+
 SHAPE = (5, 4, 3)
 
 
