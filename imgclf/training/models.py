@@ -374,6 +374,7 @@ def load_model(path: Path, *, remedy: str = "run the stage that wrote it again (
 # The earliest time a zip entry can record, the one Keras already gives two of the three entries of a `.keras` file.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _KERAS_METADATA = "metadata.json"  # Keras writes it and never reads it back
+_KERAS_CONFIG = "config.json"
 
 
 def save_model(model: keras.Model, path: Path) -> None:
@@ -387,9 +388,10 @@ def save_model(model: keras.Model, path: Path) -> None:
     own backups (`fitting.ResumeState`). Reloading the file uncompiled, as they do, and saving that gives the
     weights alone, restored by Keras' own loader (a `Normalization` layer's derived statistics included).
 
-    Keras also stamps the time into the file, so the same model saved twice (the feature extractor of an
-    unchanged backbone, whenever extract_features reruns) had two digests: two entries in DVC's cache, and
-    two registry versions of one model. Without it, the same model is the same bytes."""
+    Keras also writes the time of saving and the memory addresses of shared objects into the file, so the same
+    model saved twice (the feature extractor of an unchanged backbone, whenever extract_features reruns) had two
+    digests: two entries in DVC's cache, and two registry versions of one model. Without them, the same model is
+    the same bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch, \
@@ -402,7 +404,8 @@ def save_model(model: keras.Model, path: Path) -> None:
 
 
 def _copy_without_save_time(source: Path, target: Path) -> None:
-    """Copy a `.keras` file entry by entry, each dated `_ZIP_EPOCH`, its metadata without `date_saved`."""
+    """Copy a `.keras` file entry by entry, each dated `_ZIP_EPOCH`, its metadata without `date_saved` and its
+    shared objects numbered in order of appearance."""
     with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
         for entry in original.infolist():
             dated = zipfile.ZipInfo(entry.filename, date_time=_ZIP_EPOCH)
@@ -412,5 +415,22 @@ def _copy_without_save_time(source: Path, target: Path) -> None:
                 metadata.pop("date_saved", None)
                 copy.writestr(dated, json.dumps(metadata))
                 continue
+            if entry.filename == _KERAS_CONFIG:
+                copy.writestr(dated, json.dumps(_renumber_shared_objects(json.loads(original.read(entry)))))
+                continue
             with original.open(entry) as reader, copy.open(dated, "w", force_zip64=True) as writer:
                 shutil.copyfileobj(reader, writer, 1 << 20)
+
+
+def _renumber_shared_objects(config):
+    """Keras gives an object serialised more than once a `shared_object_id`, its address in memory (another
+    number in every process), to restore it once on loading. Any numbering that tells them apart does that."""
+    numbers: dict[int, int] = {}
+
+    def renumbered(node):
+        if isinstance(node, dict):
+            return {key: numbers.setdefault(value, len(numbers)) if key == "shared_object_id" else renumbered(value)
+                    for key, value in node.items()}
+        return [renumbered(item) for item in node] if isinstance(node, list) else node
+
+    return renumbered(config)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-import time
+import subprocess
+import sys
 import zipfile
 
 import h5py
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from imgclf.config import params_from_dict
+from imgclf.pipeline import PROJECT_ROOT
 from imgclf.training import common, models
 
 
@@ -147,15 +149,26 @@ def test_saving_over_a_hard_link_replaces_it_and_leaves_the_linked_file_alone(tm
     assert models.load_model(tmp_path / "model.keras").output_shape == (None, 2)
 
 
-def test_the_same_model_saved_twice_is_the_same_bytes(tmp_path):
-    # Keras stamps the time of saving into the file: an unchanged extractor was a new DVC cache entry (and the
-    # registry's same-file check never matched) at every rerun.
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
-    models.save_model(model, tmp_path / "first.keras")
-    time.sleep(2.1)  # past the 2-second resolution of a zip entry's time, and the second of Keras' date_saved
-    models.save_model(model, tmp_path / "second.keras")
+SAVE_A_MODEL = """
+import sys
+
+import keras
+
+from imgclf.training import models
+
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((3,), name="pixels"), keras.layers.Dense(2, name="dense")], name="m")
+models.save_model(model, sys.argv[1])
+"""
+
+
+def test_the_same_model_saved_by_two_processes_is_the_same_bytes(tmp_path):
+    # Keras writes the time of saving and the memory addresses of shared objects (the model's dtype policy) into
+    # the file: an unchanged extractor was a new DVC cache entry at every rerun, and the registry's same-file
+    # check never matched. Each process imports TensorFlow first: the two saves are seconds apart.
+    for name in ("first.keras", "second.keras"):
+        subprocess.run([sys.executable, "-c", SAVE_A_MODEL, str(tmp_path / name)], cwd=PROJECT_ROOT, check=True,
+                       capture_output=True, timeout=120)
     assert (tmp_path / "first.keras").read_bytes() == (tmp_path / "second.keras").read_bytes()
-    restored = models.load_model(tmp_path / "second.keras")
-    np.testing.assert_array_equal(restored.get_layer("dense").get_weights()[0],
-                                  model.get_layer("dense").get_weights()[0])
+    assert models.load_model(tmp_path / "second.keras").get_layer("dense").get_weights()[0].shape == (3, 2)
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")], "no temporary left behind"
