@@ -9,6 +9,11 @@ scratch and 2 head epochs), each committed: the first builds everything, the sec
 (`scratch.learning_rate` 0.0005), the third switches augmentation on. After each, `du -sb` of `.dvc/cache`, `data`,
 `models`, `results`, `mlartifacts` and `mlflow.db`, and of all of them in one `du` (a hard-linked file counted once:
 the bytes really on disk). Writes bench/results/storage-<rev>.json.
+
+    .venv/bin/python bench/storage.py --model-sizes
+
+The seed CNN's parameters and `.keras` file bytes (4 classes) at image sizes and poolings, saved by Keras with
+Adam's state and by `models.save_model`; writes bench/results/storage-model-sizes.json.
 """
 
 from __future__ import annotations
@@ -56,6 +61,39 @@ def write_photos(archive: Path, folder: Path) -> int:
     return sum(taken.values())
 
 
+MODEL_SIZES = ((32, [2, 3]), (64, [2, 3]), (96, [2, 3]), (64, [1, 2, 3]), (96, [1, 2, 3]), (96, [1, 2, 3, 4]),
+               (128, [1, 2, 3, 4]))
+
+
+def model_sizes() -> list[dict]:
+    """Parameters and file bytes of the seed CNN (params.yaml's scratch recipe) for each of MODEL_SIZES."""
+    import tempfile
+
+    import keras
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from imgclf import sandbox
+    from imgclf.config import params_from_dict, read_params_yaml
+    from imgclf.training import common, models
+
+    rows = []
+    for side, pool_after in MODEL_SIZES:
+        params = params_from_dict(sandbox.merge(read_params_yaml(ROOT / "params.yaml"),
+                                                {"scratch": {"pool_after": pool_after}}))
+        model = models.build_scratch_model(params.scratch, input_shape=(side, side, 3), num_classes=len(CLASSES))
+        common.compile_model(model, params.scratch, steps_per_epoch=1, jit_compile=False)
+        model.fit(np.zeros((8, side, side, 3), "float32"), keras.utils.to_categorical(np.arange(8) % 4, 4), verbose=0)
+        with tempfile.TemporaryDirectory() as folder:
+            keras_file, saved = Path(folder) / "keras.keras", Path(folder) / "model.keras"
+            model.save(keras_file)  # Keras' own: the weights and Adam's two moments of each
+            models.save_model(model, saved)
+            rows.append({"image_size": side, "pool_after": pool_after, "parameters": model.count_params(),
+                         "keras_save_bytes": keras_file.stat().st_size, "save_model_bytes": saved.stat().st_size})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def du(project: Path, *paths: str) -> int:
     """`du -sb` of the paths together (bytes; a file with several names counted once)."""
     present = [path for path in paths if (project / path).exists()]
@@ -80,7 +118,14 @@ def main() -> None:
     parser.add_argument("--archive", type=Path, default=SHARED / "data" / "cifar10-jpg.tar.gz")
     parser.add_argument("--backbone", type=Path, default=SHARED / "models" / "efficientnet_lite0_imagenet_notop.keras")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra -S for every run")
+    parser.add_argument("--model-sizes", action="store_true", help="only the seed CNN's sizes (no runs)")
     arguments = parser.parse_args()
+    if arguments.model_sizes:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "storage-model-sizes.json").write_text(json.dumps(
+            {"benchmark": "storage-model-sizes", "date": time.strftime("%Y-%m-%d %H:%M"), "rows": model_sizes()},
+            indent=2) + "\n")
+        return
     if not (arguments.archive.is_file() and arguments.backbone.is_file()):
         sys.exit(f"skipped: {arguments.archive} or {arguments.backbone} is absent (pass --archive and --backbone)")
     rev = subprocess.run(["git", "rev-parse", "--short", arguments.rev], cwd=ROOT, capture_output=True, text=True,
