@@ -78,7 +78,8 @@ def main() -> None:
     name = "own-photos"
     if arguments.profile:
         overrides = sandbox.merge(yaml.safe_load(arguments.profile.read_text(encoding="utf-8")), overrides)
-        name += "-" + arguments.profile.stem.replace("_", "-")
+        stem = arguments.profile.stem.replace("_", "-")
+        name += "-profile" if stem == name else f"-{stem}"  # the README's recipe: own-photos-profile
     for assignment in arguments.set:
         key, _, value = assignment.partition("=")
         *sections, leaf = key.split(".")
