@@ -1,12 +1,15 @@
 """The README's own-photos recipe, end to end: `dvc repro` on a small folder of real photos, both models.
 
     .venv/bin/python bench/own_photos.py [--classes 4] [--per-class 150] [--dir /tmp/bench-own-photos]
+    .venv/bin/python bench/own_photos.py --profile profiles/own_photos.yaml [--set scratch.pool_after=[2,3]]
 
 The photos are the first `--per-class` training JPEGs of the first `--classes` CIFAR-10 classes of the shared
 archive, laid out as a user's folder (`photos/<class>/*.jpg`, no train/test split: preprocess holds out test and
 validation). The transfer model uses the shared EfficientNet-Lite0 file (the offline stand-in for
-`weights="imagenet"`) at 96 px. Writes bench/results/own-photos.json: both models' test accuracy, chance, the
-degenerate-model flags and the stage's wall time.
+`weights="imagenet"`) at 96 px. `--profile` applies a params profile first (the README's recipe:
+profiles/own_photos.yaml), `--set KEY=VALUE` (YAML value) replaces a param after it. Writes
+bench/results/own-photos[-<profile>][-<key>-<value>].json: both models' test accuracy, chance, the degenerate-model
+flags, the scratch model's parameters and the stage's wall time.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tarfile
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,15 +32,15 @@ sys.path.insert(0, str(ROOT))
 from imgclf import artifacts, sandbox  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
-ARCHIVE = SHARED / "data" / "cifar10-jpg.tar.gz"
-BACKBONE = SHARED / "models" / "efficientnet_lite0_imagenet_notop.keras"
+ARCHIVE = Path("data") / "cifar10-jpg.tar.gz"  # in the shared folder (--shared)
+BACKBONE = Path("models") / "efficientnet_lite0_imagenet_notop.keras"
 RESULTS = ROOT / "bench" / "results"
 
 
-def write_photos(folder: Path, *, classes: int, per_class: int) -> list[str]:
+def write_photos(archive_path: Path, folder: Path, *, classes: int, per_class: int) -> list[str]:
     """`folder/<class>/<name>.jpg` from the archive's training images; returns the class names."""
     wanted: dict[str, int] = {}
-    with tarfile.open(ARCHIVE) as archive:
+    with tarfile.open(archive_path) as archive:
         for member in archive:
             parts = Path(member.name).parts
             if not member.isfile() or len(parts) < 3 or "train" not in parts:
@@ -56,15 +62,29 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--per-class", type=int, default=150)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-own-photos"))
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the folder with data/ and models/ (../shared)")
+    parser.add_argument("--profile", type=Path, help="a params profile applied before the overrides below")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a param, after the profile")
     arguments = parser.parse_args()
-    if not (ARCHIVE.is_file() and BACKBONE.is_file()):
-        sys.exit(f"skipped: {ARCHIVE} or {BACKBONE} is absent (this benchmark needs ../shared)")
+    archive, backbone = arguments.shared / ARCHIVE, arguments.shared / BACKBONE
+    if not (archive.is_file() and backbone.is_file()):
+        sys.exit(f"skipped: {archive} or {backbone} is absent (this benchmark needs ../shared, or --shared)")
     photos = arguments.dir / "photos"
     if not photos.is_dir():
-        write_photos(photos, classes=arguments.classes, per_class=arguments.per_class)
+        write_photos(archive, photos, classes=arguments.classes, per_class=arguments.per_class)
     overrides = {"data": {"source": "image_folder", "path": str(photos)},
-                 "transfer": {"backbone": str(BACKBONE), "weights": None, "input_size": 96},
+                 "transfer": {"backbone": str(backbone), "weights": None, "input_size": 96},
                  "mlflow": {"experiment": "imgclf-own-photos"}}
+    name = "own-photos"
+    if arguments.profile:
+        overrides = sandbox.merge(yaml.safe_load(arguments.profile.read_text(encoding="utf-8")), overrides)
+        stem = arguments.profile.stem.replace("_", "-")
+        name += "-profile" if stem == name else f"-{stem}"  # the README's recipe: own-photos-profile
+    for assignment in arguments.set:
+        key, _, value = assignment.partition("=")
+        *sections, leaf = key.split(".")
+        overrides = sandbox.merge(overrides, _nested(sections, {leaf: yaml.safe_load(value)}))
+        name += f"-{leaf}-" + re.sub(r"[^A-Za-z0-9._]+", "-", value).strip("-")
     project = sandbox.create(arguments.dir / "project", source_root=ROOT, overrides=overrides)
     started = time.perf_counter()
     sandbox.dvc(project, "repro")
@@ -78,12 +98,21 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"), "command": "bench/own_photos.py " + " ".join(sys.argv[1:]),
         "classes": meta.num_classes, "counts": meta.counts, "chance": round(1 / meta.num_classes, 4),
         "dvc_repro_seconds": round(seconds, 1),
+        "overrides": {key: value for key, value in overrides.items() if key != "data"},
+        "scratch_parameters": json.loads((project / "models" / "scratch" / artifacts.SUMMARY_FILE).read_text())[
+            "parameter_count"],
         **{f"{model}_test_accuracy": round(metrics[model]["accuracy"], 4) for model in metrics},
         **{f"{model}_degenerate": flagged[model] for model in flagged},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "own-photos.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def _nested(sections: list[str], leaf: dict) -> dict:
+    for section in reversed(sections):
+        leaf = {section: leaf}
+    return leaf
 
 
 if __name__ == "__main__":

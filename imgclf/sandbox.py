@@ -99,9 +99,21 @@ def create(destination: Path, *, source_root: Path, overrides: dict[str, Any], g
     dvc(destination, "config", "core.analytics", "false")
     shutil.copytree(Path(source_root) / DVC_PLOTS, destination / DVC_PLOTS)
     dvc(destination, "config", "plots.html_template", "plots/page.html")
+    cache_type = project_cache_type(source_root)
+    if cache_type:  # link outputs to DVC's cache as the project does (copies would double a copy's size)
+        dvc(destination, "config", "cache.type", cache_type)
     if git:
         commit(destination, "imgclf sandbox")
     return destination
+
+
+def project_cache_type(source_root: Path) -> str | None:
+    """`cache.type` of the project's committed `.dvc/config` (how DVC links outputs to its cache), or None."""
+    from configobj import ConfigObj  # DVC's own config format and reader
+
+    config = Path(source_root) / ".dvc" / "config"
+    value = ConfigObj(str(config)).get("cache", {}).get("type") if config.is_file() else None
+    return ",".join(value) if isinstance(value, list) else value  # unquoted, a comma makes it a list
 
 
 def run_git(root: Path, *args: str) -> subprocess.CompletedProcess:

@@ -1,10 +1,10 @@
-"""DVC stage `preprocess`: decode, split and shard the raw images; write meta, manifest and previews."""
+"""DVC stage `preprocess`: decode, split and shard the raw images; write meta and manifest."""
 
 from imgclf import cli
 from imgclf.data import preprocess
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
-PARAMS = ("seed", "data.val_fraction", "data.test_fraction", "data.max_per_class", "preprocess", "augment")
+PARAMS = ("seed", "data.val_fraction", "data.test_fraction", "data.max_per_class", "preprocess")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Raw source -> decoded, split, sharded data set with its metadata, manifest and previews.
+"""Raw source -> decoded, split, sharded data set with its metadata and manifest (previews: `preview`).
 
 Every image is decoded exactly once (in parallel worker processes) into a memory-mapped array, so memory
 stays flat however large the folder; unreadable files are skipped and reported, never silently dropped.
@@ -136,7 +136,7 @@ def _store(results, positions, pixels, failures, counter: progress.Counter) -> N
 
 
 def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = None) -> dict:
-    """The preprocess stage: write shards, meta.json, manifest.csv, skipped.csv and previews to out_dir."""
+    """The preprocess stage: write shards, meta.json, manifest.csv and skipped.csv to out_dir."""
     from imgclf.data import tfdata  # TensorFlow only where the shards are written
 
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -209,7 +209,6 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, workers: int | None = N
             "shards": shards,
         }
         fileio.atomic_write_json(staging / artifacts.META_FILE, meta)
-        _write_previews(staging, pixels, split.train, labels, class_names, counts, params)
         del pixels
         (staging / "pixels.tmp.npy").unlink()
     return meta
@@ -299,20 +298,3 @@ def _write_manifest(rows: list[dict], path: Path) -> None:
     writer.writerows(rows)
     fileio.atomic_write_text(path, buffer.getvalue())
 
-
-def _write_previews(out_dir: Path, pixels: np.ndarray, train: np.ndarray, labels: np.ndarray,
-                    class_names: list[str], counts: dict[str, list[int]], params: Params) -> None:
-    from imgclf.data import augment
-    from imgclf.evaluation import plots
-
-    plots.class_distribution(counts, class_names, out_dir / artifacts.CLASS_DISTRIBUTION_PLOT)
-    count = min(params.augment.preview_images, len(train))
-    chosen = np.random.default_rng(params.seed).choice(train, size=count, replace=False)
-    originals = np.asarray(pixels[np.sort(chosen)], dtype=np.float32)
-    layers = augment.build_augmentation(params.augment, seed=params.seed)
-    augmented = np.asarray(layers(originals, training=True)) if layers is not None else originals
-    shown = np.clip(augmented, 0, 255).astype(np.uint8)
-    state = "on" if params.augment.enabled else "off (preview of the policy only)"
-    plots.image_grid(list(shown), [class_names[labels[p]] for p in np.sort(chosen)],
-                     out_dir / artifacts.AUGMENTATION_PREVIEW_PLOT,
-                     title=f"Augmented training samples: augment {state}")

@@ -60,7 +60,10 @@ def _serialize(pixels: np.ndarray, label: int, index: int) -> bytes:
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
         "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(index)])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: the feature map's keys in sorted order. Without it protobuf writes them in a per-process hash
+    # order, so rerunning preprocess on the same images gave other bytes: a second copy of every shard in DVC's
+    # cache, and every later stage ran again on data that had not changed.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int, int], num_classes: int,

@@ -7,6 +7,9 @@ images in production with no preprocessing code beside it.
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -391,7 +394,66 @@ def load_model(path: Path, *, remedy: str = "run the stage that wrote it again (
         raise ModelFileError(f"{path} is not a Keras model file ({error}); {remedy}") from error
 
 
+# The earliest time a zip entry can record, the one Keras already gives two of the three entries of a `.keras` file.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_KERAS_METADATA = "metadata.json"  # Keras writes it and never reads it back
+_KERAS_CONFIG = "config.json"
+
+
 def save_model(model: keras.Model, path: Path) -> None:
-    """Save to a temporary `.keras` file beside `path`, then rename: a killed stage leaves no broken model."""
-    with fileio.atomic_path(path, suffix=".keras") as temporary:  # Keras insists on the extension
-        model.save(temporary)
+    """Save architecture and weights for inference, without the optimizer's state and the save time, to a
+    temporary `.keras` file beside `path`, then rename: a killed stage leaves no broken model, and a file `path`
+    links to (a DVC cache entry) is replaced, never written through.
+
+    A `.keras` file of a compiled model carries the optimizer's variables: Adam's two moments made the seed CNN's
+    file three times its weights (228.6 MB for 76.2 MB at 96 px), stored again in DVC's cache and MLflow. Nothing
+    reads them: every stage and `imgclf predict` load models uncompiled, and a killed training resumes from its
+    own backups (`fitting.ResumeState`). Reloading the file uncompiled, as they do, and saving that gives the
+    weights alone, restored by Keras' own loader (a `Normalization` layer's derived statistics included).
+
+    Keras also writes the time of saving and the memory addresses of shared objects into the file, so the same
+    model saved twice (the feature extractor of an unchanged backbone, whenever extract_features reruns) had two
+    digests: two entries in DVC's cache, and two registry versions of one model. Without them, the same model is
+    the same bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch, \
+            fileio.atomic_path(path, suffix=".keras") as temporary:
+        saved = Path(scratch) / "model.keras"  # Keras insists on the extension
+        model.save(saved)
+        if model.compiled:  # only a compiled model saves an optimizer (a compiled head inside one does not)
+            keras.models.load_model(saved, compile=False, safe_mode=True).save(saved)
+        _copy_without_save_time(saved, temporary)
+
+
+def _copy_without_save_time(source: Path, target: Path) -> None:
+    """Copy a `.keras` file entry by entry, each dated `_ZIP_EPOCH`, its metadata without `date_saved` and its
+    shared objects numbered in order of appearance."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
+        for entry in original.infolist():
+            dated = zipfile.ZipInfo(entry.filename, date_time=_ZIP_EPOCH)
+            dated.compress_type, dated.external_attr = entry.compress_type, entry.external_attr
+            if entry.filename == _KERAS_METADATA:
+                metadata = json.loads(original.read(entry))
+                metadata.pop("date_saved", None)
+                copy.writestr(dated, json.dumps(metadata))
+                continue
+            if entry.filename == _KERAS_CONFIG:
+                copy.writestr(dated, json.dumps(_renumber_shared_objects(json.loads(original.read(entry)))))
+                continue
+            with original.open(entry) as reader, copy.open(dated, "w", force_zip64=True) as writer:
+                shutil.copyfileobj(reader, writer, 1 << 20)
+
+
+def _renumber_shared_objects(config):
+    """Keras gives an object serialised more than once a `shared_object_id`, its address in memory (another
+    number in every process), to restore it once on loading. Any numbering that tells them apart does that."""
+    numbers: dict[int, int] = {}
+
+    def renumbered(node):
+        if isinstance(node, dict):
+            return {key: numbers.setdefault(value, len(numbers)) if key == "shared_object_id" else renumbered(value)
+                    for key, value in node.items()}
+        return [renumbered(item) for item in node] if isinstance(node, list) else node
+
+    return renumbered(config)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from imgclf.data import records, tfdata
+from imgclf.pipeline import PROJECT_ROOT
+
+pytestmark = pytest.mark.duration(seconds=25)  # about, under make test (four processes importing TensorFlow)
 
 SHAPE = (5, 4, 3)
 
@@ -68,3 +74,31 @@ def test_damaged_image_bytes_and_lengths_are_errors_that_say_what_to_do(shard):
     first.write_bytes(pristine[:-3])
     with pytest.raises(records.CorruptShardError, match="truncated"):
         records.read_images([first], {1}, SHAPE)  # index 1 is in the other shard: the whole file is read
+
+
+WRITE_A_SHARD = """
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.data import tfdata
+
+examples = [(np.full((2, 2, 3), label, np.uint8), label, index) for index, label in enumerate((0, 1, 2, 1) * 8)]
+tfdata.write_shards(Path(sys.argv[1]), "train", examples, count=len(examples), examples_per_shard=100)
+"""
+
+
+def test_the_same_examples_give_the_same_shard_bytes_in_every_process(tmp_path):
+    # Protobuf writes a map (the example's features) in a per-process hash order unless asked for a deterministic
+    # one: five of six processes disagreed, so each preprocess rerun stored new shards in DVC's cache and reran
+    # every later stage on unchanged data.
+    digests = set()
+    for attempt in range(4):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        subprocess.run([sys.executable, "-c", WRITE_A_SHARD, str(folder)], cwd=PROJECT_ROOT, check=True,
+                       capture_output=True, timeout=120)
+        (shard,) = folder.glob("train-*.tfrecord")
+        digests.add(hashlib.sha256(shard.read_bytes()).hexdigest())
+    assert len(digests) == 1

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import zipfile
+
+import h5py
 import keras
 import numpy as np
 import pytest
 
 from imgclf.config import params_from_dict
-from imgclf.training import models
+from imgclf.pipeline import PROJECT_ROOT
+from imgclf.training import common, models
 
 
 def test_seed_cnn_has_the_write_up_parameter_count(params_dict):
@@ -100,3 +107,68 @@ def test_head_does_not_blow_up_a_feature_constant_in_training(tiny_params_dict, 
     head.save(tmp_path / "head.keras")  # the floor is in the saved variables, not only in this process
     np.testing.assert_allclose(np.asarray(models.load_model(tmp_path / "head.keras")(validation)),
                                np.asarray(head(validation)), rtol=1e-5)
+
+
+def _saved_groups(path) -> set[str]:
+    """The top-level groups of a `.keras` file's weights (`layers`, and `optimizer` when it carries one)."""
+    with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as weights, h5py.File(weights) as store:
+        return set(store.keys())
+
+
+def test_a_saved_model_keeps_its_weights_and_drops_the_optimizer_state(params_dict, tmp_path):
+    config = params_from_dict(params_dict).scratch
+    model = models.build_scratch_model(config, input_shape=(16, 16, 3), num_classes=3)
+    common.compile_model(model, config, steps_per_epoch=1, jit_compile=False)
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0, 255, size=(8, 16, 16, 3)).astype("float32")
+    model.fit(pixels, keras.utils.to_categorical(np.arange(8) % 3, 3), verbose=0)
+    model.save(tmp_path / "keras.keras")  # Keras' own: weights and Adam's two moments of each
+    models.save_model(model, tmp_path / "model.keras")
+
+    assert "optimizer" in _saved_groups(tmp_path / "keras.keras")
+    assert "optimizer" not in _saved_groups(tmp_path / "model.keras")
+    weight_bytes = 4 * model.count_params()
+    assert (tmp_path / "keras.keras").stat().st_size > 2.9 * weight_bytes
+    assert (tmp_path / "model.keras").stat().st_size < 1.05 * weight_bytes
+    restored = models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(np.asarray(restored(pixels, training=False)), np.asarray(model(pixels, training=False)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_saving_over_a_hard_link_replaces_it_and_leaves_the_linked_file_alone(tmp_path):
+    # With DVC's hardlink cache, models/*/model.keras is the cache entry's second name: writing into it would
+    # change the cached model of every experiment that shares it.
+    cached = tmp_path / "cache" / "entry"
+    cached.parent.mkdir()
+    cached.write_bytes(b"an earlier model")
+    os.link(cached, tmp_path / "model.keras")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    models.save_model(model, tmp_path / "model.keras")
+    assert cached.read_bytes() == b"an earlier model"
+    assert (tmp_path / "model.keras").stat().st_ino != cached.stat().st_ino
+    assert models.load_model(tmp_path / "model.keras").output_shape == (None, 2)
+
+
+SAVE_A_MODEL = """
+import sys
+
+import keras
+
+from imgclf.training import models
+
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((3,), name="pixels"), keras.layers.Dense(2, name="dense")], name="m")
+models.save_model(model, sys.argv[1])
+"""
+
+
+def test_the_same_model_saved_by_two_processes_is_the_same_bytes(tmp_path):
+    # Keras writes the time of saving and the memory addresses of shared objects (the model's dtype policy) into
+    # the file: an unchanged extractor was a new DVC cache entry at every rerun, and the registry's same-file
+    # check never matched. Each process imports TensorFlow first: the two saves are seconds apart.
+    for name in ("first.keras", "second.keras"):
+        subprocess.run([sys.executable, "-c", SAVE_A_MODEL, str(tmp_path / name)], cwd=PROJECT_ROOT, check=True,
+                       capture_output=True, timeout=120)
+    assert (tmp_path / "first.keras").read_bytes() == (tmp_path / "second.keras").read_bytes()
+    assert models.load_model(tmp_path / "second.keras").get_layer("dense").get_weights()[0].shape == (3, 2)
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")], "no temporary left behind"

@@ -118,3 +118,35 @@ def test_an_experiment_on_another_folder_commits_no_link_and_no_images(tmp_path,
     refs = sandbox.run_git(root, "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
     (ref,) = [name for name in refs if name.endswith("/second")]
     assert sandbox.run_git(root, "ls-tree", "-r", ref, "data/").stdout == ""
+
+
+def _same_file_in_cache(root: Path, path: Path) -> list[Path]:
+    """The DVC cache entries that are `path` itself (a hard link to it)."""
+    inode = path.stat().st_ino
+    return [entry for entry in (root / ".dvc" / "cache").rglob("*") if entry.is_file() and entry.stat().st_ino == inode]
+
+
+def test_outputs_link_to_the_cache_and_neither_a_rerun_nor_a_checkout_changes_a_cached_file(tmp_path,
+                                                                                          write_image_folder):
+    # .dvc/config's cache.type: a workspace output is the cache entry under a second name, not a copy of it (files
+    # of a directory output too: DVC 3.67 links those only when hardlink is the first type). A stage writes by
+    # renaming a new file into place (fileio), and DVC removes a stage's outputs before running it, so no write
+    # reaches a cache entry through its link.
+    photos = write_image_folder(tmp_path / "photos", {"cat": 6, "dog": 6})
+    overrides = sandbox.merge(sandbox.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(photos)}})
+    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=overrides, git=True)
+    assert sandbox.dvc(root, "config", "cache.type").stdout.strip() == sandbox.project_cache_type(PROJECT_ROOT)
+    sandbox.dvc(root, "repro", "download")
+    sandbox.commit(root, "first data")
+    (raw_image,) = (root / "data" / "raw").rglob("cat/0001.png")
+    first = raw_image.read_bytes()
+    (cached,) = _same_file_in_cache(root, raw_image)
+
+    Image.new("RGB", (24, 24), (1, 2, 3)).save(photos / "cat" / "0001.png")
+    assert _ran(sandbox.dvc(root, "repro", "download")) == [ALWAYS_RUN, "download"]
+    assert raw_image.read_bytes() != first and cached.read_bytes() == first, "the cached image is unchanged"
+    assert _same_file_in_cache(root, raw_image), "the new output is linked too"
+
+    sandbox.run_git(root, "checkout", "HEAD", "--", "dvc.lock")
+    sandbox.dvc(root, "checkout", "download")
+    assert raw_image.read_bytes() == first and _same_file_in_cache(root, raw_image) == [cached]

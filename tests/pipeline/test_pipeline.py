@@ -24,8 +24,8 @@ def test_dvc_repro_end_to_end_then_up_to_date(copy_trained_project, trained_proj
     root = trained_project
 
     for path in ("data/raw/source.json", "data/prepared/meta.json", "data/prepared/manifest.csv",
-                 "data/prepared/skipped.csv", "data/prepared/augmentation_preview.png",
-                 "data/prepared/class_distribution.png", "data/features/train.npz",
+                 "data/prepared/skipped.csv", "results/preview/augmentation_preview.png",
+                 "results/preview/class_distribution.png", "data/features/train.npz",
                  "models/scratch/model.keras", "models/scratch/history.csv", "models/transfer/model.keras",
                  "models/transfer/history.csv", "results/evaluate/scratch_confusion.png",
                  "results/evaluate/transfer_predictions.csv", "results/evaluate/reliability.png",

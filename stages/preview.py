@@ -1,0 +1,17 @@
+"""DVC stage `preview`: the prepared data's class distribution and a grid of augmented training images."""
+
+from imgclf import cli
+from imgclf.data import preview
+
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
+PARAMS = ("seed", "augment")
+
+
+def main() -> None:
+    cli.stage(__doc__, PARAMS, {"data": "prepared data directory (preprocess stage output)",
+                                "out": "preview directory to write"},
+              lambda params, args: preview.run(params, prepared_dir=args.data, out_dir=args.out))
+
+
+if __name__ == "__main__":
+    main()
