@@ -411,7 +411,9 @@ def test_ctrl_c_in_training_is_one_line_exit_130_and_leaves_the_resume_state(tmp
            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen([sys.executable, "-m", "stages.train_scratch", "--params", str(params), "--data",
                                 str(tmp_path / "prepared"), "--out", str(out)], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               # As from a shell: a pytest-xdist worker ignores SIGINT, and a child inherits that.
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:
