@@ -126,7 +126,7 @@ def test_a_request_of_too_many_images_is_refused_before_any_is_decoded(served_mo
 
     small = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(small, "PNG")
-    encoded = [base64.b64encode(small.getvalue()).decode()] * 200  # the README: at most 64 images a request
+    encoded = [base64.b64encode(small.getvalue()).decode()] * 200  # docs/serving.md: at most 64 images a request
     assert _request(served_model, encoded).startswith("cannot classify: 200 images and 0.0 MB of base64 in one "
                                                       "request, past the limits of 64 images")
     assert len(served_model.predict(None, pd.DataFrame({serving.IMAGE_COLUMN: encoded[:2]}))) == 2
@@ -426,7 +426,7 @@ def test_ctrl_c_in_training_is_one_line_exit_130_and_leaves_the_resume_state(tmp
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130, err[-3000:]  # the shell's status for SIGINT, as the README says
+    assert process.returncode == 130, err[-3000:]  # the shell's status for SIGINT (docs/errors-and-limits.md)
     assert err.splitlines()[-1].startswith("error: interrupted; run the same command again to resume"), err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert err.count("error:") == 1 and "KeyboardInterrupt" not in err
@@ -437,10 +437,13 @@ def test_ctrl_c_in_training_is_one_line_exit_130_and_leaves_the_resume_state(tmp
 # ----------------------------------------------------------------------------- 17. exp-args, shell-quoted
 
 def test_exp_args_output_survives_the_readme_command_with_spaces_and_globs():
-    """The README's own-photos command, run by bash as printed (from the project root, whose params.yaml it reads),
-    on a profile whose path and data.path hold a space and glob characters."""
-    readme = (PROJECT_ROOT / "README.md").read_text().splitlines()
-    line = next(line for line in readme if "exp-args profiles/own_photos.yaml" in line)
+    """The own-photos command, as printed in the README and in docs/data-sources.md (the same line), run by bash
+    (from the project root, whose params.yaml it reads), on a profile whose path and data.path hold a space and glob
+    characters."""
+    printed = [next(line for line in (PROJECT_ROOT / page).read_text().splitlines()
+                    if "exp-args profiles/own_photos.yaml" in line) for page in ("README.md", "docs/data-sources.md")]
+    assert printed[0] == printed[1], printed
+    line = printed[0]
     with tempfile.TemporaryDirectory(prefix="my profiles [1] ") as folder:
         profile = Path(folder) / "photos*.yaml"
         profile.write_text("data:\n  source: image_folder\n  path: my photos/*.jpg\n")

@@ -201,8 +201,8 @@ def test_exp_show_form_fits_200_columns_with_every_cell_whole(sweep, exp_show_fo
         assert {"Failed", "Running", "Queued"} <= set(output.split()), output
 
 
-def test_exp_show_form_drops_no_param_and_the_readme_shows_it(exp_show_form):
+def test_exp_show_form_drops_no_param_and_the_manual_shows_it(exp_show_form):
     params = compare.flatten(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()))
     assert [key for key in params if not exp_show_form.keeps(key)] == []
-    readme = re.sub(r" *\\\n *", " ", (PROJECT_ROOT / "README.md").read_text())  # continued lines joined
-    assert f"dvc exp show {shlex.join(exp_show_form.args)}" in readme
+    page = re.sub(r" *\\\n *", " ", (PROJECT_ROOT / "docs" / "experiments.md").read_text())  # continued lines joined
+    assert f"dvc exp show {shlex.join(exp_show_form.args)}" in page

@@ -1,9 +1,9 @@
 """Scale-out: a real MLflow tracking server (database backend + artifact store) receives a training stage's run.
 
 The server is `mlflow server` with a SQLite backend store and a local artifacts destination, on 127.0.0.1 and a
-free port; production swaps in PostgreSQL and S3 (README). A real DVC stage (train_scratch, 1 epoch) runs in a copy
-of the trained project with MLFLOW_TRACKING_URI pointing at it. The server is always stopped.
-(`training.distribute: multi_worker` across machines is documented, not tested here: see the README.)
+free port; production swaps in PostgreSQL and S3 (docs/scale-out.md). A real DVC stage (train_scratch, 1 epoch)
+runs in a copy of the trained project with MLFLOW_TRACKING_URI pointing at it. The server is always stopped.
+(`training.distribute: multi_worker` across machines is documented, not tested here: see docs/scale-out.md.)
 """
 
 from __future__ import annotations

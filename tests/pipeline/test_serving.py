@@ -48,10 +48,10 @@ def http(url: str, payload: dict | None = None, timeout: float = 60) -> tuple[in
         return error.code, error.read().decode()
 
 
-def readme_serve_script(readme: Path, port: int) -> str:
-    """The README's `mlflow models serve` command as printed (from `CHAMPION=` to its last continued line), on
-    `port` instead of the README's 5001."""
-    lines = readme.read_text().splitlines()
+def manual_serve_script(page: Path, port: int) -> str:
+    """The manual's `mlflow models serve` command as printed in `page` (from `CHAMPION=` to its last continued
+    line), on `port` instead of the page's 5001."""
+    lines = page.read_text().splitlines()
     first = next(index for index, line in enumerate(lines) if line.startswith("CHAMPION="))
     last = first
     while lines[last].endswith("\\"):
@@ -65,17 +65,18 @@ def readme_serve_script(readme: Path, port: int) -> str:
 
 
 @pytest.fixture
-def readme_model_server(free_port, running_server):
-    """`readme_model_server(project, workdir=...)`: the README's serve command, run by bash in `project` as a fresh
-    shell would (no activated environment: PATH holds only the system directories), with the project's `.venv`
-    beside it; a context manager yielding its base URL once /ping answers. The server is always stopped."""
+def manual_model_server(free_port, running_server):
+    """`manual_model_server(project, workdir=...)`: the manual's serve command (docs/serving.md), run by bash in
+    `project` as a fresh shell would (no activated environment: PATH holds only the system directories), with the
+    project's `.venv` beside it; a context manager yielding its base URL once /ping answers.
+    The server is always stopped."""
     @contextlib.contextmanager
     def serve(project: Path, *, workdir: Path) -> Iterator[str]:
         venv = Path(sys.executable).parent.parent
         if not (project / ".venv").exists():
             (project / ".venv").symlink_to(venv, target_is_directory=True)
         port = free_port()
-        script = readme_serve_script(PROJECT_ROOT / "README.md", port)
+        script = manual_serve_script(PROJECT_ROOT / "docs" / "serving.md", port)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", str(workdir)),
                "LANG": os.environ.get("LANG", "C.UTF-8")}
         url = f"http://127.0.0.1:{port}"
@@ -115,14 +116,14 @@ def test_each_training_run_logs_one_pyfunc_image_classifier(trained_project):
 
 @pytest.mark.slow
 def test_readme_serve_command_classifies_base64_images(trained_project, tmp_path, copy_trained_project,
-                                                       readme_model_server):
+                                                       manual_model_server):
     project = copy_trained_project(tmp_path / "project")
     class_names = json.loads((trained_project / "data" / "prepared" / "meta.json").read_text())["class_names"]
     photo = io.BytesIO()
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (45, 60, 3), dtype=np.uint8)).save(photo, "JPEG")
     encoded = [base64.b64encode(data_images(trained_project, 1)[0].read_bytes()).decode(),
                base64.b64encode(photo.getvalue()).decode()]
-    with readme_model_server(project, workdir=tmp_path) as url:
+    with manual_model_server(project, workdir=tmp_path) as url:
         status, body = http(f"{url}/invocations",
                             {"dataframe_split": {"columns": ["image"], "data": [[text] for text in encoded]}})
         assert status == 200, body
