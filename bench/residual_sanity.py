@@ -7,7 +7,6 @@ accuracy on 1,000 random test JPEGs after each. Not a benchmark (it reads the sh
 through the stages); `bench/training.py residual` is the real run.
 """
 
-import dataclasses
 import io
 import json
 import sys
@@ -47,8 +46,9 @@ base = yaml.safe_load((ROOT / "params.yaml").read_text())
 profile = yaml.safe_load((ROOT / "profiles" / "scratch_residual.yaml").read_text())
 params = config.params_from_dict(sandbox.merge(base, profile))
 batch = 256
-scratch = dataclasses.replace(params.scratch, batch_size=batch, epochs=3, warmup_epochs=1.0,
-                              learning_rate=params.scratch.learning_rate * batch / params.scratch.batch_size)
+scratch = params.scratch.model_copy(update={"batch_size": batch, "epochs": 3, "warmup_epochs": 1.0,
+                                            "learning_rate": params.scratch.learning_rate * batch
+                                            / params.scratch.batch_size})
 keras.utils.set_random_seed(0)
 model = models.build_scratch_model(scratch, input_shape=(32, 32, 3), num_classes=10)
 models.set_patch_whitening(model, x_train)

@@ -13,7 +13,6 @@ cost of a training step does not depend on pixel values. `bench/training.py thro
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -73,7 +72,7 @@ def measure(*, architecture: str, precision: str, jit_compile: bool, images: int
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     overrides = yaml.safe_load(profile.read_text()) if profile else {}
     params = config.params_from_dict(sandbox.merge(base, overrides))
-    scratch = dataclasses.replace(params.scratch, architecture=architecture, batch_size=batch_size)
+    scratch = params.scratch.model_copy(update={"architecture": architecture, "batch_size": batch_size})
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(images, 32, 32, 3)).astype("float32")
     labels = keras.utils.to_categorical(rng.integers(0, 10, size=images), 10)
@@ -134,8 +133,6 @@ def measure_extraction(*, backbone: Path, mode: str, jit_compile: bool, input_si
     batch (as `features.run_extractor` did before this measurement); "compiled" goes through `predict_on_batch`
     (one traced function), as it does now. Under `mixed_bfloat16` the backbone's layers compute in bfloat16, and
     the result carries how far its features are from float32's on the first batch."""
-    import dataclasses
-
     import keras
     import numpy as np
     import yaml
@@ -145,7 +142,7 @@ def measure_extraction(*, backbone: Path, mode: str, jit_compile: bool, input_si
 
     keras.utils.set_random_seed(0)
     config = params_from_dict(yaml.safe_load((ROOT / "params.yaml").read_text())).transfer
-    config = dataclasses.replace(config, backbone=str(backbone), input_size=input_size)
+    config = config.model_copy(update={"backbone": str(backbone), "input_size": input_size})
     network, preprocessing = models.load_backbone(config)
     network.trainable = False
     pixels = np.random.default_rng(0).integers(0, 256, size=(images, 32, 32, 3)).astype("float32")

@@ -1,4 +1,4 @@
-"""The one params loader: params.yaml -> a typed, frozen, validated configuration.
+"""The one params loader: params.yaml -> a typed, frozen, validated configuration (pydantic models).
 
 Every knob of the pipeline is a field below, with a one-line comment in params.yaml. Loading is strict:
 an unknown key, a wrong type or an out-of-range value raises `ConfigError` naming the file, the key and
@@ -7,14 +7,13 @@ what is allowed, so a typo stops a stage instead of silently becoming a new sett
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent
@@ -35,113 +34,116 @@ Distribute = Literal["none", "mirrored", "multi_worker"]
 ScratchArchitecture = Literal["seed_cnn", "residual"]
 Activation = Literal["gelu", "relu"]
 
+# Every section is strict (no coercion: `"10"` is no integer, `1` and `"yes"` are no booleans, `true` is no number;
+# an integer is accepted where a number is due), closed (an unknown key is refused) and frozen. Floats are finite.
+_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-
-def _field(default: Any, *, minimum: float | None = None, maximum: float | None = None,
-           exclusive_minimum: bool = False) -> Any:
-    """A dataclass field with an optional numeric range, checked at load time."""
-    metadata = {"minimum": minimum, "maximum": maximum, "exclusive_minimum": exclusive_minimum}
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+def _number(default: float | None, **bounds: float) -> Any:
+    """A float field, finite (NaN would pass every range check, as NaN compares false, and inf means nothing)."""
+    return Field(default, allow_inf_nan=False, **bounds)
 
 
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
+def _list(default: list[int]) -> Any:
+    return Field(default_factory=lambda: list(default))
+
+
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class _Section(BaseModel):
+    model_config = _MODEL_CONFIG
+
+
+class DataConfig(_Section):
     source: DataSource = "cifar10"
     path: str | None = None
     sha256: str | None = None
-    val_fraction: float = _field(0.1, minimum=0.0, maximum=0.5, exclusive_minimum=True)
-    test_fraction: float = _field(0.2, minimum=0.0, maximum=0.5, exclusive_minimum=True)
-    max_per_class: int | None = _field(None, minimum=1)
-    synthetic_classes: int = _field(4, minimum=2, maximum=100)
-    synthetic_per_class: int = _field(60, minimum=4)
-    synthetic_image_size: int = _field(32, minimum=8, maximum=512)
-    max_extracted_mb: float = _field(20480.0, minimum=1.0)
-    max_expansion_ratio: float = _field(100.0, minimum=1.0)
-    max_archive_members: int = _field(200_000, minimum=1)
+    val_fraction: float = _number(0.1, gt=0.0, le=0.5)
+    test_fraction: float = _number(0.2, gt=0.0, le=0.5)
+    max_per_class: int | None = Field(None, ge=1)
+    synthetic_classes: int = Field(4, ge=2, le=100)
+    synthetic_per_class: int = Field(60, ge=4)
+    synthetic_image_size: int = Field(32, ge=8, le=512)
+    max_extracted_mb: float = _number(20480.0, ge=1.0)
+    max_expansion_ratio: float = _number(100.0, ge=1.0)
+    max_archive_members: int = Field(200_000, ge=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class PreprocessConfig:
-    image_size: int = _field(32, minimum=8, maximum=1024)
+class PreprocessConfig(_Section):
+    image_size: int = Field(32, ge=8, le=1024)
     resize: ResizePolicy = "pad"
-    min_images_per_class: int = _field(10, minimum=1)
+    min_images_per_class: int = Field(10, ge=1)
     small_class_policy: SmallClassPolicy = "error"
-    examples_per_shard: int = _field(10000, minimum=100)
+    examples_per_shard: int = Field(10000, ge=100)
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(_Section):
     enabled: bool = False
     flip: FlipMode = "horizontal"
-    translate: float = _field(0.1, minimum=0.0, maximum=0.5)
+    translate: float = _number(0.1, ge=0.0, le=0.5)
     interpolation: Interpolation = "bilinear"
-    rotate: float = _field(0.0, minimum=0.0, maximum=0.5)
-    zoom: float = _field(0.0, minimum=0.0, maximum=0.9)
-    contrast: float = _field(0.0, minimum=0.0, maximum=0.9)
-    preview_images: int = _field(16, minimum=1, maximum=64)
+    rotate: float = _number(0.0, ge=0.0, le=0.5)
+    zoom: float = _number(0.0, ge=0.0, le=0.9)
+    contrast: float = _number(0.0, ge=0.0, le=0.9)
+    preview_images: int = Field(16, ge=1, le=64)
 
 
-@dataclasses.dataclass(frozen=True)
-class FitConfig:
+class FitConfig(_Section):
     """How a model is fitted: optimizer, schedule, regularisation, stopping. Shared by both models."""
 
     optimizer: Optimizer = "adam"
-    learning_rate: float = _field(0.001, minimum=0.0, exclusive_minimum=True)
-    weight_decay: float = _field(0.0, minimum=0.0)
-    momentum: float = _field(0.9, minimum=0.0, maximum=1.0)
+    learning_rate: float = _number(0.001, gt=0.0)
+    weight_decay: float = _number(0.0, ge=0.0)
+    momentum: float = _number(0.9, ge=0.0, le=1.0)
     nesterov: bool = False
-    label_smoothing: float = _field(0.0, minimum=0.0, maximum=0.5)
+    label_smoothing: float = _number(0.0, ge=0.0, le=0.5)
     lr_schedule: LrSchedule = "constant"
-    warmup_epochs: float = _field(0.0, minimum=0.0)
-    lr_step_epochs: int = _field(10, minimum=1)
-    lr_decay_factor: float = _field(0.1, minimum=0.0, maximum=1.0, exclusive_minimum=True)
-    lr_plateau_patience: int = _field(3, minimum=1)
+    warmup_epochs: float = _number(0.0, ge=0.0)
+    lr_step_epochs: int = Field(10, ge=1)
+    lr_decay_factor: float = _number(0.1, gt=0.0, le=1.0)
+    lr_plateau_patience: int = Field(3, ge=1)
     early_stopping: bool = False
-    early_stopping_patience: int = _field(5, minimum=1)
-    early_stopping_min_delta: float = _field(0.0, minimum=0.0)
+    early_stopping_patience: int = Field(5, ge=1)
+    early_stopping_min_delta: float = _number(0.0, ge=0.0)
     restore_best_weights: bool = True
     checkpoint_best: bool = False
-    epochs: int = _field(25, minimum=1)
-    batch_size: int = _field(64, minimum=1)
+    epochs: int = Field(25, ge=1)
+    batch_size: int = Field(64, ge=1)
 
 
-@dataclasses.dataclass(frozen=True)
 class ScratchConfig(FitConfig):
     architecture: ScratchArchitecture = "seed_cnn"
-    residual_widths: list[int] = _field([64, 256, 256], minimum=1)
+    residual_widths: list[PositiveInt] = _list([64, 256, 256])
     residual_activation: Activation = "gelu"
-    residual_head_scale: float = _field(1 / 9, minimum=0.0, exclusive_minimum=True)
-    residual_bias_lr_scale: float = _field(64.0, minimum=1.0)
+    residual_head_scale: float = _number(1 / 9, gt=0.0)
+    residual_bias_lr_scale: float = _number(64.0, ge=1.0)
     lookahead: bool = False
-    conv_filters: list[int] = _field([32, 64, 64, 128])
-    pool_after: list[int] = _field([2, 3])
-    dense_units: list[int] = _field([256, 128])
-    dropout: float = _field(0.2, minimum=0.0, maximum=0.9)
+    conv_filters: list[int] = _list([32, 64, 64, 128])
+    pool_after: list[int] = _list([2, 3])
+    dense_units: list[int] = _list([256, 128])
+    dropout: float = _number(0.2, ge=0.0, le=0.9)
     batch_norm: bool = True
-    max_norm: float | None = _field(3.0, minimum=0.0, exclusive_minimum=True)
-    batch_norm_images: int = _field(4096, minimum=0)
+    max_norm: float | None = _number(3.0, gt=0.0)
+    batch_norm_images: int = Field(4096, ge=0)
 
 
-@dataclasses.dataclass(frozen=True)
 class TransferConfig(FitConfig):
     backbone: str = "resnet50"
     weights: str | None = "imagenet"
-    input_size: int = _field(96, minimum=32, maximum=512)
-    feature_batch_size: int = _field(64, minimum=1)
-    augment_copies: int = _field(0, minimum=0, maximum=20)
-    head_dropout: float = _field(0.2, minimum=0.0, maximum=0.9)
-    head_units: int = _field(0, minimum=0)
-    epochs: int = _field(10, minimum=1)
-    finetune_epochs: int = _field(0, minimum=0)
-    finetune_layers: int = _field(0, minimum=0)
-    finetune_learning_rate: float = _field(1e-5, minimum=0.0, exclusive_minimum=True)
+    input_size: int = Field(96, ge=32, le=512)
+    feature_batch_size: int = Field(64, ge=1)
+    augment_copies: int = Field(0, ge=0, le=20)
+    head_dropout: float = _number(0.2, ge=0.0, le=0.9)
+    head_units: int = Field(0, ge=0)
+    epochs: int = Field(10, ge=1)
+    finetune_epochs: int = Field(0, ge=0)
+    finetune_layers: int = Field(0, ge=0)
+    finetune_learning_rate: float = _number(1e-5, gt=0.0)
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(_Section):
     """Where and how training runs; the same for both models."""
 
     precision: Precision = "float32"
@@ -151,50 +153,48 @@ class TrainingConfig:
     resume: bool = True
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
-    batch_size: int = _field(256, minimum=1)
-    calibration_bins: int = _field(15, minimum=2, maximum=100)
-    top_k: int = _field(5, minimum=1, maximum=20)
+class EvaluateConfig(_Section):
+    batch_size: int = Field(256, ge=1)
+    calibration_bins: int = Field(15, ge=2, le=100)
+    top_k: int = Field(5, ge=1, le=20)
     tta_flip: bool = False
-    promotion_level: float = _field(0.05, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+    promotion_level: float = _number(0.05, gt=0.0, le=1.0)
 
 
-@dataclasses.dataclass(frozen=True)
-class AnalysisConfig:
-    gallery_size: int = _field(25, minimum=1, maximum=400)
-    confused_pairs: int = _field(6, minimum=1, maximum=50)
-    confused_examples: int = _field(4, minimum=1, maximum=20)
-    label_error_confidence: float = _field(0.8, minimum=0.0, maximum=1.0)
-    score_bar_ids: list[int] = _field([], minimum=0)
-    score_bar_images: int = _field(6, minimum=0, maximum=50)
-    score_bar_classes: int = _field(10, minimum=2, maximum=100)
-    bootstrap_resamples: int = _field(2000, minimum=100)
-    confidence_level: float = _field(0.95, minimum=0.5, maximum=1.0, exclusive_minimum=True)
-    thumbnail_size: int = _field(96, minimum=16, maximum=512)
+class AnalysisConfig(_Section):
+    gallery_size: int = Field(25, ge=1, le=400)
+    confused_pairs: int = Field(6, ge=1, le=50)
+    confused_examples: int = Field(4, ge=1, le=20)
+    label_error_confidence: float = _number(0.8, ge=0.0, le=1.0)
+    score_bar_ids: list[NonNegativeInt] = _list([])
+    score_bar_images: int = Field(6, ge=0, le=50)
+    score_bar_classes: int = Field(10, ge=2, le=100)
+    bootstrap_resamples: int = Field(2000, ge=100)
+    confidence_level: float = _number(0.95, gt=0.5, le=1.0)
+    thumbnail_size: int = Field(96, ge=16, le=512)
 
 
-@dataclasses.dataclass(frozen=True)
-class MlflowConfig:
+class MlflowConfig(_Section):
     experiment: str = "imgclf"
 
 
-@dataclasses.dataclass(frozen=True)
-class Params:
-    seed: int = _field(42, minimum=0, maximum=2**32 - 1)  # NumPy's and TensorFlow's seed range
+class Params(_Section):
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # NumPy's and TensorFlow's seed range
     deterministic: bool = False
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    preprocess: PreprocessConfig = dataclasses.field(default_factory=PreprocessConfig)
-    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-    scratch: ScratchConfig = dataclasses.field(default_factory=ScratchConfig)
-    transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
-    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
-    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
-    analysis: AnalysisConfig = dataclasses.field(default_factory=AnalysisConfig)
-    mlflow: MlflowConfig = dataclasses.field(default_factory=MlflowConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    scratch: ScratchConfig = Field(default_factory=ScratchConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _cross_field(self) -> Params:
         _check_cross_field(self)
+        return self
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -335,19 +335,18 @@ def check_plain_mapping(raw: Any, *, source: str) -> None:
 
 
 def params_from_dict(raw: Any, *, source: str = "params") -> Params:
-    """Build `Params` from a plain mapping (parsed YAML), validating every key."""
+    """Build `Params` from a plain mapping (parsed YAML), validating every key; the first problem found is raised
+    as one `ConfigError` line naming the source, the dotted key, what is allowed and what was given."""
     check_plain_mapping(raw, source=source)
     try:
-        return _build(Params, raw, key="", source=source)
-    except ConfigError:
-        raise
-    except ValueError as error:  # raised by __post_init__ cross-field checks
-        raise ConfigError(f"{source}: {error}") from error
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_explain(error, source=source)) from None
 
 
 def params_to_dict(params: Params) -> dict[str, Any]:
     """The configuration as plain nested dicts (for logging and for writing a params file)."""
-    return dataclasses.asdict(params)
+    return params.model_dump()
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -392,99 +391,85 @@ def _check_cross_field(params: Params) -> None:
                          f"(the length of scratch.conv_filters), got {bad_pools}")
 
 
+def _explain(error: ValidationError, *, source: str) -> str:
+    """pydantic's first error (an unknown key first, as a typo is the likeliest cause) as one line."""
+    problems = error.errors(include_url=False)
+    problem = next((p for p in problems if p["type"] == "extra_forbidden"), problems[0])
+    kind, loc, value = problem["type"], tuple(problem["loc"]), problem["input"]
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" if index else str(part)
+                  for index, part in enumerate(loc))
+    where = key or "top level"
+    if kind == "extra_forbidden":
+        section = _section_at(loc[:-1])
+        parent = ".".join(str(part) for part in loc[:-1]) or "top level"
+        return (f"{source}: unknown key {key!r}; allowed keys under {parent}: "
+                f"{', '.join(sorted(section.model_fields))}")
+    if kind == "value_error" and not loc:  # a cross-field check: its message names its keys
+        return f"{source}: {problem['ctx']['error']}"
+    annotation, metadata = _field_at(loc)
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{source}: {where}: expected a mapping of keys, got {value!r}"
+    if kind == "finite_number":
+        return f"{source}: {where}: expected a finite number, got {value!r}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{source}: {where}: expected a value {_describe_range(metadata)}, got {value!r}"
+    if annotation is not None:
+        return f"{source}: {where}: expected {_describe(annotation)}, got {value!r}"
+    return f"{source}: {where}: {problem['msg']}, got {value!r}"
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel]:
+    section: type[BaseModel] = Params
+    for name in loc:
+        section = section.model_fields[name].annotation
+    return section
+
+
+def _field_at(loc: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """The annotation (Annotated stripped) and the constraints of the value at `loc`; (None, []) for a section."""
+    annotation: Any = Params
+    metadata: list[Any] = []
+    for part in loc:
+        if isinstance(part, int):  # a list item
+            annotation, metadata = _unwrap(typing.get_args(annotation)[0])
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel) and part in annotation.model_fields:
+            info = annotation.model_fields[part]
+            annotation, metadata = info.annotation, list(info.metadata)
+        else:
+            return None, []
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return None, []
+    return annotation, metadata
+
+
+def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
+    if typing.get_origin(annotation) is Annotated:
+        base, *extras = typing.get_args(annotation)
+        return base, [item for extra in extras for item in getattr(extra, "metadata", [extra])]
+    return annotation, []
+
+
 def _describe(annotation: Any) -> str:
+    annotation = _unwrap(annotation)[0]
     origin = typing.get_origin(annotation)
     if origin is Literal:
         return "one of " + ", ".join(repr(choice) for choice in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(arg) for arg in typing.get_args(annotation))
     if origin is list:
-        return f"a list of {_describe(typing.get_args(annotation)[0])}"
+        return f"a list of {_describe(typing.get_args(annotation)[0]).removeprefix('an ').removeprefix('a ')}s"
     if annotation is type(None):
         return "null"
-    if dataclasses.is_dataclass(annotation):
-        return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[annotation]
 
 
-def _describe_range(metadata: typing.Mapping[str, Any]) -> str:
+def _describe_range(metadata: list[Any]) -> str:
     parts = []
-    if metadata.get("minimum") is not None:
-        parts.append(f"{'>' if metadata['exclusive_minimum'] else '>='} {metadata['minimum']}")
-    if metadata.get("maximum") is not None:
-        parts.append(f"<= {metadata['maximum']}")
+    for constraint in metadata:
+        for name, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            if getattr(constraint, name, None) is not None:
+                parts.append(f"{sign} {getattr(constraint, name)}")
     return " and ".join(parts)
-
-
-def _convert(annotation: Any, value: Any, *, key: str, source: str) -> Any:
-    """Check `value` against `annotation`; return it converted (int -> float where a number is due)."""
-    origin = typing.get_origin(annotation)
-    if dataclasses.is_dataclass(annotation):
-        return _build(annotation, value, key=key, source=source)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(annotation):
-            try:
-                return _convert(option, value, key=key, source=source)
-            except ConfigError:
-                continue
-    elif origin is Literal:
-        if value in typing.get_args(annotation):
-            return value
-    elif origin is list:
-        if isinstance(value, list):
-            (item_type,) = typing.get_args(annotation)
-            return [_convert(item_type, item, key=f"{key}[{index}]", source=source)
-                    for index, item in enumerate(value)]
-    elif annotation is type(None):
-        if value is None:
-            return None
-    elif annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):  # .nan would pass every range check (NaN compares false) and .inf mean nothing
-                raise ConfigError(f"{source}: {key}: expected a finite number, got {value!r}")
-            return float(value)
-    elif annotation is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"{source}: {key}: expected {_describe(annotation)}, got {value!r}")
-
-
-def _build(cls: type, raw: Any, *, key: str, source: str) -> Any:
-    where = key or "top level"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {where}: expected a mapping of keys, got {raw!r}")
-    fields = {field.name: field for field in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        name = f"{key}.{unknown[0]}" if key else str(unknown[0])
-        raise ConfigError(f"{source}: unknown key {name!r}; allowed keys under {where}: "
-                          f"{', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, value in raw.items():
-        field_key = f"{key}.{name}" if key else name
-        converted = _convert(hints[name], value, key=field_key, source=source)
-        _check_range(fields[name].metadata, converted, key=field_key, source=source)
-        values[name] = converted
-    return cls(**values)
-
-
-def _check_range(metadata: typing.Mapping[str, Any], value: Any, *, key: str, source: str) -> None:
-    if not metadata or value is None or isinstance(value, (bool, str)):
-        return
-    for item in value if isinstance(value, list) else [value]:
-        minimum, maximum = metadata.get("minimum"), metadata.get("maximum")
-        too_low = minimum is not None and (item <= minimum if metadata["exclusive_minimum"]
-                                           else item < minimum)
-        too_high = maximum is not None and item > maximum
-        if too_low or too_high:
-            raise ConfigError(f"{source}: {key}: expected a value {_describe_range(metadata)}, "
-                              f"got {item!r}")
 
 
 class UndeclaredParamError(LookupError):
@@ -504,7 +489,7 @@ class DeclaredParams:
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._values, name)  # AttributeError for a name params.yaml does not have
         key = f"{self._prefix}{name}"
-        if dataclasses.is_dataclass(value):  # a section: its keys are checked one by one as they are read
+        if isinstance(value, BaseModel):  # a section: its keys are checked one by one as they are read
             return DeclaredParams(value, stage=self._stage, declared=self._declared, reads=self._reads,
                                   prefix=f"{key}.")
         if key not in self._declared and key.partition(".")[0] not in self._declared:

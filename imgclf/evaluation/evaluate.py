@@ -439,7 +439,7 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
     with tracking.start_run(run_name=tracking.run_name(params, model="comparison"),
                             tags={**tags, "model": "comparison"}) as parent:
         comparison_id = parent.info.run_id
-        settings = dataclasses.asdict(whole(params).evaluate)  # lineage: all of them, whether read or not
+        settings = whole(params).evaluate.model_dump()  # lineage: all of them, whether read or not
         mlflow.log_params({f"evaluate.{key}": value for key, value in settings.items()})
         tracking.log_prepared_data(params, project_root=project_root, context="evaluation")
         for model_name in MODEL_NAMES:

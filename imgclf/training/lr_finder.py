@@ -7,7 +7,6 @@ the steepest descent of the smoothed loss (fastai's `steep`); `min_loss / 10` is
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import math
 from pathlib import Path
@@ -123,7 +122,7 @@ def run(params, *, model_name: str, prepared_dir: Path, features_dir: Path, out_
                     "batch_size": config.batch_size, "shuffle": True}
     # The stage's own compile path (configured optimizer, weight decay, label smoothing); a constant rate,
     # since the sweep sets the rate itself before every batch.
-    common.compile_model(model, dataclasses.replace(config, lr_schedule="constant"), steps_per_epoch=per_epoch,
+    common.compile_model(model, config.model_copy(update={"lr_schedule": "constant"}), steps_per_epoch=per_epoch,
                          jit_compile=False, learning_rate=start)
     model.fit(**fit_args, epochs=epochs, callbacks=[sweep], verbose=0)
     return write_results(out_dir, model_name, sweep.recorded_rates, sweep.losses)

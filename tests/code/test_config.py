@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
+import typing
 
+import pydantic
 import pytest
 import yaml
 
@@ -35,7 +36,7 @@ def test_params_yaml_spells_out_every_field_with_a_comment():
 
 def test_config_is_frozen(params_dict):
     params = params_from_dict(params_dict)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         params.scratch.epochs = 3
 
 
@@ -114,16 +115,18 @@ def test_flatten_gives_readable_keys():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
 
 
-def _scalar_fields(cls: type, prefix: str = "") -> dict[str, type]:
-    """Every leaf field of the configuration with its declared scalar types (`int | None` -> {int, None})."""
-    import typing
-
+def _scalar_fields(cls: type[pydantic.BaseModel], prefix: str = "") -> dict[str, type]:
+    """Every leaf field of the configuration with its declared scalar types (`int | None` -> {int, None},
+    `list[Annotated[int, ...]]` -> {int})."""
     fields = {}
-    for name, annotation in typing.get_type_hints(cls).items():
-        if dataclasses.is_dataclass(annotation):
+    for name, info in cls.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
             fields.update(_scalar_fields(annotation, f"{prefix}{name}."))
         else:
-            fields[f"{prefix}{name}"] = set(typing.get_args(annotation)) or {annotation}
+            arguments = typing.get_args(annotation)
+            fields[f"{prefix}{name}"] = {typing.get_args(arg)[0] if typing.get_origin(arg) is typing.Annotated
+                                         else arg for arg in arguments} or {annotation}
     return fields
 
 
