@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import html
 import io
 
+import jinja2
 import numpy as np
 from PIL import Image
 
@@ -123,118 +123,55 @@ def png_uri(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- html
+# The page's markup lives in templates/report.html.j2; the functions below compute its view model: plain dicts,
+# lists and already formatted strings. Autoescape escapes every value (class and file names are user data);
+# StrictUndefined makes a name the template uses but the view model lacks an error, not a blank.
 
-_CSS = """
-:root { --ok: #1a7f37; --bad: #cf222e; --muted: #57606a; --line: #d0d7de; --soft: #f6f8fa; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
-       display: grid; grid-template-columns: 230px minmax(0, 1fr); }
-nav { position: sticky; top: 0; height: 100vh; overflow-y: auto; padding: 18px 14px; background: var(--soft);
-      border-right: 1px solid var(--line); font-size: 14px; }
-nav ol { padding-left: 18px; margin: 6px 0; } nav a { color: #0969da; text-decoration: none; }
-main { padding: 8px 32px 48px; max-width: 1200px; }
-h1 { font-size: 26px; margin: 16px 0 2px; } h2 { border-bottom: 1px solid var(--line); padding-bottom: 4px;
-     margin-top: 36px; } h3 { margin: 22px 0 6px; }
-.sub, .note { color: var(--muted); } .note { font-size: 13px; }
-.verdict { font-size: 19px; font-weight: 600; padding: 12px 16px; border-left: 5px solid #0969da;
-           background: #ddf4ff; border-radius: 4px; }
-.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 14px 0; }
-.card { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; min-width: 150px; }
-.card .value { font-size: 22px; font-weight: 600; } .card .label { color: var(--muted); font-size: 13px; }
-table { border-collapse: collapse; margin: 8px 0 14px; font-size: 14px; }
-th, td { border: 1px solid var(--line); padding: 4px 10px; text-align: right; }
-th:first-child, td:first-child { text-align: left; } thead th { background: var(--soft); }
-td.best { font-weight: 700; } .warn { color: #9a6700; }
-.figures { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
-.figures figure { margin: 0; flex: 1 1 420px; max-width: 560px; }
-.figures img, img.figure { max-width: 100%; height: auto; border: 1px solid var(--line); }
-.gallery { display: flex; flex-wrap: wrap; gap: 10px; margin: 6px 0 12px; }
-.tile { margin: 0; width: 124px; font-size: 12px; line-height: 1.3; }
-.tile img { image-rendering: pixelated; display: block; border: 1px solid var(--line); }
-.tile .truth { font-weight: 600; margin-top: 3px; overflow-wrap: anywhere; }
-.ok { color: var(--ok); } .bad { color: var(--bad); } .tile .id { color: var(--muted); }
-.scores { display: flex; gap: 16px; align-items: flex-start; border-top: 1px solid var(--line); padding: 10px 0; }
-.scores table { margin: 0; font-size: 12px; } .scores td { border: none; padding: 1px 6px; }
-.scores td.score, .scores th.score { text-align: left; width: 215px; }
-.pair { display: flex; gap: 14px; align-items: flex-start; border-top: 1px solid var(--line); padding-top: 6px; }
-.pair .label { width: 190px; flex: none; font-weight: 600; font-size: 13px; overflow-wrap: anywhere; }
-h4 { margin: 14px 0 4px; }
-.bar { display: inline-block; height: 10px; vertical-align: middle; margin-right: 4px; }
-.bar.scratch { background: #1f77b4; } .bar.transfer { background: #ff7f0e; }
-tr.true td { font-weight: 700; color: var(--ok); }
-details summary { cursor: pointer; font-weight: 600; margin: 8px 0; }
-@media (max-width: 800px) { body { display: block; } nav { position: static; height: auto; }
-                            main { padding: 8px 14px; } }
-"""
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+TEMPLATE = "report.html.j2"
+ENVIRONMENT = jinja2.Environment(loader=jinja2.PackageLoader("imgclf.evaluation", "templates"), autoescape=True,
+                                 undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                                 keep_trailing_newline=True)
 
 
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def _tile_html(tile: Tile, *, size: int) -> str:
+def _table(header: list[str], rows: list[list[str]], best: list[int | None] | None = None) -> dict:
+    """A table for the template's `table` macro: the first column left-aligned, `best` the bold cell of each row."""
+    return {"header": header, "rows": rows, "best": best}
+
+
+def _tile_view(tile: Tile, *, size: int) -> dict:
     uri, width, height = thumbnail(tile.image, size=size)
-    hover = f"#{tile.image_id}" + (f" {tile.original}" if tile.original else "")
-    lines = [f'<div class="truth">true: {_e(tile.true_class)}</div>']
-    for model, guess in tile.predictions.items():
-        mark, css = ("✓", "ok") if guess.right else ("✗", "bad")
-        lines.append(f'<div class="{css}" title="{_e(model)}">{mark} {SHORT.get(model, model)}: '
-                     f"{_e(guess.class_name)} {guess.probability:.2f}</div>")
-    lines.append(f'<div class="id">#{tile.image_id}</div>')
-    return (f'<figure class="tile"><img src="{uri}" width="{width}" height="{height}" alt="test image {tile.image_id}"'
-            f' title="{_e(hover)}"><figcaption>{"".join(lines)}</figcaption></figure>')
+    return {"uri": uri, "width": width, "height": height, "id": tile.image_id, "true_class": tile.true_class,
+            "hover": f"#{tile.image_id}" + (f" {tile.original}" if tile.original else ""),
+            "predictions": [{"model": model, "short": SHORT.get(model, model), "right": guess.right,
+                             "class_name": guess.class_name, "probability": f"{guess.probability:.2f}"}
+                            for model, guess in tile.predictions.items()]}
 
 
-def _gallery_html(gallery: Gallery, *, size: int) -> str:
+def _gallery_view(gallery: Gallery, *, size: int) -> dict:
     shown = sum(len(tiles) for _, tiles in gallery.groups)
-    count = ""
+    count = None
     if gallery.total is not None:
-        count = f" <span class=\"sub\">({f'{shown} of {gallery.total} shown' if gallery.total else 'none'})</span>"
-    parts = [f'<section id="{_e(gallery.anchor)}"><h3>{_e(gallery.title)}{count}</h3>',
-             f'<p class="note">{_e(gallery.description)}</p>']
-    for heading, tiles in gallery.groups:
-        if gallery.rows:
-            images = ("".join(_tile_html(tile, size=size) for tile in tiles)
-                      or f'<p class="note">{_e(gallery.empty)}</p>')
-            parts.append(f'<div class="pair"><div class="label">{_e(heading)}</div><div class="gallery">{images}'
-                         "</div></div>")
-            continue
-        if heading:
-            parts.append(f"<h4>{_e(heading)}</h4>")
-        if tiles:
-            parts.append('<div class="gallery">' + "".join(_tile_html(tile, size=size) for tile in tiles) + "</div>")
-        else:
-            parts.append(f'<p class="note empty">{_e(gallery.empty)}</p>')
-    parts.append("</section>")
-    return "\n".join(parts)
+        count = f"{shown} of {gallery.total} shown" if gallery.total else "none"
+    return {"anchor": gallery.anchor, "title": gallery.title, "description": gallery.description, "count": count,
+            "rows": gallery.rows, "empty": gallery.empty,
+            "groups": [{"heading": heading, "tiles": [_tile_view(tile, size=size) for tile in tiles]}
+                       for heading, tiles in gallery.groups]}
 
 
-def _score_bars_html(items: list[ScoreBars], *, size: int, num_classes: int) -> str:
-    parts = ['<section id="score-bars"><h3>Class scores, side by side</h3>',
-             '<p class="note">Each model\'s probability for each class (true class in green'
-             + (f"; the top classes of either model out of {num_classes}" if items and
-                len(items[0].classes) < num_classes else "") +
-             "). Pick the images with <code>analysis.score_bar_ids</code>; by default, images the models disagree "
-             "on.</p>"]
-    if not items:
-        parts.append('<p class="note">No images selected.</p>')
+def _score_bars_view(items: list[ScoreBars], *, size: int, num_classes: int) -> dict:
+    views = []
     for item in items:
-        rows = []
-        for index, name in enumerate(item.classes):
-            css = ' class="true"' if name == item.tile.true_class else ""
-            cells = "".join(
-                f'<td class="score"><span class="bar {model}" style="width:{160 * scores[index]:.0f}px"></span>'
-                f"{scores[index]:.2f}</td>" for model, scores in item.scores.items())
-            rows.append(f"<tr{css}><td>{_e(name)}</td>{cells}</tr>")
-        header = "".join(f'<th class="score">{_e(model)}</th>' for model in item.scores)
-        parts.append(f'<div class="scores">{_tile_html(item.tile, size=size)}<table><thead><tr><th>class</th>'
-                     f'{header}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
-    parts.append("</section>")
-    return "\n".join(parts)
+        rows = [{"name": name, "true": name == item.tile.true_class,
+                 "cells": [{"model": model, "width": f"{160 * scores[index]:.0f}", "score": f"{scores[index]:.2f}"}
+                           for model, scores in item.scores.items()]}
+                for index, name in enumerate(item.classes)]
+        views.append({"tile": _tile_view(item.tile, size=size), "models": list(item.scores), "rows": rows})
+    top_of = num_classes if items and len(items[0].classes) < num_classes else None
+    return {"items": views, "top_of": top_of}
 
 
 def _metric_rows(metrics: dict[str, dict], training: dict[str, dict]) -> list[tuple[str, list[str], int | None]]:
@@ -268,25 +205,13 @@ def _metric_rows(metrics: dict[str, dict], training: dict[str, dict]) -> list[tu
     return rows
 
 
-def _table(header: list[str], rows: list[list[str]], *, best: list[int | None] | None = None) -> str:
-    head = "".join(f"<th>{_e(cell)}</th>" for cell in header)
-    body = []
-    for number, row in enumerate(rows):
-        cells = [f"<td>{_e(row[0])}</td>"]
-        for index, cell in enumerate(row[1:]):
-            css = ' class="best"' if best and best[number] == index else ""
-            cells.append(f"<td{css}>{_e(cell)}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
 def degenerate_models(metrics: dict[str, dict]) -> dict[str, list[str]]:
     """Model -> why the evaluate stage found it degenerate (models it did not flag are left out)."""
     return {model: list(metrics[model].get("degenerate_reasons") or []) for model in MODELS
             if metrics.get(model, {}).get("degenerate_reasons")}
 
 
-def _headline_html(inputs: ReportInputs) -> str:
+def _headline_view(inputs: ReportInputs) -> dict:
     summary = inputs.summary
     interval = summary["accuracy_difference_ci"]
     p_value = summary["mcnemar"]["p_value"]
@@ -299,39 +224,29 @@ def _headline_html(inputs: ReportInputs) -> str:
         ("< 0.001" if p_value < 0.001 else f"{p_value:.3g}",
          f"McNemar p-value ({'exact' if summary['mcnemar']['exact'] else 'chi-square'})"),
     ]
-    card_html = "".join(f'<div class="card"><div class="value">{_e(value)}</div><div class="label">{_e(label)}'
-                        "</div></div>" for value, label in cards)
     two_by_two = _table(["", "transfer right", "transfer wrong"], [
         ["scratch right", str(summary["both_right"]), str(summary["only_scratch_right"])],
         ["scratch wrong", str(summary["only_transfer_right"]), str(summary["both_wrong"])]])
     data = inputs.data
     counts = data.get("counts", {})
-    split_text = ", ".join(f"{count:,} {split}" for split, count in counts.items())
     support = {name: inputs.metrics["scratch"]["per_class"][name]["support"] for name in inputs.class_names}
     small = [name for name, count in support.items() if count < NOISY_SUPPORT]
-    warning = ""
+    noisy = None
     if small:
         listed = ", ".join(f"{name} ({support[name]})" for name in small[:12]) + (" ..." if len(small) > 12 else "")
-        warning = (f'<p class="warn">{len(small)} class(es) have fewer than {NOISY_SUPPORT} test images, so their '
-                   f"per-class numbers are noisy: {_e(listed)}. Macro averages weigh them like the large ones; "
-                   "weighted averages do not.</p>")
-    verdict = comparison.verdict(summary, degenerate=degenerate_models(inputs.metrics))
-    css = "verdict warn" if degenerate_models(inputs.metrics) else "verdict"
-    return (f'<section id="headline"><h2>Headline</h2><p class="{css}">{_e(verdict)}</p>'
-            f'<div class="cards">{card_html}</div>'
-            f"<h3>Same {summary['test_images']:,} test images, 2×2</h3>{two_by_two}"
-            '<p class="note">McNemar\'s test uses only the images exactly one model gets right (the off-diagonal '
-            "cells); the interval is a paired bootstrap over test images.</p>"
-            f'<p class="note">Data: {_e(data.get("source", ""))}, {len(inputs.class_names)} classes, '
-            f'{_e(data.get("image_size", ""))} px images; {_e(split_text)}.</p>{warning}'
-            + (f'<p class="note" id="registry">{_e(sentence)}</p>' if (sentence := registry_sentence(inputs.registry))
-               else "") + "</section>")
+        noisy = {"count": len(small), "threshold": NOISY_SUPPORT, "listed": listed}
+    degenerate = degenerate_models(inputs.metrics)
+    return {"verdict": comparison.verdict(summary, degenerate=degenerate),
+            "verdict_css": "verdict warn" if degenerate else "verdict",
+            "cards": [{"value": value, "label": label} for value, label in cards], "two_by_two": two_by_two,
+            "data": {"source": data.get("source", ""), "classes": len(inputs.class_names),
+                     "image_size": data.get("image_size", ""),
+                     "splits": ", ".join(f"{count:,} {split}" for split, count in counts.items())},
+            "noisy": noisy, "registry": registry_sentence(inputs.registry)}
 
 
-def _metrics_html(inputs: ReportInputs) -> str:
+def _metrics_view(inputs: ReportInputs) -> dict:
     rows = _metric_rows(inputs.metrics, inputs.training)
-    table = _table(["metric", *MODELS], [[label, *values] for label, values, _ in rows],
-                   best=[best for _, _, best in rows])
     class_rows = []
     for name in inputs.class_names:
         cells = [name, str(inputs.metrics["scratch"]["per_class"][name]["support"])]
@@ -343,33 +258,23 @@ def _metrics_html(inputs: ReportInputs) -> str:
         class_rows.append([*cells, f"{delta:+.3f}"])
     header = ["class", "test images", "S precision", "S recall", "S F1", "T precision", "T recall", "T F1",
               "F1 T − S"]
-    is_open = " open" if len(inputs.class_names) <= OPEN_CLASS_TABLE_UP_TO else ""
-    figures = "".join(f'<figure><img src="{png_uri(inputs.figures[f"confusion_{model}"])}" alt="{model} confusion '
-                      f'matrix"><figcaption class="note">{model}</figcaption></figure>'
-                      for model in MODELS if f"confusion_{model}" in inputs.figures)
-    return (f'<section id="metrics"><h2>Metrics on the test split</h2>{table}'
-            '<p class="note">Bold: the better value. Images/s is model inference only, after a warm-up batch. '
-            "Training time sums the epochs in each history; for the transfer model that is the head on cached "
-            "backbone features (the one-off feature extraction is not included).</p>"
-            f'<details{is_open}><summary>Per-class precision, recall and F1 ({len(inputs.class_names)} classes; '
-            f"S = scratch, T = transfer)</summary>{_table(header, class_rows)}</details>"
-            f'<h3 id="confusion">Confusion matrices</h3><div class="figures">{figures}</div></section>')
+    return {"table": _table(["metric", *MODELS], [[label, *values] for label, values, _ in rows],
+                            best=[best for _, _, best in rows]),
+            "classes": _table(header, class_rows), "class_count": len(inputs.class_names),
+            "classes_open": len(inputs.class_names) <= OPEN_CLASS_TABLE_UP_TO,
+            "confusion": [{"model": model, "uri": png_uri(inputs.figures[f"confusion_{model}"])}
+                          for model in MODELS if f"confusion_{model}" in inputs.figures]}
 
 
-def _calibration_html(inputs: ReportInputs) -> str:
+def _calibration_view(inputs: ReportInputs) -> dict:
     rows = [[model, f"{inputs.metrics[model]['ece']:.4f}", f"{inputs.metrics[model]['ece_calibrated']:.4f}",
              f"{inputs.metrics[model]['temperature']:.3f}", f"{inputs.metrics[model]['loss']:.4f}",
              f"{inputs.metrics[model]['loss_calibrated']:.4f}", f"{inputs.metrics[model]['accuracy']:.4f}"]
             for model in MODELS]
-    table = _table(["model", "ECE", "ECE after scaling", "temperature T", "loss", "loss after scaling",
-                    "accuracy (unchanged)"], rows)
-    figure = (f'<img class="figure" src="{png_uri(inputs.figures["reliability"])}" alt="reliability diagrams">'
-              if "reliability" in inputs.figures else "")
-    return ('<section id="calibration"><h2>Calibration</h2><p>Does a model that says 90% get 90% right? The '
-            "expected calibration error (ECE) is the average gap between confidence and accuracy over confidence "
-            "bins. Temperature scaling divides the log-probabilities by one number T fitted on the validation split "
-            "(T &gt; 1: the model was over-confident); it never changes a prediction, only its confidence.</p>"
-            f"{_calibration_warning(inputs)}{table}{figure}</section>")
+    return {"table": _table(["model", "ECE", "ECE after scaling", "temperature T", "loss", "loss after scaling",
+                             "accuracy (unchanged)"], rows),
+            "figure": png_uri(inputs.figures["reliability"]) if "reliability" in inputs.figures else None,
+            "not_helped": _calibration_warning(inputs)}
 
 
 def calibration_not_helped(metrics: dict[str, dict]) -> list[str]:
@@ -378,20 +283,18 @@ def calibration_not_helped(metrics: dict[str, dict]) -> list[str]:
     return [model for model in MODELS if metrics[model]["ece_calibrated"] > metrics[model]["ece"]]
 
 
-def _calibration_warning(inputs: ReportInputs) -> str:
+def _calibration_warning(inputs: ReportInputs) -> dict | None:
     worse = calibration_not_helped(inputs.metrics)
     if not worse:
-        return ""
+        return None
     validation = inputs.data.get("counts", {}).get("val")
     fitted_on = f"{validation} validation images" if validation is not None else "the validation split"
     changes = "; ".join(f"{model}: ECE {metrics['ece']:.3f} → {metrics['ece_calibrated']:.3f}"
                         for model, metrics in ((model, inputs.metrics[model]) for model in worse))
-    return (f'<p class="note"><b>Temperature scaling did not help</b> ({changes}). T was fitted on {fitted_on}, '
-            "too few (or too unlike the test images) to estimate it: read the unscaled numbers, or calibrate on a "
-            "larger validation split (<code>preprocess.val_fraction</code>).</p>")
+    return {"changes": changes, "fitted_on": fitted_on}
 
 
-def _training_html(inputs: ReportInputs) -> str:
+def _training_view(inputs: ReportInputs) -> dict:
     rows = []
     for model in MODELS:
         info = inputs.training.get(model, {})
@@ -399,38 +302,30 @@ def _training_html(inputs: ReportInputs) -> str:
         rows.append([model, str(info.get("epochs", "–")),
                      f"{info['training_seconds']:,.0f}" if "training_seconds" in info else "–",
                      f"{info['best_val_accuracy']:.4f}" if "best_val_accuracy" in info else "–", phases or "–"])
-    figure = (f'<img class="figure" src="{png_uri(inputs.figures["training_curves"])}" alt="training curves">'
-              if "training_curves" in inputs.figures else '<p class="note">No training history found.</p>')
-    return (f'<section id="training"><h2>Training curves</h2>'
-            f'{_table(["model", "epochs", "seconds", "best validation accuracy", "epochs per phase"], rows)}'
-            f"{figure}</section>")
+    return {"table": _table(["model", "epochs", "seconds", "best validation accuracy", "epochs per phase"], rows),
+            "figure": png_uri(inputs.figures["training_curves"]) if "training_curves" in inputs.figures else None}
+
+
+def report_view(inputs: ReportInputs) -> dict:
+    """The template's view model: every value the page shows, computed and formatted, nothing escaped yet."""
+    size = inputs.thumbnail_size
+    return {"title": inputs.title, "test_images": f"{inputs.summary['test_images']:,}",
+            "headline": _headline_view(inputs), "metrics": _metrics_view(inputs),
+            "calibration": _calibration_view(inputs),
+            "galleries": [_gallery_view(gallery, size=size) for gallery in inputs.galleries],
+            "score_bars": _score_bars_view(inputs.score_bars, size=size, num_classes=len(inputs.class_names)),
+            "training": _training_view(inputs)}
+
+
+def render_view(view: dict) -> str:
+    """The report page from a view model (`report_view`); a name the template needs and `view` lacks raises
+    jinja2.UndefinedError."""
+    return ENVIRONMENT.get_template(TEMPLATE).render(view)
 
 
 def render_html(inputs: ReportInputs) -> str:
     """The whole report as one HTML document with everything embedded."""
-    size = inputs.thumbnail_size
-    toc_galleries = "".join(f'<li><a href="#{_e(g.anchor)}">{_e(g.title)}</a></li>' for g in inputs.galleries)
-    toc = ('<nav id="toc"><strong>Contents</strong><ol><li><a href="#headline">Headline</a></li>'
-           '<li><a href="#metrics">Metrics</a></li><li><a href="#calibration">Calibration</a></li>'
-           f'<li><a href="#galleries">Where each model fails</a><ol>{toc_galleries}'
-           '<li><a href="#score-bars">Class scores</a></li></ol></li>'
-           '<li><a href="#training">Training curves</a></li></ol></nav>')
-    legend = ('<p class="note">Under each image: the true class, then each model\'s prediction and probability '
-              '(S = scratch, T = transfer; <span class="ok">✓ right</span>, <span class="bad">✗ wrong</span>) and '
-              "the test image id (hover for the original file).</p>")
-    galleries = "\n".join(_gallery_html(gallery, size=size) for gallery in inputs.galleries)
-    body = "\n".join([
-        f"<header><h1>{_e(inputs.title)}</h1><p class=\"sub\">A CNN trained from scratch and a transfer model (a "
-        f"new classifier head on a backbone's features), on the same {inputs.summary['test_images']:,} test "
-        "images.</p></header>",
-        _headline_html(inputs), _metrics_html(inputs), _calibration_html(inputs),
-        f'<section id="galleries"><h2>Where each model fails</h2>{legend}{galleries}'
-        f"{_score_bars_html(inputs.score_bars, size=size, num_classes=len(inputs.class_names))}</section>",
-        _training_html(inputs)])
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_e(inputs.title)}</title><style>{_CSS}</style></head>\n"
-            f"<body>{toc}<main>\n{body}\n</main></body></html>\n")
+    return render_view(report_view(inputs))
 
 
 def render_markdown(inputs: ReportInputs, *, report_name: str = "report.html") -> str:

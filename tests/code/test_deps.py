@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,30 @@ def import_closure(module: str) -> set[Path]:
     return seen
 
 
+def package_data() -> set[Path]:
+    """The files pyproject's [tool.setuptools.package-data] ships with the code (templates the code loads)."""
+    globs = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    return {path for package, patterns in globs.get("package-data", {}).items() for pattern in patterns
+            for path in PROJECT_ROOT.joinpath(*package.split(".")).glob(pattern) if path.is_file()}
+
+
+PACKAGE_DATA = package_data()
+
+
+def data_files_read(path: Path) -> set[Path]:
+    """The package data files a module names in a string (`TEMPLATE = "report.html.j2"`): what it reads at run
+    time, a dependency as real as an import."""
+    strings = {node.value for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    return {data for data in PACKAGE_DATA if data.name in strings and data.is_relative_to(path.parent)}
+
+
+def code_closure(module: str) -> set[Path]:
+    """The import closure and the package data its modules read."""
+    modules = import_closure(module)
+    return modules | {data for path in modules for data in data_files_read(path)}
+
+
 def code_stages() -> list[tuple[str, str]]:
     """(stage, module) for every stage whose command runs project code with `python -m`."""
     found = []
@@ -81,13 +106,14 @@ def code_deps(stage: dict) -> set[Path]:
     for dep in stage.get("deps", []):
         path = PROJECT_ROOT / dep
         if dep.split("/")[0] in PACKAGES:
-            deps |= set(path.rglob("*.py")) if path.is_dir() else {path}
+            deps |= ({*path.rglob("*.py"), *(data for data in PACKAGE_DATA if data.is_relative_to(path))}
+                     if path.is_dir() else {path})
     return deps
 
 
 @pytest.mark.parametrize(("stage", "module"), code_stages(), ids=[name for name, _ in code_stages()])
 def test_stage_code_deps_are_exactly_its_import_closure(stage, module):
-    used = import_closure(module)
+    used = code_closure(module)
     listed = code_deps(STAGES[stage])
     relative = lambda paths: sorted(str(path.relative_to(PROJECT_ROOT)) for path in paths)  # noqa: E731
     assert not used - listed, f"dvc.yaml stage {stage} misses (stale results): {relative(used - listed)}"
@@ -119,6 +145,17 @@ def test_stage_params_are_its_declared_params(stage, module):
         return
     assert sorted(listed) == sorted(declared), (
         f"dvc.yaml stage {stage} params {sorted(listed)} differ from PARAMS in {module}: {sorted(declared)}")
+
+
+def test_package_data_is_shipped_and_counts_as_the_code_that_reads_it():
+    # Every non-Python file in the code packages is package data (a non-editable install has it) ...
+    files = {path for package in PACKAGES for path in (PROJECT_ROOT / package).rglob("*")
+             if path.is_file() and path.suffix not in {".py", ".pyc"} and "__pycache__" not in path.parts}
+    assert files <= PACKAGE_DATA, f"not in pyproject's package-data: {sorted(map(str, files - PACKAGE_DATA))}"
+    # ... and the stage whose code reads it reruns when it changes.
+    template = PROJECT_ROOT / "imgclf/evaluation/templates/report.html.j2"
+    assert template in PACKAGE_DATA and template in code_closure("stages.analyze")
+    assert template not in code_closure("stages.evaluate")
 
 
 def test_the_closure_follows_from_imports_and_package_inits():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import re
 import subprocess
 
+import jinja2
 import numpy as np
 import pytest
 from PIL import Image
@@ -139,3 +141,30 @@ def test_report_says_when_temperature_scaling_made_calibration_worse(tmp_path, f
     assert "fitted on 5 validation images" in page
     inputs.metrics["scratch"].update(ece_calibrated=0.01)
     assert "Temperature scaling did not help" not in report.render_html(inputs)
+
+
+def test_hostile_class_and_file_names_are_escaped_everywhere(tmp_path, fake_probabilities):
+    inputs = _inputs(tmp_path, fake_probabilities)
+    hostile = "<script>alert(1)</script>"
+    tile = dataclasses.replace(_tile(0), true_class=hostile, original='x/"><img src=x onerror=alert(1)>.jpg',
+                               predictions={"scratch": report.Guess(hostile, 0.9, False),
+                                            "transfer": report.Guess("cat", 0.6, True)})
+    inputs.galleries[0] = dataclasses.replace(inputs.galleries[0], title=hostile, groups=[(hostile, [tile])])
+    page = report.render_html(inputs)
+    assert "<script" not in page and "<img src=x" not in page
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"true: {escaped}" in page and f"S: {escaped} 0.90" in page and f"<h4>{escaped}</h4>" in page
+    assert f'<a href="#both-wrong">{escaped}</a>' in page
+    assert 'title="#0 x/&#34;&gt;&lt;img src=x onerror=alert(1)&gt;.jpg"' in page
+
+
+def test_a_value_missing_from_the_view_model_fails_loudly(tmp_path, fake_probabilities):
+    view = report.report_view(_inputs(tmp_path, fake_probabilities))
+    assert report.render_view(view) == report.render_html(_inputs(tmp_path, fake_probabilities))
+    del view["headline"]["verdict"]
+    with pytest.raises(jinja2.UndefinedError, match="verdict"):
+        report.render_view(view)
+    # a typo in the template is no blank either
+    with pytest.raises(jinja2.UndefinedError, match="verdikt"):
+        report.ENVIRONMENT.from_string("<p>{{ headline.verdikt }}</p>").render(report.report_view(
+            _inputs(tmp_path, fake_probabilities)))
