@@ -37,7 +37,12 @@ class ModelFileError(UserError):
 
 
 class TrackingStoreError(UserError):
-    """An MLflow tracking store that cannot be read or written (corrupt, read-only, locked)."""
+    """An MLflow tracking store that cannot be read or written (corrupt, read-only, locked), or lacks a run it
+    was pointed at (MLFLOW_RUN_ID)."""
+
+
+class RegistryError(UserError):
+    """A model the MLflow registry cannot register, or an alias (`champion`) no registered model holds."""
 
 
 class EvaluationError(UserError):

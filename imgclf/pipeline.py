@@ -210,11 +210,9 @@ def main(argv: list[str] | None = None) -> None:
                             exit_code=result.returncode)
         return result.returncode
 
-    try:
-        sys.exit(cli.exit_on_user_error(body))  # the policy of every entry point: one `error:` line, exit 2
-    except RuntimeError as error:  # MLFLOW_RUN_ID naming a run the store lacks (tracking.configure)
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(cli.EXIT_USER_ERROR)
+    # The policy of every entry point: a UserError (PipelineError, TrackingStoreError, RegistryError...) is one
+    # `error:` line and exit 2; anything else is a bug and keeps its traceback.
+    sys.exit(cli.exit_on_user_error(body))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ the one with the better test accuracy.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -26,19 +25,19 @@ from typing import Any
 import mlflow
 import numpy as np
 import sqlalchemy.exc
+from filelock import FileLock, Timeout
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 
 from imgclf import artifacts, fileio, workspace
 from imgclf.artifacts import CHAMPION
 from imgclf.config import Params, flatten, params_to_dict, whole
-from imgclf.errors import TrackingStoreError
+from imgclf.errors import RegistryError, TrackingStoreError
 
 # `mlflow run` exports the id of the run it opened; `mlflow.start_run()` would silently resume that run.
 OUTER_RUN_ENV = "MLFLOW_RUN_ID"
-# Set by DVC for every stage command (dvc/stage/run.py) and, under `dvc exp run`, for the experiment
-# (dvc/repo/experiments/queue/base.py passes them to the stages as `run_env`).
-DVC_STAGE_ENV = "DVC_STAGE"
+# Set by DVC, under `dvc exp run`, for the experiment (dvc/repo/experiments/queue/base.py passes them to the
+# stages as `run_env`).
 DVC_EXP_NAME_ENV = "DVC_EXP_NAME"
 DVC_EXP_BASELINE_ENV = "DVC_EXP_BASELINE_REV"
 SQLITE_PREFIX = "sqlite:///"
@@ -109,7 +108,7 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
+def store_lock(uri: str, timeout: float = STORE_LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold an exclusive lock beside a SQLite store while the block runs (nothing for other stores).
 
     Parallel queued experiments (`dvc queue start -j N`) share the project's `mlflow.db`. MLflow waits up to 20 s
@@ -117,6 +116,8 @@ def store_lock(uri: str) -> Iterator[None]:
     migrations), the experiment and registered model versions are check-then-create sequences that two processes
     can interleave. Those run under this lock. The database is switched to write-ahead logging once, so `mlflow
     ui` and the other runs keep reading while one writes.
+
+    A lock still held after `timeout` seconds is a `TrackingStoreError` naming the lock file.
     """
     database = sqlite_path(uri)
     if database is None:
@@ -124,14 +125,21 @@ def store_lock(uri: str) -> Iterator[None]:
         return
     database.parent.mkdir(parents=True, exist_ok=True)
     lock_file = database.with_name(database.name + STORE_LOCK_SUFFIX)
-    with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            with contextlib.closing(sqlite3.connect(database, timeout=STORE_LOCK_TIMEOUT_S)) as connection:
-                connection.execute("PRAGMA journal_mode=WAL")
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    # The file stays (as .gitignore expects): unlinking it while another process waits on it is a classic race.
+    lock = FileLock(lock_file, timeout=timeout, preserve_lock_file=True)
+    try:
+        lock.acquire()
+    except Timeout as error:
+        raise TrackingStoreError(
+            f"the MLflow store {database} stayed locked by another process for {timeout:g} s (lock file "
+            f"{lock_file}; `fuser -v` on it names the process): let the other stage or queued experiment "
+            "finish and run this again") from error
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=STORE_LOCK_TIMEOUT_S)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+        yield
+    finally:
+        lock.release()
 
 
 def outer_run_id() -> str | None:
@@ -201,9 +209,9 @@ def _select_experiment(project_root: Path, uri: str, experiment: str) -> str:
         try:
             outer_experiment_id = mlflow.MlflowClient().get_run(outer).info.experiment_id
         except mlflow.exceptions.MlflowException as error:
-            raise RuntimeError(f"{OUTER_RUN_ENV}={outer} is set (by `mlflow run`?) but no such run is in the "
-                               f"tracking store {uri}: unset {OUTER_RUN_ENV} or point MLFLOW_TRACKING_URI at "
-                               "the store `mlflow run` used") from error
+            raise TrackingStoreError(f"{OUTER_RUN_ENV}={outer} is set (by `mlflow run`?) but no such run is in the "
+                                     f"tracking store {uri}: unset {OUTER_RUN_ENV} or point MLFLOW_TRACKING_URI at "
+                                     "the store `mlflow run` used") from error
         outer_name = mlflow.MlflowClient().get_experiment(outer_experiment_id).name
         if outer_name != experiment:
             log.warning("recording in MLflow experiment %r, the one of the `mlflow run` run %s, not %r from "
@@ -505,9 +513,9 @@ def register(client: mlflow.MlflowClient, *, name: str, run_id: str, model_file:
     try:
         version = mlflow.register_model(uri, name, tags={**tags, MODEL_SHA_TAG: digest})
     except mlflow.exceptions.MlflowException as error:
-        raise RuntimeError(f"could not register {uri} as {name!r} in {mlflow.get_tracking_uri()}: {error}. "
-                           f"The training run must log its model under the name {LOGGED_MODEL_NAME!r}; rerun "
-                           "the training stage (dvc repro --force train_<model>) if its run was deleted") from error
+        raise RegistryError(f"could not register {uri} as {name!r} in {mlflow.get_tracking_uri()}: {error}. "
+                            f"The training run must log its model under the name {LOGGED_MODEL_NAME!r}; rerun "
+                            "the training stage (dvc repro --force train_<model>) if its run was deleted") from error
     return client.get_model_version(name, version.version), True  # with its tags
 
 
@@ -557,5 +565,5 @@ def champion_uri(client: mlflow.MlflowClient | None = None) -> str:
             except mlflow.exceptions.MlflowException as error:
                 if _is_store_failure(error):
                     raise
-    raise RuntimeError(f"no registered model has the alias {CHAMPION!r} in {mlflow.get_tracking_uri()}: run the "
-                       "pipeline through the evaluate stage first (dvc repro), or pass a model path or URI")
+    raise RegistryError(f"no registered model has the alias {CHAMPION!r} in {mlflow.get_tracking_uri()}: run the "
+                        "pipeline through the evaluate stage first (dvc repro), or pass a model path or URI")

@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import tabulate as tabulate_module
+from tabulate import tabulate
+
 from imgclf.artifacts import ANALYSIS_DIR, ANALYSIS_SUMMARY_FILE, EVALUATE_DIR, METRICS_FILE, PARAMS_FILE
 
 EVALUATE_METRICS = f"{EVALUATE_DIR}/{METRICS_FILE}"  # dvc.yaml `metrics:`
@@ -35,7 +38,8 @@ DONE = "done"
 BASELINE_STATE = "-"  # the workspace and each commit: their numbers are the metrics files they hold
 WIDTH = 120
 MAX_VALUE_CHARS = 22  # a long value (a backbone file path) is cut, keeping its end
-GAP = "  "
+GAP = "  "  # between columns: tabulate's "simple" format
+TEXT_COLUMNS = 2  # name and state read left to right; params and numbers are right-aligned
 
 
 def format_p_value(p: float) -> str:
@@ -103,6 +107,21 @@ def shorten(text: str) -> str:
     return text if len(text) <= MAX_VALUE_CHARS else "…" + text[-(MAX_VALUE_CHARS - 1):]
 
 
+def render(columns: list[tuple[str, list[str]]]) -> str:
+    """`columns` (title, cells) as tabulate's "simple" table: titles, a dashed line, the rows; each column as wide
+    as its widest cell or title, two spaces apart."""
+    titles = [title for title, _ in columns]
+    rows = list(zip(*(cells for _, cells in columns), strict=True))
+    aligns = ["left" if position < TEXT_COLUMNS else "right" for position in range(len(columns))]
+    # tabulate widens every column by MIN_PADDING (2) beyond its title in all formats but "pretty"; the 120
+    # columns here go to content, so no padding but the gap.
+    padding, tabulate_module.MIN_PADDING = tabulate_module.MIN_PADDING, 0
+    try:
+        return tabulate(rows, headers=titles, tablefmt="simple", colalign=aligns, disable_numparse=True)
+    finally:
+        tabulate_module.MIN_PADDING = padding
+
+
 def table(rows: list[dict[str, Any]], width: int = WIDTH) -> str:
     """Name, state, the params that differ, the headline metrics; params that do not fit in `width` are named
     below."""
@@ -117,8 +136,7 @@ def table(rows: list[dict[str, Any]], width: int = WIDTH) -> str:
                       for title, path, key, kind in HEADLINE_METRICS]
 
     def render_width(candidate: list[tuple[str, list[str]]]) -> int:
-        return sum(max(len(title), *(len(cell) for cell in cells)) for title, cells in candidate) + \
-            len(GAP) * (len(candidate) - 1)
+        return max(len(line) for line in render(candidate).splitlines())
 
     left_out = []
     for key in differing:
@@ -128,16 +146,7 @@ def table(rows: list[dict[str, Any]], width: int = WIDTH) -> str:
             columns.append(column)
         else:
             left_out.append(key)
-    columns += metric_columns
-    widths = [max(len(title), *(len(cell) for cell in cells)) for title, cells in columns]
-    text_columns = 2  # name and state read left to right; params and numbers are right-aligned
-    lines = [GAP.join(title.rjust(size) if position >= text_columns else title.ljust(size)
-                      for position, ((title, _), size) in enumerate(zip(columns, widths, strict=True)))]
-    lines.append(GAP.join("-" * size for size in widths))
-    for index in range(len(rows)):
-        lines.append(GAP.join(cells[index].rjust(size) if position >= text_columns else cells[index].ljust(size)
-                              for position, ((_, cells), size) in enumerate(zip(columns, widths, strict=True)))
-                     .rstrip())
+    lines = [render([*columns, *metric_columns])]
     if left_out:
         lines.append(f"also differ (too wide to show): {', '.join(left_out)}")
     if not differing:

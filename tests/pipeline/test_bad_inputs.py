@@ -278,6 +278,59 @@ def test_a_corrupt_store_behind_a_model_uri_is_one_line(tmp_path, monkeypatch, c
     assert str(store) in err and err.count("\n") == 1
 
 
+def test_a_store_locked_past_the_timeout_is_one_line_naming_the_lock_file(tmp_path):
+    """Another process holding `mlflow.db.lock` (a stuck stage): a TrackingStoreError after the timeout, not a wait
+    without end."""
+    from imgclf import tracking
+    from imgclf.errors import TrackingStoreError
+
+    lock_file = tmp_path / f"mlflow.db{tracking.STORE_LOCK_SUFFIX}"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, filelock\n"
+                               f"lock = filelock.FileLock({str(lock_file)!r})\nlock.acquire()\n"
+                               "print('held', flush=True)\nsys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TrackingStoreError) as caught, tracking.store_lock(f"sqlite:///{tmp_path}/mlflow.db",
+                                                                              timeout=0.2):
+            pass
+    finally:
+        holder.communicate("", timeout=30)
+    message = str(caught.value)
+    assert "\n" not in message and str(lock_file) in message and "run this again" in message
+    with tracking.store_lock(f"sqlite:///{tmp_path}/mlflow.db", timeout=5):  # released with its process
+        pass
+
+
+def test_registry_and_outer_run_trouble_is_a_user_error_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys,
+                                                                                       store, write_image_folder):
+    """No model holds `champion`, MLFLOW_RUN_ID names a run the store lacks: one `error:` line, exit 2. Any other
+    exception out of the pipeline's entry point is a bug: it propagates (with its traceback)."""
+    from imgclf import cli, pipeline
+    from imgclf.errors import RegistryError, TrackingStoreError
+
+    monkeypatch.chdir(tmp_path)
+    images = write_image_folder(tmp_path / "images", {"x": 1}, size=8)
+    with pytest.raises(RegistryError, match="alias 'champion'"):
+        store.champion_uri()
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.main(["predict", "--images", str(images), "--model", "champion"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == cli.EXIT_USER_ERROR and err.startswith("error: no registered model has the alias")
+    assert err.count("\n") == 1
+
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
+    with pytest.raises(TrackingStoreError, match=r"MLFLOW_RUN_ID=0+ is set"):
+        store.configure(tmp_path, "hostile")
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(store, "champion_uri", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        pipeline.main(["predict", "--images", str(images), "--model", "champion"])
+
+
 # ------------------------------------------------------------------------------- 7. one error policy
 
 def _cli(capsys, *argv: str) -> tuple[int, str]:
