@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 PARAMS_FILE = "params.yaml"
-DATA_FINGERPRINT = "data/fingerprint.json"  # fingerprint_data's digest of data.path's local data; download's dep
 LEGACY_INPUT_LINK = "data/input"  # was a link to data.path's data (fingerprint_data removes it): never recreate
 CHAMPION = "champion"  # the registry alias of the better model (the evaluate stage moves it)
 DVC_FILE = "dvc.yaml"
