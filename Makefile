@@ -57,15 +57,16 @@ exp-show: setup ## `dvc exp show` in 200 columns: state, the params that changed
 # One pytest-xdist worker per logical CPU. `loadfile`: a test module runs whole on one worker, so a module-scoped
 # fixture (a reference training, a remote, DVC in the shared pipeline run) is built once and never used by two
 # workers at a time. (Not `loadgroup`: with pytest 9.2, pytest-xdist 3.8's `xdist_group` is silently ignored; it sets
-# `item._nodeid`, which pytest no longer reads.) Modules are dealt in the order tests/conftest.py sorts the tests
-# (long first): xdist must not reorder them by size.
+# `item._nodeid`, which pytest no longer reads.) Modules are dealt in the order tests/plugins/scheduling.py sorts the
+# tests (long first): xdist must not reorder them by size.
 PYTEST_PARALLEL := -n logical --dist loadfile --no-loadscope-reorder --durations=15
 
 test: setup ## the test suite, in parallel on every core
 	$(PYTHON) -m pytest $(PYTEST_PARALLEL)
 
-test-fast: setup ## the suite without the slow end-to-end runs
-	$(PYTHON) -m pytest $(PYTEST_PARALLEL) -m "not slow"
+# The unit tier: no training, no DVC, no stage or server subprocess, no pipeline run (markers: pyproject.toml).
+test-fast: setup ## the unit tests only (no slow or integration tests): under 2 minutes
+	$(PYTHON) -m pytest $(PYTEST_PARALLEL) -m "not slow and not integration"
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .

@@ -7,14 +7,15 @@ fixtures can use them too.
 
 Layout: tests/code (units of the package), tests/data (sources, images, preprocessing), tests/model (models and
 training), tests/pipeline (DVC, MLflow, serving and the command line on a real pipeline run). Markers: `slow` on
-each test that trains or uses `trained_project` (checked at collection), `gpu` on tests that need a GPU (skipped
-without one), `browser` on tests that open headless Chromium, `shared` on tests that read ../shared, `duration`
-on the longer modules of fast tests (it orders them).
+each test that trains or uses `trained_project`, `integration` on each test that spawns DVC, a stage, `mlflow run`
+or a server, or uses the pipeline run (both checked at collection for the fixtures that imply them), `gpu` on tests
+that need a GPU (skipped without one), `browser` on tests that open headless Chromium, `shared` on tests that read
+../shared, `duration` on the longer modules of fast tests (it orders them). The order and those checks:
+tests/plugins/scheduling.py.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import csv
 import fcntl
@@ -23,7 +24,6 @@ import http.server
 import itertools
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -64,57 +64,11 @@ SHARED_CIFAR = SHARED / "data" / "cifar10-jpg.tar.gz"
 SHARED_BACKBONE = SHARED / "models" / "efficientnet_lite0_imagenet_notop.keras"
 
 
-# --- markers ------------------------------------------------------------------------------------------------------
+# --- markers and order: tests/plugins/scheduling.py ---------------------------------------------------------------
 
-def pytest_collection_modifyitems(config, items):
-    """A test that uses the pipeline run is slow by definition: say so on the test, so `-m "not slow"` stays fast."""
-    unmarked = [item.nodeid for item in items
-                if "trained_project" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None]
-    if unmarked:
-        raise pytest.UsageError("these tests use trained_project but are not marked slow; add @pytest.mark.slow: "
-                                + ", ".join(unmarked))
-    module_seconds: dict[str, float] = collections.defaultdict(float)
-    for item in items:
-        module_seconds[_module(item)] += _estimated_seconds(item)
-    for module, seconds in _module_durations(items).items():
-        module_seconds[module] += seconds
-    items.sort(key=lambda item: (_phase(item), -module_seconds[_module(item)]))
-
-
-def _module_durations(items) -> dict[str, float]:
-    """`pytestmark = pytest.mark.duration(seconds=N)`: a module of fast tests that takes about N s in all. Among
-    the short modules dealt last, the longer go first: one dealt at the very end (test_bad_inputs, 13-26 s) kept
-    one worker busy while the other idled."""
-    durations = {}
-    for item in items:
-        marker = item.get_closest_marker("duration")
-        if marker is not None:
-            durations[_module(item)] = float(marker.kwargs["seconds"])
-    return durations
-
-
-def _module(item) -> str:
-    """The test file: `--dist loadfile`'s unit of work."""
-    return item.nodeid.split("::", 1)[0]
-
-
-def _estimated_seconds(item) -> float:
-    """`@pytest.mark.slow(seconds=N)`: about N s under `make test` on the idle 2-core machine (long tests only)."""
-    marker = item.get_closest_marker("slow")
-    return float(marker.kwargs.get("seconds", 0)) if marker is not None else 0.0
-
-
-def _phase(item) -> int:
-    """Long work first, short tests last. pytest-xdist (`--dist loadfile --no-loadscope-reorder`, Makefile) deals
-    whole modules in the order their first test has after sorting by (phase, the module's estimated seconds), so
-    the tail is made of modules of short tests that fill whichever worker frees up first: a two-minute module
-    dealt last would leave the other core idle (the sweep test did: 8 min 26 s). Trainings that need no pipeline
-    run go first, while the background build (pytest_collection_finish) makes it; then the tests that read it,
-    longest first; then the rest. (The sort is stable: within a phase, a module's tests keep their order; a module's
-    slow tests run before its fast ones.)"""
-    if item.get_closest_marker("slow") is None:
-        return 2
-    return 1 if "trained_project" in getattr(item, "fixturenames", ()) else 0
+# The suite's order (long first, for pytest-xdist), the markers the fixtures imply (`slow`, `integration`)
+# and IMGCLF_TEST_TIMELINE: a local plugin.
+pytest_plugins = ["tests.plugins.scheduling"]
 
 
 @functools.cache
@@ -122,31 +76,6 @@ def _gpu_count() -> int:
     import tensorflow as tf
 
     return len(tf.config.list_physical_devices("GPU"))
-
-
-_TIMELINE = os.environ.get("IMGCLF_TEST_TIMELINE")  # a file: one line per test, to see where a run's time goes
-_started: dict[str, tuple[float, float]] = {}
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and of the subprocesses it has reaped (the stages a test ran)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def pytest_runtest_logstart(nodeid, location):
-    if _TIMELINE:
-        _started[nodeid] = (time.time(), _cpu_seconds())
-
-
-def pytest_runtest_logfinish(nodeid, location):
-    """With IMGCLF_TEST_TIMELINE=<file>: `worker start end cpu_seconds nodeid` per test (setup to teardown),
-    appended. Wall time swings with what the other worker runs; CPU time is what a test costs the suite."""
-    if _TIMELINE:
-        started, cpu = _started.pop(nodeid, (0.0, 0.0))
-        with open(_TIMELINE, "a") as handle:
-            handle.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {started:.1f} {time.time():.1f} "
-                         f"{_cpu_seconds() - cpu:.1f} {nodeid}\n")
 
 
 def pytest_runtest_setup(item):

@@ -69,6 +69,7 @@ def fresh_project(tmp_path_factory) -> Path:
                           overrides=sandbox.SMOKE_OVERRIDES, git=True)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("override", "message"), [
     ("scratch.epochs=0", "scratch.epochs: expected a value >= 1"),
     ("scrach.epochs=5", "unknown key 'scrach'"),
@@ -85,6 +86,7 @@ def test_script_refuses_bad_overrides_before_running_anything(fresh_project, ove
     assert not (root / "data" / "raw").exists() and not (root / "dvc.lock").exists(), "nothing ran"
 
 
+@pytest.mark.integration
 def test_script_refuses_a_params_yaml_that_is_not_valid_yaml(tmp_path):
     root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=sandbox.SMOKE_OVERRIDES,
                           git=True)
@@ -97,6 +99,7 @@ def test_script_refuses_a_params_yaml_that_is_not_valid_yaml(tmp_path):
     assert not (root / "dvc.lock").exists(), "nothing ran"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overrides", [[], ["scratch.epochs=2"]], ids=["dvc repro", "dvc exp run"])
 def test_a_stage_refusal_is_the_scripts_one_line_exit_2(tmp_path, overrides):
     """A stage's `error: ...` + exit 2 (a data.path that passes the schema but is not there) stays exit 2 with that
@@ -116,6 +119,7 @@ def test_a_stage_refusal_is_the_scripts_one_line_exit_2(tmp_path, overrides):
     assert not (root / "data" / "raw").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("command", "status"), [
     ('echo "stage log line" >&2 && mkdir -p results/analysis && echo "# summary" > results/analysis/summary.md', 0),
     ('echo "stage log line" >&2 && echo "error: not a refusal, a crash" >&2 && exit 1', 255),

@@ -195,6 +195,7 @@ READ_ONLY_WHEN = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_each_stage_reads_exactly_its_declared_params(params_trace):
     # Reading an undeclared key already fails the stage (config.DeclaredParams); this finds declared keys that the

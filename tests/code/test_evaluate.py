@@ -185,6 +185,7 @@ def test_a_model_trained_with_another_store_gets_a_run_with_its_curves_under_the
     assert next(iter(recorded.data.metrics)) == "val_accuracy"
 
 
+@pytest.mark.integration
 def test_evaluate_stage_refuses_a_model_for_other_classes_in_one_line(evaluate_project):
     root, _ = evaluate_project
     models.save_model(_tiny_model(8, 5), root / "transfer" / artifacts.MODEL_FILE)

@@ -212,6 +212,7 @@ def test_profiles_are_valid_overrides(params_dict):
         profile_params(params_dict, path.name)
 
 
+@pytest.mark.integration
 @pytest.mark.slow(seconds=35)
 def test_train_scratch_stage_fits_the_residual_net_with_whitening_from_training_pixels(tmp_path, new_mlflow_store):
     """The real stage: whitening computed from the prepared training split before fitting, model saved and loadable."""

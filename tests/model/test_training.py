@@ -101,6 +101,7 @@ def uninterrupted(workspace):
     return out
 
 
+@pytest.mark.integration
 @pytest.mark.slow(seconds=55)
 def test_sigkill_mid_epoch_then_rerun_resumes_bit_identical_to_an_uninterrupted_run(workspace, uninterrupted):
     """Also the determinism test: the killed, the resumed and the uninterrupted run are three processes in
@@ -137,6 +138,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_bit_identical_to_an_uninterrupted_
     assert steps == [1, 2, 3], "the resumed run continues the same MLflow run"
 
 
+@pytest.mark.integration
 @pytest.mark.slow(seconds=35)
 def test_every_switch_on(workspace):
     root, base = workspace
@@ -159,6 +161,7 @@ def test_every_switch_on(workspace):
     assert events and all(path.stat().st_size > 0 for path in events), "TensorBoard wrote no training events"
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_step_schedule_with_sgd_and_plateau(workspace):
     root, base = workspace
@@ -171,6 +174,7 @@ def test_step_schedule_with_sgd_and_plateau(workspace):
     np.testing.assert_allclose(rates, [0.005, 0.0025, 0.00125], rtol=1e-5)  # logged after each epoch's steps
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(workspace):
     root, base = workspace
@@ -191,6 +195,7 @@ def test_mirrored_strategy_on_two_logical_cpus(workspace):
     assert (root / "mirrored" / "model.keras").is_file()
 
 
+@pytest.mark.integration
 @pytest.mark.slow(seconds=35)
 def test_transfer_fine_tuning_continues_the_step_axis(workspace):
     root, base = workspace
@@ -219,6 +224,7 @@ def test_transfer_fine_tuning_continues_the_step_axis(workspace):
     assert run.data.params["train_features"] == str(2 * extracted["timings"]["train"]["images"])
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.gpu
 def test_mixed_float16_trains_on_a_gpu_with_float32_outputs(workspace):

@@ -420,6 +420,7 @@ def test_score_bar_trouble_never_loses_the_predictions(tmp_path, capsys, tiny_mo
     assert len(output.read_text().splitlines()) == 3  # header and both images
 
 
+@pytest.mark.integration
 def test_stage_with_a_broken_params_file_is_one_line_exit_2(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("data: {source: [synthetic\n")
@@ -439,6 +440,7 @@ def test_mlproject_entry_point_mistake_is_one_line_exit_2(capsys):
     assert exit_info.value.code == 2 and err.startswith("error: images:") and err.count("\n") == 1
 
 
+@pytest.mark.integration
 def test_mlproject_run_turns_a_stage_refusal_into_one_line_exit_2(tmp_path):
     """`mlflow run . -e main` runs `python -m imgclf.pipeline run`: dvc exits 255 when a stage exits 2."""
     from imgclf import sandbox
@@ -453,6 +455,7 @@ def test_mlproject_run_turns_a_stage_refusal_into_one_line_exit_2(tmp_path):
     assert result.stderr.count("\n") == 1 and "failed to reproduce" not in result.stderr
 
 
+@pytest.mark.integration
 def test_mlproject_run_keeps_dvcs_status_and_words_for_a_crash(tmp_path, capsys):
     """Only a stage's exit 2 is rewritten; a crashing stage's lines, held back while DVC runs, are all shown."""
     from imgclf import pipeline

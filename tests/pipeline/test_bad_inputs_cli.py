@@ -396,6 +396,7 @@ def test_fifos_nan_tiffs_and_avif_heic_jp2_files_are_skipped_and_listed(tmp_path
 
 # ---------------------------------------------------------------------------- 13. Ctrl-C in a training stage
 
+@pytest.mark.integration
 def test_ctrl_c_in_training_is_one_line_exit_130_and_leaves_the_resume_state(tmp_path, tiny_params_dict,
                                                                              write_prepared, new_mlflow_store):
     from imgclf.training import fitting

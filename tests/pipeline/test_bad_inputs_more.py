@@ -213,6 +213,7 @@ def test_params_with_aliases_deep_nesting_or_bulk_are_refused_before_parsing(tmp
     assert str(caught.value).startswith(str(params))
 
 
+@pytest.mark.integration
 def test_an_alias_bomb_stops_the_params_check_and_dvc_in_one_line(tmp_path):
     """The check_params stage, and DVC through imgclf.dvc_cli (the MLproject entry points, make run): DVC itself
     would expand the bomb to decide what is stale before check_params runs."""

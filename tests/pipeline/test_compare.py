@@ -158,6 +158,7 @@ def _table(text: str) -> dict[str, dict[str, str]]:
     return {row["experiment"]: row for row in rows}
 
 
+@pytest.mark.integration
 def test_compare_gives_numbers_only_to_finished_experiments_and_names_every_state(sweep):
     # DVC itself fills the failed experiment's metrics in from the workspace it was queued from: epochs-2's.
     dvc_rows = {row["Experiment"]: row for row in csv.DictReader(io.StringIO(_dvc(sweep, "exp", "show", "--csv")))}
@@ -182,6 +183,7 @@ def test_compare_gives_numbers_only_to_finished_experiments_and_names_every_stat
     assert (table["waiting"]["scratch.epochs"], table["waiting"]["transfer.backbone"]) == ("9", "resnet50")
 
 
+@pytest.mark.integration
 def test_exp_show_form_fits_200_columns_with_every_cell_whole(sweep, exp_show_form):
     # Two ways DVC prints: in a terminal through a pager, at the table's whole width (any output but a terminal
     # gets that width too); with --no-pager, cut to the terminal's width with cells shortened to "…".

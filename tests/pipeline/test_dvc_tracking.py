@@ -18,6 +18,8 @@ from PIL import Image
 from imgclf import sandbox
 from imgclf.pipeline import PROJECT_ROOT
 
+pytestmark = pytest.mark.integration  # every test runs DVC in a sandbox copy
+
 (ALWAYS_RUN,) = sandbox.ALWAYS_RUN  # dvc.yaml: always_changed, it reads the data on every repro
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from imgclf import sandbox
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
 EXPERIMENT = sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"]
 SERVER_START_SECONDS = 90  # the first start migrates nothing (the store exists) but imports a lot on a busy CI box

@@ -28,6 +28,7 @@ def test_entry_points_cover_the_pipeline_every_stage_and_predict():
     assert project.env_type == "python_env" and project.env_config_path.endswith("python_env.yaml")
 
 
+@pytest.mark.integration
 def test_overrides_become_a_dvc_experiment_and_need_git(tmp_path):
     items = pipeline.parse_overrides("scratch.epochs=1 transfer.backbone=mobilenet_v2")
     command = pipeline.dvc_command(overrides=items, stage=None, name=None, git=True)
@@ -46,6 +47,7 @@ def test_overrides_become_a_dvc_experiment_and_need_git(tmp_path):
     assert result.returncode == 2 and "git repository" in result.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.slow(seconds=60)
 def test_mlflow_run_main_with_overrides_nests_the_runs(copy_trained_project, tmp_path):
     # Its own copy: the registry and results it changes are not those the tracking and UI tests read.
@@ -82,6 +84,7 @@ def test_mlflow_run_main_with_overrides_nests_the_runs(copy_trained_project, tmp
     assert "test_accuracy" in transfer.data.metrics
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_mlflow_run_predict_is_named_after_its_model_and_logs_the_predictions(copy_trained_project, write_image_folder,
                                                                              tmp_path):

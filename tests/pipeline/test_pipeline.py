@@ -10,7 +10,7 @@ import yaml
 
 from imgclf import sandbox
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _runs(root):

@@ -14,7 +14,7 @@ from imgclf import sandbox
 
 # Both cases run DVC in the shared `trained_project`: one after the other, the module on one worker (`--dist
 # loadfile`, Makefile); no other module runs DVC there.
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
 LINE_PLOT_AXIS_TITLES = {"epoch", "accuracy", "cross-entropy loss", "learning rate"}
 

@@ -61,6 +61,7 @@ def expected_files(folder: Path) -> list[str]:
                                             "nested/deeper/photo.jpg", "nested/rgba.png")]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_folder_with_a_corrupt_file_in_every_format(run_cli, trained_project, image_folder, tmp_path, capsys, cli_env):
     model = trained_project / "models" / "scratch" / "model.keras"
@@ -103,6 +104,7 @@ def test_folder_with_a_corrupt_file_in_every_format(run_cli, trained_project, im
         assert line.startswith(row["file"]) and f"{row['predicted_class']} {row['probability']:.3f}" in line
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_run_uri_matches_the_keras_model_on_preprocessed_pixels(run_cli, trained_project, image_folder, tmp_path,
                                                                 capsys, cli_env):
@@ -137,6 +139,7 @@ def test_run_uri_matches_the_keras_model_on_preprocessed_pixels(run_cli, trained
             assert figure.format == "PNG" and figure.width > 200 and figure.height > 50
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_registered_alias_in_the_project_store(run_cli, trained_project, image_folder, tmp_path, capsys, cli_env):
     """`models:/<name>@champion`, registered as the evaluate stage does, found in ./mlflow.db when
@@ -155,6 +158,7 @@ def test_registered_alias_in_the_project_store(run_cli, trained_project, image_f
     assert len(rows) == 1 and rows[0]["predicted_class"] in class_names and rows[0]["error"] == ""
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_usage_errors_exit_2(run_cli, trained_project, image_folder, tmp_path, capsys, cli_env):
     model = trained_project / "models" / "scratch" / "model.keras"

@@ -111,6 +111,7 @@ MLFLOW_REGISTRY_LINES = re.compile(r"Successfully registered model 'imgclf-\w+'\
                                    r"'imgclf-\w+'\.")
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_a_pipeline_runs_log_holds_only_the_projects_lines(repro_log):
     """No TensorFlow start-up banner, no MLflow database or signature notes, no DVC warning: a user reads only
@@ -130,6 +131,7 @@ def _debug_lines(command: list[str], cwd) -> list[str]:
     return [line for line in result.stderr.splitlines() if " DEBUG " in line]
 
 
+@pytest.mark.integration
 def test_verbose_flag_shows_debug_lines_the_default_hides(tmp_path):
     (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
     stage = [sys.executable, "-m", "stages.check_params", "--out", "checked"]

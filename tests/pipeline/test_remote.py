@@ -20,7 +20,7 @@ from imgclf import sandbox
 from imgclf.pipeline import PROJECT_ROOT
 
 # `pushed` (a copy, a remote, the retrain script's first run) is built once; the module runs on one worker.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SCRIPT = PROJECT_ROOT / "ci" / "retrain.sh"
 

@@ -20,7 +20,7 @@ import yaml
 
 from imgclf import fileio, sandbox
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STARTUP_SECONDS = 90
 

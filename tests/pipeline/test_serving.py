@@ -87,6 +87,7 @@ def manual_model_server(free_port, running_server):
     return serve
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_each_training_run_logs_one_pyfunc_image_classifier(trained_project):
     client = mlflow.MlflowClient(tracking_uri=store_uri(trained_project))
@@ -114,6 +115,7 @@ def test_each_training_run_logs_one_pyfunc_image_classifier(trained_project):
             assert image.format == "PNG" and image.size == (meta["image_size"], meta["image_size"])
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_readme_serve_command_classifies_base64_images(trained_project, tmp_path, copy_trained_project,
                                                        manual_model_server):
@@ -141,6 +143,7 @@ def test_readme_serve_command_classifies_base64_images(trained_project, tmp_path
     assert bad_status == 400 and "row 1: not a readable image" in json.loads(bad_body)["message"]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_export_saved_model_serves_what_the_keras_model_predicts(trained_project, tmp_path, capsys, monkeypatch,
                                                                   run_cli):

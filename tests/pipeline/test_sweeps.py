@@ -54,6 +54,7 @@ def _queue_status(root: Path, *, seconds: float = 30.0) -> tuple[bool, str]:
     return not any(state in status for state in ("Queued", "Running")), status
 
 
+@pytest.mark.integration
 @pytest.mark.slow(seconds=120)
 def test_parallel_queued_experiments_record_in_the_project_store(copy_trained_project, tmp_path):
     # A sweep after a first run, as users make one: the experiments reuse the pipeline run's cached data, features

@@ -40,6 +40,7 @@ def _by_name(runs) -> dict:
     return {run.info.run_name: run for run in runs}
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_runs_are_named_tagged_and_grouped(project, store):
     client, runs, info = store
@@ -88,6 +89,7 @@ def test_runs_are_named_tagged_and_grouped(project, store):
         assert 0 <= run.data.metrics["test_accuracy"] <= 1
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_registry_versions_champion_and_reuse(project, store):
     client, runs, info = store
@@ -135,6 +137,7 @@ def test_registry_versions_champion_and_reuse(project, store):
     assert comparison.data.tags["registry.transfer"] == "imgclf-transfer/2"
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_experiment_is_tagged_model_development_and_runs_show_their_data_set(project, store):
     client, runs, _ = store

@@ -24,7 +24,7 @@ from imgclf.config import load_params
 from imgclf.pipeline import PROJECT_ROOT
 from imgclf.training import common, fitting
 
-pytestmark = [pytest.mark.slow(seconds=120), pytest.mark.browser]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=120), pytest.mark.browser]
 
 RUN_NAMES = ("scratch-cnn", "transfer-mobilenet_v3_small")
 TEST_ACCURACY = {"scratch-cnn": 0.65, "transfer-mobilenet_v3_small": 0.70}  # what evaluate adds to each run

@@ -51,6 +51,7 @@ def _wait_for_queue(root: Path, names: list[str]) -> str:
     return sandbox.dvc(root, "queue", "status").stdout
 
 
+@pytest.mark.integration
 @pytest.mark.slow(seconds=90)
 def test_no_git_or_dvc_command_writes_to_the_users_archive_or_folder(tmp_path, write_image_folder):
     archive = tmp_path / "arch.tar.gz"
