@@ -94,7 +94,7 @@ def test_the_same_examples_give_the_same_shard_bytes_in_every_process(tmp_path):
     # one: five of six processes disagreed, so each preprocess rerun stored new shards in DVC's cache and reran
     # every later stage on unchanged data.
     digests = set()
-    for attempt in range(4):
+    for attempt in range(3):  # with the old writer 5 of 6 processes disagreed: three show it
         folder = tmp_path / str(attempt)
         folder.mkdir()
         subprocess.run([sys.executable, "-c", WRITE_A_SHARD, str(folder)], cwd=PROJECT_ROOT, check=True,

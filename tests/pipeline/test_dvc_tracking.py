@@ -41,8 +41,8 @@ def _project(base: Path, data_path: Path) -> Path:
 
 
 def _assert_download_stale_then_rerun(root: Path) -> None:
+    # `_project` showed that an unchanged folder reruns nothing but the fingerprint; a change reruns download.
     assert _ran(sandbox.dvc(root, "repro", "download")) == [ALWAYS_RUN, "download"], "the changed data reruns it"
-    assert _ran(sandbox.dvc(root, "repro", "download")) == [ALWAYS_RUN]
 
 
 def test_adding_removing_or_changing_one_image_in_a_folder_reruns_download(tmp_path, write_image_folder):
