@@ -22,6 +22,7 @@ import fcntl
 import functools
 import http.server
 import itertools
+import json
 import os
 import re
 import shutil
@@ -203,6 +204,22 @@ def _write_evaluation(evaluate_dir: Path, *, ids: np.ndarray, labels: np.ndarray
 def write_image_folder() -> Callable[..., Path]:
     """`write_image_folder(root, {"cat": 3, "dog": 2}, size=24, seed=0, split=None)`: learnable PNG class folders."""
     return _write_image_folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A real (untrained) two-class .keras model on 8x8 RGB and the meta.json of its data (read-only: tests that
+    need a changed model write a copy)."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("model")
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
+    model_path = folder / "model.keras"
+    keras.Model(inputs, outputs).save(model_path)
+    meta = folder / "meta.json"
+    meta.write_text(json.dumps({"class_names": ["a", "b"], "image_size": 8, "channels": 3, "resize": "pad"}))
+    return model_path, meta
 
 
 @pytest.fixture(scope="session")

@@ -357,20 +357,6 @@ def test_cli_params_and_profile_trouble_is_one_line_exit_2(tmp_path, capsys, mon
         assert case != "missing" or ("not found" in err and "Errno" not in err), err  # says what to do
 
 
-@pytest.fixture
-def tiny_model(tmp_path) -> tuple[Path, Path]:
-    """A real (untrained) two-class .keras model on 8x8 RGB and the meta.json of its data."""
-    import keras
-
-    inputs = keras.Input((8, 8, 3))
-    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
-    model_path = tmp_path / "model.keras"
-    keras.Model(inputs, outputs).save(model_path)
-    meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"class_names": ["a", "b"], "image_size": 8, "channels": 3, "resize": "pad"}))
-    return model_path, meta
-
-
 def test_predict_output_and_score_bars_mistakes_fail_before_any_work(tmp_path, capsys, tiny_model, write_image_folder):
     model, meta = tiny_model
     write_image_folder(tmp_path / "images", {"x": 2}, size=8)

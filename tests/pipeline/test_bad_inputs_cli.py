@@ -49,21 +49,6 @@ def _one_error_line(err: str) -> bool:
     return err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
-    """A real (untrained) two-class .keras model on 8x8 RGB and the meta.json of its data."""
-    import keras
-
-    folder = tmp_path_factory.mktemp("model")
-    inputs = keras.Input((8, 8, 3))
-    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
-    model_path = folder / "model.keras"
-    keras.Model(inputs, outputs).save(model_path)
-    meta = folder / "meta.json"
-    meta.write_text(json.dumps({"class_names": ["a", "b"], "image_size": 8, "channels": 3, "resize": "pad"}))
-    return model_path, meta
-
-
 # ----------------------------------------------------------------- 6. serving bounds, a model file's description
 
 def _png_of_zeros(width: int, height: int) -> bytes:

@@ -133,19 +133,6 @@ def test_an_archive_of_too_many_members_is_refused_before_extracting(tmp_path, k
 
 # ------------------------------------------------------------------------- 15. predict on a FIFO
 
-@pytest.fixture
-def tiny_model(tmp_path) -> tuple[Path, Path]:
-    """A real (untrained) two-class .keras model on 8x8 RGB and the meta.json of its data."""
-    import keras
-
-    inputs = keras.Input((8, 8, 3))
-    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
-    model_path = tmp_path / "model.keras"
-    keras.Model(inputs, outputs).save(model_path)
-    meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"class_names": ["a", "b"], "image_size": 8, "channels": 3, "resize": "pad"}))
-    return model_path, meta
-
 
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_predict_refuses_a_fifo_or_device_without_opening_it(tmp_path, capsys, run_cli, tiny_model, kind):
