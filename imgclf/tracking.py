@@ -519,6 +519,11 @@ def register(client: mlflow.MlflowClient, *, name: str, run_id: str, model_file:
     return client.get_model_version(name, version.version), True  # with its tags
 
 
+def model_of(registered_name: str) -> str | None:
+    """The pipeline's short model name (`scratch`, `transfer`) of a registered model name, None for another."""
+    return next((model for model, name in REGISTERED_MODELS.items() if name == registered_name), None)
+
+
 def current_champion(client: mlflow.MlflowClient):
     """The model version holding the `champion` alias (on whichever registered model has it), or None."""
     for name in REGISTERED_MODELS.values():

@@ -24,10 +24,10 @@ import json
 import logging
 import os
 import stat
-import urllib.parse
 from pathlib import Path
 
 from imgclf import artifacts, fileio, workspace
+from imgclf.data import download
 from imgclf.errors import DataSourceError
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ PROJECT_OUTPUTS = ("data", "models", "results", ".dvc", ".git")
 
 def local_data_path(source: str, path: str | None) -> str | None:
     """`path` when it names a local file or folder that `download` reads; None otherwise."""
-    if path is None or source == "synthetic" or urllib.parse.urlparse(path).scheme in ("http", "https"):
+    if path is None or source == "synthetic" or download.is_url(path):
         return None
     return path
 

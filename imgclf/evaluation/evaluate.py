@@ -538,9 +538,8 @@ def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str
              f"model on validation): {decision.alias} ({decision.reason})" if candidate
              else f"nothing promoted: {decision.reason}")
     champion = tracking.current_champion(client)
-    champion_model = next((model for model, name in tracking.REGISTERED_MODELS.items()
-                           if champion is not None and champion.name == name), None)
-    return {"candidate": candidate, "decision": dataclasses.asdict(decision), "champion": champion_model,
+    return {"candidate": candidate, "decision": dataclasses.asdict(decision),
+            "champion": tracking.model_of(champion.name) if champion else None,
             "champion_uri": f"models:/{champion.name}@{tracking.CHAMPION}" if champion else None,
             "champion_version": int(champion.version) if champion else None,
             "champion_run_id": champion.run_id if champion else None, "models": entries}
@@ -556,8 +555,8 @@ def _promotion(client: mlflow.MlflowClient, params: Params, *, candidate, tags: 
         champion.tags.get(tracking.PREPARED_DIGEST_TAG) == tags.get(tracking.PREPARED_DIGEST_TAG)
     champion_right = None
     if same_data:
-        model = next(model for model, name in tracking.REGISTERED_MODELS.items() if name == champion.name)
-        recorded = tracking.evaluation_artifact(client, champion.run_id, validation_predictions_file(model))
+        recorded = tracking.evaluation_artifact(client, champion.run_id,
+                                                validation_predictions_file(tracking.model_of(champion.name)))
         if recorded is not None and np.array_equal(recorded["ids"], candidate_ids):
             champion_right = recorded["predicted"] == recorded["labels"]
     return promotion.decide(candidate_right=candidate_right, champion_right=champion_right,
