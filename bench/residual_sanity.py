@@ -24,7 +24,7 @@ import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imgclf import config, sandbox  # noqa: E402
-from imgclf.training import fitting, models  # noqa: E402
+from imgclf.training import fitting, scratch_model  # noqa: E402
 
 rng = np.random.default_rng(0)
 members = {"train": [], "test": []}
@@ -50,8 +50,8 @@ scratch = params.scratch.model_copy(update={"batch_size": batch, "epochs": 3, "w
                                             "learning_rate": params.scratch.learning_rate * batch
                                             / params.scratch.batch_size})
 keras.utils.set_random_seed(0)
-model = models.build_scratch_model(scratch, input_shape=(32, 32, 3), num_classes=10)
-models.set_patch_whitening(model, x_train)
+model = scratch_model.build_scratch_model(scratch, input_shape=(32, 32, 3), num_classes=10)
+scratch_model.set_patch_whitening(model, x_train)
 steps = -(-len(x_train) // batch)
 model.compile(optimizer=fitting.make_optimizer(scratch, steps_per_epoch=steps), loss=fitting.make_loss(scratch),
               metrics=["accuracy"], jit_compile=params.training.jit_compile)

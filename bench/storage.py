@@ -13,7 +13,7 @@ the bytes really on disk). Writes bench/results/storage-<rev>.json.
     .venv/bin/python bench/storage.py --model-sizes
 
 The seed CNN's parameters and `.keras` file bytes (4 classes) at image sizes and poolings, saved by Keras with
-Adam's state and by `models.save_model`; writes bench/results/storage-model-sizes.json.
+Adam's state and by `model_io.save_model`; writes bench/results/storage-model-sizes.json.
 """
 
 from __future__ import annotations
@@ -73,21 +73,21 @@ def model_sizes() -> list[dict]:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from imgclf import sandbox
+    from imgclf import model_io, sandbox
     from imgclf.config import params_from_dict, read_params_yaml
-    from imgclf.training import common, models
+    from imgclf.training import common, scratch_model
 
     rows = []
     for side, pool_after in MODEL_SIZES:
         params = params_from_dict(sandbox.merge(read_params_yaml(ROOT / "params.yaml"),
                                                 {"scratch": {"pool_after": pool_after}}))
-        model = models.build_scratch_model(params.scratch, input_shape=(side, side, 3), num_classes=len(CLASSES))
+        model = scratch_model.build_scratch_model(params.scratch, input_shape=(side, side, 3), num_classes=len(CLASSES))
         common.compile_model(model, params.scratch, steps_per_epoch=1, jit_compile=False)
         model.fit(np.zeros((8, side, side, 3), "float32"), keras.utils.to_categorical(np.arange(8) % 4, 4), verbose=0)
         with tempfile.TemporaryDirectory() as folder:
             keras_file, saved = Path(folder) / "keras.keras", Path(folder) / "model.keras"
             model.save(keras_file)  # Keras' own: the weights and Adam's two moments of each
-            models.save_model(model, saved)
+            model_io.save_model(model, saved)
             rows.append({"image_size": side, "pool_after": pool_after, "parameters": model.count_params(),
                          "keras_save_bytes": keras_file.stat().st_size, "save_model_bytes": saved.stat().st_size})
         print(json.dumps(rows[-1]), flush=True)

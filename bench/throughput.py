@@ -65,7 +65,7 @@ def measure(*, architecture: str, precision: str, jit_compile: bool, images: int
     import yaml
 
     from imgclf import config, sandbox
-    from imgclf.training import fitting, models
+    from imgclf.training import fitting, scratch_model
 
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
@@ -76,9 +76,9 @@ def measure(*, architecture: str, precision: str, jit_compile: bool, images: int
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(images, 32, 32, 3)).astype("float32")
     labels = keras.utils.to_categorical(rng.integers(0, 10, size=images), 10)
-    model = models.build_scratch_model(scratch, input_shape=(32, 32, 3), num_classes=10)
+    model = scratch_model.build_scratch_model(scratch, input_shape=(32, 32, 3), num_classes=10)
     if architecture == "residual":
-        models.set_patch_whitening(model, pixels)
+        scratch_model.set_patch_whitening(model, pixels)
     steps = max(1, images // batch_size)
     model.compile(optimizer=fitting.make_optimizer(scratch, steps_per_epoch=steps), loss=fitting.make_loss(scratch),
                   metrics=["accuracy"], jit_compile=jit_compile)
@@ -138,21 +138,22 @@ def measure_extraction(*, backbone: Path, mode: str, jit_compile: bool, input_si
     import yaml
 
     from imgclf.config import params_from_dict
-    from imgclf.training import models
+    from imgclf.training import backbones, features, transfer_model
 
     keras.utils.set_random_seed(0)
     config = params_from_dict(yaml.safe_load((ROOT / "params.yaml").read_text())).transfer
     config = config.model_copy(update={"backbone": str(backbone), "input_size": input_size})
-    network, preprocessing = models.load_backbone(config)
+    network, preprocessing = features.load_backbone(backbones.resolve(config), config)
     network.trainable = False
     pixels = np.random.default_rng(0).integers(0, 256, size=(images, 32, 32, 3)).astype("float32")
     batches = [pixels[start:start + batch_size] for start in range(0, images, batch_size)]
     feature_error = None
     if precision != "float32":
-        reference = models.build_feature_extractor(network, preprocessing, input_shape=(32, 32, 3),
+        reference = transfer_model.build_feature_extractor(network, preprocessing, input_shape=(32, 32, 3),
                                                    input_size=input_size).predict_on_batch(batches[0])
         network = with_dtype_policy(network, precision)
-    extractor = models.build_feature_extractor(network, preprocessing, input_shape=(32, 32, 3), input_size=input_size)
+    extractor = transfer_model.build_feature_extractor(network, preprocessing, input_shape=(32, 32, 3),
+                                                      input_size=input_size)
     if mode == "compiled":
         extractor.compile(jit_compile=jit_compile)
     if precision != "float32":

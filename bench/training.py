@@ -131,8 +131,12 @@ def test_accuracy(directory: Path, model_path: Path, prepared: Path, *, features
 import json, numpy as np
 from imgclf.data import tfdata
 from imgclf import artifacts
-from imgclf.training import models
-model = models.load_model({str(model_path)!r})
+from imgclf import model_io
+from imgclf.training import scratch_model
+from imgclf.training import transfer_model
+from imgclf.training import features
+from imgclf.training import backbones
+model = model_io.load_model({str(model_path)!r})
 if {str(features) if features else None!r}:
     from imgclf.training import common
     x, y = common.load_features({str(features)!r}, "test")
@@ -232,16 +236,19 @@ def backbone_in_loop_epoch_seconds(directory: Path, prepared: Path, size: int, i
 import json, time, keras, numpy as np
 from imgclf.data import tfdata
 from imgclf import artifacts
-from imgclf.training import models
+from imgclf import model_io
+from imgclf.training import scratch_model
+from imgclf.training import transfer_model
+from imgclf.training import features
 from imgclf.config import TransferConfig
 meta = artifacts.read_prepared_meta({str(prepared)!r})
 config = TransferConfig(backbone={str(BACKBONE)!r}, input_size={size})
-backbone, mode = models.load_backbone(config)
+backbone, mode = features.load_backbone(backbones.resolve(config), config)
 backbone.trainable = False
-extractor = models.build_feature_extractor(backbone, mode, input_shape=meta.image_shape, input_size={size})
-head = models.build_head(config, train_features=np.zeros((2, extractor.output_shape[-1]), "float32"),
+extractor = transfer_model.build_feature_extractor(backbone, mode, input_shape=meta.image_shape, input_size={size})
+head = transfer_model.build_head(config, train_features=np.zeros((2, extractor.output_shape[-1]), "float32"),
                          num_classes=meta.num_classes)
-model = models.assemble_transfer_model(extractor, head)
+model = transfer_model.assemble_transfer_model(extractor, head)
 model.compile(optimizer="adam", loss="categorical_crossentropy")
 data = tfdata.make_dataset({str(prepared)!r}, "train", image_shape=meta.image_shape,
                            num_classes=meta.num_classes, batch_size=64, training=True, example_count=64000)
@@ -262,12 +269,15 @@ def pipeline_ratio(directory: Path, prepared: Path, steps: int = 150) -> dict:
 import json, time, keras, numpy as np
 from imgclf.data import tfdata
 from imgclf import artifacts
-from imgclf.training import models
+from imgclf import model_io
+from imgclf.training import scratch_model
+from imgclf.training import transfer_model
+from imgclf.training import features
 from imgclf.config import Params
 meta = artifacts.read_prepared_meta({str(prepared)!r})
 shape, classes, count = meta.image_shape, meta.num_classes, meta.counts["train"]
 def model():
-    m = models.build_scratch_model(Params().scratch, input_shape=shape, num_classes=classes)
+    m = scratch_model.build_scratch_model(Params().scratch, input_shape=shape, num_classes=classes)
     m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
     return m
 pipeline = tfdata.make_dataset({str(prepared)!r}, "train", image_shape=shape, num_classes=classes, batch_size=64,

@@ -121,13 +121,14 @@ def _run(arguments: argparse.Namespace) -> int:
         settings = [f"{key}={json.dumps(value, separators=(',', ':'))}" for key, value in flat.items()]
         print(" ".join(f"-S {shlex.quote(setting)}" for setting in settings))
     elif arguments.command == "ui":
-        from imgclf import config, tracking, tracking_ui
+        from imgclf import config, tracking_ui
+        from imgclf.tracking import store
 
-        uri = tracking.tracking_uri(Path.cwd())
-        experiment_id = tracking.ui_experiment_id(uri, config.load_params(arguments.params).mlflow.experiment)
+        uri = store.tracking_uri(Path.cwd())
+        experiment_id = store.ui_experiment_id(uri, config.load_params(arguments.params).mlflow.experiment)
         if not arguments.address_only:
             tracking_ui.require_installed()
-        print(f"http://127.0.0.1:{arguments.port}/#{tracking.runs_route(experiment_id)}", flush=True)
+        print(f"http://127.0.0.1:{arguments.port}/#{store.runs_route(experiment_id)}", flush=True)
         if not arguments.address_only:  # MLflow's server, its UI opening on the experiment's runs (tracking_ui)
             os.execve(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                        "--port", str(arguments.port), "--app-name", tracking_ui.APP_NAME],

@@ -32,6 +32,10 @@ class ModelConfigError(UserError):
     """A model setting that cannot work with this data or this Keras."""
 
 
+class ModelSourceError(UserError):
+    """A model path or URI that cannot be loaded as an imgclf classifier; the message says what to do."""
+
+
 class ModelFileError(UserError):
     """A `.keras` file (model, backbone, feature extractor) that Keras cannot read: corrupt, truncated or unsafe."""
 

@@ -83,9 +83,9 @@ def _name_group_run(root: Path, *, stage: str | None, overrides: list[str]) -> N
         return
     import mlflow
 
-    from imgclf import tracking
+    from imgclf.tracking import store
 
-    client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(root))
+    client = mlflow.MlflowClient(tracking_uri=store.tracking_uri(root))
     run = client.get_run(run_id)
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
     experiments = sorted({child.data.tags["dvc.experiment"] for child in children
@@ -107,11 +107,11 @@ def _record_predict_run(root: Path, *, command: list[str], output: str, output_f
         return
     import mlflow
 
-    from imgclf import tracking
+    from imgclf.tracking import store
 
     model = command[command.index("--model") + 1]
     images = command[command.index("predict") + 1:command.index("--model")]
-    client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(root))
+    client = mlflow.MlflowClient(tracking_uri=store.tracking_uri(root))
     short_model = model.removeprefix("models:/").removeprefix("runs:/").replace("/", "-")
     client.set_tag(run_id, "mlflow.runName", f"predict-{Path(short_model).name}")
     client.set_tag(run_id, "stage", "predict")
@@ -173,10 +173,10 @@ def predict_command(*, images: str, model: str, output_format: str, top_k: float
     if model == CHAMPION:
         import mlflow
 
-        from imgclf import tracking
+        from imgclf.tracking import registry, store
 
-        mlflow.set_tracking_uri(tracking.tracking_uri(root))
-        model = tracking.champion_uri()
+        mlflow.set_tracking_uri(store.tracking_uri(root))
+        model = registry.champion_uri()
     return [sys.executable, "-m", "imgclf", "predict", *paths, "--model", model, "--format", output_format,
             "--top-k", str(int(float(top_k)))]
 

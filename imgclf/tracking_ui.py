@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 
 from imgclf.errors import UserError
-from imgclf.tracking import MACHINE_LEARNING, runs_route
+from imgclf.tracking.store import MACHINE_LEARNING, runs_route
 
 APP_NAME = "imgclf"  # its entry point in pyproject.toml
 APP_GROUP = "mlflow.app"

@@ -12,8 +12,11 @@ PARAMS = ("seed", "deterministic", "transfer.backbone", "transfer.weights", "tra
 
 
 def main() -> None:
-    cli.stage(__doc__, PARAMS, {"data": "prepared data directory", "out": "features directory to write"},
-              lambda params, args: features.extract_features(params, prepared_dir=args.data, out_dir=args.out))
+    cli.stage(__doc__, PARAMS, {"data": "prepared data directory",
+                                "backbone": "check_params' resolution of transfer.backbone (backbone.json)",
+                                "out": "features directory to write"},
+              lambda params, args: features.extract_features(params, prepared_dir=args.data,
+                                                             backbone_file=args.backbone, out_dir=args.out))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf import artifacts, fileio
+from imgclf import artifacts, figures, fileio
 from imgclf.config import Params
 from imgclf.data import augment, records
-from imgclf.evaluation import plots
 
 
 def sample_training_images(prepared_dir: Path, *, image_shape: tuple[int, int, int], train_count: int, count: int,
@@ -49,6 +48,6 @@ def run(params: Params, *, prepared_dir: Path, out_dir: Path) -> None:
     captions = [meta.class_names[label] for label in labels]
     state = "on" if params.augment.enabled else "off (preview of the policy only)"
     with fileio.staged_directory(out_dir) as staging:
-        plots.class_distribution(meta.counts_per_class, meta.class_names, staging / artifacts.CLASS_DISTRIBUTION_PLOT)
-        plots.image_grid(shown, captions, staging / artifacts.AUGMENTATION_PREVIEW_PLOT,
+        figures.class_distribution(meta.counts_per_class, meta.class_names, staging / artifacts.CLASS_DISTRIBUTION_PLOT)
+        figures.image_grid(shown, captions, staging / artifacts.AUGMENTATION_PREVIEW_PLOT,
                          title=f"Augmented training samples: augment {state}")

@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from imgclf import artifacts, fileio, progress, tracking
+from imgclf import artifacts, figures, fileio, progress
 from imgclf.artifacts import (
     DETAILS_FILE,
     MARKDOWN_FILE,
@@ -38,7 +38,8 @@ from imgclf.artifacts import (
 from imgclf.config import AnalysisConfig, Params
 from imgclf.data import records
 from imgclf.errors import EvaluationError
-from imgclf.evaluation import comparison, plots, report
+from imgclf.evaluation import comparison, report
+from imgclf.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -239,10 +240,10 @@ def _images(count: int) -> str:
 
 
 def _caption(row) -> str:
-    lines = [f"true: {plots.shorten(row.true_class, 18)}"]
+    lines = [f"true: {figures.shorten(row.true_class, 18)}"]
     for model in MODELS:
         mark = "ok" if getattr(row, f"right_{model}") else "x"
-        lines.append(f"{SHORT[model]}: {plots.shorten(getattr(row, f'predicted_class_{model}'), 14)} "
+        lines.append(f"{SHORT[model]}: {figures.shorten(getattr(row, f'predicted_class_{model}'), 14)} "
                      f"{getattr(row, f'probability_{model}'):.2f} {mark}")
     return "\n".join(lines)
 
@@ -363,34 +364,34 @@ def gallery_figures(out_dir: Path, table: pd.DataFrame, selections: Selections,
     counts = table["outcome"].value_counts()
 
     def grid(rows: pd.DataFrame, name: str, title: str) -> Callable[[], None]:
-        return functools.partial(plots.image_grid, [pixels[int(image_id)] for image_id in rows["id"]],
+        return functools.partial(figures.image_grid, [pixels[int(image_id)] for image_id in rows["id"]],
                                  [_caption(row) for row in rows.itertuples()], out_dir / f"{name}.png", title=title)
 
-    figures = [grid(selections.outcomes[outcome], outcome,
+    drawings = [grid(selections.outcomes[outcome], outcome,
                     f"{title}: {int(counts.get(outcome, 0))} of {len(table)} test images")
                for outcome, (title, _) in _OUTCOME_TEXT.items()]
     for model in MODELS:
-        figures.append(grid(selections.top_losses[model], f"{model}_top_losses",
+        drawings.append(grid(selections.top_losses[model], f"{model}_top_losses",
                             f"{model}: top losses (most confidently wrong)"))
-        figures.append(grid(selections.most_uncertain[model], f"{model}_most_uncertain",
+        drawings.append(grid(selections.most_uncertain[model], f"{model}_most_uncertain",
                             f"{model}: most uncertain (smallest margin)"))
         rows = [(f"{pair.true_class} →\n{pair.predicted_class}\n{_images(pair.count)}",
                  [pixels[int(image_id)] for image_id in examples["id"]],
                  [_caption(row) for row in examples.itertuples()])
                 for pair, examples in zip(selections.confused_pairs[model].itertuples(),
                                           selections.confused_examples[model], strict=True)]
-        figures.append(functools.partial(
-            plots.image_rows, rows, out_dir / artifacts.most_confused_plot(model),
+        drawings.append(functools.partial(
+            figures.image_rows, rows, out_dir / artifacts.most_confused_plot(model),
             title=f"{model}: most confused class pairs",
             columns=max(1, max((len(images) for _, images, _ in rows), default=1))))
     if selections.label_error_count:  # none: the report says so in a sentence, and label_errors.csv is empty
-        figures.append(grid(selections.label_errors, "label_errors", f"Possible label errors: "
+        drawings.append(grid(selections.label_errors, "label_errors", f"Possible label errors: "
                             f"{selections.label_error_count} (both models agree, confidently, against the label)"))
-    figures.append(functools.partial(
-        plots.score_bars, [{"image": item.tile.image, "title": f"#{item.tile.image_id} true: {item.tile.true_class}",
+    drawings.append(functools.partial(
+        figures.score_bars, [{"image": item.tile.image, "title": f"#{item.tile.image_id} true: {item.tile.true_class}",
                             "classes": item.classes, "true_class": item.tile.true_class, "scores": item.scores}
                            for item in score_items], out_dir / artifacts.SCORE_BARS_PLOT, models=MODELS))
-    return figures
+    return drawings
 
 
 def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths: dict[str, Path], out_dir: Path,
@@ -432,10 +433,10 @@ def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_
          "predicted_class_transfer", "probability_transfer"]].to_csv(index=False, float_format="%.4f"))
 
     histories = {model: read_history(history_paths[model]) for model in MODELS}
-    figures = [*gallery_figures(out_dir, table, selections, pixels, score_items),
-               functools.partial(plots.training_curves, histories, out_dir / artifacts.TRAINING_CURVES_PLOT)]
-    with progress.step("analysis: figures", total=len(figures), unit="figures") as counter:
-        for draw in figures:
+    drawings = [*gallery_figures(out_dir, table, selections, pixels, score_items),
+               functools.partial(figures.training_curves, histories, out_dir / artifacts.TRAINING_CURVES_PLOT)]
+    with progress.step("analysis: figures", total=len(drawings), unit="figures") as counter:
+        for draw in drawings:
             draw()
             counter.update(1)
     details = fileio.read_json(Path(evaluate_dir) / DETAILS_FILE)
@@ -477,7 +478,7 @@ def _log_to_mlflow(summary: dict, *, evaluate_dir: Path, out_dir: Path, project_
         log.warning("%s not found: the report is not logged to MLflow", runs_path)
         return
     run_id = fileio.read_json(runs_path)["comparison"]
-    client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(project_root))
+    client = mlflow.MlflowClient(tracking_uri=store.tracking_uri(project_root))
     try:
         client.get_run(run_id)
     except mlflow.exceptions.MlflowException:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
-from imgclf import artifacts, fileio, progress, tracking, workspace
+from imgclf import artifacts, figures, fileio, model_io, progress, workspace
 from imgclf.artifacts import (
     DEGENERATE_FILE,
     DETAILS_FILE,
@@ -52,9 +52,9 @@ from imgclf.artifacts import (
 from imgclf.config import Params, whole
 from imgclf.data import tfdata
 from imgclf.errors import EvaluationError
-from imgclf.evaluation import calibration, plots, promotion
-from imgclf.serving import serving
-from imgclf.training import fitting, models
+from imgclf.evaluation import calibration, promotion
+from imgclf.tracking import datasets, packaging, registry, runs, store
+from imgclf.training import fitting
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path]
     validations: dict[str, Predictions | None] = {}
     for name in MODEL_NAMES:
         model_path = Path(model_dirs[name]) / MODEL_FILE
-        model = models.load_model(model_path, remedy=f"retrain it (dvc repro --force train_{name})")
+        model = model_io.load_model(model_path, remedy=f"retrain it (dvc repro --force train_{name})")
         check_model_fits(model, name=name, image_shape=shape, num_classes=len(class_names))
         test = predict(model, batches("test"), flip=settings.tta_flip, description=f"evaluate {name} (test)",
                        total=meta.counts.get("test"))
@@ -404,13 +404,13 @@ def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path]
         write_probabilities(out_dir / probabilities_file(name), test)
         write_per_class(out_dir / per_class_file(name), result["per_class"])
         write_confusion_data(out_dir / confusion_file(name), test.labels, predicted, class_names)
-        plots.confusion_matrix(np.asarray(result["confusion_matrix"]), class_names, out_dir / confusion_plot(name),
+        figures.confusion_matrix(np.asarray(result["confusion_matrix"]), class_names, out_dir / confusion_plot(name),
                                title=f"{name}: accuracy {result['accuracy']:.3f}")
         all_metrics[name] = result
         log.info("%s: test accuracy %.4f, ECE %.3f -> %.3f (T=%.2f), %.0f images/s", name, result["accuracy"],
                  result["ece"], result["ece_calibrated"], result["temperature"], test.images_per_second)
 
-    plots.reliability_diagrams({name: all_metrics[name] for name in MODEL_NAMES}, out_dir / RELIABILITY_FILE)
+    figures.reliability_diagrams({name: all_metrics[name] for name in MODEL_NAMES}, out_dir / RELIABILITY_FILE)
     fileio.atomic_write_json(out_dir / METRICS_FILE, {name: headline(all_metrics[name]) for name in MODEL_NAMES})
     fileio.atomic_write_json(out_dir / DETAILS_FILE, {"class_names": class_names, **all_metrics})
     fileio.atomic_write_json(out_dir / DEGENERATE_FILE, {
@@ -429,21 +429,21 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
     `mlflow run` run does, when there is one, with the comparison run beside the training runs); both models
     registered, and the aliases moved by the promotion policy (`promotion`). Returns the run ids and the
     registry's state after the decision (`runs.json`)."""
-    tracking.configure(project_root, params.mlflow.experiment)
-    tags = tracking.run_tags(params, stage="evaluate", project_root=project_root,
+    store.configure(project_root, params.mlflow.experiment)
+    tags = runs.run_tags(params, stage="evaluate", project_root=project_root,
                              data_sha256=meta.source_sha256)
     client = mlflow.MlflowClient()
     run_ids = {name: _training_run_id(client, params, name=name, model_dir=Path(model_dirs[name]), meta=meta,
                                       example_image=example_image, tags=tags)
                for name in MODEL_NAMES}
-    with tracking.start_run(run_name=tracking.run_name(params, model="comparison"),
+    with runs.start_run(run_name=runs.run_name(params, model="comparison"),
                             tags={**tags, "model": "comparison"}) as parent:
         comparison_id = parent.info.run_id
         settings = whole(params).evaluate.model_dump()  # lineage: all of them, whether read or not
         mlflow.log_params({f"evaluate.{key}": value for key, value in settings.items()})
-        tracking.log_prepared_data(params, project_root=project_root, context="evaluation")
+        datasets.log_prepared_data(params, project_root=project_root, context="evaluation")
         for model_name in MODEL_NAMES:
-            mlflow.log_metrics({f"{model_name}_{tracking.as_test_metric(key)}": value
+            mlflow.log_metrics({f"{model_name}_{runs.as_test_metric(key)}": value
                                 for key, value in headline(all_metrics[model_name]).items()})
             mlflow.set_tag(f"{model_name}_run_id", run_ids[model_name])
         for artifact in (METRICS_FILE, DETAILS_FILE, RELIABILITY_FILE):
@@ -452,24 +452,24 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
             if validations[model_name] is not None:
                 client.log_artifact(run_ids[model_name], str(out_dir / validation_predictions_file(model_name)),
                                     artifact_path="evaluation")
-        with tracking.store_lock(mlflow.get_tracking_uri()):  # parallel queued experiments register too
-            registry = _register(client, params, all_metrics, model_dirs=model_dirs, run_ids=run_ids,
+        with store.store_lock(mlflow.get_tracking_uri()):  # parallel queued experiments register too
+            registered = _register(client, params, all_metrics, model_dirs=model_dirs, run_ids=run_ids,
                                  comparison_id=comparison_id, tags=tags, validations=validations)
-        mlflow.set_tags({"champion": registry["champion"] or "none", "promotion": registry["decision"]["alias"],
+        mlflow.set_tags({"champion": registered["champion"] or "none", "promotion": registered["decision"]["alias"],
                          **{f"registry.{name}": f"{entry['name']}/{entry['version']}"
-                            for name, entry in registry["models"].items()}})
-    group = tracking.outer_run_id() or comparison_id
+                            for name, entry in registered["models"].items()}})
+    group = store.outer_run_id() or comparison_id
     for model_name, run_id in run_ids.items():
         # A training run made in this execution joins its group; one DVC reused from an earlier execution
         # stays in that one's group (a run has one parent), linked from here by the `<model>_run_id` tag.
         if "mlflow.parentRunId" not in client.get_run(run_id).data.tags:
             client.set_tag(run_id, "mlflow.parentRunId", group)
         for key, value in headline(all_metrics[model_name]).items():
-            client.log_metric(run_id, tracking.as_test_metric(key), value)
+            client.log_metric(run_id, runs.as_test_metric(key), value)
         for artifact in (confusion_plot(model_name), predictions_file(model_name),
                          per_class_file(model_name), RELIABILITY_FILE):
             client.log_artifact(run_id, str(out_dir / artifact), artifact_path="evaluation")
-    return {"comparison": comparison_id, **run_ids, "group": group, "registry": registry}
+    return {"comparison": comparison_id, **run_ids, "group": group, "registry": registered}
 
 
 def _training_run_id(client: mlflow.MlflowClient, params: Params, *, name: str, model_dir: Path, meta: PreparedMeta,
@@ -477,23 +477,29 @@ def _training_run_id(client: mlflow.MlflowClient, params: Params, *, name: str, 
     """The MLflow run of a trained model: the one its training stage recorded (`run.json`) when this store has
     it. A model trained elsewhere and fetched with `dvc pull` names a run in another machine's store; its
     curves and model are then recorded in a new run here, so it can be compared, registered and served."""
-    recorded = tracking.read_run(model_dir)["run_id"]
+    recorded = runs.read_run(model_dir)["run_id"]
     try:
         client.get_run(recorded)
-        return recorded
     except mlflow.exceptions.MlflowException:
         pass
+    else:
+        # The pyfunc model is logged here, not by the trainers, so that editing how a model is packaged
+        # (imgclf.tracking.packaging) reruns evaluate and never a training; once per run.
+        if registry.logged_model(client, recorded) is None:
+            with runs.start_run(run_id=recorded):
+                packaging.log_model(model_dir / MODEL_FILE, meta, example_image())
+        return recorded
     log.warning("%s: training run %s is not in %s (a model from a DVC remote, trained with another store?); "
                 "recording its history and model in a new run here. Point MLFLOW_TRACKING_URI at a shared "
                 "tracking server to keep one run per training.", name, recorded, mlflow.get_tracking_uri())
-    with tracking.start_run(run_name=tracking.run_name(params, model=name),
+    with runs.start_run(run_name=runs.run_name(params, model=name),
                             tags={**tags, "stage": f"train_{name}", "model": name,
                                   "imgclf.recorded_run_id": recorded}) as run:
         for row in fitting.read_history(model_dir / HISTORY_FILE):
-            mlflow.log_metrics(tracking.epoch_metrics(row), step=int(row["epoch"]))  # the names training logs
+            mlflow.log_metrics(runs.epoch_metrics(row), step=int(row["epoch"]))  # the names training logs
         if (model_dir / SUMMARY_FILE).is_file():
             mlflow.log_dict(fileio.read_json(model_dir / SUMMARY_FILE), SUMMARY_FILE)
-        serving.log_model(model_dir / MODEL_FILE, meta, example_image())
+        packaging.log_model(model_dir / MODEL_FILE, meta, example_image())
     return run.info.run_id
 
 
@@ -508,17 +514,17 @@ def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str
     for name in MODEL_NAMES:
         metrics = all_metrics[name]
         version_tags = {"test_accuracy": f"{metrics['accuracy']:.6f}", "comparison_run_id": comparison_id,
-                        **{key: tags[key] for key in ("git.commit", "dvc.experiment", tracking.PREPARED_DIGEST_TAG)
+                        **{key: tags[key] for key in ("git.commit", "dvc.experiment", datasets.PREPARED_DIGEST_TAG)
                            if key in tags}}
         if validation_accuracy[name] is not None:
             version_tags["val_accuracy"] = f"{validation_accuracy[name]:.6f}"
-        version, created = tracking.register(client, name=tracking.REGISTERED_MODELS[name], run_id=run_ids[name],
+        version, created = registry.register(client, name=registry.REGISTERED_MODELS[name], run_id=run_ids[name],
                                              model_file=Path(model_dirs[name]) / MODEL_FILE, tags=version_tags)
         versions[name] = version
         entries[name] = {"name": version.name, "version": int(version.version), "created": created,
                          "run_id": run_ids[name], "test_accuracy": float(metrics["accuracy"]),
                          "val_accuracy": validation_accuracy[name],
-                         "model_sha256": version.tags.get(tracking.MODEL_SHA_TAG)}
+                         "model_sha256": version.tags.get(registry.MODEL_SHA_TAG)}
         log.info("registry: %s version %s (%s)", version.name, version.version, "new" if created else "unchanged")
 
     candidate = promotion.candidate_of(validation_accuracy,
@@ -530,17 +536,17 @@ def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str
         decision = _promotion(client, params, candidate=versions[candidate], tags=tags,
                               candidate_right=validations[candidate].probabilities.argmax(axis=1)
                               == validations[candidate].labels, candidate_ids=validations[candidate].ids)
-        if decision.alias in (tracking.CHAMPION, tracking.CHALLENGER):
-            tracking.move_alias(client, decision.alias, versions[candidate])
+        if decision.alias in (registry.CHAMPION, registry.CHALLENGER):
+            registry.move_alias(client, decision.alias, versions[candidate])
         for key, value in decision.tags().items():
             client.set_model_version_tag(versions[candidate].name, versions[candidate].version, key, value)
     log.info("registry: %s", f"{versions[candidate].name} version {versions[candidate].version} (this run's better "
              f"model on validation): {decision.alias} ({decision.reason})" if candidate
              else f"nothing promoted: {decision.reason}")
-    champion = tracking.current_champion(client)
+    champion = registry.current_champion(client)
     return {"candidate": candidate, "decision": dataclasses.asdict(decision),
-            "champion": tracking.model_of(champion.name) if champion else None,
-            "champion_uri": f"models:/{champion.name}@{tracking.CHAMPION}" if champion else None,
+            "champion": registry.model_of(champion.name) if champion else None,
+            "champion_uri": f"models:/{champion.name}@{registry.CHAMPION}" if champion else None,
             "champion_version": int(champion.version) if champion else None,
             "champion_run_id": champion.run_id if champion else None, "models": entries}
 
@@ -548,15 +554,15 @@ def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str
 def _promotion(client: mlflow.MlflowClient, params: Params, *, candidate, tags: dict[str, str],
                candidate_right: np.ndarray, candidate_ids: np.ndarray) -> promotion.Decision:
     """Gather what `promotion.decide` needs about the current champion: its data and validation predictions."""
-    champion = tracking.current_champion(client)
+    champion = registry.current_champion(client)
     if champion is not None and (champion.name, champion.version) == (candidate.name, candidate.version):
-        return promotion.Decision(tracking.CHAMPION, "it already is the champion")
-    same_data = champion is not None and tags.get(tracking.PREPARED_DIGEST_TAG) is not None and \
-        champion.tags.get(tracking.PREPARED_DIGEST_TAG) == tags.get(tracking.PREPARED_DIGEST_TAG)
+        return promotion.Decision(registry.CHAMPION, "it already is the champion")
+    same_data = champion is not None and tags.get(datasets.PREPARED_DIGEST_TAG) is not None and \
+        champion.tags.get(datasets.PREPARED_DIGEST_TAG) == tags.get(datasets.PREPARED_DIGEST_TAG)
     champion_right = None
     if same_data:
-        recorded = tracking.evaluation_artifact(client, champion.run_id,
-                                                validation_predictions_file(tracking.model_of(champion.name)))
+        recorded = registry.evaluation_artifact(client, champion.run_id,
+                                                validation_predictions_file(registry.model_of(champion.name)))
         if recorded is not None and np.array_equal(recorded["ids"], candidate_ids):
             champion_right = recorded["predicted"] == recorded["labels"]
     return promotion.decide(candidate_right=candidate_right, champion_right=champion_right,

@@ -1,6 +1,6 @@
 """`imgclf predict`: classify image files with a trained model, a `.keras` file or an MLflow model URI.
 
-Files are decoded exactly as the preprocess stage decoded the training images (`serving.Classifier`) and go
+Files are decoded exactly as the preprocess stage decoded the training images (`packaging.Classifier`) and go
 through the model in batches. A file that cannot be read gets an error row (and a line on stderr) while the
 others are still classified; the exit code says whether every file was classified (0) or not (1).
 """
@@ -24,9 +24,10 @@ from PIL import Image
 from imgclf import fileio
 from imgclf.errors import UserError
 from imgclf.serving import serving
+from imgclf.tracking import packaging
 
 FORMATS = ("table", "json", "csv")
-CHUNK = 256  # images decoded and held in memory at a time; the model sees them in batches of serving.BATCH_SIZE
+CHUNK = 256  # images decoded and held in memory at a time; the model sees them in batches of packaging.BATCH_SIZE
 SCORE_BAR_CLASSES = 20  # beyond this many classes, a score-bar figure shows the top classes only
 EXIT_OK, EXIT_SOME_FAILED, EXIT_SCORE_BARS_FAILED = 0, 1, 2
 
@@ -88,7 +89,7 @@ def top_classes(probabilities: np.ndarray, class_names: Sequence[str], k: int) -
     return tuple((class_names[index], float(probabilities[index])) for index in order)
 
 
-def classify(classifier: serving.Classifier, files: Sequence[Path], *, top_k: int,
+def classify(classifier: packaging.Classifier, files: Sequence[Path], *, top_k: int,
              chunk: int = CHUNK) -> Iterator[tuple[Prediction, np.ndarray | None, np.ndarray | None]]:
     """Per file, in order: its prediction and, when classified, its decoded pixels and all class
     probabilities. Files are decoded `chunk` at a time and each chunk goes through the model as one batch."""
@@ -97,7 +98,7 @@ def classify(classifier: serving.Classifier, files: Sequence[Path], *, top_k: in
         for path in files[start:start + chunk]:
             try:
                 decoded.append((path, classifier.decode(path), None))
-            except serving.InvalidImageError as error:
+            except packaging.InvalidImageError as error:
                 decoded.append((path, None, str(error)))
         good = [pixels for _, pixels, _ in decoded if pixels is not None]
         probabilities = iter(classifier.probabilities(np.stack(good)) if good else [])
@@ -163,17 +164,17 @@ def write_score_bars(path: Path, *, pixels: np.ndarray, scores: np.ndarray, pred
                      class_names: Sequence[str], model_label: str) -> None:
     """One figure: the image as the model saw it and its score per class (the top classes beyond
     SCORE_BAR_CLASSES classes)."""
-    from imgclf.evaluation import plots
+    from imgclf import figures
 
     if len(class_names) <= SCORE_BAR_CLASSES:
         shown = list(range(len(class_names)))
     else:
         shown = list(np.argsort(-scores, kind="stable")[:SCORE_BAR_CLASSES])
-    name = plots.shorten(Path(prediction.file).name, 40)
+    name = figures.shorten(Path(prediction.file).name, 40)
     title = f"{name}\n{prediction.predicted_class} ({prediction.probability:.2f})"
     item = {"image": pixels, "title": title, "classes": [class_names[i] for i in shown], "true_class": None,
             "scores": {model_label: [float(scores[i]) for i in shown]}}
-    plots.score_bars([item], path, models=[model_label])
+    figures.score_bars([item], path, models=[model_label])
 
 
 def run(paths: Sequence[Path], *, model: str, meta: Path, top_k: int, output_format: str, output: Path | None,

@@ -12,9 +12,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from imgclf import artifacts, tracking
+from imgclf import artifacts
 from imgclf.artifacts import PreparedMeta
 from imgclf.config import FitConfig, Params
+from imgclf.tracking import runs
 from imgclf.training import fitting
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def training_callbacks(params: Params, config: FitConfig, *, resume: fitting.Res
 
 def fingerprint(params: Params, meta: PreparedMeta, *sections: str) -> dict[str, Any]:
     """Everything that shapes a training run: a resume backup from another fingerprint is discarded."""
-    return {"params": tracking.stage_params(params, *sections), "data": meta.to_dict()}
+    return {"params": runs.stage_params(params, *sections), "data": meta.to_dict()}
 
 
 def summarize(rows: list[dict[str, Any]], model: keras.Model) -> dict:

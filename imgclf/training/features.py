@@ -14,25 +14,59 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from imgclf import artifacts, fileio, progress
+from imgclf import artifacts, fileio, model_io, progress
 from imgclf.artifacts import PreparedMeta
-from imgclf.config import Params
+from imgclf.config import Params, TransferConfig
 from imgclf.data import augment, tfdata
-from imgclf.training import models
+from imgclf.errors import ModelConfigError
+from imgclf.training import transfer_model
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
 
-def extract_features(params: Params, *, prepared_dir: Path, out_dir: Path) -> dict:
-    """The features stage: run the frozen backbone once over every split; write `<split>.npz` and the extractor."""
+def load_backbone(resolved: dict, config: TransferConfig) -> tuple[keras.Model, str]:
+    """The backbone (headless, feature map out) and its preprocessing mode.
+
+    `resolved` is `backbones.resolve(config)`: a `keras.applications` constructor and its preprocessing mode, or
+    the path of a `.keras` file that takes raw [0, 255] RGB and returns a feature map. `config.weights` is
+    `imagenet`, null/`none` (random init) or a path to a weights file for the named architecture.
+    """
+    if "file" in resolved:
+        path = Path(resolved["file"])
+        if not path.is_file():
+            raise ModelConfigError(f"transfer.backbone: backbone file {path} not found; give an existing "
+                                   ".keras file or one of the backbones in imgclf/training/backbones.py")
+        return model_io.load_model(path, remedy="give a .keras backbone that takes raw [0, 255] RGB and returns a "
+                                      "feature map, or a keras.applications backbone's name"), "none"
+    weights = None if config.weights in (None, "none") else config.weights
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise ModelConfigError(f"transfer.weights: weights file {weights} not found; use imagenet, none, "
+                               "or the path of a weights file for this architecture")
+    constructor = getattr(keras.applications, resolved["constructor"])
+    try:
+        backbone = constructor(include_top=False, weights=weights,
+                               input_shape=(config.input_size, config.input_size, 3))
+    except Exception as error:  # network failures surface as many exception types
+        if weights == "imagenet":
+            raise ModelConfigError(
+                f"could not load ImageNet weights for {config.backbone} ({error}). Offline? Set "
+                "transfer.backbone to a local .keras backbone file (see README: working offline)") from error
+        raise
+    return backbone, resolved["preprocessing"]
+
+
+def extract_features(params: Params, *, prepared_dir: Path, backbone_file: Path, out_dir: Path) -> dict:
+    """The features stage: run the frozen backbone once over every split; write `<split>.npz` and the extractor.
+
+    `backbone_file` is check_params' resolution of `transfer.backbone` (`imgclf.training.backbones.resolve`)."""
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
     meta = artifacts.read_prepared_meta(prepared_dir)
     shape, config = meta.image_shape, params.transfer
-    backbone, preprocessing = models.load_backbone(config)
+    backbone, preprocessing = load_backbone(fileio.read_json(backbone_file), config)
     backbone.trainable = False
-    extractor = models.build_feature_extractor(backbone, preprocessing, input_shape=shape,
+    extractor = transfer_model.build_feature_extractor(backbone, preprocessing, input_shape=shape,
                                                input_size=config.input_size)
     # Every file goes to a staging directory that replaces out_dir at the end: never a mix of two runs.
     with fileio.staged_directory(out_dir) as staging:
@@ -65,7 +99,7 @@ def _extract_views(extractor: keras.Model, backbone: keras.Model, preprocessing:
         log.info("%s: %d images through the backbone at %.1f images/s", name, len(labels),
                  timings[name]["images_per_second"])
         _save_npz(out_dir / artifacts.features_file(name), features=features, labels=labels)
-    models.save_model(extractor, out_dir / artifacts.EXTRACTOR_FILE)
+    model_io.save_model(extractor, out_dir / artifacts.EXTRACTOR_FILE)
     summary = {"backbone": config.backbone, "weights": config.weights, "input_size": config.input_size,
                "preprocessing": preprocessing, "feature_dim": int(extractor.output_shape[-1]),
                "backbone_parameters": int(backbone.count_params()),

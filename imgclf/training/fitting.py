@@ -298,7 +298,7 @@ class ValidateWithPopulationStatistics(keras.callbacks.Callback):
 
 class EpochLogger(keras.callbacks.Callback):
     """After each epoch: metrics, learning rate, epoch time and images/s to MLflow and to CSV files (Keras's metric
-    names in the CSV, `train_accuracy`-style names in MLflow: `tracking.epoch_metrics`)."""
+    names in the CSV, `train_accuracy`-style names in MLflow: `runs.epoch_metrics`)."""
 
     def __init__(self, csv_paths: list[Path], *, examples_per_epoch: int, rows: list[dict] | None = None,
                  phase: str = ""):
@@ -315,7 +315,7 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         import mlflow
 
-        from imgclf import tracking
+        from imgclf.tracking import runs
 
         seconds = time.perf_counter() - self._started
         row: dict[str, Any] = {"epoch": epoch + 1}
@@ -326,7 +326,7 @@ class EpochLogger(keras.callbacks.Callback):
         if self.phase:
             row["phase"] = self.phase
         self.rows.append(row)
-        mlflow.log_metrics(tracking.epoch_metrics(row), step=int(row["epoch"]))  # train_accuracy, val_accuracy, ...
+        mlflow.log_metrics(runs.epoch_metrics(row), step=int(row["epoch"]))  # train_accuracy, val_accuracy, ...
         for path in self.csv_paths:
             write_history(path, self.rows)
 
@@ -442,9 +442,9 @@ class ResumeState:
 
     def remember_run(self, run_id: str) -> None:
         if self.abandoned_run_id not in (None, run_id):
-            from imgclf import tracking  # here, not at the top: the lr finder uses this module without MLflow
+            from imgclf.tracking import store  # here, not at the top: the lr finder uses this module without MLflow
 
-            tracking.end_abandoned_run(self.abandoned_run_id)  # else it stays RUNNING forever
+            store.end_abandoned_run(self.abandoned_run_id)  # else it stays RUNNING forever
             self.abandoned_run_id = None
         fileio.atomic_write_json(self.directory / artifacts.RUN_FILE, {"run_id": run_id})
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from imgclf import artifacts, fileio
 from imgclf.data import tfdata
-from imgclf.training import common, models
+from imgclf.training import common, scratch_model, transfer_model
 
 
 class LearningRateSweep(keras.callbacks.Callback):
@@ -73,7 +73,7 @@ def suggest(rates: list[float], losses: list[float]) -> dict[str, float]:
 
 def write_results(out_dir: Path, name: str, rates: list[float], losses: list[float]) -> dict[str, float]:
     """`lr_find_<name>.csv` and `.png` (loss against log learning rate, suggestions marked)."""
-    from imgclf.evaluation import plots
+    from imgclf import figures
 
     out_dir = Path(out_dir)
     buffer = io.StringIO()
@@ -82,7 +82,7 @@ def write_results(out_dir: Path, name: str, rates: list[float], losses: list[flo
     writer.writerows(zip(rates, losses, strict=True))
     fileio.atomic_write_text(out_dir / artifacts.lr_find_file(name, ".csv"), buffer.getvalue())
     suggestions = suggest(rates, losses)
-    figure, axis = plots.plt.subplots(figsize=(7, 4.5))
+    figure, axis = figures.plt.subplots(figsize=(7, 4.5))
     axis.plot(rates, losses)
     for label, rate in suggestions.items():
         axis.axvline(rate, linestyle="--", color="tab:red" if label == "steepest" else "tab:gray",
@@ -92,7 +92,7 @@ def write_results(out_dir: Path, name: str, rates: list[float], losses: list[flo
     axis.set_ylabel("loss (smoothed)")
     axis.set_title(f"Learning-rate finder: {name}")
     axis.legend()
-    plots.save_figure(figure, out_dir / artifacts.lr_find_file(name, ".png"))
+    figures.save_figure(figure, out_dir / artifacts.lr_find_file(name, ".png"))
     return suggestions
 
 
@@ -110,14 +110,14 @@ def run(params, *, model_name: str, prepared_dir: Path, features_dir: Path, out_
         data = tfdata.make_dataset(prepared_dir, "train", image_shape=meta.image_shape,
                                    num_classes=meta.num_classes, batch_size=config.batch_size, training=True,
                                    seed=params.seed, example_count=count, epochs=epochs)
-        model = models.build_scratch_model(config, input_shape=meta.image_shape, num_classes=meta.num_classes)
+        model = scratch_model.build_scratch_model(config, input_shape=meta.image_shape, num_classes=meta.num_classes)
         fit_args = {"x": data, "steps_per_epoch": per_epoch, "shuffle": False}  # tf.data shuffles, per epoch seed
     else:
         config = params.transfer
         train_x, train_y = common.training_features(features_dir)
         per_epoch = -(-len(train_y) // config.batch_size)
         epochs = -(-steps // per_epoch)
-        model = models.build_head(config, train_features=train_x, num_classes=meta.num_classes)
+        model = transfer_model.build_head(config, train_features=train_x, num_classes=meta.num_classes)
         fit_args = {"x": train_x, "y": keras.utils.to_categorical(train_y, meta.num_classes),
                     "batch_size": config.batch_size, "shuffle": True}
     # The stage's own compile path (configured optimizer, weight decay, label smoothing); a constant rate,

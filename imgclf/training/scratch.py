@@ -8,11 +8,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from imgclf import artifacts, fileio, progress, tracking
+from imgclf import artifacts, fileio, model_io, progress
 from imgclf.config import Params
 from imgclf.data import augment, records, tfdata
-from imgclf.serving import serving
-from imgclf.training import common, fitting, models
+from imgclf.tracking import runs
+from imgclf.training import common, fitting, scratch_model
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,13 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
                                           example_count=train_count).take(statistics_batches)
 
     with strategy.scope():
-        model = models.build_scratch_model(config, input_shape=shape, num_classes=num_classes)
+        model = scratch_model.build_scratch_model(config, input_shape=shape, num_classes=num_classes)
         if config.architecture == "residual":
-            models.set_patch_whitening(model, training_pixels(prepared_dir, image_shape=shape, train_count=train_count,
-                                                              seed=params.seed))
+            pixels = training_pixels(prepared_dir, image_shape=shape, train_count=train_count, seed=params.seed)
+            scratch_model.set_patch_whitening(model, pixels)
         common.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
-    logged = tracking.stage_params(params, "data", "preprocess", "augment", "scratch", "training")
-    with tracking.training_run(params, model="scratch", project_root=project_root, out_dir=out_dir,
+    logged = runs.stage_params(params, "data", "preprocess", "augment", "scratch", "training")
+    with runs.training_run(params, model="scratch", project_root=project_root, out_dir=out_dir,
                                data_sha256=meta.source_sha256, logged_params=logged,
                                run_id=resume.run_id()) as run:
         resume.remember_run(run.info.run_id)
@@ -73,8 +73,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
         model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                   verbose=progress.keras_verbose())
         fitting.restore_best(model, config, resume.phase_dir("fit"))
-        models.save_model(model, out_dir / artifacts.MODEL_FILE)
-        serving.log_model(out_dir / artifacts.MODEL_FILE, meta, common.first_images(val_data, count=1)[0])
+        model_io.save_model(model, out_dir / artifacts.MODEL_FILE)
         summary = common.summarize(logger.rows, model)
         mlflow.log_dict(summary, artifacts.SUMMARY_FILE)
     fileio.atomic_write_json(out_dir / artifacts.SUMMARY_FILE, summary)

@@ -19,11 +19,11 @@ from pathlib import Path
 import keras
 import mlflow
 
-from imgclf import artifacts, fileio, progress, tracking
+from imgclf import artifacts, fileio, model_io, progress
 from imgclf.config import Params, TransferConfig
 from imgclf.data import augment, tfdata
-from imgclf.serving import serving
-from imgclf.training import common, fitting, models
+from imgclf.tracking import runs
+from imgclf.training import common, fitting, transfer_model
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,12 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
     resume = fitting.ResumeState(out_dir / artifacts.RESUME_DIR, enabled=params.training.resume,
                                  fingerprint={**common.fingerprint(params, meta, "augment", "transfer", "training"),
                                               "features": features_meta})
-    head = models.build_head(config, train_features=train_x, num_classes=num_classes)
+    head = transfer_model.build_head(config, train_features=train_x, num_classes=num_classes)
     head_weights = resume.phase_dir(HEAD_PHASE) / "head.weights.h5"
-    logged = tracking.stage_params(params, "data", "preprocess", "augment", "transfer", "training")
+    logged = runs.stage_params(params, "data", "preprocess", "augment", "transfer", "training")
     val_data = tfdata.make_dataset(prepared_dir, "val", image_shape=meta.image_shape, num_classes=num_classes,
                                    batch_size=config.batch_size, example_count=meta.counts["val"])
-    with tracking.training_run(params, model="transfer", project_root=project_root, out_dir=out_dir,
+    with runs.training_run(params, model="transfer", project_root=project_root, out_dir=out_dir,
                                data_sha256=meta.source_sha256, logged_params=logged,
                                run_id=resume.run_id()) as run:
         resume.remember_run(run.info.run_id)
@@ -74,15 +74,14 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
                              train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, num_classes=num_classes)
             head.save_weights(head_weights)
             resume.mark_phase_done(HEAD_PHASE)
-        extractor = models.load_model(Path(features_dir) / artifacts.EXTRACTOR_FILE,
+        extractor = model_io.load_model(Path(features_dir) / artifacts.EXTRACTOR_FILE,
                                       remedy="extract the features again (dvc repro --force extract_features)")
-        model = models.assemble_transfer_model(extractor, head)
+        model = transfer_model.assemble_transfer_model(extractor, head)
         if config.finetune_epochs:
             rows = _finetune(model, extractor, params, resume, history_paths, rows, meta=meta,
                              prepared_dir=prepared_dir, val_data=val_data, run_id=run.info.run_id,
                              project_root=project_root)
-        models.save_model(model, out_dir / artifacts.MODEL_FILE)
-        serving.log_model(out_dir / artifacts.MODEL_FILE, meta, common.first_images(val_data, count=1)[0])
+        model_io.save_model(model, out_dir / artifacts.MODEL_FILE)
         summary = common.summarize(rows, model)
         summary["finetune_epochs"] = sum(1 for row in rows if row.get("phase") == FINETUNE_PHASE)
         mlflow.log_dict(summary, artifacts.SUMMARY_FILE)

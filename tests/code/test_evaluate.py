@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgclf import artifacts
+from imgclf import artifacts, model_io
 from imgclf.config import params_from_dict
 from imgclf.errors import EvaluationError
 from imgclf.evaluation import calibration, compare, evaluate
 from imgclf.pipeline import PROJECT_ROOT
-from imgclf.serving import serving
-from imgclf.training import fitting, models
+from imgclf.tracking import packaging
+from imgclf.training import fitting
 
 pytestmark = pytest.mark.duration(seconds=20)  # about, under make test: orders the modules
 
@@ -127,9 +127,9 @@ def evaluate_project(write_prepared, tmp_path, tiny_params_dict, monkeypatch, ne
     # Artifacts in tmp_path: by default MLflow puts them in ./mlruns of the directory pytest runs in.
     experiment = mlflow.create_experiment("evaluate-test", artifact_location=(tmp_path / "mlruns").as_uri())
     for name, classes in (("scratch", 3), ("transfer", 3)):
-        models.save_model(_tiny_model(8, classes), tmp_path / name / artifacts.MODEL_FILE)
+        model_io.save_model(_tiny_model(8, classes), tmp_path / name / artifacts.MODEL_FILE)
         with mlflow.start_run(experiment_id=experiment, tags={"model": name}) as run:
-            serving.log_model(tmp_path / name / artifacts.MODEL_FILE, artifacts.PreparedMeta.from_dict(meta),
+            packaging.log_model(tmp_path / name / artifacts.MODEL_FILE, artifacts.PreparedMeta.from_dict(meta),
                               np.zeros((8, 8, 3), np.uint8))
         (tmp_path / name / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))
     tiny_params_dict["mlflow"]["experiment"] = "evaluate-test"
@@ -188,7 +188,7 @@ def test_a_model_trained_with_another_store_gets_a_run_with_its_curves_under_the
 @pytest.mark.integration
 def test_evaluate_stage_refuses_a_model_for_other_classes_in_one_line(evaluate_project):
     root, _ = evaluate_project
-    models.save_model(_tiny_model(8, 5), root / "transfer" / artifacts.MODEL_FILE)
+    model_io.save_model(_tiny_model(8, 5), root / "transfer" / artifacts.MODEL_FILE)
     (root / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
     (root / "evaluate").mkdir()
     (root / "evaluate" / "metrics.json").write_text("{}")  # an earlier run's results
@@ -256,7 +256,7 @@ def test_evaluate_flags_a_collapsed_model_in_metrics_and_names_the_causes(evalua
     collapsed = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
                                   keras.layers.Dense(3, activation="softmax", kernel_initializer="zeros",
                                                      bias_initializer=keras.initializers.Constant([0.0, 5.0, 0.0]))])
-    models.save_model(collapsed, root / "scratch" / artifacts.MODEL_FILE)
+    model_io.save_model(collapsed, root / "scratch" / artifacts.MODEL_FILE)
     (root / "scratch" / artifacts.HISTORY_FILE).write_text("epoch,accuracy,val_accuracy\n1,0.6,0.4\n2,0.93,0.33\n")
     out = root / "evaluate"
     with caplog.at_level("WARNING", logger="imgclf.evaluation.evaluate"):

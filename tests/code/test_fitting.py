@@ -114,7 +114,7 @@ def test_epoch_logger_names_each_metric_by_its_split_and_logs_validation_first(t
     """MLflow gets `train_accuracy` (Keras: `accuracy`) beside `val_accuracy`, and `val_accuracy` first: the compare
     page's parallel-coordinates plot opens on the first metric the runs logged. history.csv keeps Keras's names,
     which dvc.yaml's plots read."""
-    from imgclf import tracking
+    from imgclf.tracking import runs
     from imgclf.training import common
 
     uri = new_mlflow_store(tmp_path)
@@ -129,7 +129,7 @@ def test_epoch_logger_names_each_metric_by_its_split_and_logs_validation_first(t
     try:
         # An experiment of this store: another test in this worker may have left MLFLOW_EXPERIMENT_ID set.
         mlflow.set_experiment("epoch-logger")
-        with tracking.start_run(run_name="epoch-logger") as run:
+        with runs.start_run(run_name="epoch-logger") as run:
             model.fit(x, y, validation_data=(x[:16], y[:16]), batch_size=16, epochs=2, verbose=0,
                       callbacks=[fitting.EpochLogger([history], examples_per_epoch=len(x))])
     finally:

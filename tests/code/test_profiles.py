@@ -32,10 +32,10 @@ def test_own_photos_profile_keeps_photos_at_the_backbone_input_size():
 def test_own_photos_profile_gives_a_scratch_model_no_larger_than_the_write_ups(params_dict):
     # The seed CNN's Dense(256) takes the flattened last feature map: at 96 px with CIFAR's two poolings it had
     # 19,040,900 parameters, a 76.2 MB file stored in the workspace, DVC's cache and MLflow.
-    from imgclf.training import models
+    from imgclf.training import scratch_model
 
     profile = yaml.safe_load((PROJECT_ROOT / "profiles" / "own_photos.yaml").read_text(encoding="utf-8"))
     params = params_from_dict(sandbox.merge(params_dict, profile))
     side = params.preprocess.image_size
-    model = models.build_scratch_model(params.scratch, input_shape=(side, side, 3), num_classes=10)
+    model = scratch_model.build_scratch_model(params.scratch, input_shape=(side, side, 3), num_classes=10)
     assert model.count_params() <= 2_264_458, "the write-up's CNN on CIFAR-10 (32 px, 10 classes)"

@@ -6,8 +6,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from imgclf import tracking
 from imgclf.evaluation import promotion
+from imgclf.tracking import registry
 
 
 def _right(count: int, wrong: list[int]) -> np.ndarray:
@@ -60,7 +60,7 @@ def test_aliases_move_between_the_two_registered_models_on_a_real_store(tmp_path
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("promotion", artifact_location=(tmp_path / "artifacts").as_uri())
     versions = {}
-    for model, name in tracking.REGISTERED_MODELS.items():
+    for model, name in registry.REGISTERED_MODELS.items():
         run = client.create_run(experiment)
         path = tmp_path / "evaluation" / f"{model}_validation_predictions.npz"
         path.parent.mkdir(exist_ok=True)
@@ -69,24 +69,24 @@ def test_aliases_move_between_the_two_registered_models_on_a_real_store(tmp_path
         client.create_registered_model(name)
         versions[model] = client.create_model_version(name, source=f"runs:/{run.info.run_id}/model",
                                                       run_id=run.info.run_id)
-    assert tracking.current_champion(client) is None
-    tracking.move_alias(client, tracking.CHAMPION, versions["scratch"])
-    assert tracking.current_champion(client).name == "imgclf-scratch"
-    tracking.move_alias(client, tracking.CHAMPION, versions["transfer"])
-    assert tracking.current_champion(client).name == "imgclf-transfer"
-    assert tracking.CHAMPION not in client.get_registered_model("imgclf-scratch").aliases
-    recorded = tracking.evaluation_artifact(client, versions["scratch"].run_id, "scratch_validation_predictions.npz")
+    assert registry.current_champion(client) is None
+    registry.move_alias(client, registry.CHAMPION, versions["scratch"])
+    assert registry.current_champion(client).name == "imgclf-scratch"
+    registry.move_alias(client, registry.CHAMPION, versions["transfer"])
+    assert registry.current_champion(client).name == "imgclf-transfer"
+    assert registry.CHAMPION not in client.get_registered_model("imgclf-scratch").aliases
+    recorded = registry.evaluation_artifact(client, versions["scratch"].run_id, "scratch_validation_predictions.npz")
     assert list(recorded["ids"]) == [0, 1, 2, 3]
-    assert tracking.evaluation_artifact(client, versions["scratch"].run_id, "absent.npz") is None
+    assert registry.evaluation_artifact(client, versions["scratch"].run_id, "absent.npz") is None
 
 
 def test_the_report_says_what_the_registry_decided():
     from imgclf.evaluation import report
 
-    registry = {"candidate": "transfer", "champion_uri": "models:/imgclf-scratch@champion", "champion_version": 1,
+    recorded = {"candidate": "transfer", "champion_uri": "models:/imgclf-scratch@champion", "champion_version": 1,
                 "decision": {"alias": "challenger", "reason": "not significantly better than the champion: ..."},
                 "models": {"transfer": {"name": "imgclf-transfer", "version": 3}}}
-    sentence = report.registry_sentence(registry)
+    sentence = report.registry_sentence(recorded)
     assert "imgclf-transfer version 3: challenger (not significantly better" in sentence
     assert sentence.endswith("The champion served: models:/imgclf-scratch@champion (version 1).")
     assert report.registry_sentence(None) is None

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.evaluation import comparison, evaluate, plots, report
+from imgclf import figures
+from imgclf.evaluation import comparison, evaluate, report
 
 CLASSES = ["cat", "dog", "<b>ship</b>"]
 SECTIONS = ("headline", "metrics", "calibration", "galleries", "both-wrong", "only-transfer-right",
@@ -37,7 +38,7 @@ def _inputs(tmp_path, fake_probabilities) -> report.ReportInputs:
                           **evaluate.calibration_metrics(labels=labels, probabilities=scores, validation_labels=labels,
                                                          validation_probabilities=scores, bins=15),
                           "images_per_second": 1234.5, "parameter_count": 10_000, "model_size_mb": 1.5}
-    plots.reliability_diagrams(metrics, tmp_path / "reliability.png")
+    figures.reliability_diagrams(metrics, tmp_path / "reliability.png")
     summary = comparison.compare(labels % 2 == 0, labels < 3, resamples=200, confidence_level=0.95, seed=0)
     galleries = [report.Gallery(anchor=anchor, title=anchor.replace("-", " "), description="about <these>",
                                 groups=[("", [_tile(i) for i in range(4)])], total=9)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import artifacts
+from imgclf import artifacts, model_io
 from imgclf.config import params_from_dict
 from imgclf.data import preprocess, sources, tfdata
 from imgclf.sandbox import merge
-from imgclf.training import fitting, models, scratch
+from imgclf.training import fitting, scratch, transfer_model
 
 
 def _nested_model(dropout: float) -> tuple[keras.Model, keras.Model]:
@@ -91,10 +91,10 @@ def test_fine_tuning_keeps_every_backbone_batch_norm_frozen(params_dict):
     hidden = keras.layers.Conv2D(4, 3)(pixels)
     hidden = keras.layers.BatchNormalization()(hidden)
     backbone = keras.Model(pixels, keras.layers.Conv2D(4, 3)(hidden), name="backbone")
-    extractor = models.build_feature_extractor(backbone, "none", input_shape=(16, 16, 3), input_size=16)
+    extractor = transfer_model.build_feature_extractor(backbone, "none", input_shape=(16, 16, 3), input_size=16)
     config = params_from_dict(params_dict).transfer
-    head = models.build_head(config, train_features=np.random.default_rng(0).normal(size=(8, 4)), num_classes=2)
-    model = models.assemble_transfer_model(extractor, head)
+    head = transfer_model.build_head(config, train_features=np.random.default_rng(0).normal(size=(8, 4)), num_classes=2)
+    model = transfer_model.assemble_transfer_model(extractor, head)
     assert transfer.unfreeze(extractor, 0) == 2
     assert fitting.trainable_batch_norm_layers(model) == []
 
@@ -143,7 +143,7 @@ def test_seed_cnn_trained_for_under_50_steps_does_not_collapse(tmp_path, params_
     summary = scratch.train_scratch(params, prepared_dir=tmp_path / "prepared", out_dir=tmp_path / "scratch",
                                   project_root=tmp_path)
 
-    model = models.load_model(tmp_path / "scratch" / artifacts.MODEL_FILE)
+    model = model_io.load_model(tmp_path / "scratch" / artifacts.MODEL_FILE)
     shape = artifacts.PreparedMeta.from_dict(meta).image_shape
     test = tfdata.make_dataset(tmp_path / "prepared", "test", image_shape=shape, num_classes=2,
                                batch_size=64)

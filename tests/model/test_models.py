@@ -12,19 +12,25 @@ import keras
 import numpy as np
 import pytest
 
+from imgclf import errors, model_io
 from imgclf.config import params_from_dict
 from imgclf.pipeline import PROJECT_ROOT
-from imgclf.training import common, models
+from imgclf.training import backbones, common, features, scratch_model, transfer_model
+
+
+def load_backbone(config):
+    """What extract_features does: the backbone check_params resolved (data/backbone.json), then built."""
+    return features.load_backbone(backbones.resolve(config), config)
 
 
 def test_seed_cnn_has_the_write_up_parameter_count(params_dict):
     params = params_from_dict(params_dict)
-    model = models.build_scratch_model(params.scratch, input_shape=(32, 32, 3), num_classes=10)
+    model = scratch_model.build_scratch_model(params.scratch, input_shape=(32, 32, 3), num_classes=10)
     assert model.count_params() == 2_264_458
 
 
 def test_seed_cnn_layer_order(params_dict):
-    model = models.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(32, 32, 3),
+    model = scratch_model.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(32, 32, 3),
                                        num_classes=10)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds[:5] == ["Rescaling", "Conv2D", "Dropout", "BatchNormalization", "Conv2D"]
@@ -36,7 +42,7 @@ def test_seed_cnn_layer_order(params_dict):
 
 def test_smaller_model_is_a_params_change(params_dict):
     params_dict["scratch"].update(conv_filters=[32, 64], pool_after=[1, 2], dense_units=[128])
-    model = models.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(28, 28, 1),
+    model = scratch_model.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(28, 28, 1),
                                        num_classes=3)
     assert model.output_shape == (None, 3) and model.count_params() < 2_264_458
 
@@ -44,7 +50,7 @@ def test_smaller_model_is_a_params_change(params_dict):
 @pytest.mark.parametrize("mode", ["caffe", "tf", "torch", "none"])
 def test_backbone_input_matches_keras_applications(mode):
     pixels = np.random.default_rng(0).uniform(0, 255, size=(2, 4, 4, 3)).astype("float32")
-    ours = np.asarray(models.BackboneInput(mode)(pixels))
+    ours = np.asarray(model_io.BackboneInput(mode)(pixels))
     if mode == "none":
         expected = pixels
     else:
@@ -54,31 +60,31 @@ def test_backbone_input_matches_keras_applications(mode):
 
 def test_grey_images_get_three_channels():
     grey = np.full((1, 4, 4, 1), 10.0, dtype="float32")
-    assert models.BackboneInput("none")(grey).shape == (1, 4, 4, 3)
+    assert model_io.BackboneInput("none")(grey).shape == (1, 4, 4, 3)
 
 
 def test_unknown_backbone_lists_the_choices(params_dict):
     params_dict["transfer"]["backbone"] = "resnet5O"
-    with pytest.raises(models.ModelConfigError, match="resnet50"):
-        models.load_backbone(params_from_dict(params_dict).transfer)
+    with pytest.raises(errors.ModelConfigError, match="resnet50"):
+        load_backbone(params_from_dict(params_dict).transfer)
 
 
 def test_missing_backbone_file_says_so(params_dict, tmp_path):
     params_dict["transfer"]["backbone"] = str(tmp_path / "absent.keras")
-    with pytest.raises(models.ModelConfigError, match="not found"):
-        models.load_backbone(params_from_dict(params_dict).transfer)
+    with pytest.raises(errors.ModelConfigError, match="not found"):
+        load_backbone(params_from_dict(params_dict).transfer)
 
 
 def test_transfer_model_round_trips_through_a_keras_file(tiny_params_dict, tmp_path):
     config = params_from_dict(tiny_params_dict).transfer
-    backbone, mode = models.load_backbone(config)
-    extractor = models.build_feature_extractor(backbone, mode, input_shape=(24, 24, 3), input_size=32)
+    backbone, mode = load_backbone(config)
+    extractor = transfer_model.build_feature_extractor(backbone, mode, input_shape=(24, 24, 3), input_size=32)
     pixels = np.random.default_rng(1).uniform(0, 255, size=(2, 24, 24, 3)).astype("float32")
-    head = models.build_head(config, train_features=np.asarray(extractor(pixels)), num_classes=3)
-    model = models.assemble_transfer_model(extractor, head)
+    head = transfer_model.build_head(config, train_features=np.asarray(extractor(pixels)), num_classes=3)
+    model = transfer_model.assemble_transfer_model(extractor, head)
     before = np.asarray(model(pixels, training=False))
     model.save(tmp_path / "model.keras")
-    after = np.asarray(models.load_model(tmp_path / "model.keras")(pixels, training=False))
+    after = np.asarray(model_io.load_model(tmp_path / "model.keras")(pixels, training=False))
     np.testing.assert_allclose(before, after, rtol=1e-5, atol=1e-6)
     assert before.shape == (2, 3)
 
@@ -86,8 +92,8 @@ def test_transfer_model_round_trips_through_a_keras_file(tiny_params_dict, tmp_p
 @pytest.mark.shared
 def test_local_keras_backbone_file(params_dict, shared_backbone):
     params_dict["transfer"].update(backbone=str(shared_backbone), input_size=96)
-    backbone, mode = models.load_backbone(params_from_dict(params_dict).transfer)
-    extractor = models.build_feature_extractor(backbone, mode, input_shape=(32, 32, 3), input_size=96)
+    backbone, mode = load_backbone(params_from_dict(params_dict).transfer)
+    extractor = transfer_model.build_feature_extractor(backbone, mode, input_shape=(32, 32, 3), input_size=96)
     assert mode == "none" and extractor.output_shape == (None, 1280)
 
 
@@ -97,15 +103,16 @@ def test_head_does_not_blow_up_a_feature_constant_in_training(tiny_params_dict, 
     # 1e5 and the head a validation loss of 554.
     rng = np.random.default_rng(0)
     train = np.stack([rng.normal(3.0, 2.0, 64), np.zeros(64)], axis=1).astype("float32")
-    head = models.build_head(params_from_dict(tiny_params_dict).transfer, train_features=train, num_classes=2)
+    head = transfer_model.build_head(params_from_dict(tiny_params_dict).transfer, train_features=train, num_classes=2)
     standardize = keras.Model(head.input, head.get_layer("standardize").output)
     validation = np.array([[3.0 + 2.0, 0.14]], "float32")
     z = np.asarray(standardize(validation))[0]
     assert z[0] == pytest.approx((5.0 - train[:, 0].mean()) / train[:, 0].std(), rel=0.05), "varying: a z-score"
     typical = np.sqrt(train.var(axis=0).mean())
-    assert abs(z[1]) <= 0.14 / (models.HEAD_MIN_STD_FRACTION * typical) + 1e-6 < 2, "a dead feature is not scaled up"
+    floor = transfer_model.HEAD_MIN_STD_FRACTION * typical
+    assert abs(z[1]) <= 0.14 / floor + 1e-6 < 2, "a dead feature is not scaled up"
     head.save(tmp_path / "head.keras")  # the floor is in the saved variables, not only in this process
-    np.testing.assert_allclose(np.asarray(models.load_model(tmp_path / "head.keras")(validation)),
+    np.testing.assert_allclose(np.asarray(model_io.load_model(tmp_path / "head.keras")(validation)),
                                np.asarray(head(validation)), rtol=1e-5)
 
 
@@ -117,20 +124,20 @@ def _saved_groups(path) -> set[str]:
 
 def test_a_saved_model_keeps_its_weights_and_drops_the_optimizer_state(params_dict, tmp_path):
     config = params_from_dict(params_dict).scratch
-    model = models.build_scratch_model(config, input_shape=(16, 16, 3), num_classes=3)
+    model = scratch_model.build_scratch_model(config, input_shape=(16, 16, 3), num_classes=3)
     common.compile_model(model, config, steps_per_epoch=1, jit_compile=False)
     rng = np.random.default_rng(0)
     pixels = rng.uniform(0, 255, size=(8, 16, 16, 3)).astype("float32")
     model.fit(pixels, keras.utils.to_categorical(np.arange(8) % 3, 3), verbose=0)
     model.save(tmp_path / "keras.keras")  # Keras' own: weights and Adam's two moments of each
-    models.save_model(model, tmp_path / "model.keras")
+    model_io.save_model(model, tmp_path / "model.keras")
 
     assert "optimizer" in _saved_groups(tmp_path / "keras.keras")
     assert "optimizer" not in _saved_groups(tmp_path / "model.keras")
     weight_bytes = 4 * model.count_params()
     assert (tmp_path / "keras.keras").stat().st_size > 2.9 * weight_bytes
     assert (tmp_path / "model.keras").stat().st_size < 1.05 * weight_bytes
-    restored = models.load_model(tmp_path / "model.keras")
+    restored = model_io.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(np.asarray(restored(pixels, training=False)), np.asarray(model(pixels, training=False)),
                                rtol=1e-5, atol=1e-6)
 
@@ -143,10 +150,10 @@ def test_saving_over_a_hard_link_replaces_it_and_leaves_the_linked_file_alone(tm
     cached.write_bytes(b"an earlier model")
     os.link(cached, tmp_path / "model.keras")
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    models.save_model(model, tmp_path / "model.keras")
+    model_io.save_model(model, tmp_path / "model.keras")
     assert cached.read_bytes() == b"an earlier model"
     assert (tmp_path / "model.keras").stat().st_ino != cached.stat().st_ino
-    assert models.load_model(tmp_path / "model.keras").output_shape == (None, 2)
+    assert model_io.load_model(tmp_path / "model.keras").output_shape == (None, 2)
 
 
 SAVE_A_MODEL = """
@@ -154,11 +161,16 @@ import sys
 
 import keras
 
-from imgclf.training import models
+from imgclf import errors
+from imgclf import model_io
+from imgclf.training import backbones
+from imgclf.training import scratch_model
+from imgclf.training import transfer_model
+from imgclf.training import features
 
 keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((3,), name="pixels"), keras.layers.Dense(2, name="dense")], name="m")
-models.save_model(model, sys.argv[1])
+model_io.save_model(model, sys.argv[1])
 """
 
 
@@ -170,5 +182,5 @@ def test_the_same_model_saved_by_two_processes_is_the_same_bytes(tmp_path):
         subprocess.run([sys.executable, "-c", SAVE_A_MODEL, str(tmp_path / name)], cwd=PROJECT_ROOT, check=True,
                        capture_output=True, timeout=120)
     assert (tmp_path / "first.keras").read_bytes() == (tmp_path / "second.keras").read_bytes()
-    assert models.load_model(tmp_path / "second.keras").get_layer("dense").get_weights()[0].shape == (3, 2)
+    assert model_io.load_model(tmp_path / "second.keras").get_layer("dense").get_weights()[0].shape == (3, 2)
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")], "no temporary left behind"

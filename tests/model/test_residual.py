@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from imgclf import artifacts, sandbox
+from imgclf import artifacts, errors, model_io, sandbox
 from imgclf.config import ConfigError, params_from_dict
 from imgclf.evaluation import evaluate
 from imgclf.pipeline import PROJECT_ROOT
-from imgclf.training import fitting, models
+from imgclf.training import backbones, features, fitting, scratch_model, transfer_model
 
 PROFILES = PROJECT_ROOT / "profiles"
 SEED_CNN_PARAMETERS = 2_264_458
@@ -29,17 +29,17 @@ def profile_params(params_dict: dict, name: str):
 def test_seed_cnn_stays_the_default(params_dict):
     params = params_from_dict(params_dict)
     assert params.scratch.architecture == "seed_cnn"
-    model = models.build_scratch_model(params.scratch, input_shape=(32, 32, 3), num_classes=10)
+    model = scratch_model.build_scratch_model(params.scratch, input_shape=(32, 32, 3), num_classes=10)
     assert model.count_params() == SEED_CNN_PARAMETERS
 
 
 def test_residual_net_parameter_count_and_shapes(params_dict):
     params_dict["scratch"]["architecture"] = "residual"
-    model = models.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(32, 32, 3),
+    model = scratch_model.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(32, 32, 3),
                                        num_classes=10)
     assert model.count_params() == RESIDUAL_PARAMETERS
-    assert model.get_layer(models.WHITEN_LAYER).output.shape[1:] == (31, 31, 24)
-    assert not model.get_layer(models.WHITEN_LAYER).trainable
+    assert model.get_layer(scratch_model.WHITEN_LAYER).output.shape[1:] == (31, 31, 24)
+    assert not model.get_layer(scratch_model.WHITEN_LAYER).trainable
     assert model.output_shape == (None, 10)
 
 
@@ -47,7 +47,7 @@ def test_residual_net_parameter_count_and_shapes(params_dict):
                                                      ("scratch_residual.yaml", RESIDUAL_PROFILE_PARAMETERS)])
 def test_scratch_profiles_build(params_dict, profile, parameters):
     params = profile_params(params_dict, profile)
-    model = models.build_scratch_model(params.scratch, input_shape=(32, 32, 3), num_classes=10)
+    model = scratch_model.build_scratch_model(params.scratch, input_shape=(32, 32, 3), num_classes=10)
     assert model.count_params() == parameters
     fitting.make_optimizer(params.scratch, steps_per_epoch=88)  # the recipe's optimizer builds too
 
@@ -56,12 +56,12 @@ def test_scratch_profiles_build(params_dict, profile, parameters):
 def test_transfer_finetune_profile_builds(params_dict, monkeypatch, shared_backbone):
     monkeypatch.chdir(PROJECT_ROOT)  # the profile names the backbone relative to the project root
     params = profile_params(params_dict, "transfer_finetune.yaml")
-    backbone, mode = models.load_backbone(params.transfer)
-    extractor = models.build_feature_extractor(backbone, mode, input_shape=(32, 32, 3),
+    backbone, mode = features.load_backbone(backbones.resolve(params.transfer), params.transfer)
+    extractor = transfer_model.build_feature_extractor(backbone, mode, input_shape=(32, 32, 3),
                                                input_size=params.transfer.input_size)
-    head = models.build_head(params.transfer, train_features=np.zeros((2, extractor.output_shape[-1]), "float32"),
-                             num_classes=10)
-    model = models.assemble_transfer_model(extractor, head)
+    zeros = np.zeros((2, extractor.output_shape[-1]), "float32")
+    head = transfer_model.build_head(params.transfer, train_features=zeros, num_classes=10)
+    model = transfer_model.assemble_transfer_model(extractor, head)
     assert extractor.output_shape == (None, 1280)
     assert model.count_params() == 3_428_395  # Lite0 without its top, and a linear head
 
@@ -71,7 +71,7 @@ def test_patch_whitening_decorrelates_patches():
     # Strongly correlated pixels: smooth images with a colour cast, like photos.
     base = rng.normal(size=(64, 8, 8, 1)).repeat(4, axis=1).repeat(4, axis=2)
     images = np.clip(128 + 40 * base * np.array([1.0, 0.8, 0.5]) + rng.normal(0, 5, (64, 32, 32, 3)), 0, 255)
-    kernel, bias = models.patch_whitening_weights(images, epsilon=0.0)
+    kernel, bias = scratch_model.patch_whitening_weights(images, epsilon=0.0)
     assert kernel.shape == (2, 2, 3, 24) and bias.shape == (24,)
     windows = np.lib.stride_tricks.sliding_window_view(images / 255.0, (2, 2), axis=(1, 2))
     patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, 12)
@@ -82,18 +82,18 @@ def test_patch_whitening_decorrelates_patches():
 
 def test_set_patch_whitening_goes_into_the_model(params_dict):
     params_dict["scratch"].update(architecture="residual", residual_widths=[8])
-    model = models.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(16, 16, 3),
+    model = scratch_model.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(16, 16, 3),
                                        num_classes=2)
     images = np.random.default_rng(1).uniform(0, 255, (8, 16, 16, 3))
-    models.set_patch_whitening(model, images)
-    kernel, bias = models.patch_whitening_weights(images)
-    np.testing.assert_allclose(model.get_layer(models.WHITEN_LAYER).get_weights()[0], kernel)
-    np.testing.assert_allclose(model.get_layer(models.WHITEN_LAYER).get_weights()[1], bias)
+    scratch_model.set_patch_whitening(model, images)
+    kernel, bias = scratch_model.patch_whitening_weights(images)
+    np.testing.assert_allclose(model.get_layer(scratch_model.WHITEN_LAYER).get_weights()[0], kernel)
+    np.testing.assert_allclose(model.get_layer(scratch_model.WHITEN_LAYER).get_weights()[1], bias)
 
 
 def test_identity_initialised_conv_passes_its_input_through():
     inputs = np.random.default_rng(2).normal(size=(2, 6, 6, 4)).astype("float32")
-    conv = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, kernel_initializer=models.PartialIdentity())
+    conv = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, kernel_initializer=model_io.PartialIdentity())
     outputs = np.asarray(conv(inputs))
     np.testing.assert_allclose(outputs[..., :4], inputs, atol=1e-6)
     assert np.abs(outputs[..., 4:]).max() > 0  # the extra filters are random, not zero
@@ -101,8 +101,8 @@ def test_identity_initialised_conv_passes_its_input_through():
 
 def test_too_many_blocks_for_the_image_size_is_refused(params_dict):
     params_dict["scratch"].update(architecture="residual", residual_widths=[8, 8, 8, 8, 8, 8])
-    with pytest.raises(models.ModelConfigError, match="residual_widths"):
-        models.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(32, 32, 3), num_classes=2)
+    with pytest.raises(errors.ModelConfigError, match="residual_widths"):
+        scratch_model.build_scratch_model(params_from_dict(params_dict).scratch, input_shape=(32, 32, 3), num_classes=2)
 
 
 def test_residual_net_loss_falls_and_round_trips(params_dict, tmp_path):
@@ -117,14 +117,14 @@ def test_residual_net_loss_falls_and_round_trips(params_dict, tmp_path):
     # class 1 is brighter on the left half: learnable only through spatial structure, not the mean colour alone
     images = rng.uniform(0, 200, size=(64, 16, 16, 3))
     images[labels == 1, :, :8] += 55
-    model = models.build_scratch_model(config, input_shape=(16, 16, 3), num_classes=2)
-    models.set_patch_whitening(model, images)
+    model = scratch_model.build_scratch_model(config, input_shape=(16, 16, 3), num_classes=2)
+    scratch_model.set_patch_whitening(model, images)
     model.compile(optimizer=fitting.make_optimizer(config, steps_per_epoch=2), loss=fitting.make_loss(config))
     history = model.fit(images, keras.utils.to_categorical(labels, 2), batch_size=32, epochs=6, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < 0.8 * losses[0], losses
     model.save(tmp_path / "model.keras")
-    restored = models.load_model(tmp_path / "model.keras")
+    restored = model_io.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(np.asarray(restored(images[:4])), np.asarray(model(images[:4])), atol=1e-5)
 
 
@@ -141,7 +141,7 @@ def test_warmup_then_linear_decay_peaks_at_the_learning_rate(params_dict):
 
 def test_scaled_bias_learns_multiplier_squared_times_faster():
     """One SGD step moves a ScaledBias(8) output by 64 times the rate: airbench's BatchNorm-bias rate."""
-    model = keras.Sequential([keras.Input(shape=(3,)), models.ScaledBias(8.0, name="shift")])
+    model = keras.Sequential([keras.Input(shape=(3,)), model_io.ScaledBias(8.0, name="shift")])
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss=lambda _, outputs: keras.ops.sum(outputs, axis=-1))
     model.train_on_batch(np.zeros((4, 3), "float32"), np.zeros((4, 3), "float32"))
     np.testing.assert_allclose(np.asarray(model(np.zeros((1, 3), "float32"))), -64 * 0.01, rtol=1e-5)
@@ -240,16 +240,16 @@ def test_train_scratch_stage_fits_the_residual_net_with_whitening_from_training_
                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, check=False,
                             env={**os.environ, "MLFLOW_TRACKING_URI": new_mlflow_store(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
-    model = models.load_model(tmp_path / "model" / artifacts.MODEL_FILE)
+    model = model_io.load_model(tmp_path / "model" / artifacts.MODEL_FILE)
     assert model.name == "scratch_residual"
     meta = artifacts.read_prepared_meta(tmp_path / "prepared")
     pixels = scratch.training_pixels(tmp_path / "prepared", image_shape=meta.image_shape,
                                      train_count=meta.counts["train"], seed=params.seed)
-    kernel, bias = models.patch_whitening_weights(pixels)
+    kernel, bias = scratch_model.patch_whitening_weights(pixels)
     # Same images in another order: float32 sums differ in the last bits, which the weakest eigen-directions
     # (divided by the square root of tiny eigenvalues) amplify to ~0.05 on weights of up to ~10; a random
     # placeholder kernel (about +-0.3, zero bias) is nowhere near.
-    saved_kernel, saved_bias = model.get_layer(models.WHITEN_LAYER).get_weights()
+    saved_kernel, saved_bias = model.get_layer(scratch_model.WHITEN_LAYER).get_weights()
     np.testing.assert_allclose(saved_kernel, kernel, rtol=0.02, atol=0.1)
     np.testing.assert_allclose(saved_bias, bias, rtol=0.02, atol=0.1)
 

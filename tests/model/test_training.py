@@ -235,7 +235,7 @@ def test_mixed_float16_trains_on_a_gpu_with_float32_outputs(workspace):
     out = root / "float16"
     _run(_train_command("train_scratch", params, root, out), root)
     assert np.isfinite(_final(out)), "float16 training diverged (loss scaling?)"
-    check = ("import sys; from imgclf.training import models; model = models.load_model(sys.argv[1]);"
+    check = ("import sys; from imgclf.training import models; model = model_io.load_model(sys.argv[1]);"
              "assert model.output.dtype == 'float32', model.output.dtype;"
              "assert any(layer.compute_dtype == 'float16' for layer in model.layers), 'no float16 layer'")
     _run([sys.executable, "-c", check, str(out / "model.keras")], root)

@@ -211,13 +211,12 @@ def test_sha256_of_a_verified_download_is_recorded(tmp_path, http_server, write_
 @pytest.fixture
 def store(tmp_path, monkeypatch, new_mlflow_store):
     """A fresh SQLite store in tmp_path, as a stage would use it (no MLFLOW_TRACKING_URI, no outer run)."""
-    from imgclf import tracking
+    from imgclf.tracking import store as tracking_store
 
     new_mlflow_store(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    tracking.configure(tmp_path, "hostile")
-    return tracking
+    tracking_store.configure(tmp_path, "hostile")
 
 
 def test_discarded_resume_state_ends_its_run_as_killed(tmp_path, store):
@@ -236,23 +235,25 @@ def test_discarded_resume_state_ends_its_run_as_killed(tmp_path, store):
 
 
 def test_failed_training_leaves_no_run_json(tmp_path, store, tiny_params_dict):
+    from imgclf.tracking import runs
+
     params = params_from_dict(tiny_params_dict)
     with (pytest.raises(RuntimeError, match="boom"),
-          store.training_run(params, model="scratch", project_root=tmp_path, out_dir=tmp_path / "model",
-                             data_sha256=None, logged_params={"a": 1})):
+          runs.training_run(params, model="scratch", project_root=tmp_path, out_dir=tmp_path / "model",
+                         data_sha256=None, logged_params={"a": 1})):
         assert (tmp_path / "model" / "run.json").is_file()
         raise RuntimeError("boom")
     assert not (tmp_path / "model" / "run.json").exists()
 
 
 def test_corrupt_mlflow_db_is_one_line_naming_the_file(tmp_path, monkeypatch):
-    from imgclf import tracking
     from imgclf.errors import TrackingStoreError
+    from imgclf.tracking import store
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "mlflow.db").write_bytes(os.urandom(20000))
     with pytest.raises(TrackingStoreError) as caught:
-        tracking.configure(tmp_path, "hostile")
+        store.configure(tmp_path, "hostile")
     message = str(caught.value)
     assert "\n" not in message and str(tmp_path / "mlflow.db") in message and "move it aside" in message
 
@@ -281,24 +282,24 @@ def test_a_corrupt_store_behind_a_model_uri_is_one_line(tmp_path, monkeypatch, c
 def test_a_store_locked_past_the_timeout_is_one_line_naming_the_lock_file(tmp_path):
     """Another process holding `mlflow.db.lock` (a stuck stage): a TrackingStoreError after the timeout, not a wait
     without end."""
-    from imgclf import tracking
     from imgclf.errors import TrackingStoreError
+    from imgclf.tracking import store
 
-    lock_file = tmp_path / f"mlflow.db{tracking.STORE_LOCK_SUFFIX}"
+    lock_file = tmp_path / f"mlflow.db{store.STORE_LOCK_SUFFIX}"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, filelock\n"
                                f"lock = filelock.FileLock({str(lock_file)!r})\nlock.acquire()\n"
                                "print('held', flush=True)\nsys.stdin.read()"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(TrackingStoreError) as caught, tracking.store_lock(f"sqlite:///{tmp_path}/mlflow.db",
+        with pytest.raises(TrackingStoreError) as caught, store.store_lock(f"sqlite:///{tmp_path}/mlflow.db",
                                                                               timeout=0.2):
             pass
     finally:
         holder.communicate("", timeout=30)
     message = str(caught.value)
     assert "\n" not in message and str(lock_file) in message and "run this again" in message
-    with tracking.store_lock(f"sqlite:///{tmp_path}/mlflow.db", timeout=5):  # released with its process
+    with store.store_lock(f"sqlite:///{tmp_path}/mlflow.db", timeout=5):  # released with its process
         pass
 
 
@@ -308,11 +309,13 @@ def test_registry_and_outer_run_trouble_is_a_user_error_and_a_bug_keeps_its_trac
     exception out of the pipeline's entry point is a bug: it propagates (with its traceback)."""
     from imgclf import cli, pipeline
     from imgclf.errors import RegistryError, TrackingStoreError
+    from imgclf.tracking import registry
+    from imgclf.tracking import store as tracking_store
 
     monkeypatch.chdir(tmp_path)
     images = write_image_folder(tmp_path / "images", {"x": 1}, size=8)
     with pytest.raises(RegistryError, match="alias 'champion'"):
-        store.champion_uri()
+        registry.champion_uri()
     with pytest.raises(SystemExit) as exit_info:
         pipeline.main(["predict", "--images", str(images), "--model", "champion"])
     err = capsys.readouterr().err
@@ -321,12 +324,12 @@ def test_registry_and_outer_run_trouble_is_a_user_error_and_a_bug_keeps_its_trac
 
     monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
     with pytest.raises(TrackingStoreError, match=r"MLFLOW_RUN_ID=0+ is set"):
-        store.configure(tmp_path, "hostile")
+        tracking_store.configure(tmp_path, "hostile")
 
     def bug(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(store, "champion_uri", bug)
+    monkeypatch.setattr(registry, "champion_uri", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         pipeline.main(["predict", "--images", str(images), "--model", "champion"])
 
@@ -378,15 +381,16 @@ def test_predict_path_that_does_not_exist_fails_before_any_work(tmp_path, capsys
 
 @pytest.mark.parametrize("what", ["model", "backbone"])
 def test_corrupt_model_or_backbone_file_is_one_line_exit_2(tmp_path, capsys, what):
-    """The evaluate and transfer stages load models through models.load_model, extract_features its backbone."""
-    from imgclf import cli
+    """The evaluate and transfer stages load models through model_io.load_model, extract_features its backbone."""
+    from imgclf import cli, model_io
     from imgclf.config import TransferConfig
-    from imgclf.training import models
+    from imgclf.training import features
 
     broken = tmp_path / "model.keras"
     broken.write_bytes(b"PK\x03\x04 cut short")
-    load = ((lambda: models.load_model(broken, remedy="retrain it")) if what == "model"
-            else (lambda: models.load_backbone(TransferConfig(backbone=str(broken), weights=None))))
+    load = ((lambda: model_io.load_model(broken, remedy="retrain it")) if what == "model"
+            else (lambda: features.load_backbone({"file": str(broken), "preprocessing": "none"},
+                                                 TransferConfig(backbone=str(broken), weights=None))))
     with pytest.raises(SystemExit) as exit_info:
         cli.exit_on_user_error(load)
     err = capsys.readouterr().err

@@ -69,12 +69,12 @@ def served_model(tiny_model):
     """The logged pyfunc class, loaded from the artifacts `mlflow models serve` hands it."""
     import mlflow
 
-    from imgclf.serving import serving
+    from imgclf.tracking import packaging
 
     model_path, meta = tiny_model
-    served = serving.ImageClassifier()
+    served = packaging.ImageClassifier()
     served.load_context(mlflow.pyfunc.PythonModelContext(
-        artifacts={serving.MODEL_ARTIFACT: str(model_path), serving.PREPROCESSING_ARTIFACT: str(meta)},
+        artifacts={packaging.MODEL_ARTIFACT: str(model_path), packaging.PREPROCESSING_ARTIFACT: str(meta)},
         model_config=None))
     return served
 
@@ -83,10 +83,10 @@ def _request(served, encoded: list[str]):
     import mlflow
     import pandas as pd
 
-    from imgclf.serving import serving
+    from imgclf.tracking import packaging
 
     with pytest.raises(mlflow.exceptions.MlflowException) as caught:
-        served.predict(None, pd.DataFrame({serving.IMAGE_COLUMN: encoded}))
+        served.predict(None, pd.DataFrame({packaging.IMAGE_COLUMN: encoded}))
     assert caught.value.error_code == "INVALID_PARAMETER_VALUE"  # HTTP 400
     return caught.value.message
 
@@ -107,14 +107,14 @@ def test_a_served_png_of_13000_squared_pixels_is_refused_from_its_header(served_
 def test_a_request_of_too_many_images_is_refused_before_any_is_decoded(served_model):
     import pandas as pd
 
-    from imgclf.serving import serving
+    from imgclf.tracking import packaging
 
     small = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(small, "PNG")
     encoded = [base64.b64encode(small.getvalue()).decode()] * 200  # docs/serving.md: at most 64 images a request
     assert _request(served_model, encoded).startswith("cannot classify: 200 images and 0.0 MB of base64 in one "
                                                       "request, past the limits of 64 images")
-    assert len(served_model.predict(None, pd.DataFrame({serving.IMAGE_COLUMN: encoded[:2]}))) == 2
+    assert len(served_model.predict(None, pd.DataFrame({packaging.IMAGE_COLUMN: encoded[:2]}))) == 2
 
 
 def test_a_keras_file_with_a_bloated_config_is_refused_before_keras_reads_it(tmp_path, tiny_model, capsys, run_cli,

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import tracking
+from imgclf import model_io
 from imgclf.data import images
 from imgclf.serving import predict, serving
-from imgclf.training import models
+from imgclf.tracking import runs
 
 CORRUPT = "corrupt.png"
 
@@ -111,7 +111,7 @@ def test_run_uri_matches_the_keras_model_on_preprocessed_pixels(run_cli, trained
     """`--model runs:/<id>/model` (downloaded from the MLflow store), stdout, all classes when --top-k is larger
     than the class count, and one score-bar figure per classified image."""
     # The scratch model: small to download and load (the transfer model is served in test_serving.py).
-    run_id = tracking.read_run(trained_project / "models" / "scratch")["run_id"]
+    run_id = runs.read_run(trained_project / "models" / "scratch")["run_id"]
     cli_env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained_project / 'mlflow.db'}")
     bars = tmp_path / "bars"
     code = run_cli("predict", str(image_folder), "--model", f"runs:/{run_id}/model", "--format", "json",
@@ -123,7 +123,7 @@ def test_run_uri_matches_the_keras_model_on_preprocessed_pixels(run_cli, trained
     good = [row for row in rows if row["error"] is None]
     pixels = np.stack([images.decode_file(Path(row["file"]), image_size=meta["image_size"], resize=meta["resize"],
                                           channels=meta["channels"]) for row in good]).astype(np.float32)
-    keras_model = models.load_model(trained_project / "models" / "scratch" / "model.keras")
+    keras_model = model_io.load_model(trained_project / "models" / "scratch" / "model.keras")
     expected = keras_model.predict(pixels, verbose=0)
     for row, probabilities in zip(good, expected, strict=True):
         assert len(row["top_k"]) == meta["num_classes"], "--top-k is capped at the class count"
@@ -146,7 +146,7 @@ def test_registered_alias_in_the_project_store(run_cli, trained_project, image_f
     MLFLOW_TRACKING_URI is unset (a copy of the store: the trained project stays untouched)."""
     shutil.copy(trained_project / "mlflow.db", tmp_path / "mlflow.db")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = tracking.read_run(trained_project / "models" / "scratch")["run_id"]
+    run_id = runs.read_run(trained_project / "models" / "scratch")["run_id"]
     version = mlflow.register_model(f"runs:/{run_id}/model", "imgclf-scratch")
     mlflow.MlflowClient().set_registered_model_alias("imgclf-scratch", "champion", version.version)
     cli_env.delenv("MLFLOW_TRACKING_URI", raising=False)

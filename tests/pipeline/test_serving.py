@@ -20,11 +20,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imgclf import artifacts, tracking
+from imgclf import artifacts, model_io
 from imgclf.data import images
 from imgclf.pipeline import PROJECT_ROOT
-from imgclf.serving import serving
-from imgclf.training import models
+from imgclf.tracking import packaging, runs
 
 SERVER_START_SECONDS = 180  # importing TensorFlow and loading the model on a busy 2-core machine
 
@@ -93,7 +92,7 @@ def test_each_training_run_logs_one_pyfunc_image_classifier(trained_project):
     client = mlflow.MlflowClient(tracking_uri=store_uri(trained_project))
     meta = json.loads((trained_project / "data" / "prepared" / "meta.json").read_text())
     for name in ("scratch", "transfer"):
-        run = tracking.read_run(trained_project / "models" / name)
+        run = runs.read_run(trained_project / "models" / name)
         logged = client.search_logged_models([run["experiment_id"]], filter_string=f"source_run_id = '{run['run_id']}'")
         assert [model.name for model in logged] == ["model"], "logged once per run, as runs:/<run_id>/model"
         local = Path(logged[0].artifact_location.removeprefix("file://"))
@@ -103,7 +102,7 @@ def test_each_training_run_logs_one_pyfunc_image_classifier(trained_project):
         assert info.signature.outputs.input_names() == ["predicted_class", "probability",
                                                         *(f"probability_{c}" for c in meta["class_names"])]
         assert json.loads((local / "artifacts" / artifacts.PREPROCESSING_FILE).read_text()) == {
-            key: meta[key] for key in serving.PREPROCESSING_KEYS}
+            key: meta[key] for key in packaging.PREPROCESSING_KEYS}
         assert (local / "artifacts" / "model.keras").is_file()
         assert (local / "code" / "imgclf" / "serving" / "serving.py").is_file(), "the package is logged with the model"
         requirements = (local / "requirements.txt").read_text()
@@ -133,7 +132,7 @@ def test_readme_serve_command_classifies_base64_images(trained_project, tmp_path
         bad_status, bad_body = http(f"{url}/invocations",
                                     {"dataframe_split": {"columns": ["image"], "data": [[encoded[0]], ["bm90IGFu"]]}})
     assert len(predictions) == 2
-    columns = serving.probability_columns(class_names)
+    columns = packaging.probability_columns(class_names)
     assert list(predictions.columns) == ["predicted_class", "probability", *columns]
     np.testing.assert_allclose(predictions[columns].sum(axis=1), 1.0, atol=1e-5)
     for _, row in predictions.iterrows():
@@ -171,19 +170,19 @@ def test_export_saved_model_serves_what_the_keras_model_predicts(trained_project
     pixels = np.stack([images.decode_file(path, image_size=meta["image_size"], resize=meta["resize"],
                                           channels=meta["channels"]) for path in data_images(trained_project, 3)])
     pixels = pixels.astype(np.float32)
-    expected = models.load_model(model).predict(pixels, verbose=0)
+    expected = model_io.load_model(model).predict(pixels, verbose=0)
     saved_model = tf.saved_model.load(str(out))  # held: its variables die with it
     served = saved_model.serve(tf.constant(pixels)).numpy()
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_prediction_frame_and_base64():
-    frame = serving.prediction_frame(np.array([[0.1, 0.9], [0.7, 0.3]]), ["cat", "dog"])
+    frame = packaging.prediction_frame(np.array([[0.1, 0.9], [0.7, 0.3]]), ["cat", "dog"])
     assert frame.to_dict("list") == {"predicted_class": ["dog", "cat"], "probability": [0.9, 0.7],
                                      "probability_cat": [0.1, 0.7], "probability_dog": [0.9, 0.3]}
-    png = serving.encode_png(np.full((4, 4, 3), 200, dtype=np.uint8))
+    png = packaging.encode_png(np.full((4, 4, 3), 200, dtype=np.uint8))
     text = base64.b64encode(png).decode()
-    assert serving.decode_base64(text) == png
-    assert serving.decode_base64(f"data:image/png;base64,{text[:10]}\n{text[10:]}") == png
-    with pytest.raises(serving.InvalidImageError, match="not valid base64"):
-        serving.decode_base64("not base64!")
+    assert packaging.decode_base64(text) == png
+    assert packaging.decode_base64(f"data:image/png;base64,{text[:10]}\n{text[10:]}") == png
+    with pytest.raises(packaging.InvalidImageError, match="not valid base64"):
+        packaging.decode_base64("not base64!")

@@ -14,9 +14,10 @@ import mlflow
 import pytest
 import yaml
 
-from imgclf import sandbox, tracking
+from imgclf import sandbox
 from imgclf.artifacts import MLFLOW_STORE_FILE
 from imgclf.evaluation.compare import format_p_value
+from imgclf.tracking import store
 
 QUEUE_SECONDS = 1500  # two experiments side by side on a busy 2-core machine
 # Variants of the evaluation: the experiments rerun evaluate and analyze, side by side, on the pipeline run's
@@ -129,11 +130,11 @@ def test_store_follows_dvc_root_and_runs_in_write_ahead_mode(tmp_path, monkeypat
     temporary_copy.mkdir(parents=True)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(project))  # what DVC exports to a queued experiment's stages
-    uri = tracking.tracking_uri(temporary_copy)
+    uri = store.tracking_uri(temporary_copy)
     assert uri == f"sqlite:///{project.resolve() / MLFLOW_STORE_FILE}"
-    with tracking.store_lock(uri):
-        assert (project / f"{MLFLOW_STORE_FILE}{tracking.STORE_LOCK_SUFFIX}").is_file()
+    with store.store_lock(uri):
+        assert (project / f"{MLFLOW_STORE_FILE}{store.STORE_LOCK_SUFFIX}").is_file()
     with contextlib.closing(sqlite3.connect(project / MLFLOW_STORE_FILE)) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     monkeypatch.delenv("DVC_ROOT")
-    assert tracking.tracking_uri(temporary_copy) == f"sqlite:///{temporary_copy.resolve() / MLFLOW_STORE_FILE}"
+    assert store.tracking_uri(temporary_copy) == f"sqlite:///{temporary_copy.resolve() / MLFLOW_STORE_FILE}"

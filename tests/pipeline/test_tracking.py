@@ -15,7 +15,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from imgclf import fileio, sandbox, tracking
+from imgclf import fileio, sandbox
+from imgclf.tracking import registry
+from imgclf.tracking import store as tracking_store
 
 EXPERIMENT = sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"]
 SMOKE_BACKBONE = sandbox.SMOKE_OVERRIDES["transfer"]["backbone"]
@@ -102,27 +104,27 @@ def test_registry_versions_champion_and_reuse(project, store):
     assert sorted(int(version.version) for version in transfer_versions) == [1, 2]
     newest = client.get_model_version("imgclf-transfer", "2")
     assert newest.run_id == variant.info.run_id
-    assert newest.tags[tracking.MODEL_SHA_TAG] == fileio.sha256_file(project / "models/transfer/model.keras")
+    assert newest.tags[registry.MODEL_SHA_TAG] == fileio.sha256_file(project / "models/transfer/model.keras")
     assert newest.tags["dvc.experiment"] == info["experiment"]
 
     # The promotion policy (imgclf.evaluation.promotion): the first run's better model on validation became the
     # champion; the experiment's candidate replaces it only if significantly better on the same validation images,
     # which a few smoke images cannot show. runs.json, the aliases and what serving resolves agree.
-    registry = json.loads((project / "results/evaluate/runs.json").read_text())["registry"]
-    assert registry["models"]["scratch"] == {**registry["models"]["scratch"], "version": 1, "created": False}
-    assert registry["models"]["transfer"]["version"] == 2 and registry["models"]["transfer"]["created"] is True
-    champion = registry["champion"]
-    version = client.get_model_version_by_alias(tracking.REGISTERED_MODELS[champion], tracking.CHAMPION)
-    assert int(version.version) == registry["champion_version"] and version.run_id == registry["champion_run_id"]
-    assert tracking.champion_uri(client) == registry["champion_uri"]
-    other = client.get_registered_model(tracking.REGISTERED_MODELS["transfer" if champion == "scratch" else "scratch"])
-    assert tracking.CHAMPION not in other.aliases
-    candidate = registry["models"][registry["candidate"]]
+    recorded = json.loads((project / "results/evaluate/runs.json").read_text())["registry"]
+    assert recorded["models"]["scratch"] == {**recorded["models"]["scratch"], "version": 1, "created": False}
+    assert recorded["models"]["transfer"]["version"] == 2 and recorded["models"]["transfer"]["created"] is True
+    champion = recorded["champion"]
+    version = client.get_model_version_by_alias(registry.REGISTERED_MODELS[champion], registry.CHAMPION)
+    assert int(version.version) == recorded["champion_version"] and version.run_id == recorded["champion_run_id"]
+    assert registry.champion_uri(client) == recorded["champion_uri"]
+    other = client.get_registered_model(registry.REGISTERED_MODELS["transfer" if champion == "scratch" else "scratch"])
+    assert registry.CHAMPION not in other.aliases
+    candidate = recorded["models"][recorded["candidate"]]
     decided = client.get_model_version(candidate["name"], str(candidate["version"]))
-    assert decided.tags["promotion.decision"] == registry["decision"]["alias"] in ("champion", "challenger")
-    assert decided.tags["promotion.reason"] == registry["decision"]["reason"]
-    if registry["decision"]["alias"] == "challenger":
-        assert client.get_model_version_by_alias(candidate["name"], tracking.CHALLENGER).version == decided.version
+    assert decided.tags["promotion.decision"] == recorded["decision"]["alias"] in ("champion", "challenger")
+    assert decided.tags["promotion.reason"] == recorded["decision"]["reason"]
+    if recorded["decision"]["alias"] == "challenger":
+        assert client.get_model_version_by_alias(candidate["name"], registry.CHALLENGER).version == decided.version
         assert "not significantly better" in registry["decision"]["reason"]
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # get_model_info reads the global store
@@ -142,7 +144,7 @@ def test_registry_versions_champion_and_reuse(project, store):
 def test_experiment_is_tagged_model_development_and_runs_show_their_data_set(project, store):
     client, runs, _ = store
     experiment = client.get_experiment(runs[0].info.experiment_id)
-    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_DEVELOPMENT  # says what it holds
+    assert experiment.tags[tracking_store.EXPERIMENT_KIND_TAG] == tracking_store.MODEL_DEVELOPMENT  # says what it holds
     by_name = _by_name(runs)
     expected_contexts = {"scratch-cnn": "training", SMOKE_TRANSFER: "training", "comparison": "evaluation"}
     meta = json.loads((project / "data/prepared/meta.json").read_text())

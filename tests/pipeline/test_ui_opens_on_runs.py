@@ -19,9 +19,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from imgclf import tracking, workspace
+from imgclf import workspace
 from imgclf.config import load_params
 from imgclf.pipeline import PROJECT_ROOT
+from imgclf.tracking import runs, store
 from imgclf.training import common, fitting
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=120), pytest.mark.browser]
@@ -41,11 +42,11 @@ def _log_training_run(name: str, seed: int) -> str:
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
     common.compile_model(model, load_params(PROJECT_ROOT / "params.yaml").scratch, steps_per_epoch=4,
                          jit_compile=False)
-    with tracking.start_run(run_name=name, tags={"model": name.split("-")[0]}) as run:
+    with runs.start_run(run_name=name, tags={"model": name.split("-")[0]}) as run:
         mlflow.log_param("model", name)
         model.fit(x, y, validation_data=(x[:16], y[:16]), batch_size=16, epochs=2, verbose=0,
                   callbacks=[fitting.EpochLogger([], examples_per_epoch=len(x))])
-        mlflow.log_metric(tracking.as_test_metric("accuracy"), TEST_ACCURACY[name])
+        mlflow.log_metric(runs.as_test_metric("accuracy"), TEST_ACCURACY[name])
     return run.info.run_id
 
 
@@ -58,9 +59,9 @@ def ui(tmp_path_factory, new_mlflow_store, free_port, running_server):
     uri = new_mlflow_store(project)
     previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as patch:
-        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", workspace.DVC_ROOT_ENV, tracking.DVC_EXP_NAME_ENV):
+        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", workspace.DVC_ROOT_ENV, runs.DVC_EXP_NAME_ENV):
             patch.delenv(variable, raising=False)
-        experiment_id = tracking.configure(project, load_params(project / "params.yaml").mlflow.experiment)
+        experiment_id = store.configure(project, load_params(project / "params.yaml").mlflow.experiment)
         run_ids = [_log_training_run(name, seed) for seed, name in enumerate(RUN_NAMES)]
     mlflow.set_tracking_uri(previous)
 

@@ -177,11 +177,11 @@ def test_data_path_that_is_special_or_the_projects_own_is_refused(tmp_path, kind
 
 def test_the_mlflow_dataset_digest_is_the_prepared_contents(tmp_path, write_prepared):
     """One digest for the same images wherever the project lies; another when one shard's bytes differ."""
-    from imgclf import tracking
+    from imgclf.tracking import datasets
 
     for project in ("a", "b", "c"):
         write_prepared(tmp_path / project / "data" / "prepared", class_names=["cat", "dog"],
                        per_class={"train": 3, "val": 1, "test": 1}, seed=1 if project == "c" else 0)
-    digests = {project: tracking.prepared_digest(tmp_path / project) for project in ("a", "b", "c")}
+    digests = {project: datasets.prepared_digest(tmp_path / project) for project in ("a", "b", "c")}
     assert digests["a"] == digests["b"] and digests["a"] != digests["c"]
-    assert tracking.prepared_digest(tmp_path / "empty") is None
+    assert datasets.prepared_digest(tmp_path / "empty") is None
