@@ -17,10 +17,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 # dvc.yaml's stages run `python`, found on PATH: this .pth puts .venv/bin first on PATH for every program of
-# the environment, so `.venv/bin/dvc repro` runs the stages in .venv without activating it (ci/venv_on_path.pth).
+# the environment, so `.venv/bin/dvc repro` runs the stages in .venv without activating it (scripts/venv_on_path.pth).
 VENV_PATH_HOOK = $(VENV)/.venv_on_path.installed
-$(VENV_PATH_HOOK): ci/venv_on_path.pth $(VENV)/.installed
-	cp ci/venv_on_path.pth "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/imgclf_venv_on_path.pth"
+$(VENV_PATH_HOOK): scripts/venv_on_path.pth $(VENV)/.installed
+	cp scripts/venv_on_path.pth "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/imgclf_venv_on_path.pth"
 	touch $@
 
 setup: $(VENV)/.installed $(VENV_PATH_HOOK) ## create .venv with the pinned dependencies (first use only)
@@ -36,7 +36,7 @@ ui: setup ## the MLflow UI on the project's store; prints the address that opens
 	$(PYTHON) -m imgclf ui $(ARGS)
 
 compare: setup ## experiments side by side: state, the params that differ, both accuracies, McNemar p (120 columns)
-	$(PYTHON) -m imgclf.evaluation.compare $(ARGS)
+	$(PYTHON) -m imgclf.evaluation.experiments_table $(ARGS)
 
 # DVC's own table has a column for every param, metric and dependency (over 200). This form keeps the columns whose
 # values differ (--only-changed), then drops (DVC joins the --drop patterns, each matched at a column's start) the

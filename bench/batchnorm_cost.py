@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from imgclf.config import params_from_dict  # noqa: E402
-from imgclf.training import common, fitting, scratch_model  # noqa: E402
+from imgclf.training import fitting, recipe, scratch_model  # noqa: E402
 
 TRAIN_IMAGES, BATCH, TIMED_STEPS = 45_000, 64, 40
 
@@ -31,7 +31,7 @@ def main() -> None:
     config = params_from_dict(yaml.safe_load((ROOT / "params.yaml").read_text())).scratch
     steps_per_epoch = -(-TRAIN_IMAGES // BATCH)
     model = scratch_model.build_scratch_model(config, input_shape=(32, 32, 3), num_classes=10)
-    common.compile_model(model, config, steps_per_epoch=steps_per_epoch, jit_compile=False)
+    recipe.compile_model(model, config, steps_per_epoch=steps_per_epoch, jit_compile=False)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(BATCH * TIMED_STEPS, 32, 32, 3)).astype("float32")
     labels = keras.utils.to_categorical(rng.integers(0, 10, size=len(images)), 10)

@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imgclf import artifacts, sandbox  # noqa: E402
+from imgclf import artifacts, smoke_copy  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 ARCHIVE = Path("data") / "cifar10-jpg.tar.gz"  # in the shared folder (--shared)
@@ -77,17 +77,17 @@ def main() -> None:
                  "mlflow": {"experiment": "imgclf-own-photos"}}
     name = "own-photos"
     if arguments.profile:
-        overrides = sandbox.merge(yaml.safe_load(arguments.profile.read_text(encoding="utf-8")), overrides)
+        overrides = smoke_copy.merge(yaml.safe_load(arguments.profile.read_text(encoding="utf-8")), overrides)
         stem = arguments.profile.stem.replace("_", "-")
         name += "-profile" if stem == name else f"-{stem}"  # the README's recipe: own-photos-profile
     for assignment in arguments.set:
         key, _, value = assignment.partition("=")
         *sections, leaf = key.split(".")
-        overrides = sandbox.merge(overrides, _nested(sections, {leaf: yaml.safe_load(value)}))
+        overrides = smoke_copy.merge(overrides, _nested(sections, {leaf: yaml.safe_load(value)}))
         name += f"-{leaf}-" + re.sub(r"[^A-Za-z0-9._]+", "-", value).strip("-")
-    project = sandbox.create(arguments.dir / "project", source_root=ROOT, overrides=overrides)
+    project = smoke_copy.create(arguments.dir / "project", source_root=ROOT, overrides=overrides)
     started = time.perf_counter()
-    sandbox.dvc(project, "repro")
+    smoke_copy.dvc(project, "repro")
     seconds = time.perf_counter() - started
     evaluation = project / "results" / "evaluate"
     metrics = json.loads((evaluation / artifacts.METRICS_FILE).read_text())

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from imgclf import sandbox
+from imgclf import smoke_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -26,11 +26,11 @@ def main() -> None:
     if not ARCHIVE.is_file():
         sys.exit(f"skipped: {ARCHIVE} is absent (this benchmark needs the shared CIFAR-10 archive)")
     overrides = {"data": {"source": "image_folder", "path": str(ARCHIVE), "sha256": ARCHIVE_SHA256}}
-    root = sandbox.create(arguments.dir, source_root=ROOT, overrides=overrides)
+    root = smoke_copy.create(arguments.dir, source_root=ROOT, overrides=overrides)
     timings = {}
     for stage in ("download", "preprocess"):
         started = time.perf_counter()
-        sandbox.dvc(root, "repro", "--single-item", stage)
+        smoke_copy.dvc(root, "repro", "--single-item", stage)
         timings[stage] = time.perf_counter() - started
     meta = json.loads((root / "data" / "prepared" / "meta.json").read_text())
     images = sum(meta["counts"].values())

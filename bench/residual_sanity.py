@@ -23,7 +23,7 @@ import keras  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from imgclf import config, sandbox  # noqa: E402
+from imgclf import config, smoke_copy  # noqa: E402
 from imgclf.training import fitting, scratch_model  # noqa: E402
 
 rng = np.random.default_rng(0)
@@ -44,7 +44,7 @@ with tarfile.open(str(ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz")) a
     x_test, y_test = load("test", 1000)
 base = yaml.safe_load((ROOT / "params.yaml").read_text())
 profile = yaml.safe_load((ROOT / "profiles" / "scratch_residual.yaml").read_text())
-params = config.params_from_dict(sandbox.merge(base, profile))
+params = config.params_from_dict(smoke_copy.merge(base, profile))
 batch = 256
 scratch = params.scratch.model_copy(update={"batch_size": batch, "epochs": 3, "warmup_epochs": 1.0,
                                             "learning_rate": params.scratch.learning_rate * batch

@@ -73,16 +73,16 @@ def model_sizes() -> list[dict]:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from imgclf import model_io, sandbox
+    from imgclf import model_io, smoke_copy
     from imgclf.config import params_from_dict, read_params_yaml
-    from imgclf.training import common, scratch_model
+    from imgclf.training import recipe, scratch_model
 
     rows = []
     for side, pool_after in MODEL_SIZES:
-        params = params_from_dict(sandbox.merge(read_params_yaml(ROOT / "params.yaml"),
+        params = params_from_dict(smoke_copy.merge(read_params_yaml(ROOT / "params.yaml"),
                                                 {"scratch": {"pool_after": pool_after}}))
         model = scratch_model.build_scratch_model(params.scratch, input_shape=(side, side, 3), num_classes=len(CLASSES))
-        common.compile_model(model, params.scratch, steps_per_epoch=1, jit_compile=False)
+        recipe.compile_model(model, params.scratch, steps_per_epoch=1, jit_compile=False)
         model.fit(np.zeros((8, side, side, 3), "float32"), keras.utils.to_categorical(np.arange(8) % 4, 4), verbose=0)
         with tempfile.TemporaryDirectory() as folder:
             keras_file, saved = Path(folder) / "keras.keras", Path(folder) / "model.keras"

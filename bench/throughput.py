@@ -64,14 +64,14 @@ def measure(*, architecture: str, precision: str, jit_compile: bool, images: int
     import numpy as np
     import yaml
 
-    from imgclf import config, sandbox
+    from imgclf import config, smoke_copy
     from imgclf.training import fitting, scratch_model
 
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     overrides = yaml.safe_load(profile.read_text()) if profile else {}
-    params = config.params_from_dict(sandbox.merge(base, overrides))
+    params = config.params_from_dict(smoke_copy.merge(base, overrides))
     scratch = params.scratch.model_copy(update={"architecture": architecture, "batch_size": batch_size})
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(images, 32, 32, 3)).astype("float32")

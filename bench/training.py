@@ -44,7 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imgclf import fileio, sandbox  # noqa: E402
+from imgclf import fileio, smoke_copy  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 ARCHIVE = SHARED / "data" / "cifar10-jpg.tar.gz"
@@ -61,9 +61,9 @@ def project(directory: Path) -> Path:
     if not (directory / "data" / "prepared" / "meta.json").is_file():
         overrides = {"data": {"source": "image_folder", "path": str(ARCHIVE), "sha256": ARCHIVE_SHA256},
                      "mlflow": {"experiment": "imgclf-bench"}}
-        sandbox.create(directory, source_root=ROOT, overrides=overrides)
-        sandbox.dvc(directory, "repro", "preprocess")
-    sandbox.refresh_code(directory, source_root=ROOT)
+        smoke_copy.create(directory, source_root=ROOT, overrides=overrides)
+        smoke_copy.dvc(directory, "repro", "preprocess")
+    smoke_copy.refresh_code(directory, source_root=ROOT)
     return directory
 
 
@@ -107,7 +107,7 @@ def prepare_small(directory: Path) -> Path:
 
 
 def write_params(directory: Path, name: str, overrides: dict) -> Path:
-    params = sandbox.merge(yaml.safe_load((directory / "params.yaml").read_text()), overrides)
+    params = smoke_copy.merge(yaml.safe_load((directory / "params.yaml").read_text()), overrides)
     path = directory / f"bench-{name}.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -117,7 +117,7 @@ def stage(directory: Path, name: str, *args: str) -> float:
     """Run one stage module in the copy; return its wall time in seconds."""
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", f"stages.{name}", *args], cwd=directory,
-                            env=sandbox.environment(directory), capture_output=True, text=True, check=False)
+                            env=smoke_copy.environment(directory), capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"stage {name} failed:\n{result.stderr[-4000:]}")
     return time.perf_counter() - started
@@ -138,8 +138,8 @@ from imgclf.training import features
 from imgclf.training import backbones
 model = model_io.load_model({str(model_path)!r})
 if {str(features) if features else None!r}:
-    from imgclf.training import common
-    x, y = common.load_features({str(features)!r}, "test")
+    from imgclf.training import recipe
+    x, y = recipe.load_features({str(features)!r}, "test")
     head = model.get_layer("head")
     print(json.dumps(float((np.argmax(head.predict(x, batch_size=1024, verbose=0), 1) == y).mean())))
 else:
@@ -155,7 +155,7 @@ else:
         total += len(targets)
     print(json.dumps(right / total))
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=directory, env=sandbox.environment(directory),
+    result = subprocess.run([sys.executable, "-c", code], cwd=directory, env=smoke_copy.environment(directory),
                             capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -258,7 +258,7 @@ started = time.perf_counter()
 model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
 print(json.dumps((time.perf_counter() - started) / (steps * 64) * meta.counts["train"]))
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=directory, env=sandbox.environment(directory),
+    result = subprocess.run([sys.executable, "-c", code], cwd=directory, env=smoke_copy.environment(directory),
                             capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -303,7 +303,7 @@ for name in ["in_memory", "pipeline", "in_memory_again", "pipeline_again"]:
     result[name] = {steps} * 64 / timer.seconds
 print(json.dumps(result))
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=directory, env=sandbox.environment(directory),
+    result = subprocess.run([sys.executable, "-c", code], cwd=directory, env=smoke_copy.environment(directory),
                             capture_output=True, text=True, check=True)
     rates = json.loads(result.stdout.strip().splitlines()[-1])
     pipeline = (rates["pipeline"] + rates["pipeline_again"]) / 2

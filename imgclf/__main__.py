@@ -19,13 +19,14 @@ MODEL_HELP = ("a .keras file (with --meta) or an MLflow model URI: runs:/<run_id
 
 
 def main(argv: list[str] | None = None) -> None:
-    from imgclf import cli  # light: no TensorFlow or MLflow, which must not load before quiet_unless_verbose
+    from imgclf import stage_runner  # light: no TensorFlow or MLflow, which must not load before quiet_unless_verbose
 
     parser = argparse.ArgumentParser(prog="imgclf", description=__doc__)
-    parser.add_argument(*cli.VERBOSE_FLAGS, action="store_true", help=cli.VERBOSE_HELP)
+    parser.add_argument(*stage_runner.VERBOSE_FLAGS, action="store_true", help=stage_runner.VERBOSE_HELP)
     # `-v` before or after the command; SUPPRESS, or a command's default would overwrite a `-v` given before it.
     verbose = argparse.ArgumentParser(add_help=False)
-    verbose.add_argument(*cli.VERBOSE_FLAGS, action="store_true", default=argparse.SUPPRESS, help=cli.VERBOSE_HELP)
+    verbose.add_argument(*stage_runner.VERBOSE_FLAGS, action="store_true", default=argparse.SUPPRESS,
+                         help=stage_runner.VERBOSE_HELP)
     command = functools.partial(parser.add_subparsers(dest="command", required=True).add_parser, parents=[verbose])
     smoke = command("smoke", help="run every stage on tiny synthetic data in a scratch copy")
     smoke.add_argument("--dir", type=Path, default=Path("smoke"), help="where the copy goes (default: smoke/)")
@@ -67,12 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--force", action="store_true",
                         help="replace a non-empty --out directory that holds an earlier export")
     arguments = parser.parse_args(argv)
-    cli.quiet_unless_verbose(arguments.verbose)
+    stage_runner.quiet_unless_verbose(arguments.verbose)
     if arguments.verbose:  # by default only warnings show, as before: the commands print what they found
-        logging.basicConfig(level=logging.DEBUG, format=cli.LOG_FORMAT)
+        logging.basicConfig(level=logging.DEBUG, format=stage_runner.LOG_FORMAT)
 
     # One policy for every subcommand: a condition the user can fix is one `error:` line and exit status 2.
-    sys.exit(cli.exit_on_user_error(lambda: _run(arguments)) or 0)
+    sys.exit(stage_runner.exit_on_user_error(lambda: _run(arguments)) or 0)
 
 
 def _port(text: str) -> int:
@@ -85,9 +86,9 @@ def _run(arguments: argparse.Namespace) -> int:
     if arguments.command in ("predict", "export"):
         return _serve_command(arguments)
     if arguments.command == "smoke":
-        from imgclf import fileio, sandbox
+        from imgclf import fileio, smoke_copy
 
-        seconds = sandbox.smoke(arguments.dir, source_root=Path.cwd())
+        seconds = smoke_copy.smoke(arguments.dir, source_root=Path.cwd())
         metrics = fileio.read_json(arguments.dir / "results" / "evaluate" / artifacts.METRICS_FILE)
         for model, values in metrics.items():
             print(f"{model:>9}: test accuracy {values['accuracy']:.3f}")
@@ -104,7 +105,7 @@ def _run(arguments: argparse.Namespace) -> int:
               f"{suggestions['min_loss_over_10']:.2e} (minimum loss / 10)")
         print(f"plot: {arguments.out / artifacts.lr_find_file(arguments.model, '.png')}")
     elif arguments.command == "exp-args":
-        from imgclf import config, sandbox
+        from imgclf import config, smoke_copy
 
         if not arguments.profile.is_file():
             raise config.ConfigError(f"{arguments.profile}: profile not found; give a YAML file of params.yaml "
@@ -114,7 +115,7 @@ def _run(arguments: argparse.Namespace) -> int:
             raise config.ConfigError(f"{arguments.profile}: a profile is a mapping of params.yaml sections "
                                      "to overrides, e.g. `scratch: {epochs: 10}`")
         base = config.read_params_yaml("params.yaml")
-        config.params_from_dict(sandbox.merge(base, overrides), source=str(arguments.profile))
+        config.params_from_dict(smoke_copy.merge(base, overrides), source=str(arguments.profile))
         flat = config.flatten(overrides)
         # Shell-quoted, for `eval "dvc exp run $(imgclf exp-args ...)"`: a value with a space or a `*` (data.path)
         # stays one argument, never split into words or expanded as a glob.

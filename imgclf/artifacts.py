@@ -118,7 +118,7 @@ MLFLOW_ARTIFACT_DIR = "mlartifacts"
 
 
 class MetadataError(ValueError):
-    """A `meta.json` this version cannot read; the CLI shows it as one line (imgclf.cli)."""
+    """A `meta.json` this version cannot read; the CLI shows it as one line (imgclf.stage_runner)."""
 
 
 @dataclasses.dataclass(frozen=True)

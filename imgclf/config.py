@@ -216,9 +216,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 # loader as here) and before any stage runs: `dvc repro` and `dvc exp run` read it to decide which stages are stale,
 # flattening every value (`params.yaml:` tracks the whole file) with the aliases expanded, so the check_params stage
 # comes too late. Our entry points check the file before they start DVC: imgclf.dvc_cli (the MLproject entry points,
-# `make run`) and ci/retrain.sh, which runs on pull requests, so a bomb committed there stops in well under a second
-# with one line. A bare `dvc repro` or `dvc params diff` typed by hand still parses the file unchecked: nothing of
-# ours runs before it.
+# `make run`) and scripts/retrain.sh, which runs on pull requests, so a bomb committed there stops in well under a
+# second with one line. A bare `dvc repro` or `dvc params diff` typed by hand still parses the file unchecked:
+# nothing of ours runs before it.
 MAX_PARAMS_BYTES = 256 << 10
 MAX_PARAMS_DEPTH = 16
 

@@ -1,5 +1,5 @@
 """`python -m imgclf.dvc_cli ARGS...`: DVC's command line (`dvc ARGS...`) in this process, less one warning that
-asks nothing of the user. The MLproject entry points and ci/retrain.sh run DVC through it.
+asks nothing of the user. The MLproject entry points and scripts/retrain.sh run DVC through it.
 
 Before it runs anything, `dvc exp run` checks out the outputs dvc.lock records for every stage it may run
 (dvc/repo/experiments/executor/base.py, `allow_missing=True`). An output of a stage dvc.lock does not record yet
@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgclf import artifacts, cli, config
+from imgclf import artifacts, config, stage_runner
 from imgclf.errors import ConfigError
 
 # dvc_data/index/checkout.py: the message (a %-format) and the logger it goes to.
@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
             config.check_params_file(params)
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
-            return cli.EXIT_USER_ERROR
+            return stage_runner.EXIT_USER_ERROR
     from dvc.cli import main as dvc_main
 
-    if os.environ.get(cli.LOG_LEVEL_ENV, "").upper() != "DEBUG":  # IMGCLF_LOG_LEVEL=DEBUG: DVC says everything
+    if os.environ.get(stage_runner.LOG_LEVEL_ENV, "").upper() != "DEBUG":  # IMGCLF_LOG_LEVEL=DEBUG: DVC says everything
         logging.getLogger(CHECKOUT_LOGGER).addFilter(NeverRecordedOutputIsDebug())
     return dvc_main(sys.argv[1:] if argv is None else argv)
 

@@ -2,8 +2,8 @@
 
 import sys
 
-from imgclf import cli
+from imgclf import stage_runner
 
 # Quiet by default (no TensorFlow start-up or C++ info lines, no MLflow info lines): decided here, before any stage
-# module imports TensorFlow, so `-v` is read from the command line ahead of argparse (cli.stage parses it).
-cli.quiet_unless_verbose(any(argument in cli.VERBOSE_FLAGS for argument in sys.argv[1:]))
+# module imports TensorFlow, so `-v` is read from the command line ahead of argparse (stage_runner.stage parses it).
+stage_runner.quiet_unless_verbose(any(argument in stage_runner.VERBOSE_FLAGS for argument in sys.argv[1:]))

@@ -1,21 +1,22 @@
 """DVC stage `analyze`: is one model really better, where does each fail, and one HTML report of it all."""
 
-from imgclf import cli
+from imgclf import stage_runner
 from imgclf.evaluation import analysis
 
-# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), stage_runner checks them.
 PARAMS = ("seed", "analysis")
 
 
 def main() -> None:
-    cli.stage(__doc__, PARAMS, {"data": "prepared data directory", "evaluation": "evaluate stage output directory",
-                                "scratch_history": "history.csv of the scratch model",
-                                "transfer_history": "history.csv of the transfer model",
-                                "out": "analysis directory to write"},
-              lambda params, args: analysis.run(
-                  params, prepared_dir=args.data, evaluate_dir=args.evaluation,
-                  history_paths={"scratch": args.scratch_history, "transfer": args.transfer_history},
-                  out_dir=args.out, project_root=cli.project_root()))
+    stage_runner.stage(__doc__, PARAMS, {"data": "prepared data directory",
+                                         "evaluation": "evaluate stage output directory",
+                                         "scratch_history": "history.csv of the scratch model",
+                                         "transfer_history": "history.csv of the transfer model",
+                                         "out": "analysis directory to write"},
+                       lambda params, args: analysis.run(
+                           params, prepared_dir=args.data, evaluate_dir=args.evaluation,
+                           history_paths={"scratch": args.scratch_history, "transfer": args.transfer_history},
+                           out_dir=args.out, project_root=stage_runner.project_root()))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """DVC stage `download`: fetch the configured data source (checksummed) into the raw data directory."""
 
-from imgclf import cli
+from imgclf import stage_runner
 from imgclf.data import archives, fingerprint, sources
 
-# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), stage_runner checks them.
 PARAMS = ("seed", "data.source", "data.path", "data.sha256", "data.synthetic_classes", "data.synthetic_per_class",
           "data.synthetic_image_size", "data.max_extracted_mb", "data.max_expansion_ratio",
           "data.max_archive_members")
@@ -14,7 +14,7 @@ def main() -> None:
         data = params.data
         local = fingerprint.local_data_path(data.source, data.path)
         # A relative data.path is the user's project's, also in a queued experiment's temporary copy.
-        path = str(fingerprint.checked_local_path(local, project=cli.project_root())) if local else data.path
+        path = str(fingerprint.checked_local_path(local, project=stage_runner.project_root())) if local else data.path
         sources.fetch_source(source=data.source, path=path, sha256=data.sha256, raw_dir=args.out,
                              download_dir=args.download_dir, seed=params.seed,
                              synthetic_classes=data.synthetic_classes,
@@ -24,8 +24,8 @@ def main() -> None:
                                                               max_expansion_ratio=data.max_expansion_ratio,
                                                               max_members=data.max_archive_members))
 
-    cli.stage(__doc__, PARAMS, {"out": "raw data directory to write",
-                                "download_dir": "where downloaded archives are kept between runs"}, body)
+    stage_runner.stage(__doc__, PARAMS, {"out": "raw data directory to write",
+                                         "download_dir": "where downloaded archives are kept between runs"}, body)
 
 
 if __name__ == "__main__":

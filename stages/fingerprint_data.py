@@ -2,7 +2,7 @@
 into the project, so `download` reruns when the data changes; the project never links to the data
 (imgclf/data/fingerprint.py says why)."""
 
-from imgclf import cli
+from imgclf import stage_runner
 from imgclf.data import fingerprint
 
 PARAMS = ("data.source", "data.path")
@@ -10,11 +10,11 @@ PARAMS = ("data.source", "data.path")
 
 def main() -> None:
     def body(params, args):
-        root = cli.project_root()
+        root = stage_runner.project_root()
         fingerprint.remove_legacy_link(root)
         fingerprint.write(args.out, fingerprint.fingerprint(params.data.source, params.data.path, project=root))
 
-    cli.stage(__doc__, PARAMS, {"out": "the fingerprint file to write (download depends on it)"}, body)
+    stage_runner.stage(__doc__, PARAMS, {"out": "the fingerprint file to write (download depends on it)"}, body)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
 """DVC stage `preview`: the prepared data's class distribution and a grid of augmented training images."""
 
-from imgclf import cli
+from imgclf import stage_runner
 from imgclf.data import preview
 
-# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), stage_runner checks them.
 PARAMS = ("seed", "augment")
 
 
 def main() -> None:
-    cli.stage(__doc__, PARAMS, {"data": "prepared data directory (preprocess stage output)",
-                                "out": "preview directory to write"},
-              lambda params, args: preview.run(params, prepared_dir=args.data, out_dir=args.out))
+    stage_runner.stage(__doc__, PARAMS, {"data": "prepared data directory (preprocess stage output)",
+                                         "out": "preview directory to write"},
+                       lambda params, args: preview.run(params, prepared_dir=args.data, out_dir=args.out))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """DVC stage `train_scratch`: train the seed CNN from scratch and save it as .keras."""
 
-from imgclf import cli
+from imgclf import stage_runner
 from imgclf.training import scratch
 
-# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), stage_runner checks them.
 PARAMS = ("seed", "deterministic",
           "augment.enabled", "augment.flip", "augment.translate", "augment.interpolation",
           "augment.rotate", "augment.zoom",
@@ -11,9 +11,9 @@ PARAMS = ("seed", "deterministic",
 
 
 def main() -> None:
-    cli.stage(__doc__, PARAMS, {"data": "prepared data directory", "out": "model directory to write"},
-              lambda params, args: scratch.train_scratch(params, prepared_dir=args.data, out_dir=args.out,
-                                                       project_root=cli.project_root()))
+    stage_runner.stage(__doc__, PARAMS, {"data": "prepared data directory", "out": "model directory to write"},
+                       lambda params, args: scratch.train_scratch(params, prepared_dir=args.data, out_dir=args.out,
+                                                                project_root=stage_runner.project_root()))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """DVC stage `train_transfer`: train the new head on cached backbone features; save the whole model as .keras."""
 
-from imgclf import cli
+from imgclf import stage_runner
 from imgclf.training import transfer
 
-# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), cli.stage checks them.
+# The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), stage_runner checks them.
 PARAMS = ("seed", "deterministic",
           "augment.enabled", "augment.flip", "augment.translate", "augment.interpolation",
           "augment.rotate", "augment.zoom",
@@ -17,11 +17,11 @@ PARAMS = ("seed", "deterministic",
 
 
 def main() -> None:
-    cli.stage(__doc__, PARAMS, {"data": "prepared data directory", "features": "cached features directory",
-                                "out": "model directory to write"},
-              lambda params, args: transfer.train_transfer(params, prepared_dir=args.data,
-                                                           features_dir=args.features, out_dir=args.out,
-                                                           project_root=cli.project_root()))
+    stage_runner.stage(__doc__, PARAMS, {"data": "prepared data directory", "features": "cached features directory",
+                                         "out": "model directory to write"},
+                       lambda params, args: transfer.train_transfer(params, prepared_dir=args.data,
+                                                                    features_dir=args.features, out_dir=args.out,
+                                                                    project_root=stage_runner.project_root()))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ import yaml
 from PIL import Image
 
 from imgclf.artifacts import MLFLOW_STORE_FILE
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf.entry_points import PROJECT_ROOT
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -95,7 +95,7 @@ def params_dict() -> dict:
 
 @pytest.fixture
 def tiny_params_dict(params_dict) -> dict:
-    from imgclf.sandbox import SMOKE_OVERRIDES, merge
+    from imgclf.smoke_copy import SMOKE_OVERRIDES, merge
 
     return merge(params_dict, SMOKE_OVERRIDES)
 
@@ -111,9 +111,9 @@ def shared_backbone() -> Path:
 @pytest.fixture(scope="session")
 def smoke_experiment() -> str:
     """The MLflow experiment a pipeline run with the smoke settings records to."""
-    from imgclf import sandbox
+    from imgclf import smoke_copy
 
-    return sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"]
+    return smoke_copy.SMOKE_OVERRIDES["mlflow"]["experiment"]
 
 
 # --- tiny generated inputs, written as real files ----------------------------------------------------------------
@@ -310,32 +310,33 @@ def _repro_log(trained: Path) -> Path:
 
 
 def _build_trained(folder: Path) -> None:
-    from imgclf import cli, sandbox
+    from imgclf import smoke_copy, stage_runner
 
-    root = sandbox.create(folder / "project", source_root=PROJECT_ROOT, overrides=sandbox.SMOKE_OVERRIDES, git=True)
+    root = smoke_copy.create(folder / "project", source_root=PROJECT_ROOT, overrides=smoke_copy.SMOKE_OVERRIDES,
+                             git=True)
     # Each stage records the params keys it read (tests/code/test_deps.py compares them with its PARAMS).
-    os.environ[cli.PARAMS_TRACE_ENV] = str(_params_trace(root))
+    os.environ[stage_runner.PARAMS_TRACE_ENV] = str(_params_trace(root))
     try:
-        result = sandbox.dvc(root, "repro")
+        result = smoke_copy.dvc(root, "repro")
     finally:
-        del os.environ[cli.PARAMS_TRACE_ENV]
+        del os.environ[stage_runner.PARAMS_TRACE_ENV]
     # What `dvc repro` printed: DVC's lines (stdout), then the stages' logs (stderr). tests/pipeline/test_quiet.py.
     _repro_log(root).write_text(result.stdout + result.stderr, encoding="utf-8")
-    sandbox.commit(root, "pipeline run")
+    smoke_copy.commit(root, "pipeline run")
 
 
 def _build_experiment(folder: Path, trained: Path) -> None:
     import re
 
-    from imgclf import fileio, sandbox
+    from imgclf import fileio, smoke_copy
 
     root = folder / "project"
     shutil.copytree(trained, root, symlinks=True)
-    result = sandbox.dvc(root, "exp", "run", "-S", "transfer.backbone=mobilenet_v2")
+    result = smoke_copy.dvc(root, "exp", "run", "-S", "transfer.backbone=mobilenet_v2")
     match = re.search(r"Ran experiment\(s\): (\S+)", result.stdout)
     if match is None:
         raise RuntimeError(f"dvc exp run named no experiment:\n{result.stdout[-2000:]}")
-    baseline = sandbox.run_git(root, "rev-parse", "HEAD").stdout.strip()
+    baseline = smoke_copy.run_git(root, "rev-parse", "HEAD").stdout.strip()
     fileio.atomic_write_json(folder / "experiment.json", {"experiment": match.group(1), "baseline": baseline})
 
 

@@ -38,7 +38,7 @@ from imgclf.artifacts import (
 from imgclf.config import AnalysisConfig, Params
 from imgclf.data import records
 from imgclf.errors import EvaluationError
-from imgclf.evaluation import comparison, report
+from imgclf.evaluation import paired_tests, report
 from imgclf.tracking import store
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _model_columns(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, n
     }
 
 
-def compare(scratch: ModelPredictions, transfer: ModelPredictions, *, class_names: list[str]) -> pd.DataFrame:
+def per_image_table(scratch: ModelPredictions, transfer: ModelPredictions, *, class_names: list[str]) -> pd.DataFrame:
     """One row per test image: both models' predictions, losses, margins and the 2x2 outcome."""
     if len(scratch.ids) != len(transfer.ids) or set(scratch.ids.tolist()) != set(transfer.ids.tolist()):
         raise EvaluationError("the two models' prediction files cover different test images; rerun the evaluate "
@@ -205,7 +205,7 @@ def shown_classes(scores: dict[str, np.ndarray], *, true_label: int, limit: int)
     return sorted(order, key=lambda index: (-best[index], index))
 
 
-def test_images(prepared_dir: Path, ids: set[int], meta: PreparedMeta) -> dict[int, np.ndarray]:
+def split_pixels(prepared_dir: Path, ids: set[int], meta: PreparedMeta) -> dict[int, np.ndarray]:
     """The uint8 pixels of the requested test images, read from the shards in one streaming pass (without
     TensorFlow: this stage would otherwise import it for a few dozen images)."""
     return records.read_images(records.split_files(prepared_dir, "test"), ids, meta.image_shape)
@@ -412,14 +412,14 @@ def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_
     meta = artifacts.read_prepared_meta(prepared_dir)
     class_names = list(meta.class_names)
     predictions = {model: load_predictions(evaluate_dir, model, num_classes=len(class_names)) for model in MODELS}
-    table = compare(predictions["scratch"], predictions["transfer"], class_names=class_names)
-    summary = comparison.compare(table["right_scratch"].to_numpy(), table["right_transfer"].to_numpy(),
+    table = per_image_table(predictions["scratch"], predictions["transfer"], class_names=class_names)
+    summary = paired_tests.significance(table["right_scratch"].to_numpy(), table["right_transfer"].to_numpy(),
                                  resamples=settings.bootstrap_resamples, confidence_level=settings.confidence_level,
                                  seed=params.seed)
     fileio.atomic_write_text(out_dir / artifacts.PER_IMAGE_FILE, table.to_csv(index=False, float_format="%.6f"))
 
     selections = select(table, settings=settings)
-    pixels = test_images(prepared_dir, selections.ids(), meta)
+    pixels = split_pixels(prepared_dir, selections.ids(), meta)
     scores = {model: dict(zip(predictions[model].ids.tolist(), predictions[model].probabilities, strict=True))
               for model in MODELS}
     score_items = score_bar_items(table, selections, pixels, scores=scores, class_names=class_names,
@@ -461,7 +461,7 @@ def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_
     fileio.atomic_write_text(out_dir / REPORT_FILE, report.render_html(inputs))
     fileio.atomic_write_text(out_dir / MARKDOWN_FILE, report.render_markdown(inputs, report_name=REPORT_FILE))
     _log_to_mlflow(summary, evaluate_dir=Path(evaluate_dir), out_dir=out_dir, project_root=project_root)
-    log.info("%s", comparison.verdict(summary, degenerate=report.degenerate_models(inputs.metrics)))
+    log.info("%s", paired_tests.verdict(summary, degenerate=report.degenerate_models(inputs.metrics)))
     return summary
 
 

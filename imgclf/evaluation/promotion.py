@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from imgclf.evaluation import comparison
+from imgclf.evaluation import paired_tests
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -71,7 +71,7 @@ def decide(*, candidate_right: np.ndarray, champion_right: np.ndarray | None, ch
     candidate_right, champion_right = np.asarray(candidate_right, bool), np.asarray(champion_right, bool)
     only_candidate = int(np.sum(candidate_right & ~champion_right))
     only_champion = int(np.sum(~candidate_right & champion_right))
-    test = comparison.mcnemar(only_scratch_right=only_candidate, only_transfer_right=only_champion)
+    test = paired_tests.mcnemar(only_scratch_right=only_candidate, only_transfer_right=only_champion)
     figures = dict(p_value=test.p_value, candidate_only_right=only_candidate, champion_only_right=only_champion)
     detail = (f"on {len(candidate_right)} validation images it alone is right on {only_candidate}, the champion "
               f"{champion} alone on {only_champion} (McNemar p = {test.p_value:.3g}, level {level:g})")

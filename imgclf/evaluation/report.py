@@ -16,7 +16,7 @@ import jinja2
 import numpy as np
 from PIL import Image
 
-from imgclf.evaluation import comparison
+from imgclf.evaluation import paired_tests
 
 MODELS = ("scratch", "transfer")
 SHORT = {"scratch": "S", "transfer": "T"}
@@ -236,7 +236,7 @@ def _headline_view(inputs: ReportInputs) -> dict:
         listed = ", ".join(f"{name} ({support[name]})" for name in small[:12]) + (" ..." if len(small) > 12 else "")
         noisy = {"count": len(small), "threshold": NOISY_SUPPORT, "listed": listed}
     degenerate = degenerate_models(inputs.metrics)
-    return {"verdict": comparison.verdict(summary, degenerate=degenerate),
+    return {"verdict": paired_tests.verdict(summary, degenerate=degenerate),
             "verdict_css": "verdict warn" if degenerate else "verdict",
             "cards": [{"value": value, "label": label} for value, label in cards], "two_by_two": two_by_two,
             "data": {"source": data.get("source", ""), "classes": len(inputs.class_names),
@@ -333,7 +333,7 @@ def render_markdown(inputs: ReportInputs, *, report_name: str = "report.html") -
     summary, metrics = inputs.summary, inputs.metrics
     rows = [("accuracy", "accuracy", "{:.4f}"), ("macro F1", "macro_f1", "{:.4f}"),
             ("ECE (after temperature scaling)", None, ""), ("inference images/s", "images_per_second", "{:,.0f}")]
-    lines = [f"### {inputs.title}", "", comparison.verdict(summary, degenerate=degenerate_models(metrics)), "",
+    lines = [f"### {inputs.title}", "", paired_tests.verdict(summary, degenerate=degenerate_models(metrics)), "",
              "| | scratch | transfer |",
              "|---|---:|---:|"]
     for label, key, style in rows:

@@ -16,7 +16,7 @@ import numpy as np
 
 from imgclf import artifacts, fileio
 from imgclf.data import tfdata
-from imgclf.training import common, scratch_model, transfer_model
+from imgclf.training import recipe, scratch_model, transfer_model
 
 
 class LearningRateSweep(keras.callbacks.Callback):
@@ -114,7 +114,7 @@ def run(params, *, model_name: str, prepared_dir: Path, features_dir: Path, out_
         fit_args = {"x": data, "steps_per_epoch": per_epoch, "shuffle": False}  # tf.data shuffles, per epoch seed
     else:
         config = params.transfer
-        train_x, train_y = common.training_features(features_dir)
+        train_x, train_y = recipe.training_features(features_dir)
         per_epoch = -(-len(train_y) // config.batch_size)
         epochs = -(-steps // per_epoch)
         model = transfer_model.build_head(config, train_features=train_x, num_classes=meta.num_classes)
@@ -122,7 +122,7 @@ def run(params, *, model_name: str, prepared_dir: Path, features_dir: Path, out_
                     "batch_size": config.batch_size, "shuffle": True}
     # The stage's own compile path (configured optimizer, weight decay, label smoothing); a constant rate,
     # since the sweep sets the rate itself before every batch.
-    common.compile_model(model, config.model_copy(update={"lr_schedule": "constant"}), steps_per_epoch=per_epoch,
+    recipe.compile_model(model, config.model_copy(update={"lr_schedule": "constant"}), steps_per_epoch=per_epoch,
                          jit_compile=False, learning_rate=start)
     model.fit(**fit_args, epochs=epochs, callbacks=[sweep], verbose=0)
     return write_results(out_dir, model_name, sweep.recorded_rates, sweep.losses)

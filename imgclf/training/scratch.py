@@ -12,7 +12,7 @@ from imgclf import artifacts, fileio, model_io, progress
 from imgclf.config import Params
 from imgclf.data import augment, records, tfdata
 from imgclf.tracking import runs
-from imgclf.training import common, fitting, scratch_model
+from imgclf.training import fitting, recipe, scratch_model
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +23,13 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
     # stops the stage before any work).
     strategy = tfdata.distribution_strategy(params.training.distribute)
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
-    common.set_precision(params.training.precision)
+    recipe.set_precision(params.training.precision)
     meta = artifacts.read_prepared_meta(prepared_dir)
     shape, num_classes, train_count = meta.image_shape, meta.num_classes, meta.counts["train"]
     config = params.scratch
     out_dir = Path(out_dir)
     resume = fitting.ResumeState(out_dir / artifacts.RESUME_DIR, enabled=params.training.resume,
-                                 fingerprint=common.fingerprint(params, meta, "augment", "scratch", "training"))
+                                 fingerprint=recipe.fingerprint(params, meta, "augment", "scratch", "training"))
     first_epoch = resume.completed_epochs("fit")
     if first_epoch:
         log.info("resuming from the end of epoch %d of %d", first_epoch, config.epochs)
@@ -53,7 +53,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
         if config.architecture == "residual":
             pixels = training_pixels(prepared_dir, image_shape=shape, train_count=train_count, seed=params.seed)
             scratch_model.set_patch_whitening(model, pixels)
-        common.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
+        recipe.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
     logged = runs.stage_params(params, "data", "preprocess", "augment", "scratch", "training")
     with runs.training_run(params, model="scratch", project_root=project_root, out_dir=out_dir,
                                data_sha256=meta.source_sha256, logged_params=logged,
@@ -64,7 +64,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
         logger = fitting.EpochLogger([out_dir / artifacts.HISTORY_FILE, resume.history_path("fit")],
                                      examples_per_epoch=train_count, rows=history)
         lookahead = [fitting.Lookahead(total_steps=steps * config.epochs)] if config.lookahead else []
-        callbacks = lookahead + common.training_callbacks(params, config, resume=resume, phase="fit", logger=logger,
+        callbacks = lookahead + recipe.training_callbacks(params, config, resume=resume, phase="fit", logger=logger,
                                               history=history, model_name="scratch", run_id=run.info.run_id,
                                               project_root=project_root,
                                               validation=fitting.ValidateWithPopulationStatistics(
@@ -74,7 +74,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
                   verbose=progress.keras_verbose())
         fitting.restore_best(model, config, resume.phase_dir("fit"))
         model_io.save_model(model, out_dir / artifacts.MODEL_FILE)
-        summary = common.summarize(logger.rows, model)
+        summary = recipe.summarize(logger.rows, model)
         mlflow.log_dict(summary, artifacts.SUMMARY_FILE)
     fileio.atomic_write_json(out_dir / artifacts.SUMMARY_FILE, summary)
     resume.clear()

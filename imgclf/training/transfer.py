@@ -23,7 +23,7 @@ from imgclf import artifacts, fileio, model_io, progress
 from imgclf.config import Params, TransferConfig
 from imgclf.data import augment, tfdata
 from imgclf.tracking import runs
-from imgclf.training import common, fitting, transfer_model
+from imgclf.training import fitting, recipe, transfer_model
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,14 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
                    project_root: Path) -> dict:
     """The transfer stage: fit the head on cached features, optionally fine-tune, save `model.keras`."""
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
-    common.set_precision(params.training.precision)
+    recipe.set_precision(params.training.precision)
     meta = artifacts.read_prepared_meta(prepared_dir)
     features_meta = fileio.read_json(Path(features_dir) / artifacts.FEATURES_META)
     num_classes, config, out_dir = meta.num_classes, params.transfer, Path(out_dir)
-    train_x, train_y = common.training_features(features_dir)
-    val_x, val_y = common.load_features(features_dir, "val")
+    train_x, train_y = recipe.training_features(features_dir)
+    val_x, val_y = recipe.load_features(features_dir, "val")
     resume = fitting.ResumeState(out_dir / artifacts.RESUME_DIR, enabled=params.training.resume,
-                                 fingerprint={**common.fingerprint(params, meta, "augment", "transfer", "training"),
+                                 fingerprint={**recipe.fingerprint(params, meta, "augment", "transfer", "training"),
                                               "features": features_meta})
     head = transfer_model.build_head(config, train_features=train_x, num_classes=num_classes)
     head_weights = resume.phase_dir(HEAD_PHASE) / "head.weights.h5"
@@ -82,7 +82,7 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
                              prepared_dir=prepared_dir, val_data=val_data, run_id=run.info.run_id,
                              project_root=project_root)
         model_io.save_model(model, out_dir / artifacts.MODEL_FILE)
-        summary = common.summarize(rows, model)
+        summary = recipe.summarize(rows, model)
         summary["finetune_epochs"] = sum(1 for row in rows if row.get("phase") == FINETUNE_PHASE)
         mlflow.log_dict(summary, artifacts.SUMMARY_FILE)
     fileio.atomic_write_json(out_dir / artifacts.SUMMARY_FILE, summary)
@@ -93,11 +93,11 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
 def _fit_head(head, config: TransferConfig, params: Params, resume: fitting.ResumeState, history_paths, run_id,
               project_root, *, train_x, train_y, val_x, val_y, num_classes) -> list[dict]:
     steps = -(-len(train_y) // config.batch_size)
-    common.compile_model(head, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
+    recipe.compile_model(head, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile)
     history = resume.history(HEAD_PHASE)
     logger = fitting.EpochLogger([*history_paths, resume.history_path(HEAD_PHASE)], examples_per_epoch=len(train_y),
                                  rows=history, phase=HEAD_PHASE)
-    callbacks = common.training_callbacks(params, config, resume=resume, phase=HEAD_PHASE, logger=logger,
+    callbacks = recipe.training_callbacks(params, config, resume=resume, phase=HEAD_PHASE, logger=logger,
                                           history=history, model_name="transfer", run_id=run_id,
                                           project_root=project_root)
     head.fit(train_x, keras.utils.to_categorical(train_y, num_classes), batch_size=config.batch_size,
@@ -123,12 +123,12 @@ def _finetune(model, extractor, params: Params, resume: fitting.ResumeState, his
                                      num_classes=meta.num_classes, batch_size=config.batch_size, training=True,
                                      seed=params.seed, augment=augmentation, example_count=train_count,
                                      epochs=total, first_epoch=first_epoch)
-    common.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile,
+    recipe.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile,
                         epochs=config.finetune_epochs, learning_rate=config.finetune_learning_rate)
     history = head_rows + [row for row in resume.history(FINETUNE_PHASE) if row["epoch"] > start]
     logger = fitting.EpochLogger([*history_paths, resume.history_path(FINETUNE_PHASE)],
                                  examples_per_epoch=train_count, rows=history, phase=FINETUNE_PHASE)
-    callbacks = common.training_callbacks(params, config, resume=resume, phase=FINETUNE_PHASE, logger=logger,
+    callbacks = recipe.training_callbacks(params, config, resume=resume, phase=FINETUNE_PHASE, logger=logger,
                                           history=history[start:], model_name="transfer", run_id=run_id,
                                           project_root=project_root)
     # shuffle=False: the dataset shuffles each epoch itself (tfdata); Keras would warn that it ignores True.

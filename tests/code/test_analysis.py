@@ -14,7 +14,7 @@ from scipy import stats
 from imgclf import progress
 from imgclf.config import params_from_dict
 from imgclf.errors import EvaluationError
-from imgclf.evaluation import analysis, compare, comparison, evaluate
+from imgclf.evaluation import analysis, evaluate, experiments_table, paired_tests
 
 pytestmark = pytest.mark.duration(seconds=10)  # about, under make test: orders the modules
 
@@ -36,7 +36,7 @@ def table():
     transfer = [[0.6, 0.2, 0.2], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1],
                 [0.02, 0.95, 0.03]]
     order = [5, 4, 3, 2, 1, 0]  # the transfer file lists images in another order: compare joins by id
-    return analysis.compare(_predictions(labels, scratch),
+    return analysis.per_image_table(_predictions(labels, scratch),
                             _predictions(np.array(labels)[order], np.array(transfer)[order], ids=order),
                             class_names=CLASSES)
 
@@ -47,40 +47,41 @@ def test_compare_joins_by_id_and_sorts_each_image_into_the_two_by_two(table):
     assert table.loc[3, "predicted_class_scratch"] == "dog" and table.loc[3, "probability_transfer"] == 0.7
     assert table.loc[2, "margin_scratch"] == pytest.approx(0.1)
     assert table.loc[5, "loss_transfer"] == pytest.approx(-np.log(0.03))
-    assert comparison.two_by_two(table["right_scratch"], table["right_transfer"]) == {
+    assert paired_tests.two_by_two(table["right_scratch"], table["right_transfer"]) == {
         "both_right": 3, "only_scratch_right": 1, "only_transfer_right": 1, "both_wrong": 1}
 
 
 def test_prediction_files_for_different_images_or_labels_are_refused():
     scores = np.full((2, 3), 1 / 3)
     with pytest.raises(EvaluationError, match=r"different test images.*dvc repro evaluate"):
-        analysis.compare(_predictions([0, 1], scores), _predictions([0, 1], scores, ids=[0, 7]), class_names=CLASSES)
+        analysis.per_image_table(_predictions([0, 1], scores), _predictions([0, 1], scores, ids=[0, 7]),
+                                 class_names=CLASSES)
     with pytest.raises(EvaluationError, match="disagree on the true labels"):
-        analysis.compare(_predictions([0, 1], scores), _predictions([0, 2], scores), class_names=CLASSES)
+        analysis.per_image_table(_predictions([0, 1], scores), _predictions([0, 2], scores), class_names=CLASSES)
 
 
 def test_mcnemar_is_exact_for_small_counts_and_chi_square_for_large():
-    small = comparison.mcnemar(only_scratch_right=2, only_transfer_right=9)
+    small = paired_tests.mcnemar(only_scratch_right=2, only_transfer_right=9)
     assert small.exact and small.p_value == pytest.approx(stats.binomtest(2, 11, 0.5).pvalue)
-    large = comparison.mcnemar(only_scratch_right=10, only_transfer_right=30)
+    large = paired_tests.mcnemar(only_scratch_right=10, only_transfer_right=30)
     assert not large.exact and large.statistic == pytest.approx(19**2 / 40)
     assert large.p_value == pytest.approx(stats.chi2.sf(19**2 / 40, 1))
-    assert comparison.mcnemar(only_scratch_right=0, only_transfer_right=0).p_value == 1.0
+    assert paired_tests.mcnemar(only_scratch_right=0, only_transfer_right=0).p_value == 1.0
 
 
 def test_bootstrap_interval_brackets_the_observed_difference():
     rng = np.random.default_rng(0)
     scratch_right, transfer_right = rng.random(500) < 0.7, rng.random(500) < 0.8
-    summary = comparison.compare(scratch_right, transfer_right, resamples=1000, confidence_level=0.95, seed=1)
+    summary = paired_tests.significance(scratch_right, transfer_right, resamples=1000, confidence_level=0.95, seed=1)
     interval = summary["accuracy_difference_ci"]
     assert interval["low"] < summary["accuracy_difference"] < interval["high"]
     assert 0.02 < interval["high"] - interval["low"] < 0.2
-    assert summary == comparison.compare(scratch_right, transfer_right, resamples=1000, confidence_level=0.95,
+    assert summary == paired_tests.significance(scratch_right, transfer_right, resamples=1000, confidence_level=0.95,
                                          seed=1), "seeded: the same interval every run"
-    same = comparison.accuracy_difference_interval(scratch_right, scratch_right, resamples=100,
+    same = paired_tests.accuracy_difference_interval(scratch_right, scratch_right, resamples=100,
                                                    confidence_level=0.95, seed=0)
     assert same == (0.0, 0.0)
-    assert "significant" in comparison.verdict(summary)
+    assert "significant" in paired_tests.verdict(summary)
 
 
 def test_gallery_selections(table):
@@ -143,7 +144,8 @@ def test_analysis_run_end_to_end(write_prepared, fake_probabilities, write_evalu
                            out_dir=out, project_root=tmp_path)
 
     assert summary == json.loads((out / "summary.json").read_text())
-    assert [key for key in compare.flatten(summary) if exp_show_form.keeps(key)] == [], "`make exp-show` shows none"
+    shown = [key for key in experiments_table.flatten(summary) if exp_show_form.keeps(key)]
+    assert shown == [], "`make exp-show` shows none"
     assert sum(summary[key] for key in analysis.OUTCOMES) == summary["test_images"] == len(labels)
     assert summary["accuracy_difference"] == pytest.approx(summary["transfer_accuracy"] - summary["scratch_accuracy"])
     assert 0 <= summary["mcnemar"]["p_value"] <= 1

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from imgclf import sandbox
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf import smoke_copy
+from imgclf.entry_points import PROJECT_ROOT
 
 pytestmark = pytest.mark.duration(seconds=18)  # about, under make test: orders the modules
 
@@ -65,8 +65,8 @@ def test_script_help():
 @pytest.fixture(scope="module")
 def fresh_project(tmp_path_factory) -> Path:
     """A project copy with no pipeline outputs, so a check that let an override through could not touch ours."""
-    return sandbox.create(tmp_path_factory.mktemp("ci") / "project", source_root=PROJECT_ROOT,
-                          overrides=sandbox.SMOKE_OVERRIDES, git=True)
+    return smoke_copy.create(tmp_path_factory.mktemp("ci") / "project", source_root=PROJECT_ROOT,
+                          overrides=smoke_copy.SMOKE_OVERRIDES, git=True)
 
 
 @pytest.mark.integration
@@ -79,7 +79,7 @@ def fresh_project(tmp_path_factory) -> Path:
 ])
 def test_script_refuses_bad_overrides_before_running_anything(fresh_project, override, message):
     root = fresh_project
-    result = subprocess.run(["bash", str(SCRIPT), override], cwd=root, env=sandbox.environment(root),
+    result = subprocess.run(["bash", str(SCRIPT), override], cwd=root, env=smoke_copy.environment(root),
                             capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
@@ -88,10 +88,10 @@ def test_script_refuses_bad_overrides_before_running_anything(fresh_project, ove
 
 @pytest.mark.integration
 def test_script_refuses_a_params_yaml_that_is_not_valid_yaml(tmp_path):
-    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=sandbox.SMOKE_OVERRIDES,
+    root = smoke_copy.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=smoke_copy.SMOKE_OVERRIDES,
                           git=True)
     (root / "params.yaml").write_text((root / "params.yaml").read_text() + "scratch: [epochs\n")
-    result = subprocess.run(["bash", str(SCRIPT)], cwd=root, env=sandbox.environment(root), capture_output=True,
+    result = subprocess.run(["bash", str(SCRIPT)], cwd=root, env=smoke_copy.environment(root), capture_output=True,
                             text=True, check=False, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "not valid YAML" in result.stderr and "Traceback" not in result.stderr
@@ -104,9 +104,9 @@ def test_script_refuses_a_params_yaml_that_is_not_valid_yaml(tmp_path):
 def test_a_stage_refusal_is_the_scripts_one_line_exit_2(tmp_path, overrides):
     """A stage's `error: ...` + exit 2 (a data.path that passes the schema but is not there) stays exit 2 with that
     line last, not DVC's status 255 and its "failed to reproduce" line; with no remote nothing is pulled."""
-    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, git=True, overrides=sandbox.merge(
-        sandbox.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(tmp_path / "no-such-photos")}}))
-    result = subprocess.run(["bash", str(SCRIPT), "--no-push", *overrides], cwd=root, env=sandbox.environment(root),
+    root = smoke_copy.create(tmp_path / "project", source_root=PROJECT_ROOT, git=True, overrides=smoke_copy.merge(
+        smoke_copy.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(tmp_path / "no-such-photos")}}))
+    result = subprocess.run(["bash", str(SCRIPT), "--no-push", *overrides], cwd=root, env=smoke_copy.environment(root),
                             capture_output=True, text=True, check=False, timeout=300)
     last_line = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2, result.stderr
@@ -131,7 +131,7 @@ def test_stage_output_passes_through_and_other_failures_keep_dvcs_status(tmp_pat
     root.mkdir()
     shutil.copy(PROJECT_ROOT / "params.yaml", root / "params.yaml")
     (root / "dvc.yaml").write_text(f"stages:\n  report:\n    cmd: {json.dumps(command)}\n")  # JSON is YAML
-    env = sandbox.environment(root)
+    env = smoke_copy.environment(root)
     for step in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         subprocess.run(step, cwd=root, env=env, check=True, capture_output=True, timeout=120)
     result = subprocess.run(["bash", str(SCRIPT), "--no-push", "--base", "HEAD"], cwd=root, env=env,

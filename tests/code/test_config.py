@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from imgclf.config import ConfigError, Params, flatten, load_params, params_from_dict, params_to_dict
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf.entry_points import PROJECT_ROOT
 
 
 def test_project_params_load_and_match_the_write_up_recipe():

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgclf import artifacts, cli, config
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf import artifacts, config, stage_runner
+from imgclf.entry_points import PROJECT_ROOT
 
 STAGES = yaml.safe_load((PROJECT_ROOT / artifacts.DVC_FILE).read_text(encoding="utf-8"))["stages"]
 PACKAGES = ("imgclf", "stages")  # the project's own code; everything else is a pinned dependency
@@ -122,12 +122,12 @@ def test_stage_code_deps_are_exactly_its_import_closure(stage, module):
 
 
 def declared_params(module: str) -> list[str] | None:
-    """The stage module's `PARAMS` declaration (the keys it reads; cli.stage checks them against params.yaml)."""
+    """The stage module's `PARAMS` declaration (the keys it reads; stage_runner checks them against params.yaml)."""
     path = module_file(module)
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and any(getattr(target, "id", "") == "PARAMS" for target in node.targets):
-            # `(cli.EVERY_PARAM,)`: the stage reads the whole file; anything else is a tuple of literal keys.
-            return [cli.EVERY_PARAM if isinstance(item, ast.Attribute) and item.attr == "EVERY_PARAM"
+            # `(stage_runner.EVERY_PARAM,)`: the stage reads the whole file; anything else is a tuple of literal keys.
+            return [stage_runner.EVERY_PARAM if isinstance(item, ast.Attribute) and item.attr == "EVERY_PARAM"
                     else ast.literal_eval(item) for item in node.value.elts]
     return None
 
@@ -140,7 +140,7 @@ def test_stage_params_are_its_declared_params(stage, module):
     declared = declared_params(module)
     assert declared is not None, f"{module_file(module)} declares no PARAMS (the params keys its stage reads)"
     listed = STAGES[stage].get("params", [])
-    if declared == [cli.EVERY_PARAM]:  # the whole file: dvc.yaml says `- params.yaml:`
+    if declared == [stage_runner.EVERY_PARAM]:  # the whole file: dvc.yaml says `- params.yaml:`
         assert listed == [{artifacts.PARAMS_FILE: None}], f"dvc.yaml stage {stage} must track all of params.yaml"
         return
     assert sorted(listed) == sorted(declared), (
@@ -161,7 +161,7 @@ def test_package_data_is_shipped_and_counts_as_the_code_that_reads_it():
 def test_the_closure_follows_from_imports_and_package_inits():
     closure = {str(path.relative_to(PROJECT_ROOT)) for path in import_closure("stages.download")}
     assert {"stages/__init__.py", "stages/download.py", "imgclf/__init__.py", "imgclf/data/__init__.py",
-            "imgclf/data/sources.py", "imgclf/cli.py", "imgclf/config.py"} <= closure
+            "imgclf/data/sources.py", "imgclf/stage_runner.py", "imgclf/config.py"} <= closure
     assert "imgclf/training/models.py" not in closure
 
 
@@ -204,7 +204,7 @@ def test_each_stage_reads_exactly_its_declared_params(params_trace):
     assert {run["stage"] for run in runs} == {name for name, _ in STAGE_MODULES}
     problems = []
     for run in runs:
-        if run["declared"] == [cli.EVERY_PARAM]:
+        if run["declared"] == [stage_runner.EVERY_PARAM]:
             continue  # check_params validates the whole file: that is its job, not a read to account for
         declared, read = param_keys(run["declared"]), set(run["read"])
         if read - declared:
@@ -230,5 +230,5 @@ def test_feature_extraction_does_not_rerun_when_training_code_changes():
     # The cached features are the slowest output to rebuild: an edit to the fitting loop, the shared training
     # toolkit or MLflow tracking must not invalidate them.
     closure = {str(path.relative_to(PROJECT_ROOT)) for path in import_closure("stages.extract_features")}
-    assert not closure & {"imgclf/training/fitting.py", "imgclf/training/common.py", "imgclf/tracking.py",
+    assert not closure & {"imgclf/training/fitting.py", "imgclf/training/recipe.py", "imgclf/tracking.py",
                           "imgclf/training/transfer.py", "imgclf/training/scratch.py"}

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf.entry_points import PROJECT_ROOT
 
 pytestmark = pytest.mark.duration(seconds=3)  # about, under make test: orders the modules
 

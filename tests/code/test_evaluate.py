@@ -14,9 +14,9 @@ import pytest
 
 from imgclf import artifacts, model_io
 from imgclf.config import params_from_dict
+from imgclf.entry_points import PROJECT_ROOT
 from imgclf.errors import EvaluationError
-from imgclf.evaluation import calibration, compare, evaluate
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf.evaluation import calibration, evaluate, experiments_table
 from imgclf.tracking import packaging
 from imgclf.training import fitting
 
@@ -149,7 +149,7 @@ def test_evaluate_run_writes_scalar_dvc_metrics_details_and_logs_to_mlflow(evalu
                 "images_per_second", "model_size_mb", "parameter_count"} <= set(values)
         assert values["test_images"] == 18
     # `make exp-show` (Makefile) shows no metric of this file but the two test accuracies
-    assert {key for key in compare.flatten(metrics) if exp_show_form.keeps(key)} == {"scratch.accuracy",
+    assert {key for key in experiments_table.flatten(metrics) if exp_show_form.keeps(key)} == {"scratch.accuracy",
                                                                                    "transfer.accuracy"}
     details = json.loads((out / "details.json").read_text())
     assert set(details["scratch"]["per_class"]) == set(CLASSES)

@@ -84,11 +84,11 @@ def test_prepared_meta_says_which_stage_to_rerun(tmp_path):
 
 
 def test_a_kept_copy_gets_the_current_code_and_keeps_its_params_and_data(tmp_path):
-    from imgclf import sandbox
+    from imgclf import smoke_copy
 
     source, copy = tmp_path / "checkout", tmp_path / "copy"
     for root, version in ((source, "new"), (copy, "old")):
-        for entry in sandbox.CODE_ENTRIES:
+        for entry in smoke_copy.CODE_ENTRIES:
             if "." in entry or entry == "MLproject":
                 (root / entry).parent.mkdir(parents=True, exist_ok=True)
                 (root / entry).write_text(version)
@@ -100,7 +100,7 @@ def test_a_kept_copy_gets_the_current_code_and_keeps_its_params_and_data(tmp_pat
     (copy / "data").mkdir()
     (copy / "data" / "prepared").write_text("kept")
 
-    sandbox.refresh_code(copy, source_root=source)
+    smoke_copy.refresh_code(copy, source_root=source)
 
     assert (copy / "imgclf" / "sub" / "module.py").read_text() == "new"
     assert not (copy / "imgclf" / "removed_since.py").exists()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from imgclf.config import params_from_dict
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf.entry_points import PROJECT_ROOT
 from imgclf.training import fitting, lr_finder
 
 
@@ -92,13 +92,13 @@ def test_exp_args_turns_a_profile_into_dvc_arguments():
 
 def test_lr_finder_compiles_through_the_stage_compile_path(write_prepared, tmp_path, tiny_params_dict, monkeypatch):
     """The sweep uses the configured optimizer and label smoothing (a constant rate, which it sets itself)."""
-    from imgclf.training import common
+    from imgclf.training import recipe
 
     write_prepared(tmp_path / "prepared", class_names=["a", "b"], per_class={"train": 16, "val": 2, "test": 2})
     tiny_params_dict["scratch"].update(optimizer="sgd", label_smoothing=0.1, lr_schedule="cosine")
     compiled = []
-    real_compile = common.compile_model
-    monkeypatch.setattr(common, "compile_model", lambda model, config, **kwargs: (
+    real_compile = recipe.compile_model
+    monkeypatch.setattr(recipe, "compile_model", lambda model, config, **kwargs: (
         compiled.append((config, kwargs)), real_compile(model, config, **kwargs))[1])
     suggestions = lr_finder.run(params_from_dict(tiny_params_dict), model_name="scratch",
                                 prepared_dir=tmp_path / "prepared", features_dir=tmp_path / "features",
@@ -115,14 +115,14 @@ def test_epoch_logger_names_each_metric_by_its_split_and_logs_validation_first(t
     page's parallel-coordinates plot opens on the first metric the runs logged. history.csv keeps Keras's names,
     which dvc.yaml's plots read."""
     from imgclf.tracking import runs
-    from imgclf.training import common
+    from imgclf.training import recipe
 
     uri = new_mlflow_store(tmp_path)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype("float32")
     y = keras.utils.to_categorical((x[:, 0] > 0).astype(int), 2)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
-    common.compile_model(model, params_from_dict(params_dict).scratch, steps_per_epoch=4, jit_compile=False)
+    recipe.compile_model(model, params_from_dict(params_dict).scratch, steps_per_epoch=4, jit_compile=False)
     history = tmp_path / "history.csv"
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)

@@ -8,9 +8,9 @@ import sys
 import pytest
 import yaml
 
-from imgclf import sandbox
+from imgclf import smoke_copy
 from imgclf.config import params_from_dict
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf.entry_points import PROJECT_ROOT
 
 PROFILES = sorted((PROJECT_ROOT / "profiles").glob("*.yaml"))
 
@@ -35,7 +35,7 @@ def test_own_photos_profile_gives_a_scratch_model_no_larger_than_the_write_ups(p
     from imgclf.training import scratch_model
 
     profile = yaml.safe_load((PROJECT_ROOT / "profiles" / "own_photos.yaml").read_text(encoding="utf-8"))
-    params = params_from_dict(sandbox.merge(params_dict, profile))
+    params = params_from_dict(smoke_copy.merge(params_dict, profile))
     side = params.preprocess.image_size
     model = scratch_model.build_scratch_model(params.scratch, input_shape=(side, side, 3), num_classes=10)
     assert model.count_params() <= 2_264_458, "the write-up's CNN on CIFAR-10 (32 px, 10 classes)"

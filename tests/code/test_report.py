@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from imgclf import figures
-from imgclf.evaluation import comparison, evaluate, report
+from imgclf.evaluation import evaluate, paired_tests, report
 
 CLASSES = ["cat", "dog", "<b>ship</b>"]
 SECTIONS = ("headline", "metrics", "calibration", "galleries", "both-wrong", "only-transfer-right",
@@ -39,7 +39,7 @@ def _inputs(tmp_path, fake_probabilities) -> report.ReportInputs:
                                                          validation_probabilities=scores, bins=15),
                           "images_per_second": 1234.5, "parameter_count": 10_000, "model_size_mb": 1.5}
     figures.reliability_diagrams(metrics, tmp_path / "reliability.png")
-    summary = comparison.compare(labels % 2 == 0, labels < 3, resamples=200, confidence_level=0.95, seed=0)
+    summary = paired_tests.significance(labels % 2 == 0, labels < 3, resamples=200, confidence_level=0.95, seed=0)
     galleries = [report.Gallery(anchor=anchor, title=anchor.replace("-", " "), description="about <these>",
                                 groups=[("", [_tile(i) for i in range(4)])], total=9)
                  for anchor in ("both-wrong", "only-transfer-right", "only-scratch-right", "top-losses",
@@ -80,7 +80,7 @@ def test_thumbnails_shrink_large_images_and_leave_small_ones_for_the_browser_to_
 def test_markdown_summary_is_short_and_leads_with_the_verdict(tmp_path, fake_probabilities):
     inputs = _inputs(tmp_path, fake_probabilities)
     text = report.render_markdown(inputs)
-    assert comparison.verdict(inputs.summary) in text.splitlines()[2]
+    assert paired_tests.verdict(inputs.summary) in text.splitlines()[2]
     assert len(text.splitlines()) < 20 and "| accuracy |" in text and "report.html" in text
 
 
@@ -90,10 +90,10 @@ def test_verdict_names_the_winner_and_says_whether_it_is_significant():
                 "accuracy_difference_ci": {"low": -0.01, "high": 0.05, "level": 0.95},
                 "mcnemar": {"p_value": p_value, "exact": False}}
 
-    assert comparison.verdict(summary(0.6, 0.9, 1e-6)).startswith("The transfer model is better")
-    assert "not significant" in comparison.verdict(summary(0.7, 0.6, 0.3))
-    assert comparison.verdict(summary(0.7, 0.6, 0.3)).startswith("The scratch model scores higher")
-    assert comparison.verdict(summary(0.7, 0.7, 1.0)).startswith("The models tie")
+    assert paired_tests.verdict(summary(0.6, 0.9, 1e-6)).startswith("The transfer model is better")
+    assert "not significant" in paired_tests.verdict(summary(0.7, 0.6, 0.3))
+    assert paired_tests.verdict(summary(0.7, 0.6, 0.3)).startswith("The scratch model scores higher")
+    assert paired_tests.verdict(summary(0.7, 0.7, 1.0)).startswith("The models tie")
 
 
 @pytest.mark.browser

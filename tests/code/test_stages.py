@@ -10,7 +10,7 @@ import tarfile
 import pytest
 import yaml
 
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf.entry_points import PROJECT_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.duration(seconds=9)]  # about, under make test: orders the modules
 

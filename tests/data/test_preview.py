@@ -8,7 +8,7 @@ import yaml
 from imgclf import artifacts
 from imgclf.config import params_from_dict
 from imgclf.data import preview
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf.entry_points import PROJECT_ROOT
 
 
 def test_preview_draws_both_figures_from_a_sample_of_every_class(write_prepared, tmp_path, tiny_params_dict):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from imgclf.data import records, tfdata
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf.entry_points import PROJECT_ROOT
 
 pytestmark = pytest.mark.duration(seconds=25)  # about, under make test (four processes importing TensorFlow)
 

@@ -11,7 +11,7 @@ from PIL import Image
 from imgclf import artifacts, model_io
 from imgclf.config import params_from_dict
 from imgclf.data import preprocess, sources, tfdata
-from imgclf.sandbox import merge
+from imgclf.smoke_copy import merge
 from imgclf.training import fitting, scratch, transfer_model
 
 

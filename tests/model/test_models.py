@@ -14,8 +14,8 @@ import pytest
 
 from imgclf import errors, model_io
 from imgclf.config import params_from_dict
-from imgclf.pipeline import PROJECT_ROOT
-from imgclf.training import backbones, common, features, scratch_model, transfer_model
+from imgclf.entry_points import PROJECT_ROOT
+from imgclf.training import backbones, features, recipe, scratch_model, transfer_model
 
 
 def load_backbone(config):
@@ -125,7 +125,7 @@ def _saved_groups(path) -> set[str]:
 def test_a_saved_model_keeps_its_weights_and_drops_the_optimizer_state(params_dict, tmp_path):
     config = params_from_dict(params_dict).scratch
     model = scratch_model.build_scratch_model(config, input_shape=(16, 16, 3), num_classes=3)
-    common.compile_model(model, config, steps_per_epoch=1, jit_compile=False)
+    recipe.compile_model(model, config, steps_per_epoch=1, jit_compile=False)
     rng = np.random.default_rng(0)
     pixels = rng.uniform(0, 255, size=(8, 16, 16, 3)).astype("float32")
     model.fit(pixels, keras.utils.to_categorical(np.arange(8) % 3, 3), verbose=0)

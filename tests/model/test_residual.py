@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from imgclf import artifacts, errors, model_io, sandbox
+from imgclf import artifacts, errors, model_io, smoke_copy
 from imgclf.config import ConfigError, params_from_dict
+from imgclf.entry_points import PROJECT_ROOT
 from imgclf.evaluation import evaluate
-from imgclf.pipeline import PROJECT_ROOT
 from imgclf.training import backbones, features, fitting, scratch_model, transfer_model
 
 PROFILES = PROJECT_ROOT / "profiles"
@@ -23,7 +23,7 @@ RESIDUAL_PROFILE_PARAMETERS = 4_608_312  # the profile's widths 128/384/384 (air
 
 def profile_params(params_dict: dict, name: str):
     overrides = yaml.safe_load((PROFILES / name).read_text())
-    return params_from_dict(sandbox.merge(params_dict, overrides), source=name)
+    return params_from_dict(smoke_copy.merge(params_dict, overrides), source=name)
 
 
 def test_seed_cnn_stays_the_default(params_dict):
@@ -108,7 +108,7 @@ def test_too_many_blocks_for_the_image_size_is_refused(params_dict):
 def test_residual_net_loss_falls_and_round_trips(params_dict, tmp_path):
     """A few SGD steps of the real recipe (profile optimizer, warm-up, label smoothing) on two learnable classes."""
     keras.utils.set_random_seed(1)
-    params_dict = sandbox.merge(params_dict, yaml.safe_load((PROFILES / "scratch_residual.yaml").read_text()))
+    params_dict = smoke_copy.merge(params_dict, yaml.safe_load((PROFILES / "scratch_residual.yaml").read_text()))
     params_dict["scratch"].update(residual_widths=[16, 32], batch_size=32, epochs=6, warmup_epochs=1.0,
                                   learning_rate=0.1)
     config = params_from_dict(params_dict).scratch
@@ -223,10 +223,10 @@ def test_train_scratch_stage_fits_the_residual_net_with_whitening_from_training_
     from imgclf.data import preprocess, sources
     from imgclf.training import scratch
 
-    base = sandbox.merge(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()),
+    base = smoke_copy.merge(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()),
                          {"data": {"source": "synthetic"}, "preprocess": {"min_images_per_class": 5},
                           "mlflow": {"experiment": "imgclf-tests"}})
-    base = sandbox.merge(base, yaml.safe_load((PROFILES / "scratch_residual.yaml").read_text()))
+    base = smoke_copy.merge(base, yaml.safe_load((PROFILES / "scratch_residual.yaml").read_text()))
     base["scratch"].update(residual_widths=[16, 32, 32], epochs=2, batch_size=32, warmup_epochs=1.0,
                            learning_rate=0.1, lookahead=True)  # the stage wires lookahead in too
     params = params_from_dict(base)

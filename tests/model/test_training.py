@@ -22,8 +22,8 @@ import yaml
 
 from imgclf.config import params_from_dict
 from imgclf.data import preprocess, sources
-from imgclf.pipeline import PROJECT_ROOT
-from imgclf.sandbox import merge
+from imgclf.entry_points import PROJECT_ROOT
+from imgclf.smoke_copy import merge
 from imgclf.training import fitting
 
 # Big enough that an epoch takes about a second: a kill lands mid-epoch.

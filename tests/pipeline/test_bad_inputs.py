@@ -24,8 +24,8 @@ import pytest
 from imgclf import fileio
 from imgclf.config import params_from_dict
 from imgclf.data import archives, download, preprocess, sources
+from imgclf.entry_points import PROJECT_ROOT
 from imgclf.errors import DataSourceError, PreprocessError
-from imgclf.pipeline import PROJECT_ROOT
 
 pytestmark = pytest.mark.duration(seconds=20)  # about, under make test: orders the modules
 
@@ -262,7 +262,7 @@ def test_corrupt_mlflow_db_is_one_line_naming_the_file(tmp_path, monkeypatch):
 def test_a_corrupt_store_behind_a_model_uri_is_one_line(tmp_path, monkeypatch, capsys, entry_point,
                                                         write_image_folder):
     """`mlflow run -e predict` (model `champion`) and `imgclf predict models:/...` open the store too."""
-    from imgclf import cli, pipeline
+    from imgclf import entry_points, stage_runner
 
     store = tmp_path / "mlflow.db"
     store.write_bytes(os.urandom(20000))
@@ -271,11 +271,11 @@ def test_a_corrupt_store_behind_a_model_uri_is_one_line(tmp_path, monkeypatch, c
     images = write_image_folder(tmp_path / "images", {"x": 1}, size=8)
     if entry_point == "champion":
         with pytest.raises(SystemExit) as exit_info:
-            pipeline.main(["predict", "--images", str(images), "--model", "champion"])
+            entry_points.main(["predict", "--images", str(images), "--model", "champion"])
         status, err = exit_info.value.code, capsys.readouterr().err
     else:
         status, err = _cli(capsys, "predict", str(images), "--model", "models:/imgclf-transfer@champion")
-    assert status == cli.EXIT_USER_ERROR and err.startswith("error: the MLflow tracking store ")
+    assert status == stage_runner.EXIT_USER_ERROR and err.startswith("error: the MLflow tracking store ")
     assert str(store) in err and err.count("\n") == 1
 
 
@@ -307,7 +307,7 @@ def test_registry_and_outer_run_trouble_is_a_user_error_and_a_bug_keeps_its_trac
                                                                                        store, write_image_folder):
     """No model holds `champion`, MLFLOW_RUN_ID names a run the store lacks: one `error:` line, exit 2. Any other
     exception out of the pipeline's entry point is a bug: it propagates (with its traceback)."""
-    from imgclf import cli, pipeline
+    from imgclf import entry_points, stage_runner
     from imgclf.errors import RegistryError, TrackingStoreError
     from imgclf.tracking import registry
     from imgclf.tracking import store as tracking_store
@@ -317,9 +317,10 @@ def test_registry_and_outer_run_trouble_is_a_user_error_and_a_bug_keeps_its_trac
     with pytest.raises(RegistryError, match="alias 'champion'"):
         registry.champion_uri()
     with pytest.raises(SystemExit) as exit_info:
-        pipeline.main(["predict", "--images", str(images), "--model", "champion"])
+        entry_points.main(["predict", "--images", str(images), "--model", "champion"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == cli.EXIT_USER_ERROR and err.startswith("error: no registered model has the alias")
+    assert exit_info.value.code == stage_runner.EXIT_USER_ERROR
+    assert err.startswith("error: no registered model has the alias")
     assert err.count("\n") == 1
 
     monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
@@ -331,7 +332,7 @@ def test_registry_and_outer_run_trouble_is_a_user_error_and_a_bug_keeps_its_trac
 
     monkeypatch.setattr(registry, "champion_uri", bug)
     with pytest.raises(RuntimeError, match="a bug"):
-        pipeline.main(["predict", "--images", str(images), "--model", "champion"])
+        entry_points.main(["predict", "--images", str(images), "--model", "champion"])
 
 
 # ------------------------------------------------------------------------------- 7. one error policy
@@ -382,7 +383,7 @@ def test_predict_path_that_does_not_exist_fails_before_any_work(tmp_path, capsys
 @pytest.mark.parametrize("what", ["model", "backbone"])
 def test_corrupt_model_or_backbone_file_is_one_line_exit_2(tmp_path, capsys, what):
     """The evaluate and transfer stages load models through model_io.load_model, extract_features its backbone."""
-    from imgclf import cli, model_io
+    from imgclf import model_io, stage_runner
     from imgclf.config import TransferConfig
     from imgclf.training import features
 
@@ -392,7 +393,7 @@ def test_corrupt_model_or_backbone_file_is_one_line_exit_2(tmp_path, capsys, wha
             else (lambda: features.load_backbone({"file": str(broken), "preprocessing": "none"},
                                                  TransferConfig(backbone=str(broken), weights=None))))
     with pytest.raises(SystemExit) as exit_info:
-        cli.exit_on_user_error(load)
+        stage_runner.exit_on_user_error(load)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith(f"error: {broken} is not a Keras model file (")
     assert err.count("\n") == 1 and ("retrain it" in err if what == "model" else "raw [0, 255] RGB" in err)
@@ -422,24 +423,24 @@ def test_stage_with_a_broken_params_file_is_one_line_exit_2(tmp_path):
 
 
 def test_mlproject_entry_point_mistake_is_one_line_exit_2(capsys):
-    from imgclf import pipeline
+    from imgclf import entry_points
 
     with pytest.raises(SystemExit) as exit_info:
-        pipeline.main(["predict", "--images", "", "--model", "x.keras"])
+        entry_points.main(["predict", "--images", "", "--model", "x.keras"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error: images:") and err.count("\n") == 1
 
 
 @pytest.mark.integration
 def test_mlproject_run_turns_a_stage_refusal_into_one_line_exit_2(tmp_path):
-    """`mlflow run . -e main` runs `python -m imgclf.pipeline run`: dvc exits 255 when a stage exits 2."""
-    from imgclf import sandbox
+    """`mlflow run . -e main` runs `python -m imgclf.entry_points run`: dvc exits 255 when a stage exits 2."""
+    from imgclf import smoke_copy
 
     photos = tmp_path / "no-such-photos"
-    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=sandbox.merge(
-        sandbox.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(photos)}}))
-    result = subprocess.run([sys.executable, "-m", "imgclf.pipeline", "run"], cwd=root,
-                            env=sandbox.environment(root), capture_output=True, text=True, timeout=300)
+    root = smoke_copy.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=smoke_copy.merge(
+        smoke_copy.SMOKE_OVERRIDES, {"data": {"source": "image_folder", "path": str(photos)}}))
+    result = subprocess.run([sys.executable, "-m", "imgclf.entry_points", "run"], cwd=root,
+                            env=smoke_copy.environment(root), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"error: stage 'fingerprint_data': data.path '{photos}' does not exist")
     assert result.stderr.count("\n") == 1 and "failed to reproduce" not in result.stderr
@@ -448,11 +449,11 @@ def test_mlproject_run_turns_a_stage_refusal_into_one_line_exit_2(tmp_path):
 @pytest.mark.integration
 def test_mlproject_run_keeps_dvcs_status_and_words_for_a_crash(tmp_path, capsys):
     """Only a stage's exit 2 is rewritten; a crashing stage's lines, held back while DVC runs, are all shown."""
-    from imgclf import pipeline
+    from imgclf import entry_points
 
     (tmp_path / "dvc.yaml").write_text('stages:\n  crash:\n    cmd: "echo error: boom >&2 && exit 1"\n')
-    subprocess.run([*pipeline.DVC, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=120)
-    status = pipeline.run_pipeline(tmp_path)
+    subprocess.run([*entry_points.DVC, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=120)
+    status = entry_points.run_pipeline(tmp_path)
     err = capsys.readouterr().err
     assert status == 255 and "error: boom" in err and "failed to reproduce 'crash'" in err and "exited with 1" in err
 

@@ -32,10 +32,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from imgclf import artifacts, cli
+from imgclf import artifacts, stage_runner
 from imgclf.data import images, preprocess, sources
+from imgclf.entry_points import PROJECT_ROOT
 from imgclf.errors import DataSourceError
-from imgclf.pipeline import PROJECT_ROOT
 
 pytestmark = pytest.mark.duration(seconds=25)  # about, under make test: orders the modules
 
@@ -260,7 +260,7 @@ def test_malformed_meta_json_is_one_line_for_stages_and_predict(tmp_path, capsys
     (tmp_path / "prepared" / artifacts.META_FILE).write_text(text)
     expected = META_CASES[case][1]
     with pytest.raises(SystemExit) as exit_info:  # what every training, evaluation and analysis stage reads
-        cli.exit_on_user_error(lambda: artifacts.read_prepared_meta(tmp_path / "prepared"))
+        stage_runner.exit_on_user_error(lambda: artifacts.read_prepared_meta(tmp_path / "prepared"))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and _one_error_line(err) and expected in err, err
     photos = write_image_folder(tmp_path / "photos", {"x": 1}, size=8)
@@ -289,7 +289,7 @@ def test_archive_members_too_long_or_too_deep_are_refused_in_one_line(tmp_path, 
     archive = _tar_with(tmp_path / "data.tar", photos, name)
     with pytest.raises(DataSourceError) as caught:
         _fetch_folder(tmp_path, archive)
-    message = cli.user_error_message(caught.value)
+    message = stage_runner.user_error_message(caught.value)
     assert message.startswith(f"{archive}: member 'data/a/") and problem in message and len(message) < 400
     assert not (tmp_path / "raw").exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data.tar", "photos"], "nothing left beside"

@@ -207,7 +207,7 @@ def test_an_alias_bomb_stops_the_params_check_and_dvc_in_one_line(tmp_path):
     import subprocess
     import sys
 
-    from imgclf.pipeline import PROJECT_ROOT
+    from imgclf.entry_points import PROJECT_ROOT
 
     environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     subprocess.run([sys.executable, "-m", "imgclf.dvc_cli", "init", "--no-scm", "-q"], cwd=tmp_path, check=True,
@@ -248,7 +248,7 @@ def writers(tmp_path):
     import subprocess
     import sys
 
-    from imgclf.pipeline import PROJECT_ROOT
+    from imgclf.entry_points import PROJECT_ROOT
 
     started = []
 

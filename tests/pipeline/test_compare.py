@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgclf import sandbox
-from imgclf.evaluation import compare
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf import smoke_copy
+from imgclf.entry_points import PROJECT_ROOT
+from imgclf.evaluation import experiments_table
 
 pytestmark = pytest.mark.duration(seconds=45)  # about, under make test: orders the modules
 
@@ -83,7 +83,7 @@ DVC_YAML = {
         "evaluate": {"cmd": "python stage.py evaluate", "deps": ["stage.py", "models/scratch"],
                      "params": [{"params.yaml": None}], "outs": ["results/evaluate", "results/analysis"]},
     },
-    "metrics": [compare.EVALUATE_METRICS, compare.ANALYSIS_SUMMARY],
+    "metrics": [experiments_table.EVALUATE_METRICS, experiments_table.ANALYSIS_SUMMARY],
 }
 
 
@@ -91,7 +91,7 @@ def _run(root: Path, *command: str, env: dict[str, str] | None = None, capture: 
     """`command` in `root`; its stdout. `capture=False` for `dvc queue start`: the worker it leaves behind would keep
     captured pipes open until it exits."""
     output = {"capture_output": True} if capture else {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    result = subprocess.run(command, cwd=root, env=env or sandbox.environment(root), text=True, check=False,
+    result = subprocess.run(command, cwd=root, env=env or smoke_copy.environment(root), text=True, check=False,
                             timeout=300, **output)
     assert result.returncode == 0, f"{shlex.join(command)}:\n{result.stdout}\n{result.stderr}"
     return result.stdout or ""
@@ -149,9 +149,9 @@ def _table(text: str) -> dict[str, dict[str, str]]:
     """`make compare`'s table: {experiment: {column title: cell}}, cut at the widths of the dashed line."""
     lines = text.splitlines()
     spans, start = [], 0
-    for dashes in lines[1].split(compare.GAP):
+    for dashes in lines[1].split(experiments_table.GAP):
         spans.append((start, start + len(dashes)))
-        start += len(dashes) + len(compare.GAP)
+        start += len(dashes) + len(experiments_table.GAP)
     titles = [lines[0][begin:end].strip() for begin, end in spans]
     rows = [dict(zip(titles, (line[begin:end].strip() for begin, end in spans), strict=True))
             for line in lines[2:] if line and not line.startswith("also differ")]
@@ -165,8 +165,8 @@ def test_compare_gives_numbers_only_to_finished_experiments_and_names_every_stat
     assert dvc_rows["broken"]["State"] == "Failed"
     assert dvc_rows["broken"]["scratch.accuracy"] == dvc_rows["epochs-2"]["scratch.accuracy"] == "0.52"
 
-    output = _run(sweep, sys.executable, "-m", "imgclf.evaluation.compare")
-    assert all(len(line) <= compare.WIDTH for line in output.splitlines()), output
+    output = _run(sweep, sys.executable, "-m", "imgclf.evaluation.experiments_table")
+    assert all(len(line) <= experiments_table.WIDTH for line in output.splitlines()), output
     table = _table(output)
     metrics = ("scratch acc", "transfer acc", "diff", "McNemar p")
     assert list(next(iter(table.values()))) == ["experiment", "state", "scratch.epochs", "transfer.backbone",
@@ -187,7 +187,7 @@ def test_compare_gives_numbers_only_to_finished_experiments_and_names_every_stat
 def test_exp_show_form_fits_200_columns_with_every_cell_whole(sweep, exp_show_form):
     # Two ways DVC prints: in a terminal through a pager, at the table's whole width (any output but a terminal
     # gets that width too); with --no-pager, cut to the terminal's width with cells shortened to "…".
-    env = {**sandbox.environment(sweep), "COLUMNS": "200"}
+    env = {**smoke_copy.environment(sweep), "COLUMNS": "200"}
     everything = _dvc(sweep, "exp", "show", env=env)
     assert max(len(line) for line in everything.splitlines()) > 200, "the whole table fits: nothing to show"
     assert "…" in _dvc(sweep, "exp", "show", "--no-pager", env=env)
@@ -204,7 +204,7 @@ def test_exp_show_form_fits_200_columns_with_every_cell_whole(sweep, exp_show_fo
 
 
 def test_exp_show_form_drops_no_param_and_the_manual_shows_it(exp_show_form):
-    params = compare.flatten(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()))
+    params = experiments_table.flatten(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()))
     assert [key for key in params if not exp_show_form.keeps(key)] == []
     page = re.sub(r" *\\\n *", " ", (PROJECT_ROOT / "docs" / "experiments.md").read_text())  # continued lines joined
     assert f"dvc exp show {shlex.join(exp_show_form.args)}" in page

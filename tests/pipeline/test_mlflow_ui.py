@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import sandbox
+from imgclf import smoke_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
-EXPERIMENT = sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"]
+EXPERIMENT = smoke_copy.SMOKE_OVERRIDES["mlflow"]["experiment"]
 SERVER_START_SECONDS = 90  # the first start migrates nothing (the store exists) but imports a lot on a busy CI box
 
 
@@ -61,7 +61,7 @@ def test_compare_view_shows_both_experiments_with_test_accuracy(experiment_proje
     transfer_runs = client.search_runs([experiment.experiment_id], "tags.model = 'transfer'",
                                        order_by=["attributes.start_time ASC"])
     baseline, variant = transfer_runs[0], transfer_runs[1]
-    assert baseline.data.params["transfer.backbone"] == sandbox.SMOKE_OVERRIDES["transfer"]["backbone"]
+    assert baseline.data.params["transfer.backbone"] == smoke_copy.SMOKE_OVERRIDES["transfer"]["backbone"]
     assert variant.data.params["transfer.backbone"] == "mobilenet_v2"
 
     # The route the UI's own Compare button opens (getCompareRunPageRoute in the MLflow 3 JS bundle).

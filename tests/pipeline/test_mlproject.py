@@ -10,39 +10,39 @@ import mlflow
 import pytest
 from mlflow.projects import _project_spec
 
-from imgclf import pipeline, sandbox
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf import entry_points, smoke_copy
+from imgclf.entry_points import PROJECT_ROOT
 
-EXPERIMENT = sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"]
+EXPERIMENT = smoke_copy.SMOKE_OVERRIDES["mlflow"]["experiment"]
 
 
 def test_entry_points_cover_the_pipeline_every_stage_and_predict():
     project = _project_spec.load_project(str(PROJECT_ROOT))
-    assert set(pipeline.stage_names(PROJECT_ROOT)) | {"main", "predict"} <= set(project._entry_points)
+    assert set(entry_points.stage_names(PROJECT_ROOT)) | {"main", "predict"} <= set(project._entry_points)
     main = project.get_entry_point("main").compute_command({"overrides": "scratch.epochs=1 x.y=2"}, None)
-    assert main == "python -m imgclf.pipeline run --overrides 'scratch.epochs=1 x.y=2' --name ''"
+    assert main == "python -m imgclf.entry_points run --overrides 'scratch.epochs=1 x.y=2' --name ''"
     stage = project.get_entry_point("evaluate").compute_command({}, None)
-    assert stage == "python -m imgclf.pipeline run --stage evaluate --overrides ''"
+    assert stage == "python -m imgclf.entry_points run --stage evaluate --overrides ''"
     predict = project.get_entry_point("predict").compute_command({"images": "a.png b c.jpg"}, None)
-    assert predict.startswith("python -m imgclf.pipeline predict --images 'a.png b c.jpg' --model champion")
+    assert predict.startswith("python -m imgclf.entry_points predict --images 'a.png b c.jpg' --model champion")
     assert project.env_type == "python_env" and project.env_config_path.endswith("python_env.yaml")
 
 
 @pytest.mark.integration
 def test_overrides_become_a_dvc_experiment_and_need_git(tmp_path):
-    items = pipeline.parse_overrides("scratch.epochs=1 transfer.backbone=mobilenet_v2")
-    command = pipeline.dvc_command(overrides=items, stage=None, name=None, git=True)
+    items = entry_points.parse_overrides("scratch.epochs=1 transfer.backbone=mobilenet_v2")
+    command = entry_points.dvc_command(overrides=items, stage=None, name=None, git=True)
     dvc = [sys.executable, "-m", "imgclf.dvc_cli"]  # DVC's command line less its fresh-clone checkout warnings
     assert command == [*dvc, "exp", "run", "-S", "scratch.epochs=1", "-S", "transfer.backbone=mobilenet_v2"]
-    assert pipeline.dvc_command(overrides=[], stage="evaluate", name=None, git=False) == [*dvc, "repro", "evaluate"]
-    with pytest.raises(pipeline.PipelineError, match="git repository"):
-        pipeline.dvc_command(overrides=items, stage=None, name=None, git=False)
-    with pytest.raises(pipeline.PipelineError, match="not key=value"):
-        pipeline.parse_overrides("scratch.epochs")
-    with pytest.raises(pipeline.PipelineError, match="unknown stage"):
-        pipeline.dvc_command(overrides=[], stage="train", name=None, git=True)
+    assert entry_points.dvc_command(overrides=[], stage="evaluate", name=None, git=False) == [*dvc, "repro", "evaluate"]
+    with pytest.raises(entry_points.PipelineError, match="git repository"):
+        entry_points.dvc_command(overrides=items, stage=None, name=None, git=False)
+    with pytest.raises(entry_points.PipelineError, match="not key=value"):
+        entry_points.parse_overrides("scratch.epochs")
+    with pytest.raises(entry_points.PipelineError, match="unknown stage"):
+        entry_points.dvc_command(overrides=[], stage="train", name=None, git=True)
     # The command line says what to do, in one line, with exit status 2.
-    result = subprocess.run([sys.executable, "-m", "imgclf.pipeline", "run", "--overrides", "scratch.epochs=1"],
+    result = subprocess.run([sys.executable, "-m", "imgclf.entry_points", "run", "--overrides", "scratch.epochs=1"],
                             cwd=tmp_path, capture_output=True, text=True, check=False)
     assert result.returncode == 2 and "git repository" in result.stderr
 
@@ -57,7 +57,7 @@ def test_mlflow_run_main_with_overrides_nests_the_runs(copy_trained_project, tmp
     executable = str(sys.executable).removesuffix("python") + "mlflow"
     result = subprocess.run([executable, "run", ".", "-e", "main", "--env-manager", "local", "--experiment-name",
                              EXPERIMENT, "-P", "overrides=transfer.epochs=2"], cwd=root,
-                            env=sandbox.environment(root), capture_output=True, text=True, check=False, timeout=600)
+                            env=smoke_copy.environment(root), capture_output=True, text=True, check=False, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     outer = client.search_runs([experiment.experiment_id], "tags.`mlflow.project.entryPoint` = 'main'")
@@ -93,7 +93,7 @@ def test_mlflow_run_predict_is_named_after_its_model_and_logs_the_predictions(co
     executable = str(sys.executable).removesuffix("python") + "mlflow"
     result = subprocess.run([executable, "run", ".", "-e", "predict", "--env-manager", "local", "--experiment-name",
                              EXPERIMENT, "-P", f"images={images}", "-P", "format=json"], cwd=root,
-                            env=sandbox.environment(root), capture_output=True, text=True, check=False, timeout=600)
+                            env=smoke_copy.environment(root), capture_output=True, text=True, check=False, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")

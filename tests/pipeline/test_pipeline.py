@@ -8,14 +8,14 @@ import mlflow
 import pytest
 import yaml
 
-from imgclf import sandbox
+from imgclf import smoke_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _runs(root):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"])
+    experiment = client.get_experiment_by_name(smoke_copy.SMOKE_OVERRIDES["mlflow"]["experiment"])
     return client, client.search_runs([experiment.experiment_id])
 
 
@@ -34,7 +34,7 @@ def test_dvc_repro_end_to_end_then_up_to_date(copy_trained_project, trained_proj
         assert (root / path).stat().st_size > 0, path
 
     metrics = json.loads((root / "results/evaluate/metrics.json").read_text())
-    chance = 1 / sandbox.SMOKE_OVERRIDES["data"]["synthetic_classes"]
+    chance = 1 / smoke_copy.SMOKE_OVERRIDES["data"]["synthetic_classes"]
     for model in ("scratch", "transfer"):
         assert 0.0 <= metrics[model]["accuracy"] <= 1.0 and metrics[model]["loss"] > 0
     assert metrics["scratch"]["accuracy"] > chance + 0.2, "the synthetic classes are learnable"
@@ -49,7 +49,7 @@ def test_dvc_repro_end_to_end_then_up_to_date(copy_trained_project, trained_proj
     by_model = {run.data.tags["model"]: run for run in runs}
     assert set(by_model) == {"scratch", "transfer", "comparison"} and len(runs) == 3
     scratch = by_model["scratch"]
-    epochs = sandbox.SMOKE_OVERRIDES["scratch"]["epochs"]
+    epochs = smoke_copy.SMOKE_OVERRIDES["scratch"]["epochs"]
     assert len(client.get_metric_history(scratch.info.run_id, "val_accuracy")) == epochs
     assert scratch.data.params["scratch.epochs"] == str(epochs)
     assert scratch.data.metrics["test_accuracy"] == pytest.approx(metrics["scratch"]["accuracy"])
@@ -60,8 +60,9 @@ def test_dvc_repro_end_to_end_then_up_to_date(copy_trained_project, trained_proj
 
     # In a copy (files, git history, DVC cache, store): the shared run is only read, by every xdist worker.
     root = copy_trained_project(tmp_path / "copy")
-    again = sandbox.dvc(root, "repro")
-    assert sandbox.stages_ran(again.stdout) == list(sandbox.ALWAYS_RUN), "only the data's fingerprint is read again"
+    again = smoke_copy.dvc(root, "repro")
+    assert smoke_copy.stages_ran(again.stdout) == list(smoke_copy.ALWAYS_RUN), \
+        "only the data's fingerprint is read again"
     assert len(_runs(root)[1]) == 3, "an unchanged pipeline records no new runs"
 
     # A head-only change reuses the cached backbone features: only the head and what follows rerun.
@@ -69,5 +70,5 @@ def test_dvc_repro_end_to_end_then_up_to_date(copy_trained_project, trained_proj
     params = yaml.safe_load(params_path.read_text())
     params["transfer"]["epochs"] = 2
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    status = sandbox.dvc(root, "status").stdout
+    status = smoke_copy.dvc(root, "status").stdout
     assert "train_transfer" in status and "extract_features" not in status and "train_scratch" not in status

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import sandbox
+from imgclf import smoke_copy
 
 # Both cases run DVC in the shared `trained_project`: one after the other, the module on one worker (`--dist
 # loadfile`, Makefile); no other module runs DVC there.
@@ -57,7 +57,7 @@ def test_plots_page_draws_offline_with_labelled_axes_and_a_colour_per_model(trai
                                                                             chromium):
     browser = chromium
     out = tmp_path / "dvc_plots"
-    sandbox.dvc(trained_project, *command, "--out", str(out))
+    smoke_copy.dvc(trained_project, *command, "--out", str(out))
     page = out / "index.html"
     html = page.read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?https?:""", html), "the page loads something from the network"

@@ -15,7 +15,7 @@ import pytest
 from imgclf import artifacts
 from imgclf.config import params_from_dict
 from imgclf.data import preprocess, sources, tfdata
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf.entry_points import PROJECT_ROOT
 
 
 def test_validation_evaluates_without_running_out_of_data(tmp_path, params_dict, write_image_folder):
@@ -85,19 +85,21 @@ TENSORFLOW_LOADING = (
 
 
 def test_tensorflow_start_up_lines_follow_tf_cpp_min_log_level():
-    from imgclf import cli
+    from imgclf import stage_runner
 
     def severities(level: int) -> list[str]:
-        return [line[:5].decode() for line in cli.tensorflow_start_up_lines(TENSORFLOW_LOADING, level).splitlines()]
+        lines = stage_runner.tensorflow_start_up_lines(TENSORFLOW_LOADING, level).splitlines()
+        return [line[:5].decode() for line in lines]
 
-    assert cli.tensorflow_start_up_lines(TENSORFLOW_LOADING, 0) == TENSORFLOW_LOADING  # everything, as TF says
+    assert stage_runner.tensorflow_start_up_lines(TENSORFLOW_LOADING, 0) == TENSORFLOW_LOADING  # everything, as TF says
     assert severities(1) == ["/x/ke", "W0000", "E0000", "I0000"]
     assert severities(2) == ["/x/ke", "E0000", "I0000"]  # the default: no banner, errors and the rest kept
     assert severities(3) == ["/x/ke", "I0000"]
 
 
-# The lines of a `dvc repro` that are the project's own: its log lines (cli.LOG_FORMAT), DVC's progress through the
-# stages and its closing hints, and Keras' line per epoch that the training stages ask for (progress.keras_verbose).
+# The lines of a `dvc repro` that are the project's own: its log lines (stage_runner.LOG_FORMAT), DVC's progress
+# through the stages and its closing hints, and Keras' line per epoch that the training stages ask for
+# (progress.keras_verbose).
 PROJECT_LINES = re.compile("|".join((
     r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) (imgclf|stages)[\w.]*: .*",
     r"Running stage '\w+':", r"> python -m stages\.\w+ .*", r"(Generating|Updating) lock file 'dvc\.lock'",

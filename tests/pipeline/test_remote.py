@@ -1,4 +1,4 @@
-"""A DVC remote (a local directory standing in for S3/GCS/Azure) and ci/retrain.sh against it, on real git clones.
+"""A DVC remote (a local directory standing in for S3/GCS/Azure) and scripts/retrain.sh against it, on real git clones.
 
 From the trained fixture project: add a default remote, commit, push (by the retrain script's first run, with the
 remote still empty); then a fresh `git clone` + `dvc pull` has every output and retrains nothing; then the
@@ -16,8 +16,8 @@ import mlflow
 import pytest
 import yaml
 
-from imgclf import sandbox
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf import smoke_copy
+from imgclf.entry_points import PROJECT_ROOT
 
 # `pushed` (a copy, a remote, the retrain script's first run) is built once; the module runs on one worker.
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,15 +26,15 @@ SCRIPT = PROJECT_ROOT / "ci" / "retrain.sh"
 
 
 def retrain(root: Path, *args: str) -> subprocess.CompletedProcess:
-    """ci/retrain.sh in `root`, as a user runs it; fail with its output when it fails."""
-    result = subprocess.run(["bash", str(SCRIPT), *args], cwd=root, env=sandbox.environment(root),
+    """scripts/retrain.sh in `root`, as a user runs it; fail with its output when it fails."""
+    result = subprocess.run(["bash", str(SCRIPT), *args], cwd=root, env=smoke_copy.environment(root),
                             capture_output=True, text=True, check=False, timeout=600)
-    assert result.returncode == 0, f"ci/retrain.sh failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, f"scripts/retrain.sh failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     return result
 
 
 def clone(source: Path, destination: Path) -> Path:
-    sandbox.run_git(source, "clone", "--quiet", str(source), str(destination))
+    smoke_copy.run_git(source, "clone", "--quiet", str(source), str(destination))
     return destination
 
 
@@ -45,9 +45,9 @@ def pushed(copy_trained_project, tmp_path_factory):
     base = tmp_path_factory.mktemp("remote")
     project = copy_trained_project(base / "project")
     remote = base / "remote"
-    sandbox.dvc(project, "remote", "add", "--default", "storage", str(remote))
-    sandbox.commit(project, "DVC remote: a local directory")
-    first_commit = sandbox.run_git(project, "rev-list", "--max-parents=0", "HEAD").stdout.strip()
+    smoke_copy.dvc(project, "remote", "add", "--default", "storage", str(remote))
+    smoke_copy.commit(project, "DVC remote: a local directory")
+    first_commit = smoke_copy.run_git(project, "rev-list", "--max-parents=0", "HEAD").stdout.strip()
     result = retrain(project, "--base", first_commit)
     return project, remote, result, first_commit
 
@@ -55,9 +55,10 @@ def pushed(copy_trained_project, tmp_path_factory):
 def test_first_run_tolerates_an_empty_remote_and_fills_it(pushed):
     project, remote, result, first_commit = pushed
     assert "lacks outputs of this commit (a first run with an empty remote?)" in result.stderr
-    assert sandbox.stages_ran(result.stdout) == list(sandbox.ALWAYS_RUN), "the trained project has nothing to rerun"
+    assert smoke_copy.stages_ran(result.stdout) == list(smoke_copy.ALWAYS_RUN), \
+        "the trained project has nothing to rerun"
     assert any(path.is_file() for path in remote.rglob("*")), "dvc push filled the remote"
-    assert sandbox.dvc(project, "status", "--cloud", "--quiet", check=False).returncode == 0, "all pushed"
+    assert smoke_copy.dvc(project, "status", "--cloud", "--quiet", check=False).returncode == 0, "all pushed"
     report = Path(result.stdout.strip().splitlines()[-1])
     assert report == project / "results" / "ci" / "report.md"
     text = report.read_text()
@@ -70,11 +71,11 @@ def test_clone_and_pull_is_up_to_date_without_retraining(pushed, tmp_path):
     project, _remote, _result, _base = pushed
     copy = clone(project, tmp_path / "clone")
     assert not (copy / "models" / "scratch" / "model.keras").exists(), "git holds pointers, not outputs"
-    sandbox.dvc(copy, "pull")
+    smoke_copy.dvc(copy, "pull")
 
-    assert not sandbox.stale_stages(copy)
-    repro = sandbox.dvc(copy, "repro")
-    assert sandbox.stages_ran(repro.stdout) == list(sandbox.ALWAYS_RUN)
+    assert not smoke_copy.stale_stages(copy)
+    repro = smoke_copy.dvc(copy, "repro")
+    assert smoke_copy.stages_ran(repro.stdout) == list(smoke_copy.ALWAYS_RUN)
     assert not (copy / "mlflow.db").exists(), "nothing trained, so nothing was tracked"
     for path in ("models/scratch/model.keras", "models/transfer/model.keras", "results/evaluate/metrics.json",
                  "results/analysis/summary.md"):
@@ -93,7 +94,7 @@ def test_retrain_script_in_a_clone_reports_params_and_metrics_diff(pushed, tmp_p
     assert "dvc pull from remote 'storage'" in result.stderr and "lacks outputs" not in result.stderr
     assert "Running stage 'analyze'" in result.stdout
     assert not re.search(r"Running stage '(train_|extract_features|evaluate)", result.stdout), "nothing retrained"
-    assert sandbox.dvc(copy, "status", "--cloud", "--quiet", check=False).returncode == 0, "new outputs pushed"
+    assert smoke_copy.dvc(copy, "status", "--cloud", "--quiet", check=False).returncode == 0, "new outputs pushed"
 
     report = Path(result.stdout.strip().splitlines()[-1])
     assert report == copy / "results" / "ci" / "report.md"
@@ -117,12 +118,12 @@ def test_partial_retrain_in_a_clone_records_the_pulled_model_in_its_own_store(pu
     project, _remote, _result, _base = pushed
     copy = clone(project, tmp_path / "clone")
     new_mlflow_store(copy)  # the empty store the first stage would create (git ignores it)
-    sandbox.dvc(copy, "pull")
+    smoke_copy.dvc(copy, "pull")
     params = yaml.safe_load((copy / "params.yaml").read_text())
     params["transfer"]["epochs"] += 1
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    repro = sandbox.dvc(copy, "repro")
+    repro = smoke_copy.dvc(copy, "repro")
     assert "Running stage 'train_transfer'" in repro.stdout and "Running stage 'train_scratch'" not in repro.stdout
     assert "is not in" in repro.stderr, "the missing run is reported"
 

@@ -18,7 +18,7 @@ import mlflow
 import pytest
 import yaml
 
-from imgclf import fileio, sandbox
+from imgclf import fileio, smoke_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,7 +50,7 @@ def test_training_stage_logs_run_and_model_to_a_tracking_server(copy_trained_pro
     params = yaml.safe_load(params_path.read_text())
     params["scratch"]["epochs"] = 1  # a params change: DVC reruns train_scratch, for one short epoch
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**sandbox.environment(root), "MLFLOW_TRACKING_URI": url}
+    env = {**smoke_copy.environment(root), "MLFLOW_TRACKING_URI": url}
     local_runs_before = _local_run_ids(root)
 
     result = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", "train_scratch"],

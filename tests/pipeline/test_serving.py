@@ -22,7 +22,7 @@ from PIL import Image
 
 from imgclf import artifacts, model_io
 from imgclf.data import images
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf.entry_points import PROJECT_ROOT
 from imgclf.tracking import packaging, runs
 
 SERVER_START_SECONDS = 180  # importing TensorFlow and loading the model on a busy 2-core machine

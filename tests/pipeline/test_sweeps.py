@@ -14,9 +14,9 @@ import mlflow
 import pytest
 import yaml
 
-from imgclf import sandbox
+from imgclf import smoke_copy
 from imgclf.artifacts import MLFLOW_STORE_FILE
-from imgclf.evaluation.compare import format_p_value
+from imgclf.evaluation.experiments_table import format_p_value
 from imgclf.tracking import store
 
 QUEUE_SECONDS = 1500  # two experiments side by side on a busy 2-core machine
@@ -32,7 +32,7 @@ def dvc_as_user(root: Path, *args: str, capture: bool = True) -> subprocess.Comp
     """dvc in `root` with the user's default store: no MLFLOW_TRACKING_URI, so the stages find the store
     themselves (the sandbox otherwise pins it, which would hide where a queued stage looks). `capture=False` for
     a command that leaves workers behind (`queue start`): they keep captured pipes open until they exit."""
-    env = {key: value for key, value in sandbox.environment(root).items() if key != "MLFLOW_TRACKING_URI"}
+    env = {key: value for key, value in smoke_copy.environment(root).items() if key != "MLFLOW_TRACKING_URI"}
     output = {"capture_output": True} if capture else {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=root, env=env, text=True,
                           check=False, timeout=300, **output)
@@ -105,8 +105,8 @@ def test_parallel_queued_experiments_record_in_the_project_store(copy_trained_pr
             assert comparison.data.tags.get(f"{model}_run_id") == run_id, (name, model)
 
     # `make compare`: the sweep in one 120-column screen, the differing param and the headline metrics.
-    compare = subprocess.run([sys.executable, "-m", "imgclf.evaluation.compare"], cwd=root,
-                             env=sandbox.environment(root), capture_output=True, text=True, check=False, timeout=300)
+    compare = subprocess.run([sys.executable, "-m", "imgclf.evaluation.experiments_table"], cwd=root,
+                             env=smoke_copy.environment(root), capture_output=True, text=True, check=False, timeout=300)
     assert compare.returncode == 0, compare.stderr
     lines = compare.stdout.splitlines()
     assert lines[0].split()[:4] == ["experiment", "state", "evaluate.calibration_bins", "evaluate.tta_flip"], \

@@ -15,12 +15,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from imgclf import fileio, sandbox
+from imgclf import fileio, smoke_copy
 from imgclf.tracking import registry
 from imgclf.tracking import store as tracking_store
 
-EXPERIMENT = sandbox.SMOKE_OVERRIDES["mlflow"]["experiment"]
-SMOKE_BACKBONE = sandbox.SMOKE_OVERRIDES["transfer"]["backbone"]
+EXPERIMENT = smoke_copy.SMOKE_OVERRIDES["mlflow"]["experiment"]
+SMOKE_BACKBONE = smoke_copy.SMOKE_OVERRIDES["transfer"]["backbone"]
 SMOKE_TRANSFER = f"transfer-{SMOKE_BACKBONE}"  # the pipeline run's transfer run
 
 
@@ -62,7 +62,7 @@ def test_runs_are_named_tagged_and_grouped(project, store):
         assert re.fullmatch(r"[0-9a-f]{64}", tags["data.sha256"])
         assert re.fullmatch(r"[0-9a-f]{32}", tags["data.prepared_digest"])
         assert "dvc.experiment" not in tags
-    assert scratch.data.params["scratch.epochs"] == str(sandbox.SMOKE_OVERRIDES["scratch"]["epochs"])
+    assert scratch.data.params["scratch.epochs"] == str(smoke_copy.SMOKE_OVERRIDES["scratch"]["epochs"])
     assert scratch.data.params["scratch.conv_filters"] == "[16, 32]" and scratch.data.params["seed"] == "42"
     assert by_name[SMOKE_TRANSFER].data.params["transfer.backbone"] == SMOKE_BACKBONE
     assert comparison.data.params["evaluate.top_k"] == "5"
@@ -85,7 +85,7 @@ def test_runs_are_named_tagged_and_grouped(project, store):
     assert variant_comparison.data.tags["scratch_run_id"] == scratch.info.run_id
     assert "mlflow.parentRunId" not in comparison.data.tags
     # Curves to compare: per-epoch history on both transfer runs, and test accuracy on each.
-    epochs = sandbox.SMOKE_OVERRIDES["transfer"]["epochs"]
+    epochs = smoke_copy.SMOKE_OVERRIDES["transfer"]["epochs"]
     for run in (by_name[SMOKE_TRANSFER], variant):
         assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == epochs
         assert 0 <= run.data.metrics["test_accuracy"] <= 1

@@ -21,9 +21,9 @@ import pytest
 
 from imgclf import workspace
 from imgclf.config import load_params
-from imgclf.pipeline import PROJECT_ROOT
+from imgclf.entry_points import PROJECT_ROOT
 from imgclf.tracking import runs, store
-from imgclf.training import common, fitting
+from imgclf.training import fitting, recipe
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=120), pytest.mark.browser]
 
@@ -40,7 +40,7 @@ def _log_training_run(name: str, seed: int) -> str:
     x = rng.normal(size=(64, 8)).astype("float32")
     y = keras.utils.to_categorical((x[:, 0] > 0).astype(int), 2)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
-    common.compile_model(model, load_params(PROJECT_ROOT / "params.yaml").scratch, steps_per_epoch=4,
+    recipe.compile_model(model, load_params(PROJECT_ROOT / "params.yaml").scratch, steps_per_epoch=4,
                          jit_compile=False)
     with runs.start_run(run_name=name, tags={"model": name.split("-")[0]}) as run:
         mlflow.log_param("model", name)

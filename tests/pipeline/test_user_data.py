@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgclf import sandbox
+from imgclf import smoke_copy
 from imgclf.data import fingerprint
+from imgclf.entry_points import PROJECT_ROOT
 from imgclf.errors import DataSourceError
-from imgclf.pipeline import PROJECT_ROOT
 
 QUEUE_SECONDS = 600
 
@@ -43,12 +43,12 @@ def _ok(result) -> str:
 def _wait_for_queue(root: Path, names: list[str]) -> str:
     deadline = time.monotonic() + QUEUE_SECONDS
     while time.monotonic() < deadline:
-        refs = sandbox.run_git(root, "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+        refs = smoke_copy.run_git(root, "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
         if any("/celery/failed" in ref for ref in refs) or all(any(ref.endswith(f"/{n}") for ref in refs)
                                                                for n in names):
             break
         time.sleep(1)
-    return sandbox.dvc(root, "queue", "status").stdout
+    return smoke_copy.dvc(root, "queue", "status").stdout
 
 
 @pytest.mark.integration
@@ -57,9 +57,9 @@ def test_no_git_or_dvc_command_writes_to_the_users_archive_or_folder(tmp_path, w
     archive = tmp_path / "arch.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(write_image_folder(tmp_path / "tree", {"cat": 5, "dog": 5}), arcname="photos")
-    overrides = sandbox.merge(sandbox.SMOKE_OVERRIDES,
+    overrides = smoke_copy.merge(smoke_copy.SMOKE_OVERRIDES,
                               {"data": {"source": "image_folder", "path": "../arch.tar.gz"}})
-    root = sandbox.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=overrides, git=True)
+    root = smoke_copy.create(tmp_path / "project", source_root=PROJECT_ROOT, overrides=overrides, git=True)
     # The real stages that read the data; those after them only make every command slower (and `dvc exp apply`
     # refuses a pipeline with outputs that were never built).
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
@@ -73,52 +73,52 @@ def test_no_git_or_dvc_command_writes_to_the_users_archive_or_folder(tmp_path, w
         for path, snapshot in before.items():
             assert _snapshot(path) == snapshot, f"{path} changed by {after}"
 
-    _ok(sandbox.dvc(root, "repro"))
-    sandbox.commit(root, "archive")
+    _ok(smoke_copy.dvc(root, "repro"))
+    smoke_copy.commit(root, "archive")
     assert not any(path.is_symlink() for path in (root / "data").iterdir()), "the project links to no data"
-    first = sandbox.run_git(root, "rev-parse", "HEAD").stdout.strip()
+    first = smoke_copy.run_git(root, "rev-parse", "HEAD").stdout.strip()
 
     # Queued experiments, two at a time, in DVC's temporary copies: a relative data.path is the project's.
     queued = {"on-folder": "data.path=photos", "on-archive": "data.max_extracted_mb=900"}
     for name, assignment in queued.items():
-        _ok(sandbox.dvc(root, "exp", "run", "--queue", "--name", name, "-S", assignment))
+        _ok(smoke_copy.dvc(root, "exp", "run", "--queue", "--name", name, "-S", assignment))
     unchanged("dvc exp run --queue")
-    sandbox.dvc(root, "queue", "start", "--jobs", "2", capture=False)
+    smoke_copy.dvc(root, "queue", "start", "--jobs", "2", capture=False)
     try:
         status = _wait_for_queue(root, list(queued))
     finally:
-        sandbox.dvc(root, "queue", "stop", check=False)
-    logs = "\n".join(sandbox.dvc(root, "queue", "logs", name, check=False).stdout for name in queued)
+        smoke_copy.dvc(root, "queue", "stop", check=False)
+    logs = "\n".join(smoke_copy.dvc(root, "queue", "logs", name, check=False).stdout for name in queued)
     assert status.count("Success") == 2, f"{status}\n{logs[-6000:]}"
     unchanged("dvc queue start --jobs 2")
-    assert not sandbox.run_git(root, "stash", "list").stdout, "no stash entry left behind"
+    assert not smoke_copy.run_git(root, "stash", "list").stdout, "no stash entry left behind"
 
-    _ok(sandbox.dvc(root, "exp", "apply", "on-folder"))
+    _ok(smoke_copy.dvc(root, "exp", "apply", "on-folder"))
     unchanged("dvc exp apply")
     assert "\n  path: photos\n" in (root / "params.yaml").read_text()
-    _ok(sandbox.dvc(root, "exp", "branch", "on-folder", "folder-branch"))
+    _ok(smoke_copy.dvc(root, "exp", "branch", "on-folder", "folder-branch"))
     unchanged("dvc exp branch")
-    sandbox.commit(root, "folder")
+    smoke_copy.commit(root, "folder")
 
     (root / "params.yaml").write_text((root / "params.yaml").read_text() + "# an uncommitted edit\n")
-    sandbox.run_git(root, "stash")
+    smoke_copy.run_git(root, "stash")
     unchanged("git stash")
-    sandbox.run_git(root, "stash", "pop")
+    smoke_copy.run_git(root, "stash", "pop")
     unchanged("git stash pop")
-    sandbox.run_git(root, "checkout", "--quiet", "--", "params.yaml")
-    sandbox.run_git(root, "checkout", "--quiet", first)
-    _ok(sandbox.dvc(root, "checkout"))
+    smoke_copy.run_git(root, "checkout", "--quiet", "--", "params.yaml")
+    smoke_copy.run_git(root, "checkout", "--quiet", first)
+    _ok(smoke_copy.dvc(root, "checkout"))
     unchanged("git checkout + dvc checkout of the first commit")
-    sandbox.run_git(root, "checkout", "--quiet", "main")
-    _ok(sandbox.dvc(root, "checkout"))
+    smoke_copy.run_git(root, "checkout", "--quiet", "main")
+    _ok(smoke_copy.dvc(root, "checkout"))
     unchanged("git checkout + dvc checkout back")
 
     # The applied experiment is up to date on the folder; an edit to the folder reruns download, and only it.
-    ran = _ok(sandbox.dvc(root, "repro"))
+    ran = _ok(smoke_copy.dvc(root, "repro"))
     assert "Running stage 'download'" not in ran
     (photos / "cat" / "0000.png").unlink()
     before[photos] = _snapshot(photos)
-    assert "Running stage 'download'" in _ok(sandbox.dvc(root, "repro"))
+    assert "Running stage 'download'" in _ok(smoke_copy.dvc(root, "repro"))
     unchanged("dvc repro")
 
 

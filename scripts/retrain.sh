@@ -2,7 +2,7 @@
 # Retrain the pipeline and report what changed. The same steps run in GitHub Actions
 # (.github/workflows/retrain.yml) and on a laptop, in the git repository around the working directory.
 #
-#   ci/retrain.sh [--base REF] [--report FILE] [--no-push] [KEY=VALUE ...]
+#   scripts/retrain.sh [--base REF] [--report FILE] [--no-push] [KEY=VALUE ...]
 #
 #   1. dvc pull     what the default DVC remote holds; a first run with an empty remote is fine (the pipeline
 #                   rebuilds what is missing), and no remote at all means nothing is pulled or pushed
@@ -39,7 +39,7 @@ while [[ $# -gt 0 ]]; do
     --report=*) report="${1#*=}"; shift ;;
     --no-push) push=0; shift ;;
     -h | --help) usage; exit 0 ;;
-    -*) die "unknown option '$1' (ci/retrain.sh --help lists them)" 2 ;;
+    -*) die "unknown option '$1' (scripts/retrain.sh --help lists them)" 2 ;;
     *) overrides+=("$1"); shift ;;
   esac
 done
@@ -129,7 +129,7 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
 # run_pipeline DVC_ARGS...: dvc with its and the stages' output passing through live, except that a stage's
-# refusal of something the user can fix (it prints one `error: ...` line and exits 2, imgclf/cli.py) becomes this
+# refusal of something the user can fix (it prints one `error: ...` line and exits 2, imgclf/stage_runner.py) becomes this
 # script's exit 2 with that line last, instead of DVC's "ERROR: failed to reproduce ..." and status 255. DVC runs as
 # imgclf/dvc_cli.py: `dvc exp run` on a clone with no dvc.lock yet warns of nothing to check out for each output.
 run_pipeline() {

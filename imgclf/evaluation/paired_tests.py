@@ -69,7 +69,7 @@ def accuracy_difference_interval(scratch_right: np.ndarray, transfer_right: np.n
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def compare(scratch_right: np.ndarray, transfer_right: np.ndarray, *, resamples: int, confidence_level: float,
+def significance(scratch_right: np.ndarray, transfer_right: np.ndarray, *, resamples: int, confidence_level: float,
             seed: int) -> dict:
     """The comparison summary (numbers and booleans only, for DVC metrics): 2x2 counts, accuracies, the
     difference with its interval, McNemar's p-value."""

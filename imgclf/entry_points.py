@@ -1,7 +1,7 @@
 """What the MLproject entry points run: the DVC pipeline (or one stage) with params overrides, and predict.
 
 `mlflow run . -e main -P overrides="scratch.epochs=1 transfer.backbone=mobilenet_v2"` runs
-`python -m imgclf.pipeline run --overrides ...`, which becomes `dvc exp run -S scratch.epochs=1
+`python -m imgclf.entry_points run --overrides ...`, which becomes `dvc exp run -S scratch.epochs=1
 -S transfer.backbone=mobilenet_v2` in a git repository (an experiment, params.yaml untouched) and plain
 `dvc repro` when there are no overrides. The stages see MLFLOW_RUN_ID from `mlflow run` and nest their runs
 under its run (imgclf.tracking), which this module names after the DVC experiment once the pipeline is done.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from imgclf import cli
+from imgclf import stage_runner
 from imgclf.artifacts import CHAMPION, DVC_FILE  # CHAMPION: predict's default, the model holding that alias
 from imgclf.errors import UserError
 
@@ -140,7 +140,7 @@ _STAGE_FAILED = re.compile(r"^ERROR: failed to reproduce '(?P<stage>[^']+)'.*, e
 def _run_dvc(command: list[str], root: Path) -> int:
     """Run dvc with its and the stages' output passing through live; return its exit status.
 
-    A stage's refusal of something the user can fix (one `error: ...` line and exit 2, imgclf/cli.py) becomes a
+    A stage's refusal of something the user can fix (one `error: ...` line and exit 2, imgclf/stage_runner.py) becomes a
     `PipelineError` naming the stage, so this entry point exits 2 with that line too, not DVC's 255 after its
     "failed to reproduce" line. Those lines are held back until the end; any other failure shows them then."""
     held: list[str] = []
@@ -156,7 +156,7 @@ def _run_dvc(command: list[str], root: Path) -> int:
         return 0
     failed = next((match for line in held if (match := _STAGE_FAILED.match(line.rstrip("\n")))), None)
     refusal = next((line for line in held if line.startswith("error: ")), None)
-    if failed and failed["status"] == str(cli.EXIT_USER_ERROR) and refusal:
+    if failed and failed["status"] == str(stage_runner.EXIT_USER_ERROR) and refusal:
         raise PipelineError(f"stage '{failed['stage']}': {refusal.removeprefix('error: ').strip()}")
     sys.stderr.writelines(held)
     return process.returncode
@@ -182,7 +182,7 @@ def predict_command(*, images: str, model: str, output_format: str, top_k: float
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m imgclf.pipeline", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m imgclf.entry_points", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="the DVC pipeline, or one stage, with optional params overrides")
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--format", dest="output_format", default="table", choices=["table", "json", "csv"])
     predict.add_argument("--top-k", type=float, default=5, help="classes listed per image")
     arguments = parser.parse_args(argv)
-    cli.quiet_unless_verbose(False)  # MLflow here, TensorFlow in the stages: IMGCLF_LOG_LEVEL=DEBUG shows everything
+    # MLflow here, TensorFlow in the stages: IMGCLF_LOG_LEVEL=DEBUG shows everything
+    stage_runner.quiet_unless_verbose(False)
     root = Path.cwd()
 
     def body() -> int:
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # The policy of every entry point: a UserError (PipelineError, TrackingStoreError, RegistryError...) is one
     # `error:` line and exit 2; anything else is a bug and keeps its traceback.
-    sys.exit(cli.exit_on_user_error(body))
+    sys.exit(stage_runner.exit_on_user_error(body))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ page=.dvc/plots/page.html
   cat <<HTML
 <!DOCTYPE html>
 <!-- DVC plots page (dvc plots show/diff, config plots.html_template) with its renderer inline: vega $VEGA,
-     vega-lite $VEGA_LITE, vega-embed $VEGA_EMBED from the npm registry (BSD-3-Clause). Rebuild: ci/vendor_vega.sh.
+     vega-lite $VEGA_LITE, vega-embed $VEGA_EMBED from the npm registry (BSD-3-Clause). Rebuild: scripts/vendor_vega.sh.
      It leaves out DVC's scripts placeholder on purpose: DVC fills that with script tags that load from a CDN.
 $license
 -->
