@@ -68,8 +68,9 @@ test: setup ## the test suite, in parallel on every core
 test-fast: setup ## the unit tests only (no slow or integration tests): under 2 minutes
 	$(PYTHON) -m pytest $(PYTEST_PARALLEL) -m "not slow and not integration"
 
-lint: setup ## ruff
+lint: setup ## ruff, and import-linter (imports follow the pipeline)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean-smoke: ## remove the smoke run's copy
 	rm -rf smoke

@@ -6,6 +6,7 @@ use it. No other module spells a file name that one stage writes and another rea
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from collections.abc import Callable
@@ -236,3 +237,14 @@ def read_prepared_meta(prepared_dir: Path) -> PreparedMeta:
 def json_problem(error: BaseException) -> str:
     """`Expecting value: line 1 column 1 (char 0)`: why a JSON file could not be parsed, on one line."""
     return error.args[0] if isinstance(error, json.JSONDecodeError) else type(error).__name__
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """A training stage's per-epoch history.csv as rows (epoch an int, phase a string, the rest floats); [] when
+    absent. The one reader: resume, evaluate, the MLflow re-logging and the report all read it here."""
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{key: (int(value) if key == "epoch" else value if key == "phase" else float(value))
+             for key, value in row.items() if value != ""} for row in rows]

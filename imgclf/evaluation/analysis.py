@@ -217,7 +217,7 @@ def read_history(path: Path) -> pd.DataFrame:
     if not path.is_file():
         log.warning("%s not found: the report shows no training curves for it", path)
         return pd.DataFrame()
-    return pd.read_csv(path)
+    return pd.DataFrame(artifacts.read_history(path))
 
 
 def training_summary(history: pd.DataFrame) -> dict:

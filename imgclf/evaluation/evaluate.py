@@ -54,7 +54,6 @@ from imgclf.data import tfdata
 from imgclf.errors import EvaluationError
 from imgclf.evaluation import calibration, promotion
 from imgclf.tracking import datasets, packaging, registry, runs, store
-from imgclf.training import fitting
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +261,7 @@ def degenerate_reasons(labels: np.ndarray, predicted: np.ndarray, class_names: l
 
 def final_training_accuracy(model_dir: Path) -> float | None:
     """The last epoch's training accuracy from the stage's history (None without one)."""
-    rows = fitting.read_history(Path(model_dir) / HISTORY_FILE)
+    rows = artifacts.read_history(Path(model_dir) / HISTORY_FILE)
     return float(rows[-1]["accuracy"]) if rows and "accuracy" in rows[-1] else None
 
 
@@ -495,7 +494,7 @@ def _training_run_id(client: mlflow.MlflowClient, params: Params, *, name: str, 
     with runs.start_run(run_name=runs.run_name(params, model=name),
                             tags={**tags, "stage": f"train_{name}", "model": name,
                                   "imgclf.recorded_run_id": recorded}) as run:
-        for row in fitting.read_history(model_dir / HISTORY_FILE):
+        for row in artifacts.read_history(model_dir / HISTORY_FILE):
             mlflow.log_metrics(runs.epoch_metrics(row), step=int(row["epoch"]))  # the names training logs
         if (model_dir / SUMMARY_FILE).is_file():
             mlflow.log_dict(fileio.read_json(model_dir / SUMMARY_FILE), SUMMARY_FILE)

@@ -347,15 +347,6 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     fileio.atomic_write_text(path, buffer.getvalue())
 
 
-def read_history(path: Path) -> list[dict[str, Any]]:
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [{key: (int(value) if key == "epoch" else value if key == "phase" else float(value))
-             for key, value in row.items() if value != ""} for row in rows]
-
-
 def standard_callbacks(config: FitConfig, *, seed: int, checkpoint_dir: Path,
                        history: list[dict[str, Any]]) -> list[keras.callbacks.Callback]:
     """Seeded randomness always; schedule-on-plateau, early stopping and best-only checkpoint as configured."""
@@ -425,7 +416,8 @@ class ResumeState:
     def history(self, phase: str) -> list[dict[str, Any]]:
         """History rows up to the last backed-up epoch (a kill between the two writes drops the extra row)."""
         done = self.completed_epochs(phase)
-        return [row for row in read_history(self.directory / phase / artifacts.HISTORY_FILE) if row["epoch"] <= done]
+        rows = artifacts.read_history(self.directory / phase / artifacts.HISTORY_FILE)
+        return [row for row in rows if row["epoch"] <= done]
 
     def history_path(self, phase: str) -> Path:
         return self.phase_dir(phase) / artifacts.HISTORY_FILE

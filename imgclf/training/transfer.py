@@ -67,7 +67,7 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
         history_paths = [out_dir / artifacts.HISTORY_FILE]
         if resume.phase_done(HEAD_PHASE):
             head.load_weights(head_weights)
-            rows = fitting.read_history(resume.history_path(HEAD_PHASE))
+            rows = artifacts.read_history(resume.history_path(HEAD_PHASE))
             log.info("head already trained (resumed run); going on to fine-tuning")
         else:
             rows = _fit_head(head, config, params, resume, history_paths, run.info.run_id, project_root,

@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from imgclf import artifacts
 from imgclf.config import params_from_dict
 from imgclf.entry_points import PROJECT_ROOT
 from imgclf.training import fitting, lr_finder
@@ -141,4 +142,4 @@ def test_epoch_logger_names_each_metric_by_its_split_and_logs_validation_first(t
     assert not {"accuracy", "loss"} & set(logged), f"a metric that does not say its split: {logged}"
     assert logged[0] == "val_accuracy", f"the compare page would open on {logged[0]}"
     assert [metric.step for metric in client.get_metric_history(run.info.run_id, "train_accuracy")] == [1, 2]
-    assert {"epoch", "accuracy", "loss", "val_accuracy", "val_loss"} <= set(fitting.read_history(history)[0])
+    assert {"epoch", "accuracy", "loss", "val_accuracy", "val_loss"} <= set(artifacts.read_history(history)[0])
