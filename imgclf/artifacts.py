@@ -16,6 +16,7 @@ from typing import Any
 PARAMS_FILE = "params.yaml"
 LEGACY_INPUT_LINK = "data/input"  # was a link to data.path's data (fingerprint_data removes it): never recreate
 CHAMPION = "champion"  # the registry alias of the better model (the evaluate stage moves it)
+CHALLENGER = "challenger"  # the registry alias of a candidate not (yet) promoted
 DVC_FILE = "dvc.yaml"
 
 # download stage (data/raw)

@@ -173,9 +173,10 @@ def predict_command(*, images: str, model: str, output_format: str, top_k: float
     if model == CHAMPION:
         import mlflow
 
-        from imgclf.tracking import registry, store
+        from imgclf.tracking import recovery, registry, store
 
         mlflow.set_tracking_uri(store.tracking_uri(root))
+        recovery.reconcile(root)  # never serve a champion that an interrupted evaluation chose
         model = registry.champion_uri()
     return [sys.executable, "-m", "imgclf", "predict", *paths, "--model", model, "--format", output_format,
             "--top-k", str(int(float(top_k)))]

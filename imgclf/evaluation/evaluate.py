@@ -53,7 +53,7 @@ from imgclf.config import Params, whole
 from imgclf.data import tfdata
 from imgclf.errors import EvaluationError
 from imgclf.evaluation import calibration, promotion
-from imgclf.tracking import datasets, packaging, registry, runs, store
+from imgclf.tracking import datasets, packaging, recovery, registry, runs, store
 
 log = logging.getLogger(__name__)
 
@@ -335,14 +335,18 @@ def _originals(prepared_dir: Path) -> dict[int, str]:
 def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_dir: Path,
         project_root: Path) -> dict:
     """The evaluate stage. Every file goes to a staging directory that replaces out_dir at the end, so a failed
-    or killed run leaves the previous results whole, never a mix of two runs."""
+    or killed run leaves the previous results whole, never a mix of two runs. Alias moves are journaled until
+    then (`imgclf.tracking.recovery`): a run killed in between has them undone by the next stage to start."""
+    runs_file = Path(out_dir) / RUNS_FILE
     with fileio.staged_directory(out_dir) as staging:
-        return _evaluate(params, prepared_dir=prepared_dir, model_dirs=model_dirs, out_dir=staging,
-                         project_root=project_root)
+        results = _evaluate(params, prepared_dir=prepared_dir, model_dirs=model_dirs, out_dir=staging,
+                            project_root=project_root, runs_file=runs_file)
+    recovery.finish(project_root, fileio.read_json(runs_file)["comparison"])
+    return results
 
 
 def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_dir: Path,
-              project_root: Path) -> dict:
+              project_root: Path, runs_file: Path) -> dict:
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
     meta = artifacts.read_prepared_meta(prepared_dir)
     class_names, shape = list(meta.class_names), meta.image_shape
@@ -416,14 +420,15 @@ def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path]
         name: {"degenerate": bool(all_metrics[name]["degenerate"]), "reasons": all_metrics[name]["degenerate_reasons"],
                "likely_causes": LIKELY_CAUSES if all_metrics[name]["degenerate"] else ""} for name in MODEL_NAMES})
     runs = _log_to_mlflow(params, all_metrics, model_dirs=model_dirs, out_dir=out_dir, project_root=project_root,
+                          runs_file=runs_file,
                           meta=meta, example_image=lambda: next(batches("test"))[0][0], validations=validations)
     fileio.atomic_write_json(out_dir / RUNS_FILE, runs)
     return all_metrics
 
 
 def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: dict[str, Path],
-                   out_dir: Path, project_root: Path, meta: dict, example_image: Callable[[], np.ndarray],
-                   validations: dict[str, Predictions | None]) -> dict:
+                   out_dir: Path, project_root: Path, runs_file: Path, meta: dict,
+                   example_image: Callable[[], np.ndarray], validations: dict[str, Predictions | None]) -> dict:
     """Test metrics into each model's run; a parent comparison run groups this pipeline execution (the
     `mlflow run` run does, when there is one, with the comparison run beside the training runs); both models
     registered, and the aliases moved by the promotion policy (`promotion`). Returns the run ids and the
@@ -453,7 +458,8 @@ def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: 
                                     artifact_path="evaluation")
         with store.store_lock(mlflow.get_tracking_uri()):  # parallel queued experiments register too
             registered = _register(client, params, all_metrics, model_dirs=model_dirs, run_ids=run_ids,
-                                 comparison_id=comparison_id, tags=tags, validations=validations)
+                                 comparison_id=comparison_id, tags=tags, validations=validations,
+                                 journal={"project_root": project_root, "runs_file": runs_file})
         mlflow.set_tags({"champion": registered["champion"] or "none", "promotion": registered["decision"]["alias"],
                          **{f"registry.{name}": f"{entry['name']}/{entry['version']}"
                             for name, entry in registered["models"].items()}})
@@ -504,6 +510,7 @@ def _training_run_id(client: mlflow.MlflowClient, params: Params, *, name: str, 
 
 def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str, dict], *,
               model_dirs: dict[str, Path], run_ids: dict[str, str], comparison_id: str, tags: dict[str, str],
+              journal: dict[str, Path],
               validations: dict[str, Predictions | None]) -> dict:
     """Register both models (reusing the version of an unchanged model file), then apply the promotion policy to
     this run's candidate (`promotion`): `champion` or `challenger`, with the decision as tags on its version."""
@@ -536,6 +543,8 @@ def _register(client: mlflow.MlflowClient, params: Params, all_metrics: dict[str
                               candidate_right=validations[candidate].probabilities.argmax(axis=1)
                               == validations[candidate].labels, candidate_ids=validations[candidate].ids)
         if decision.alias in (registry.CHAMPION, registry.CHALLENGER):
+            recovery.begin(client, **journal, comparison_id=comparison_id,
+                           moves={decision.alias: [versions[candidate].name, str(versions[candidate].version)]})
             registry.move_alias(client, decision.alias, versions[candidate])
         for key, value in decision.tags().items():
             client.set_model_version_tag(versions[candidate].name, versions[candidate].version, key, value)

@@ -13,13 +13,12 @@ import mlflow
 import numpy as np
 
 from imgclf import fileio
-from imgclf.artifacts import CHAMPION
+from imgclf.artifacts import CHALLENGER, CHAMPION  # noqa: F401 (the aliases the registry moves; evaluate reads both here)
 from imgclf.errors import RegistryError
 from imgclf.tracking.store import is_store_failure, store_errors
 
 REGISTERED_MODELS = {"scratch": "imgclf-scratch", "transfer": "imgclf-transfer"}
 
-CHALLENGER = "challenger"
 
 MODEL_SHA_TAG = "model_sha256"  # sha256 of model.keras: the same file is never registered twice
 

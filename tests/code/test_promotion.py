@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import mlflow
 import numpy as np
 import pytest
@@ -90,3 +94,76 @@ def test_the_report_says_what_the_registry_decided():
     assert "imgclf-transfer version 3: challenger (not significantly better" in sentence
     assert sentence.endswith("The champion served: models:/imgclf-scratch@champion (version 1).")
     assert report.registry_sentence(None) is None
+
+
+def _registered_pair(client, tmp_path) -> dict:
+    experiment = client.create_experiment("recovery", artifact_location=(tmp_path / "artifacts").as_uri())
+    versions = {}
+    for model, name in registry.REGISTERED_MODELS.items():
+        run = client.create_run(experiment)
+        client.create_registered_model(name)
+        versions[model] = client.create_model_version(name, source=f"runs:/{run.info.run_id}/model",
+                                                      run_id=run.info.run_id)
+    return versions
+
+
+def _dead_pid() -> int:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    return int(finished.stdout)
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_an_evaluation_killed_while_moving_the_champion_is_undone_by_the_next_run(tmp_path, monkeypatch, finished):
+    """Issue 26 row 16: kill -9 between the alias move and runs.json. The journal (imgclf.tracking.recovery)
+    outlives the killed process; the next `dvc repro`'s fingerprint_data stage (or `mlflow run -e predict`)
+    reconciles: the interrupted move is undone, a finished evaluation's move stands."""
+    from imgclf.tracking import recovery
+
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    versions = _registered_pair(client, tmp_path)
+    registry.move_alias(client, registry.CHAMPION, versions["scratch"])  # a finished evaluation's champion
+
+    # What evaluate does (evaluate._register): journal, then move; killed before runs.json is written.
+    runs_file = tmp_path / "results" / "evaluate" / "runs.json"
+    journal = recovery.begin(client, project_root=tmp_path, comparison_id="c0ffee", runs_file=runs_file,
+                             moves={registry.CHAMPION: ["imgclf-transfer", "1"]})
+    registry.move_alias(client, registry.CHAMPION, versions["transfer"])
+    assert recovery.reconcile(tmp_path) == [], "a running evaluation's journal is left alone"
+    if finished:  # killed after runs.json was in place but before the journal was deleted: the move stands
+        runs_file.parent.mkdir(parents=True)
+        runs_file.write_text(json.dumps({"comparison": "c0ffee"}))
+    record = json.loads(journal.read_text())
+    journal.write_text(json.dumps({**record, "pid": _dead_pid()}))  # the evaluation was killed
+
+    restored = recovery.reconcile(tmp_path)
+    champion = registry.current_champion(client)
+    assert not journal.exists(), "each journal is settled once"
+    if finished:
+        assert restored == [] and champion.name == "imgclf-transfer"
+    else:
+        assert champion.name == "imgclf-scratch" and str(champion.version) == "1"
+        assert restored and "interrupted" in restored[0] and "restored to imgclf-scratch version 1" in restored[0]
+        assert registry.CHAMPION not in client.get_registered_model("imgclf-transfer").aliases
+        assert recovery.ROLLED_BACK_TAG in client.get_model_version("imgclf-transfer", "1").tags
+    assert recovery.reconcile(tmp_path) == []
+
+
+def test_a_move_made_since_by_a_finished_evaluation_is_kept(tmp_path, monkeypatch):
+    from imgclf.tracking import recovery
+
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    versions = _registered_pair(client, tmp_path)
+    journal = recovery.begin(client, project_root=tmp_path, comparison_id="dead", runs_file=tmp_path / "runs.json",
+                             moves={registry.CHALLENGER: ["imgclf-transfer", "1"]})
+    registry.move_alias(client, registry.CHALLENGER, versions["transfer"])
+    registry.move_alias(client, registry.CHALLENGER, versions["scratch"])  # a later, finished evaluation
+    journal.write_text(json.dumps({**json.loads(journal.read_text()), "pid": _dead_pid()}))
+    assert recovery.reconcile(tmp_path) == []
+    assert str(client.get_model_version_by_alias("imgclf-scratch", registry.CHALLENGER).version) == "1"
