@@ -19,17 +19,11 @@ from typing import Any
 import tabulate as tabulate_module
 from tabulate import tabulate
 
-from imgclf.artifacts import ANALYSIS_DIR, ANALYSIS_SUMMARY_FILE, EVALUATE_DIR, METRICS_FILE, PARAMS_FILE
+from imgclf.artifacts import PARAMS_FILE
+from imgclf.evaluation import metric_definitions
+from imgclf.evaluation.metric_definitions import ANALYSIS_SUMMARY, EVALUATE_METRICS
 
-EVALUATE_METRICS = f"{EVALUATE_DIR}/{METRICS_FILE}"  # dvc.yaml `metrics:`
-ANALYSIS_SUMMARY = f"{ANALYSIS_DIR}/{ANALYSIS_SUMMARY_FILE}"
-# (column title, metrics file, dotted key, format)
-HEADLINE_METRICS = (
-    ("scratch acc", EVALUATE_METRICS, "scratch.accuracy", "accuracy"),
-    ("transfer acc", EVALUATE_METRICS, "transfer.accuracy", "accuracy"),
-    ("diff", ANALYSIS_SUMMARY, "accuracy_difference", "difference"),
-    ("McNemar p", ANALYSIS_SUMMARY, "mcnemar.p_value", "p_value"),
-)
+HEADLINE_METRICS = metric_definitions.compare_columns(("scratch", "transfer"))
 # `dvc exp show --json` puts a queued, running or finished queue task's state in its `executor`; an experiment run
 # in the workspace has no executor and is done. Only a done experiment's metrics are its own: a failed one carries
 # the metrics files of the workspace it was queued from, a running one whatever its temporary copy holds so far.
@@ -40,21 +34,6 @@ WIDTH = 120
 MAX_VALUE_CHARS = 22  # a long value (a backbone file path) is cut, keeping its end
 GAP = "  "  # between columns: tabulate's "simple" format
 TEXT_COLUMNS = 2  # name and state read left to right; params and numbers are right-aligned
-
-
-def format_p_value(p: float) -> str:
-    """3 decimals, or scientific notation below 0.001 so a tiny p-value never reads as 0."""
-    return f"{p:.1e}" if 0 < p < 1e-3 else f"{p:.3f}"
-
-
-def format_metric(value: Any, kind: str) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "-"
-    if kind == "p_value":
-        return format_p_value(float(value))
-    if kind == "difference":
-        return f"{value:+.4f}"
-    return f"{value:.4f}"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -132,8 +111,8 @@ def table(rows: list[dict[str, Any]], width: int = WIDTH) -> str:
     differing = [key for key in keys if len({json.dumps(row["params"].get(key)) for row in with_params}) > 1]
     columns: list[tuple[str, list[str]]] = [("experiment", [shorten(row["name"]) for row in rows]),
                                             ("state", [row["state"] for row in rows])]
-    metric_columns = [(title, [format_metric(row["metrics"][path].get(key), kind) for row in rows])
-                      for title, path, key, kind in HEADLINE_METRICS]
+    metric_columns = [(title, [metric.format(row["metrics"][path].get(key)) for row in rows])
+                      for title, path, key, metric in HEADLINE_METRICS]
 
     def render_width(candidate: list[tuple[str, list[str]]]) -> int:
         return max(len(line) for line in render(candidate).splitlines())

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from imgclf.evaluation import paired_tests
+from imgclf.evaluation.metric_definitions import MODEL_METRICS
 
 MODELS = ("scratch", "transfer")
 SHORT = {"scratch": "S", "transfer": "T"}
@@ -176,26 +177,15 @@ def _score_bars_view(items: list[ScoreBars], *, size: int, num_classes: int) -> 
 
 def _metric_rows(metrics: dict[str, dict], training: dict[str, dict]) -> list[tuple[str, list[str], int | None]]:
     """(label, formatted values per model, index of the better model or None)."""
-    spec = [
-        ("accuracy", "accuracy", "{:.4f}", max), ("top-5 accuracy", "top5_accuracy", "{:.4f}", max),
-        ("loss (cross-entropy)", "loss", "{:.4f}", min), ("macro precision", "macro_precision", "{:.4f}", max),
-        ("macro recall", "macro_recall", "{:.4f}", max), ("macro F1", "macro_f1", "{:.4f}", max),
-        ("weighted precision", "weighted_precision", "{:.4f}", max),
-        ("weighted recall", "weighted_recall", "{:.4f}", max), ("weighted F1", "weighted_f1", "{:.4f}", max),
-        ("ECE (calibration error)", "ece", "{:.4f}", min),
-        ("ECE after temperature scaling", "ece_calibrated", "{:.4f}", min),
-        ("inference images/s", "images_per_second", "{:,.0f}", max),
-        ("parameters", "parameter_count", "{:,}", None), ("model file (MB)", "model_size_mb", "{:.1f}", None),
-    ]
     rows = []
-    for label, key, style, better in spec:
-        values = [metrics[model].get(key) for model in MODELS]
+    for metric in MODEL_METRICS:
+        values = [metrics[model].get(metric.key) for model in MODELS]
         if any(value is None for value in values):
             continue
         best = None
-        if better is not None and values[0] != values[1]:
-            best = values.index(better(values))
-        rows.append((label, [style.format(value) for value in values], best))
+        if metric.better is not None and values[0] != values[1]:
+            best = values.index(metric.better(values))
+        rows.append((metric.label, [metric.format(value) for value in values], best))
     epochs = [training.get(model, {}).get("epochs") for model in MODELS]
     if all(value is not None for value in epochs):
         rows.append(("training epochs", [str(value) for value in epochs], None))
@@ -331,17 +321,11 @@ def render_html(inputs: ReportInputs) -> str:
 def render_markdown(inputs: ReportInputs, *, report_name: str = "report.html") -> str:
     """A few lines for a CI comment: the verdict, the key numbers, where the full report is."""
     summary, metrics = inputs.summary, inputs.metrics
-    rows = [("accuracy", "accuracy", "{:.4f}"), ("macro F1", "macro_f1", "{:.4f}"),
-            ("ECE (after temperature scaling)", None, ""), ("inference images/s", "images_per_second", "{:,.0f}")]
     lines = [f"### {inputs.title}", "", paired_tests.verdict(summary, degenerate=degenerate_models(metrics)), "",
              "| | scratch | transfer |",
              "|---|---:|---:|"]
-    for label, key, style in rows:
-        if key is None:
-            values = [f"{metrics[m]['ece']:.3f} ({metrics[m]['ece_calibrated']:.3f})" for m in MODELS]
-        else:
-            values = [style.format(metrics[m][key]) for m in MODELS]
-        lines.append(f"| {label} | {values[0]} | {values[1]} |")
+    lines += [f"| {metric.label} | {' | '.join(metric.format(metrics[model][metric.key]) for model in MODELS)} |"
+              for metric in MODEL_METRICS if metric.summary]
     label_errors = next((g.total for g in inputs.galleries if g.anchor == "label-errors"), None)
     lines += ["", f"On {summary['test_images']:,} test images: both right {summary['both_right']}, only scratch "
               f"right {summary['only_scratch_right']}, only transfer right {summary['only_transfer_right']}, both "

@@ -204,9 +204,11 @@ def test_transfer_fine_tuning_continues_the_step_axis(workspace):
                                                     "transfer": {"backbone": "mobilenet_v2", "epochs": 2,
                                                                  "finetune_epochs": 2, "finetune_layers": 10,
                                                                  "augment_copies": 1}})
-    features = root / "features"
+    features, backbone = root / "features", root / "backbone.json"
+    _run([sys.executable, "-m", "stages.check_params", "--params", str(params), "--out", str(root / "checked"),
+          "--backbone", str(backbone)], root)  # resolves transfer.backbone, as in dvc.yaml
     _run([sys.executable, "-m", "stages.extract_features", "--params", str(params), "--data",
-          str(root / "prepared-small"), "--out", str(features)], root)
+          str(root / "prepared-small"), "--backbone", str(backbone), "--out", str(features)], root)
     extracted = json.loads((features / "features.json").read_text())
     assert extracted["augmented_views"] == ["train_aug1"], "one augmented view of the training set, extracted once"
     assert extracted["timings"]["train_aug1"]["images"] == extracted["timings"]["train"]["images"]

@@ -16,7 +16,7 @@ import yaml
 
 from imgclf import smoke_copy
 from imgclf.artifacts import MLFLOW_STORE_FILE
-from imgclf.evaluation.experiments_table import format_p_value
+from imgclf.evaluation.metric_definitions import format_p_value
 from imgclf.tracking import store
 
 QUEUE_SECONDS = 1500  # two experiments side by side on a busy 2-core machine
