@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     check = command("check-params", help="validate a params file and print it resolved")
     check.add_argument("path", nargs="?", type=Path, default=Path("params.yaml"))
     finder = command("lr-find", help="learning-rate finder: loss against an exponentially rising rate")
-    finder.add_argument("--model", choices=["scratch", "transfer"], default="scratch")
+    finder.add_argument("--model", choices=artifacts.MODEL_NAMES, default="scratch")
     finder.add_argument("--params", type=Path, default=Path("params.yaml"))
     finder.add_argument("--data", type=Path, default=Path(artifacts.PREPARED_DIR), help="prepared data directory")
     finder.add_argument("--features", type=Path, default=Path(artifacts.FEATURES_DIR),
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--meta", type=Path, default=DEFAULT_META,
                          help=f"meta.json of the model's prepared data, for a .keras model (default: {DEFAULT_META})")
     predict.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5, at most all)")
-    predict.add_argument("--format", choices=["table", "json", "csv"], default="table", dest="output_format")
+    predict.add_argument("--format", choices=artifacts.PREDICTION_FORMATS, default="table", dest="output_format")
     predict.add_argument("--output", type=Path, help="write the predictions to this file (default: stdout)")
     predict.add_argument("--score-bars", type=Path, metavar="DIR", help="write one class-score PNG per image here")
     ui = command("ui", help="start `mlflow ui` on the project's store, opening on model training (not GenAI), and "

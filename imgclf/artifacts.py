@@ -52,6 +52,7 @@ PHASE_DONE_FILE = "done.json"  # in RESUME_DIR/<phase>: that training phase fini
 
 # evaluate stage (results/evaluate)
 EVALUATE_DIR = "results/evaluate"  # dvc.yaml's out; its metrics file is dvc.yaml's `metrics:`
+PREDICTION_FORMATS = ("table", "json", "csv")  # `imgclf predict --format`, `mlflow run -e predict -P format=`
 MODEL_NAMES = ("scratch", "transfer")  # models/<name>, and the prefix of each per-model result file
 METRICS_FILE = "metrics.json"
 DETAILS_FILE = "details.json"

@@ -20,7 +20,11 @@ from pathlib import Path
 import yaml
 
 from imgclf import stage_runner
-from imgclf.artifacts import CHAMPION, DVC_FILE  # CHAMPION: predict's default, the model holding that alias
+from imgclf.artifacts import (  # CHAMPION: predict's default, the model holding that alias
+    CHAMPION,
+    DVC_FILE,
+    PREDICTION_FORMATS,
+)
 from imgclf.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     predict = commands.add_parser("predict", help="classify images with a model path, URI or 'champion'")
     predict.add_argument("--images", required=True, help="space-separated image files or folders")
     predict.add_argument("--model", default=CHAMPION, help="a .keras file, an MLflow model URI, or 'champion'")
-    predict.add_argument("--format", dest="output_format", default="table", choices=["table", "json", "csv"])
+    predict.add_argument("--format", dest="output_format", default="table", choices=PREDICTION_FORMATS)
     predict.add_argument("--top-k", type=float, default=5, help="classes listed per image")
     arguments = parser.parse_args(argv)
     # MLflow here, TensorFlow in the stages: IMGCLF_LOG_LEVEL=DEBUG shows everything

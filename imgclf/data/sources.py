@@ -23,17 +23,19 @@ Archives are extracted by archives.py, which refuses escapes and bounds what is 
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
 from imgclf import artifacts, fileio
+from imgclf.config import DataSource
 from imgclf.data import archives, download
 from imgclf.data.formats import cifar, idx, image_folder, raw, synthetic
 from imgclf.errors import DataSourceError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "image_folder", "synthetic")
+SOURCES = typing.get_args(DataSource)  # the one list: imgclf.config.DataSource
 _DEFAULT_LIMITS = archives.ExtractionLimits()
 _READERS = {"cifar_binary": cifar.iter_examples, "idx": idx.iter_examples, "image_folder": image_folder.iter_examples}
 

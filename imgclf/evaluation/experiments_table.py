@@ -19,11 +19,12 @@ from typing import Any
 import tabulate as tabulate_module
 from tabulate import tabulate
 
-from imgclf.artifacts import PARAMS_FILE
+from imgclf.artifacts import MODEL_NAMES, PARAMS_FILE
+from imgclf.config import flatten
 from imgclf.evaluation import metric_definitions
 from imgclf.evaluation.metric_definitions import ANALYSIS_SUMMARY, EVALUATE_METRICS
 
-HEADLINE_METRICS = metric_definitions.compare_columns(("scratch", "transfer"))
+HEADLINE_METRICS = metric_definitions.compare_columns(MODEL_NAMES)
 # `dvc exp show --json` puts a queued, running or finished queue task's state in its `executor`; an experiment run
 # in the workspace has no executor and is done. Only a done experiment's metrics are its own: a failed one carries
 # the metrics files of the workspace it was queued from, a running one whatever its temporary copy holds so far.
@@ -34,16 +35,6 @@ WIDTH = 120
 MAX_VALUE_CHARS = 22  # a long value (a backbone file path) is cut, keeping its end
 GAP = "  "  # between columns: tabulate's "simple" format
 TEXT_COLUMNS = 2  # name and state read left to right; params and numbers are right-aligned
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def file_data(state: dict[str, Any], section: str, path: str) -> dict[str, Any]:

@@ -16,10 +16,11 @@ import jinja2
 import numpy as np
 from PIL import Image
 
+from imgclf.artifacts import MODEL_NAMES
 from imgclf.evaluation import paired_tests
 from imgclf.evaluation.metric_definitions import MODEL_METRICS
 
-MODELS = ("scratch", "transfer")
+MODELS = MODEL_NAMES
 SHORT = {"scratch": "S", "transfer": "T"}
 NOISY_SUPPORT = 5  # classes with fewer test images than this get a warning: their per-class numbers are noise
 OPEN_CLASS_TABLE_UP_TO = 20  # the per-class table starts expanded up to this many classes

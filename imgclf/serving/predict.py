@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgclf import fileio
+from imgclf import artifacts, fileio
 from imgclf.errors import UserError
 from imgclf.serving import serving
 from imgclf.tracking import packaging
 
-FORMATS = ("table", "json", "csv")
+FORMATS = artifacts.PREDICTION_FORMATS
 CHUNK = 256  # images decoded and held in memory at a time; the model sees them in batches of packaging.BATCH_SIZE
 SCORE_BAR_CLASSES = 20  # beyond this many classes, a score-bar figure shows the top classes only
 EXIT_OK, EXIT_SOME_FAILED, EXIT_SCORE_BARS_FAILED = 0, 1, 2

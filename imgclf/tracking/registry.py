@@ -13,11 +13,11 @@ import mlflow
 import numpy as np
 
 from imgclf import fileio
-from imgclf.artifacts import CHALLENGER, CHAMPION  # noqa: F401 (the aliases the registry moves; evaluate reads both here)
+from imgclf.artifacts import CHALLENGER, CHAMPION, MODEL_NAMES  # noqa: F401 (the aliases the registry moves; evaluate reads both here)
 from imgclf.errors import RegistryError
 from imgclf.tracking.store import is_store_failure, store_errors
 
-REGISTERED_MODELS = {"scratch": "imgclf-scratch", "transfer": "imgclf-transfer"}
+REGISTERED_MODELS = {model: f"imgclf-{model}" for model in MODEL_NAMES}  # imgclf-scratch, imgclf-transfer
 
 
 MODEL_SHA_TAG = "model_sha256"  # sha256 of model.keras: the same file is never registered twice
