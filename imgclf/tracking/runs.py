@@ -34,7 +34,7 @@ TRAIN_PREFIX = "train_"
 
 VALIDATION_PREFIX = "val_"
 
-KERAS_TRAINING_METRICS = ("loss", "accuracy")  # the loss and the metric training/common.py compiles with
+KERAS_TRAINING_METRICS = ("loss", "accuracy")  # the loss and the metric training/recipe.py compiles with
 
 # Written by DVC while the pipeline runs, so it never makes the code "dirty".
 GIT_DIRTY_IGNORED = ("dvc.lock",)

@@ -162,7 +162,7 @@ def test_the_closure_follows_from_imports_and_package_inits():
     closure = {str(path.relative_to(PROJECT_ROOT)) for path in import_closure("stages.download")}
     assert {"stages/__init__.py", "stages/download.py", "imgclf/__init__.py", "imgclf/data/__init__.py",
             "imgclf/data/sources.py", "imgclf/stage_runner.py", "imgclf/config.py"} <= closure
-    assert "imgclf/training/models.py" not in closure
+    assert "imgclf/training/scratch_model.py" not in closure
 
 
 def param_keys(declared: list[str]) -> set[str]:
@@ -175,7 +175,7 @@ def param_keys(declared: list[str]) -> set[str]:
     return keys
 
 
-# Keys a stage reads only under settings the smoke run (sandbox.SMOKE_OVERRIDES) does not use: the trace of that
+# Keys a stage reads only under settings the smoke run (smoke_copy.SMOKE_OVERRIDES) does not use: the trace of that
 # run cannot show them read. Each entry says when the code reads it; any other declared key left unread fails.
 READ_ONLY_WHEN = {
     "data.test_fraction": "the source has no official test split",
@@ -230,5 +230,16 @@ def test_feature_extraction_does_not_rerun_when_training_code_changes():
     # The cached features are the slowest output to rebuild: an edit to the fitting loop, the shared training
     # toolkit or MLflow tracking must not invalidate them.
     closure = {str(path.relative_to(PROJECT_ROOT)) for path in import_closure("stages.extract_features")}
-    assert not closure & {"imgclf/training/fitting.py", "imgclf/training/recipe.py", "imgclf/tracking.py",
-                          "imgclf/training/transfer.py", "imgclf/training/scratch.py"}
+    assert not closure & {"imgclf/training/fitting.py", "imgclf/training/recipe.py", "imgclf/training/transfer.py",
+                          "imgclf/training/scratch.py", "imgclf/training/scratch_model.py",
+                          "imgclf/training/backbones.py"}
+    assert not any(path.startswith("imgclf/tracking/") for path in closure)
+
+
+def test_the_trainers_never_import_figures_packaging_registry_or_the_report():
+    # Cosmetic and packaging edits rerun evaluate or analyze, never a training (tests/pipeline/test_reruns.py shows
+    # it with DVC).
+    for stage in ("stages.train_scratch", "stages.train_transfer", "stages.extract_features"):
+        closure = {str(path.relative_to(PROJECT_ROOT)) for path in import_closure(stage)}
+        assert not closure & {"imgclf/figures.py", "imgclf/tracking/packaging.py", "imgclf/tracking/registry.py",
+                              "imgclf/evaluation/report.py", "imgclf/training/backbones.py"}, stage

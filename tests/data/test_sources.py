@@ -596,6 +596,4 @@ def test_missing_source_json_says_to_run_the_download_stage(tmp_path):
 
 def test_the_sources_are_listed_once_and_each_has_a_reader():
     """imgclf.config.DataSource is the list (params validation, `sources.SOURCES`); each name has its format."""
-    from imgclf.data.formats import cifar, idx
-
     assert set(sources.SOURCES) == {*cifar.CIFAR_SOURCES, *idx.IDX_SOURCES, "image_folder", "synthetic"}
