@@ -52,6 +52,10 @@ def quiet_unless_verbose(verbose: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no C++ info or warning lines (CPU features, ...)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one CR-redrawn line per file
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no "Creating initial MLflow database tables"
+        # TensorFlow's Python warnings about its own internals: "N out of the last N calls ... triggered
+        # tf.function retracing" when evaluate packages two models in one process (MLflow predicts their input
+        # examples). Nothing a user can act on; errors still show.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
         if "tensorflow" not in sys.modules and not any(isinstance(finder, _TensorFlowStartUp)
                                                        for finder in sys.meta_path):
             sys.meta_path.insert(0, _TensorFlowStartUp())

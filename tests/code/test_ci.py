@@ -16,7 +16,7 @@ from imgclf.entry_points import PROJECT_ROOT
 pytestmark = pytest.mark.duration(seconds=18)  # about, under make test: orders the modules
 
 WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "retrain.yml"
-SCRIPT = PROJECT_ROOT / "ci" / "retrain.sh"
+SCRIPT = PROJECT_ROOT / "scripts" / "retrain.sh"
 
 
 def _actionlint() -> str:

@@ -465,7 +465,7 @@ def test_environment_programs_run_stages_with_its_python_without_activation(tmp_
     python = venv / "bin" / "python"
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
-    shutil.copy(PROJECT_ROOT / "ci" / "venv_on_path.pth", Path(purelib) / "imgclf_venv_on_path.pth")
+    shutil.copy(PROJECT_ROOT / "scripts" / "venv_on_path.pth", Path(purelib) / "imgclf_venv_on_path.pth")
     # As DVC runs a stage: a shell, with the caller's PATH, which does not hold the environment.
     found = subprocess.run([python, "-c", "import subprocess; subprocess.run('command -v python', shell=True)"],
                            env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True).stdout

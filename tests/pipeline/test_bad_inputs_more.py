@@ -216,7 +216,7 @@ def test_an_alias_bomb_stops_the_params_check_and_dvc_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text(_alias_bomb())
     assert len(_alias_bomb()) < 3000
     stage = [sys.executable, "-m", "stages.check_params", "--params", str(tmp_path / "params.yaml"), "--out",
-             str(tmp_path / "checked")]
+             str(tmp_path / "checked"), "--backbone", str(tmp_path / "backbone.json")]
     dvc = [sys.executable, "-m", "imgclf.dvc_cli", "status"]
     for command, cwd, named in ((stage, PROJECT_ROOT, tmp_path / "params.yaml"), (dvc, tmp_path, "params.yaml")):
         result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=60)

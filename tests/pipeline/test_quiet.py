@@ -136,7 +136,7 @@ def _debug_lines(command: list[str], cwd) -> list[str]:
 @pytest.mark.integration
 def test_verbose_flag_shows_debug_lines_the_default_hides(tmp_path):
     (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
-    stage = [sys.executable, "-m", "stages.check_params", "--out", "checked"]
+    stage = [sys.executable, "-m", "stages.check_params", "--out", "checked", "--backbone", "backbone.json"]
     assert _debug_lines(stage, tmp_path) == []
     assert any("DEBUG imgclf.config: params from" in line for line in _debug_lines([*stage, "-v"], tmp_path))
     for verbose in (["-v", "check-params"], ["check-params", "--verbose"]):

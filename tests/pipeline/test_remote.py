@@ -22,7 +22,7 @@ from imgclf.entry_points import PROJECT_ROOT
 # `pushed` (a copy, a remote, the retrain script's first run) is built once; the module runs on one worker.
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SCRIPT = PROJECT_ROOT / "ci" / "retrain.sh"
+SCRIPT = PROJECT_ROOT / "scripts" / "retrain.sh"
 
 
 def retrain(root: Path, *args: str) -> subprocess.CompletedProcess:

@@ -125,11 +125,11 @@ def test_registry_versions_champion_and_reuse(project, store):
     assert decided.tags["promotion.reason"] == recorded["decision"]["reason"]
     if recorded["decision"]["alias"] == "challenger":
         assert client.get_model_version_by_alias(candidate["name"], registry.CHALLENGER).version == decided.version
-        assert "not significantly better" in registry["decision"]["reason"]
+        assert "not significantly better" in recorded["decision"]["reason"]
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # get_model_info reads the global store
     try:
-        info_of_champion = mlflow.models.get_model_info(registry["champion_uri"])
+        info_of_champion = mlflow.models.get_model_info(recorded["champion_uri"])
     finally:
         mlflow.set_tracking_uri(previous)
     assert info_of_champion.signature is not None, "registered with its signature"
