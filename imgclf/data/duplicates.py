@@ -1,0 +1,158 @@
+"""Twins across the split: test images whose copy (exact or edited) sits in the training set.
+
+Pure numpy, no TensorFlow: the `find_duplicates` stage (imgclf/data/find_duplicates.py) feeds it the prepared
+pixels and the backbone features the extract_features stage cached, and bench/duplicates.py the same functions
+on the raw CIFAR-10 archive.
+
+- Exact duplicates: equal digests of the decoded pixels (a re-saved or renamed copy).
+- Near duplicates (resized, re-encoded, slightly cropped or shifted, colour tweaked): cosine similarity of the
+  pooled backbone features, centred on the training features' mean. Uncentred, the pooled activations of any
+  two photos point the same way (all positive after the last ReLU), which squeezes unrelated pairs up towards
+  the planted ones; centring spreads them apart (bench/duplicates.py measures both).
+- Scale: every test row against every training row as blocked matrix products, keeping per block only what
+  passes the threshold and each row's best match. CIFAR-10's 10,000 x 50,000 pairs take seconds; memory stays
+  at one block of `block_rows` x references similarities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable
+
+import numpy as np
+
+from imgclf.errors import ConfigError
+
+# Rows of queries per matrix product: 512 x 50,000 float32 similarities is 100 MB.
+BLOCK_ROWS = 512
+# More pairs than this many per query image means the threshold admits look-alikes, not copies: refuse, rather
+# than write a pair list of millions of rows and exclude half the training set.
+MAX_PAIRS_PER_QUERY = 10
+
+
+class ThresholdTooLowError(ConfigError):
+    """The similarity threshold pairs nearly everything with everything."""
+
+
+def pixel_digest(pixels: bytes | np.ndarray) -> str:
+    """A short digest of decoded pixels: equal for identical images, whatever their file names or encodings."""
+    data = pixels.tobytes() if isinstance(pixels, np.ndarray) else pixels
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def pixel_digests(images: Iterable[bytes | np.ndarray]) -> list[str]:
+    return [pixel_digest(image) for image in images]
+
+
+def unit_rows(features: np.ndarray, *, centre: np.ndarray | None = None) -> np.ndarray:
+    """float32 rows of length one (after subtracting `centre`); an all-zero row stays zero (similar to nothing)."""
+    rows = np.asarray(features, dtype=np.float32)
+    if centre is not None:
+        rows = rows - np.asarray(centre, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Matches:
+    """Per query row: its most similar reference row and that similarity; and every (query, reference) pair at
+    or above the threshold, most similar first within each query."""
+
+    best: np.ndarray  # int64 reference row per query (-1: no reference)
+    best_similarity: np.ndarray  # float32
+    pairs: np.ndarray  # (n, 2) int64: query row, reference row
+    pair_similarity: np.ndarray  # float32
+
+
+def search(queries: np.ndarray, references: np.ndarray, *, threshold: float, same_set: bool = False,
+           block_rows: int = BLOCK_ROWS) -> Matches:
+    """Cosine nearest neighbours of unit-length `queries` among unit-length `references` (unit_rows), by blocked
+    matrix products. `same_set`: queries and references are the same rows, and a row never matches itself."""
+    count = len(queries)
+    best = np.full(count, -1, dtype=np.int64)
+    best_similarity = np.full(count, -np.inf, dtype=np.float32)
+    found_pairs, found_similarity = [], []
+    if not len(references):
+        return Matches(best, best_similarity, np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
+    limit = MAX_PAIRS_PER_QUERY * max(count, 1)
+    total = 0
+    for start in range(0, count, block_rows):
+        similarity = queries[start:start + block_rows] @ references.T
+        rows = np.arange(len(similarity))
+        if same_set:
+            similarity[rows, start + rows] = -np.inf
+        best[start:start + len(rows)] = np.argmax(similarity, axis=1)
+        best_similarity[start:start + len(rows)] = similarity[rows, best[start:start + len(rows)]]
+        query, reference = np.nonzero(similarity >= threshold)
+        total += len(query)
+        if total > limit:
+            raise ThresholdTooLowError(
+                f"a similarity threshold of {threshold:g} pairs more than {MAX_PAIRS_PER_QUERY} images with each "
+                "image: that finds look-alikes, not copies; raise it (duplicates.similarity_threshold)")
+        found_pairs.append(np.stack([query + start, reference], axis=1))
+        found_similarity.append(similarity[query, reference])
+    pairs = np.concatenate(found_pairs).astype(np.int64) if found_pairs else np.zeros((0, 2), np.int64)
+    pair_similarity = np.concatenate(found_similarity) if found_similarity else np.zeros(0, np.float32)
+    order = np.lexsort((pairs[:, 1], -pair_similarity, pairs[:, 0]))
+    return Matches(best, best_similarity, pairs[order], pair_similarity[order].astype(np.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class Twins:
+    """Test images with a training twin: each (test row, training row) pair, its similarity and whether the
+    pixels are identical; `rows` lists every twin of a test image, its best first."""
+
+    test: np.ndarray
+    train: np.ndarray
+    similarity: np.ndarray
+    exact: np.ndarray
+
+    @property
+    def test_rows(self) -> np.ndarray:
+        """The test rows that have at least one twin in training."""
+        return np.unique(self.test)
+
+    @property
+    def train_rows(self) -> np.ndarray:
+        """The training rows that are a twin of some test image."""
+        return np.unique(self.train)
+
+
+def cross_twins(test_features: np.ndarray, train_features: np.ndarray, *, test_digests: list[str],
+                train_digests: list[str], threshold: float, block_rows: int = BLOCK_ROWS) -> Twins:
+    """Every (test, training) pair that is a copy: identical pixels, or features at least `threshold` similar
+    (cosine, centred on the training mean)."""
+    centre = train_features.mean(axis=0) if len(train_features) else None
+    matches = search(unit_rows(test_features, centre=centre), unit_rows(train_features, centre=centre),
+                     threshold=threshold, block_rows=block_rows)
+    pairs = {(int(test), int(train)): float(value) for (test, train), value in
+             zip(matches.pairs, matches.pair_similarity, strict=True)}
+    by_digest: dict[str, list[int]] = {}
+    for row, digest in enumerate(train_digests):
+        by_digest.setdefault(digest, []).append(row)
+    exact = set()
+    for test, digest in enumerate(test_digests):
+        for train in by_digest.get(digest, ()):
+            pairs[(test, train)] = 1.0  # identical pixels, whatever float rounding says
+            exact.add((test, train))
+    keys = sorted(pairs, key=lambda key: (key[0], -pairs[key], key[1]))
+    return Twins(test=np.array([key[0] for key in keys], dtype=np.int64),
+                 train=np.array([key[1] for key in keys], dtype=np.int64),
+                 similarity=np.array([pairs[key] for key in keys], dtype=np.float32),
+                 exact=np.array([key in exact for key in keys], dtype=bool))
+
+
+def images_with_twin_within(features: np.ndarray, *, digests: list[str], threshold: float,
+                            centre: np.ndarray | None = None, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """The rows of one split that have a copy elsewhere in the same split (both of a pair are counted)."""
+    if len(features) < 2:
+        return np.zeros(0, dtype=np.int64)
+    rows = unit_rows(features, centre=features.mean(axis=0) if centre is None else centre)
+    matches = search(rows, rows, threshold=threshold, same_set=True, block_rows=block_rows)
+    found = set(matches.pairs[:, 0].tolist()) | set(matches.pairs[:, 1].tolist())
+    counts: dict[str, list[int]] = {}
+    for row, digest in enumerate(digests):
+        counts.setdefault(digest, []).append(row)
+    found |= {row for group in counts.values() if len(group) > 1 for row in group}
+    return np.array(sorted(found), dtype=np.int64)
