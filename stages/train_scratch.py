@@ -11,9 +11,12 @@ PARAMS = ("seed", "deterministic",
 
 
 def main() -> None:
-    cli.stage(__doc__, PARAMS, {"data": "prepared data directory", "out": "model directory to write"},
+    cli.stage(__doc__, PARAMS, {"data": "prepared data directory",
+                                "exclude": "training ids to leave out (find_duplicates' exclude.json; optional)",
+                                "out": "model directory to write"},
               lambda params, args: scratch.train_scratch(params, prepared_dir=args.data, out_dir=args.out,
-                                                       project_root=cli.project_root()))
+                                                       project_root=cli.project_root(), exclude_path=args.exclude),
+              optional=("exclude",))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,17 @@ def read(path: Path | None) -> frozenset[int]:
     return frozenset(int(i) for i in ids)
 
 
-def kept_rows(train_ids: np.ndarray, excluded: frozenset[int]) -> np.ndarray:
-    """Boolean mask over training rows (their manifest ids in `train_ids`): True where the image stays."""
-    return ~np.isin(np.asarray(train_ids), np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+def kept_rows(train_count: int, excluded: frozenset[int]) -> np.ndarray:
+    """Boolean mask over the training split's rows: True where the image stays. The preprocess stage numbers the
+    training split first, so the p-th training image has manifest id p."""
+    return ~np.isin(np.arange(train_count), np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+
+
+def kept_views(features: np.ndarray, labels: np.ndarray, *, train_count: int,
+               excluded: frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The training features of every view (the plain split, then each augmented view, `train_count` rows each)
+    without the excluded images."""
+    if not excluded:
+        return features, labels
+    mask = np.tile(kept_rows(train_count, excluded), len(labels) // train_count)
+    return features[mask], labels[mask]
