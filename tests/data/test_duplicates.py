@@ -1,0 +1,162 @@
+"""Train/test twins: planted copies (exact, resized, JPEG 50, shifted 2 px, cropped) are found across the split,
+distinct images never pair, and the exclusions file the trainers read is the same bytes for the same set."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.config import params_from_dict
+from imgclf.data import duplicates, exclusions, find_duplicates
+
+SIZE = 32
+
+
+def smooth_patterns(count: int, *, seed: int) -> np.ndarray:
+    """Photos' stand-ins with structure at every scale a copy keeps: random 4x4 and 8x8 colour fields, upsampled
+    smoothly and summed (pure noise would not survive a JPEG re-encode or a shift, and is nothing like a photo)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((SIZE, SIZE),
+                                                                                          Image.Resampling.BICUBIC)
+        fine = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((SIZE, SIZE),
+                                                                                        Image.Resampling.BICUBIC)
+        images.append((0.7 * np.asarray(coarse, float) + 0.3 * np.asarray(fine, float)).astype(np.uint8))
+    return np.stack(images)
+
+
+def resized(image: np.ndarray) -> np.ndarray:
+    """A copy saved at another size, brought back to the prepared size by preprocessing."""
+    smaller = Image.fromarray(image).resize((24, 24), Image.Resampling.BILINEAR)
+    return np.asarray(smaller.resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+
+
+def jpeg50(image: np.ndarray) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=50)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def shifted(image: np.ndarray) -> np.ndarray:
+    return np.pad(image, ((2, 0), (2, 0), (0, 0)), mode="edge")[:SIZE, :SIZE]
+
+
+def cropped(image: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(image[2:-2, 2:-2]).resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+
+
+EDITS = {"exact": lambda image: image.copy(), "resized": resized, "jpeg50": jpeg50, "shifted": shifted,
+         "cropped": cropped}
+
+
+def thumbnail_features(images: np.ndarray) -> np.ndarray:
+    """A tiny feature function for the pure functions' tests: each image's 8x8 colour thumbnail (block means). The
+    stage gets backbone features; the search does not care where the vectors come from."""
+    blocks = images.reshape(len(images), 8, SIZE // 8, 8, SIZE // 8, 3).astype(np.float32)
+    return blocks.mean(axis=(2, 4)).reshape(len(images), -1)
+
+
+THRESHOLD = 0.7  # thumbnail features: planted copies score 0.81-1.0, distinct images at most 0.39
+# (the backbone features' threshold, duplicates.similarity_threshold, is measured in bench/duplicates.py)
+
+
+def planted_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+    """(test images, training images, {test row: training row}): each edit of EDITS applied to one test image and
+    put into training, among distinct images on both sides."""
+    originals = smooth_patterns(40, seed=seed)
+    test, train_distinct = originals[:15], originals[15:]
+    copies = np.stack([edit(test[row]) for row, edit in enumerate(EDITS.values())])
+    train = np.concatenate([train_distinct, copies])
+    return test, train, {row: len(train_distinct) + row for row in range(len(EDITS))}
+
+
+def test_planted_copies_are_found_across_the_split_and_distinct_images_never_pair():
+    test, train, planted = planted_split()
+    twins = duplicates.cross_twins(thumbnail_features(test), thumbnail_features(train),
+                                   test_digests=duplicates.pixel_digests(test),
+                                   train_digests=duplicates.pixel_digests(train), threshold=THRESHOLD)
+    assert dict(zip(twins.test.tolist(), twins.train.tolist(), strict=True)) == planted
+    assert twins.exact.tolist() == [name == "exact" for name in EDITS]
+    assert twins.similarity[0] == 1.0 and (twins.similarity >= THRESHOLD).all()
+
+
+def test_a_folder_without_copies_has_no_pairs_and_no_copies_within_a_split():
+    images = smooth_patterns(60, seed=1)
+    features, digests = thumbnail_features(images), duplicates.pixel_digests(images)
+    twins = duplicates.cross_twins(features[:20], features[20:], test_digests=digests[:20],
+                                   train_digests=digests[20:], threshold=THRESHOLD)
+    assert len(twins.test) == 0
+    assert len(duplicates.images_with_twin_within(features, digests=digests, threshold=THRESHOLD)) == 0
+
+
+def test_copies_within_a_split_count_both_images_of_a_pair():
+    images = smooth_patterns(30, seed=2)
+    images[7] = jpeg50(images[3])
+    images[20] = images[11]
+    found = duplicates.images_with_twin_within(thumbnail_features(images), digests=duplicates.pixel_digests(images),
+                                               threshold=THRESHOLD)
+    assert found.tolist() == [3, 7, 11, 20]
+
+
+def test_blocked_search_equals_the_whole_matrix_and_never_matches_a_row_with_itself():
+    rng = np.random.default_rng(0)
+    queries, references = (duplicates.unit_rows(rng.normal(size=(n, 16))) for n in (23, 41))
+    whole = queries @ references.T
+    matches = duplicates.search(queries, references, threshold=0.5, block_rows=5)
+    assert (matches.best == whole.argmax(axis=1)).all()
+    assert np.allclose(matches.best_similarity, whole.max(axis=1))
+    assert sorted(map(tuple, matches.pairs.tolist())) == sorted(zip(*np.nonzero(whole >= 0.5), strict=True))
+    itself = duplicates.search(queries, queries, threshold=0.99, same_set=True, block_rows=4)
+    assert (itself.best != np.arange(len(queries))).all() and len(itself.pairs) == 0
+
+
+def test_a_threshold_that_pairs_everything_is_refused_with_the_key_to_raise():
+    rows = duplicates.unit_rows(np.random.default_rng(0).normal(size=(30, 4)) + 5)
+    with pytest.raises(duplicates.ThresholdTooLowError, match="duplicates.similarity_threshold"):
+        duplicates.search(rows, rows, threshold=0.0)
+
+
+def test_the_exclusions_file_is_the_same_bytes_for_the_same_set_and_filters_every_view(tmp_path):
+    exclusions.write(tmp_path / "a.json", [5, 2, 2])
+    exclusions.write(tmp_path / "b.json", np.array([2, 5]))
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    excluded = exclusions.read(tmp_path / "a.json")
+    assert excluded == {2, 5} and exclusions.read(None) == frozenset()
+    features = np.arange(12, dtype=np.float32)[:, None]  # two views of 6 training images
+    kept, labels = exclusions.kept_views(features, np.arange(12) % 6, train_count=6, excluded=excluded)
+    assert labels.tolist() == [0, 1, 3, 4, 0, 1, 3, 4] and kept[:, 0].tolist() == [0, 1, 3, 4, 6, 7, 9, 10]
+
+
+@pytest.mark.parametrize("policy", ["report", "exclude_from_training"])
+def test_the_stage_names_files_as_the_manifest_does_and_excludes_only_under_its_policy(
+        write_prepared, tmp_path, params_dict, policy):
+    test, train, planted = planted_split(seed=3)
+    # one class; the training split first, as preprocess numbers it (ids 0..), then validation and test
+    meta = write_prepared(tmp_path / "prepared", class_names=["thing"], size=SIZE,
+                          per_class={"train": len(train), "val": 2, "test": len(test)},
+                          pixels={"train": train, "test": test})
+    features = tmp_path / "features"
+    features.mkdir()
+    for split, images in (("train", train), ("test", test)):
+        np.savez(features / f"{split}.npz", features=thumbnail_features(images), labels=np.zeros(len(images)))
+    params_dict["duplicates"] = {"similarity_threshold": THRESHOLD, "policy": policy}
+    out = tmp_path / "duplicates"
+    summary = find_duplicates.run(params_from_dict(params_dict), prepared_dir=tmp_path / "prepared",
+                                  features_dir=features, out_dir=out)
+
+    first_test = meta["counts"]["train"] + meta["counts"]["val"]
+    with open(out / "pairs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(int(row["test_id"]), int(row["train_id"])) for row in rows] == [
+        (first_test + test_row, train_row) for test_row, train_row in planted.items()]
+    assert rows[0]["test_file"] == f"thing/{first_test}.png" and rows[0]["exact"] == "1"
+    assert summary["train_test_duplicates"] == len(EDITS) == summary["train_twins"]
+    assert summary == json.loads((out / "duplicates.json").read_text())
+    excluded = json.loads((out / "exclude.json").read_text())["train_ids"]
+    assert excluded == (sorted(planted.values()) if policy == "exclude_from_training" else [])
