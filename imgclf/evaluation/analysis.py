@@ -506,6 +506,11 @@ def _log_to_mlflow(summary: dict, *, evaluate_dir: Path, out_dir: Path, project_
                "accuracy_difference_ci_high": summary["accuracy_difference_ci"]["high"],
                "mcnemar_p_value": summary["mcnemar"]["p_value"],
                **{key: summary[key] for key in OUTCOMES}}
+    if "train_test_duplicates" in summary:
+        numbers |= {"train_test_duplicates": summary["train_test_duplicates"],
+                    "mcnemar_p_value_deduplicated": summary["deduplicated"]["mcnemar"]["p_value"],
+                    **{f"{model}_accuracy_deduplicated": value
+                       for model, value in summary["accuracy_deduplicated"].items()}}
     for key, value in numbers.items():
         client.log_metric(run_id, key, float(value))
     for name in (REPORT_FILE, MARKDOWN_FILE, artifacts.ANALYSIS_SUMMARY_FILE):

@@ -14,6 +14,8 @@ from PIL import Image
 from imgclf.config import params_from_dict
 from imgclf.data import duplicates, exclusions, find_duplicates
 
+pytestmark = pytest.mark.duration(seconds=15)  # about, under make test (the stage test imports TensorFlow)
+
 SIZE = 32
 
 
@@ -118,7 +120,7 @@ def test_blocked_search_equals_the_whole_matrix_and_never_matches_a_row_with_its
 
 def test_a_threshold_that_pairs_everything_is_refused_with_the_key_to_raise():
     rows = duplicates.unit_rows(np.random.default_rng(0).normal(size=(30, 4)) + 5)
-    with pytest.raises(duplicates.ThresholdTooLowError, match="duplicates.similarity_threshold"):
+    with pytest.raises(duplicates.ThresholdTooLowError, match=r"duplicates\.similarity_threshold"):
         duplicates.search(rows, rows, threshold=0.0)
 
 
