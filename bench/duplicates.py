@@ -152,7 +152,7 @@ def calibrate(extractor_size: int, pixels: np.ndarray, train: np.ndarray, train_
         centre = train_features.mean(axis=0) if centred else None
         references = duplicates.unit_rows(train_features, centre=centre)
         queries = duplicates.unit_rows(edited_features, centre=centre)
-        matches = duplicates.search(queries, references, threshold=1.01)
+        matches = duplicates.search(queries, references, threshold=1.01, twins=0)
         to_original = np.einsum("ij,ij->i", queries, references[np.tile(positions, len(EDITS))])
         per_edit = {}
         for number, name in enumerate(EDITS):
@@ -200,7 +200,8 @@ def probe_accuracies(feats, labels, test, train, twins_rows) -> dict:
     probe_right = probe.predict((feats[test] - centre) / scale) == labels[test]
     probe_seconds = time.perf_counter() - started
     references = duplicates.unit_rows(feats[train], centre=centre)
-    nearest = duplicates.search(duplicates.unit_rows(feats[test], centre=centre), references, threshold=1.01).best
+    queries = duplicates.unit_rows(feats[test], centre=centre)
+    nearest = duplicates.search(queries, references, threshold=1.01, twins=0).best
     knn_right = labels[train][nearest] == labels[test]
     clean = np.ones(len(test), dtype=bool)
     clean[twins_rows] = False
@@ -235,7 +236,7 @@ def report(arguments, names, pixels, feats, *, decode_seconds: float, feature_se
                                                      threshold=threshold, centre=centre)
     # Every test image's best training match, for the distribution and the galleries below the threshold.
     best = duplicates.search(duplicates.unit_rows(feats[test], centre=centre),
-                             duplicates.unit_rows(feats[train], centre=centre), threshold=1.01)
+                             duplicates.unit_rows(feats[train], centre=centre), threshold=1.01, twins=0)
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows = sorted({(int(t), int(r), float(s)) for t, r, s in zip(twins.test, twins.train, twins.similarity,
                                                                    strict=True)})

@@ -9,9 +9,9 @@ on the raw CIFAR-10 archive.
   pooled backbone features, centred on the training features' mean. Uncentred, the pooled activations of any
   two photos point the same way (all positive after the last ReLU), which squeezes unrelated pairs up towards
   the planted ones; centring spreads them apart (bench/duplicates.py measures both).
-- Scale: every test row against every training row as blocked matrix products, keeping per block only what
-  passes the threshold and each row's best match. CIFAR-10's 10,000 x 50,000 pairs take seconds; memory stays
-  at one block of `block_rows` x references similarities.
+- Scale: every test row against every training row as blocked matrix products, keeping per block each row's
+  best match and its (at most MAX_TWINS) matches at or above the threshold. CIFAR-10's 10,000 x 50,000 pairs
+  take seconds; memory stays at one block of `block_rows` x references similarities.
 """
 
 from __future__ import annotations
@@ -22,17 +22,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from imgclf.errors import ConfigError
-
 # Rows of queries per matrix product: 512 x 50,000 float32 similarities is 100 MB.
 BLOCK_ROWS = 512
-# More pairs than this many per query image means the threshold admits look-alikes, not copies: refuse, rather
-# than write a pair list of millions of rows and exclude half the training set.
-MAX_PAIRS_PER_QUERY = 10
-
-
-class ThresholdTooLowError(ConfigError):
-    """The similarity threshold pairs nearly everything with everything."""
+# Twins kept per query image, the most similar first: a threshold low enough to pair an image with dozens of others
+# finds look-alikes, not copies, and must not grow the pair list (and the exclusions) towards queries x references.
+MAX_TWINS = 10
 
 
 def pixel_digest(pixels: bytes | np.ndarray) -> str:
@@ -56,46 +50,49 @@ def unit_rows(features: np.ndarray, *, centre: np.ndarray | None = None) -> np.n
 
 @dataclasses.dataclass(frozen=True)
 class Matches:
-    """Per query row: its most similar reference row and that similarity; and every (query, reference) pair at
-    or above the threshold, most similar first within each query."""
+    """Per query row: its most similar reference row and that similarity; and the (query, reference) pairs at or
+    above the threshold, at most `twins` per query, most similar first within each query."""
 
     best: np.ndarray  # int64 reference row per query (-1: no reference)
     best_similarity: np.ndarray  # float32
     pairs: np.ndarray  # (n, 2) int64: query row, reference row
     pair_similarity: np.ndarray  # float32
+    capped: int = 0  # queries with more than `twins` references at or above the threshold
 
 
 def search(queries: np.ndarray, references: np.ndarray, *, threshold: float, same_set: bool = False,
-           block_rows: int = BLOCK_ROWS) -> Matches:
+           twins: int = MAX_TWINS, block_rows: int = BLOCK_ROWS) -> Matches:
     """Cosine nearest neighbours of unit-length `queries` among unit-length `references` (unit_rows), by blocked
-    matrix products. `same_set`: queries and references are the same rows, and a row never matches itself."""
+    matrix products. `same_set`: queries and references are the same rows, and a row never matches itself.
+    `twins=0` keeps only each query's best match (no pair list)."""
     count = len(queries)
     best = np.full(count, -1, dtype=np.int64)
     best_similarity = np.full(count, -np.inf, dtype=np.float32)
-    found_pairs, found_similarity = [], []
-    if not len(references):
-        return Matches(best, best_similarity, np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
-    limit = MAX_PAIRS_PER_QUERY * max(count, 1)
-    total = 0
-    for start in range(0, count, block_rows):
+    found_pairs, found_similarity, capped = [], [], 0
+    keep = min(twins, len(references))
+    for start in range(0, count if len(references) else 0, block_rows):
         similarity = queries[start:start + block_rows] @ references.T
         rows = np.arange(len(similarity))
         if same_set:
             similarity[rows, start + rows] = -np.inf
-        best[start:start + len(rows)] = np.argmax(similarity, axis=1)
-        best_similarity[start:start + len(rows)] = similarity[rows, best[start:start + len(rows)]]
-        query, reference = np.nonzero(similarity >= threshold)
-        total += len(query)
-        if total > limit:
-            raise ThresholdTooLowError(
-                f"a similarity threshold of {threshold:g} pairs more than {MAX_PAIRS_PER_QUERY} images with each "
-                "image: that finds look-alikes, not copies; raise it (duplicates.similarity_threshold)")
+        block = slice(start, start + len(rows))
+        best[block] = np.argmax(similarity, axis=1)
+        best_similarity[block] = similarity[rows, best[block]]
+        if not keep:
+            continue
+        over = similarity >= threshold
+        capped += int(np.sum(over.sum(axis=1) > keep))
+        # the `keep` most similar references of each row (in no order), then those at or above the threshold
+        top = np.argpartition(-similarity, keep - 1, axis=1)[:, :keep] if keep < len(references) else \
+            np.broadcast_to(np.arange(len(references)), similarity.shape)
+        chosen = over[rows[:, None], top]
+        query, reference = np.broadcast_to(rows[:, None], top.shape)[chosen], top[chosen]
         found_pairs.append(np.stack([query + start, reference], axis=1))
         found_similarity.append(similarity[query, reference])
     pairs = np.concatenate(found_pairs).astype(np.int64) if found_pairs else np.zeros((0, 2), np.int64)
     pair_similarity = np.concatenate(found_similarity) if found_similarity else np.zeros(0, np.float32)
     order = np.lexsort((pairs[:, 1], -pair_similarity, pairs[:, 0]))
-    return Matches(best, best_similarity, pairs[order], pair_similarity[order].astype(np.float32))
+    return Matches(best, best_similarity, pairs[order], pair_similarity[order].astype(np.float32), capped)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +104,7 @@ class Twins:
     train: np.ndarray
     similarity: np.ndarray
     exact: np.ndarray
+    capped: int = 0  # test images with more than MAX_TWINS training twins: only the most similar are listed
 
     @property
     def test_rows(self) -> np.ndarray:
@@ -140,19 +138,20 @@ def cross_twins(test_features: np.ndarray, train_features: np.ndarray, *, test_d
     return Twins(test=np.array([key[0] for key in keys], dtype=np.int64),
                  train=np.array([key[1] for key in keys], dtype=np.int64),
                  similarity=np.array([pairs[key] for key in keys], dtype=np.float32),
-                 exact=np.array([key in exact for key in keys], dtype=bool))
+                 exact=np.array([key in exact for key in keys], dtype=bool), capped=matches.capped)
 
 
 def images_with_twin_within(features: np.ndarray, *, digests: list[str], threshold: float,
                             centre: np.ndarray | None = None, block_rows: int = BLOCK_ROWS) -> np.ndarray:
-    """The rows of one split that have a copy elsewhere in the same split (both of a pair are counted)."""
+    """The rows of one split that have a copy elsewhere in the same split (both of a pair are counted: a row's
+    best match is at least as similar to it as it is to that match)."""
     if len(features) < 2:
         return np.zeros(0, dtype=np.int64)
     rows = unit_rows(features, centre=features.mean(axis=0) if centre is None else centre)
-    matches = search(rows, rows, threshold=threshold, same_set=True, block_rows=block_rows)
-    found = set(matches.pairs[:, 0].tolist()) | set(matches.pairs[:, 1].tolist())
-    counts: dict[str, list[int]] = {}
+    matches = search(rows, rows, threshold=threshold, same_set=True, twins=0, block_rows=block_rows)
+    found = set(np.flatnonzero(matches.best_similarity >= threshold).tolist())
+    groups: dict[str, list[int]] = {}
     for row, digest in enumerate(digests):
-        counts.setdefault(digest, []).append(row)
-    found |= {row for group in counts.values() if len(group) > 1 for row in group}
+        groups.setdefault(digest, []).append(row)
+    found |= {row for group in groups.values() if len(group) > 1 for row in group}
     return np.array(sorted(found), dtype=np.int64)

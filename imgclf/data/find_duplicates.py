@@ -101,12 +101,18 @@ def run(params: Params, *, prepared_dir: Path, features_dir: Path, out_dir: Path
     train_ids = [manifest["train"][row][0] for row in twins.train_rows]
     excluded = train_ids if settings.policy == "exclude_from_training" else []
     exclusions.write(out_dir / artifacts.EXCLUDE_FILE, excluded)
+    if twins.capped:
+        log.warning("duplicates: %d test images have more than %d training images at least %g similar; only the "
+                    "%d most similar are listed (and excluded): a threshold this low finds look-alikes, not copies "
+                    "(duplicates.similarity_threshold)", twins.capped, duplicates.MAX_TWINS, threshold,
+                    duplicates.MAX_TWINS)
     summary = {
         "similarity_threshold": threshold, "policy": settings.policy,
         "test_images": len(digests["test"]), "train_images": len(digests["train"]),
         "train_test_duplicates": len(twins.test_rows),  # test images with at least one twin in training
         "train_test_exact": len(np.unique(twins.test[twins.exact])),
         "train_test_pairs": len(twins.test),
+        "capped": twins.capped,  # test images with more than duplicates.MAX_TWINS twins: the best are listed
         "train_twins": len(train_ids),  # training images that are a twin of some test image
         "excluded_from_training": len(excluded),
         "within_train": len(within["train"]),  # training images with a copy elsewhere in training

@@ -118,10 +118,13 @@ def test_blocked_search_equals_the_whole_matrix_and_never_matches_a_row_with_its
     assert (itself.best != np.arange(len(queries))).all() and len(itself.pairs) == 0
 
 
-def test_a_threshold_that_pairs_everything_is_refused_with_the_key_to_raise():
+def test_a_threshold_that_pairs_everything_keeps_at_most_the_most_similar_twins_per_image():
     rows = duplicates.unit_rows(np.random.default_rng(0).normal(size=(30, 4)) + 5)
-    with pytest.raises(duplicates.ThresholdTooLowError, match=r"duplicates\.similarity_threshold"):
-        duplicates.search(rows, rows, threshold=0.0)
+    matches = duplicates.search(rows, rows, threshold=0.0, twins=3, block_rows=7)
+    assert matches.capped == 30 and len(matches.pairs) == 90
+    whole = rows @ rows.T
+    for query in range(30):  # its 3 most similar, best first
+        assert matches.pairs[matches.pairs[:, 0] == query, 1].tolist() == np.argsort(-whole[query])[:3].tolist()
 
 
 def test_the_exclusions_file_is_the_same_bytes_for_the_same_set_and_filters_every_view(tmp_path):
