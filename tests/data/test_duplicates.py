@@ -165,3 +165,21 @@ def test_the_stage_names_files_as_the_manifest_does_and_excludes_only_under_its_
     assert summary == json.loads((out / "duplicates.json").read_text())
     excluded = json.loads((out / "exclude.json").read_text())["train_ids"]
     assert excluded == (sorted(planted.values()) if policy == "exclude_from_training" else [])
+
+
+@pytest.mark.shared
+def test_the_default_threshold_finds_planted_copies_through_the_shared_backbone(shared_backbone):
+    # The features the pipeline compares: the ImageNet EfficientNet-Lite0 at 96 px, pooled, as extract_features
+    # caches them; the threshold is params.yaml's default.
+    from imgclf.config import Params, TransferConfig
+    from imgclf.training import models
+
+    backbone, preprocessing = models.load_backbone(TransferConfig(backbone=str(shared_backbone), input_size=96))
+    extractor = models.build_feature_extractor(backbone, preprocessing, input_shape=(SIZE, SIZE, 3), input_size=96)
+    test, train, planted = planted_split(seed=4)
+    features = np.asarray(extractor.predict_on_batch(np.concatenate([test, train]).astype(np.float32)))
+    twins = duplicates.cross_twins(features[:len(test)], features[len(test):],
+                                   test_digests=duplicates.pixel_digests(test),
+                                   train_digests=duplicates.pixel_digests(train),
+                                   threshold=Params().duplicates.similarity_threshold)
+    assert dict(zip(twins.test.tolist(), twins.train.tolist(), strict=True)) == planted
