@@ -109,6 +109,14 @@ def shared_backbone() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_cifar() -> Path:
+    """The CIFAR-10 JPEG archive in ../shared; the test is skipped when it is absent."""
+    if not SHARED_CIFAR.is_file():
+        pytest.skip(f"{SHARED_CIFAR} absent (the ../shared CIFAR-10 archive)")
+    return SHARED_CIFAR
+
+
+@pytest.fixture(scope="session")
 def smoke_experiment() -> str:
     """The MLflow experiment a pipeline run with the smoke settings records to."""
     from imgclf import sandbox

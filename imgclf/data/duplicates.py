@@ -5,10 +5,14 @@ pixels and the backbone features the extract_features stage cached, and bench/du
 on the raw CIFAR-10 archive.
 
 - Exact duplicates: equal digests of the decoded pixels (a re-saved or renamed copy).
-- Near duplicates (resized, re-encoded, slightly cropped or shifted, colour tweaked): cosine similarity of the
-  pooled backbone features, centred on the training features' mean. Uncentred, the pooled activations of any
-  two photos point the same way (all positive after the last ReLU), which squeezes unrelated pairs up towards
-  the planted ones; centring spreads them apart (bench/duplicates.py measures both).
+- Near duplicates (resized, re-encoded, slightly cropped or shifted, colour tweaked): the mean of two cosine
+  similarities, each centred on the training mean: of the pooled backbone features, and of 8x8 colour
+  thumbnails (a perceptual hash in vector form). Neither alone separates copies from look-alikes on CIFAR-10
+  (bench/duplicates.py): a JPEG re-encode at quality 50 of a 32-px photo moves its backbone features as far as a
+  different photo of the same kind of scene, while its thumbnail hardly moves; a 2-pixel shift moves the
+  thumbnail more than the features; and two different photos of blue sky share a thumbnail but not features.
+  A copy scores high on both, a look-alike on one. Uncentred, pooled activations of any two photos point the same
+  way (all positive after the last ReLU), which squeezes unrelated pairs up towards the copies.
 - Scale: every test row against every training row as blocked matrix products, keeping per block each row's
   best match and its (at most MAX_TWINS) matches at or above the threshold. CIFAR-10's 10,000 x 50,000 pairs
   take seconds; memory stays at one block of `block_rows` x references similarities.
@@ -18,9 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+from PIL import Image
 
 # Rows of queries per matrix product: 512 x 50,000 float32 similarities is 100 MB.
 BLOCK_ROWS = 512
@@ -46,6 +51,28 @@ def unit_rows(features: np.ndarray, *, centre: np.ndarray | None = None) -> np.n
         rows = rows - np.asarray(centre, dtype=np.float32)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     return rows / np.where(norms > 0, norms, 1.0)
+
+
+THUMBNAIL_SIDE = 8  # 8x8 colour thumbnails: JPEG blocks and pixel noise average out, the layout of a photo stays
+
+
+def thumbnail(pixels: np.ndarray, *, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """A uint8 image's side x side box-filtered thumbnail, flattened to float32."""
+    image = np.asarray(pixels, dtype=np.uint8)
+    picture = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
+    return np.asarray(picture.resize((side, side), Image.Resampling.BOX), dtype=np.float32).reshape(-1)
+
+
+def thumbnails(images: Iterable[np.ndarray], *, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    return np.stack([thumbnail(image, side=side) for image in images])
+
+
+def describe(views: Sequence[np.ndarray], centres: Sequence[np.ndarray | None]) -> np.ndarray:
+    """One row per image from several views of it (backbone features, thumbnails): each view centred and scaled
+    to length one, side by side, so that the dot product of two rows is the mean of the views' cosine
+    similarities."""
+    return np.concatenate([unit_rows(view, centre=centre) for view, centre in zip(views, centres, strict=True)],
+                          axis=1) / np.float32(np.sqrt(len(views)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,13 +144,13 @@ class Twins:
         return np.unique(self.train)
 
 
-def cross_twins(test_features: np.ndarray, train_features: np.ndarray, *, test_digests: list[str],
+def cross_twins(test_views: Sequence[np.ndarray], train_views: Sequence[np.ndarray], *, test_digests: list[str],
                 train_digests: list[str], threshold: float, block_rows: int = BLOCK_ROWS) -> Twins:
-    """Every (test, training) pair that is a copy: identical pixels, or features at least `threshold` similar
-    (cosine, centred on the training mean)."""
-    centre = train_features.mean(axis=0) if len(train_features) else None
-    matches = search(unit_rows(test_features, centre=centre), unit_rows(train_features, centre=centre),
-                     threshold=threshold, block_rows=block_rows)
+    """Every (test, training) pair that is a copy: identical pixels, or views (backbone features, thumbnails)
+    whose centred cosine similarities average at least `threshold`."""
+    centres = [view.mean(axis=0) if len(view) else None for view in train_views]
+    matches = search(describe(test_views, centres), describe(train_views, centres), threshold=threshold,
+                     block_rows=block_rows)
     pairs = {(int(test), int(train)): float(value) for (test, train), value in
              zip(matches.pairs, matches.pair_similarity, strict=True)}
     by_digest: dict[str, list[int]] = {}
@@ -141,13 +168,14 @@ def cross_twins(test_features: np.ndarray, train_features: np.ndarray, *, test_d
                  exact=np.array([key in exact for key in keys], dtype=bool), capped=matches.capped)
 
 
-def images_with_twin_within(features: np.ndarray, *, digests: list[str], threshold: float,
-                            centre: np.ndarray | None = None, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+def images_with_twin_within(views: Sequence[np.ndarray], *, digests: list[str], threshold: float,
+                            centres: Sequence[np.ndarray] | None = None,
+                            block_rows: int = BLOCK_ROWS) -> np.ndarray:
     """The rows of one split that have a copy elsewhere in the same split (both of a pair are counted: a row's
     best match is at least as similar to it as it is to that match)."""
-    if len(features) < 2:
+    if len(views[0]) < 2:
         return np.zeros(0, dtype=np.int64)
-    rows = unit_rows(features, centre=features.mean(axis=0) if centre is None else centre)
+    rows = describe(views, [view.mean(axis=0) for view in views] if centres is None else centres)
     matches = search(rows, rows, threshold=threshold, same_set=True, twins=0, block_rows=block_rows)
     found = set(np.flatnonzero(matches.best_similarity >= threshold).tolist())
     groups: dict[str, list[int]] = {}

@@ -1,9 +1,10 @@
 """The find_duplicates stage: which test images have a copy in training, and which training images to leave out.
 
-Where it sits, and why: after extract_features, because the cached backbone features are what tells a resized,
-re-encoded, cropped or colour-tweaked copy from a merely similar photo, and they already exist (every image went
-through the backbone once); a pixel-space hash alone misses most edited copies. Exact copies come from a digest
-of the prepared pixels, read from the shards without TensorFlow. It writes three files to data/duplicates/:
+Where it sits, and why: after extract_features, because the cached backbone features are half of what tells a
+resized, re-encoded, cropped or colour-tweaked copy from a merely similar photo, and they already exist (every
+image went through the backbone once); a pixel thumbnail alone pairs every two photos of blue sky. The other half
+(thumbnails) and the exact copies (a digest of the pixels) come from the prepared shards, read without TensorFlow
+(imgclf/data/duplicates.py says how the two combine). It writes three files to data/duplicates/:
 
 - `pairs.csv`: every (test, training) pair at or above `duplicates.similarity_threshold`, files named as
   `manifest.csv` names them (the analyze stage reports on it: it never changes a training);
@@ -41,16 +42,19 @@ def read_manifest(prepared_dir: Path) -> dict[str, list[tuple[int, str]]]:
     return splits
 
 
-def split_digests(prepared_dir: Path, split: str, *, count: int) -> list[str]:
-    """The pixel digest of every image of a split, in shard order. The records' data checksums go unchecked
-    here (a pure-Python CRC of 60,000 images would take minutes): no pixels are kept, and a damaged record at
-    worst misses an exact pair that its features still find."""
-    digests = []
-    with progress.step(f"duplicates: hash {split} pixels", total=count, summary=False) as counter:
+def split_pixels(prepared_dir: Path, split: str, *, image_shape: tuple[int, int, int],
+                 count: int) -> tuple[list[str], np.ndarray]:
+    """The pixel digest and thumbnail of every image of a split, in shard order. The records' data checksums go
+    unchecked here (a pure-Python CRC of 60,000 images would take minutes): no pixels are kept, and a damaged
+    record at worst pairs wrongly in a list a person reads."""
+    digests, thumbnails = [], []
+    with progress.step(f"duplicates: read {split} pixels", total=count, summary=False) as counter:
         for record in records.read_records(records.split_files(prepared_dir, split)):
-            digests.append(duplicates.pixel_digest(record.example().pixels))
+            pixels = record.example().pixels
+            digests.append(duplicates.pixel_digest(pixels))
+            thumbnails.append(duplicates.thumbnail(np.frombuffer(pixels, np.uint8).reshape(image_shape)))
             counter.update(1)
-    return digests
+    return digests, np.stack(thumbnails) if thumbnails else np.zeros((0, 1), np.float32)
 
 
 def load_split_features(features_dir: Path, split: str) -> np.ndarray:
@@ -81,20 +85,24 @@ def run(params: Params, *, prepared_dir: Path, features_dir: Path, out_dir: Path
     settings, out_dir = params.duplicates, Path(out_dir)
     started = time.perf_counter()
     manifest = read_manifest(prepared_dir)
+    shape = artifacts.read_prepared_meta(prepared_dir).image_shape
     features = {split: load_split_features(features_dir, split) for split in ("train", "test")}
-    digests = {split: split_digests(prepared_dir, split, count=len(manifest.get(split, [])))
-               for split in ("train", "test")}
+    digests, thumbnails = {}, {}
+    for split in ("train", "test"):
+        digests[split], thumbnails[split] = split_pixels(prepared_dir, split, image_shape=shape,
+                                                         count=len(manifest.get(split, [])))
     for split in ("train", "test"):
         if not len(features[split]) == len(digests[split]) == len(manifest.get(split, [])):
             raise FileNotFoundError(f"the {split} features ({len(features[split])}) and prepared images "
                                     f"({len(digests[split])}) differ in number: they come from different runs; "
                                     "extract the features again (dvc repro --force extract_features)")
     threshold = settings.similarity_threshold
-    twins = duplicates.cross_twins(features["test"], features["train"], test_digests=digests["test"],
+    views = {split: [features[split], thumbnails[split]] for split in ("train", "test")}
+    twins = duplicates.cross_twins(views["test"], views["train"], test_digests=digests["test"],
                                    train_digests=digests["train"], threshold=threshold)
-    centre = features["train"].mean(axis=0)
-    within = {split: duplicates.images_with_twin_within(features[split], digests=digests[split],
-                                                        threshold=threshold, centre=centre)
+    centres = [view.mean(axis=0) for view in views["train"]]
+    within = {split: duplicates.images_with_twin_within(views[split], digests=digests[split],
+                                                        threshold=threshold, centres=centres)
               for split in ("train", "test")}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_pairs(out_dir / artifacts.DUPLICATE_PAIRS_FILE, pair_rows(twins, manifest))

@@ -58,13 +58,17 @@ EDITS = {"exact": lambda image: image.copy(), "resized": resized, "jpeg50": jpeg
 
 
 def thumbnail_features(images: np.ndarray) -> np.ndarray:
-    """A tiny feature function for the pure functions' tests: each image's 8x8 colour thumbnail (block means). The
-    stage gets backbone features; the search does not care where the vectors come from."""
-    blocks = images.reshape(len(images), 8, SIZE // 8, 8, SIZE // 8, 3).astype(np.float32)
-    return blocks.mean(axis=(2, 4)).reshape(len(images), -1)
+    """A tiny stand-in for backbone features in the pure functions' tests: each image's 4x4 colour thumbnail (the
+    search does not care where the vectors come from)."""
+    return duplicates.thumbnails(images, side=4)
 
 
-THRESHOLD = 0.7  # thumbnail features: planted copies score 0.81-1.0, distinct images at most 0.39
+def views(images: np.ndarray) -> list[np.ndarray]:
+    """What the stage compares: features (here the stand-in) and 8x8 thumbnails."""
+    return [thumbnail_features(images), duplicates.thumbnails(images)]
+
+
+THRESHOLD = 0.7  # with the stand-in features: planted copies score 0.85-1.0, distinct images at most 0.41
 # (the backbone features' threshold, duplicates.similarity_threshold, is measured in bench/duplicates.py)
 
 
@@ -80,7 +84,7 @@ def planted_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[int, int]
 
 def test_planted_copies_are_found_across_the_split_and_distinct_images_never_pair():
     test, train, planted = planted_split()
-    twins = duplicates.cross_twins(thumbnail_features(test), thumbnail_features(train),
+    twins = duplicates.cross_twins(views(test), views(train),
                                    test_digests=duplicates.pixel_digests(test),
                                    train_digests=duplicates.pixel_digests(train), threshold=THRESHOLD)
     assert dict(zip(twins.test.tolist(), twins.train.tolist(), strict=True)) == planted
@@ -90,18 +94,18 @@ def test_planted_copies_are_found_across_the_split_and_distinct_images_never_pai
 
 def test_a_folder_without_copies_has_no_pairs_and_no_copies_within_a_split():
     images = smooth_patterns(60, seed=1)
-    features, digests = thumbnail_features(images), duplicates.pixel_digests(images)
-    twins = duplicates.cross_twins(features[:20], features[20:], test_digests=digests[:20],
+    digests = duplicates.pixel_digests(images)
+    twins = duplicates.cross_twins(views(images[:20]), views(images[20:]), test_digests=digests[:20],
                                    train_digests=digests[20:], threshold=THRESHOLD)
     assert len(twins.test) == 0
-    assert len(duplicates.images_with_twin_within(features, digests=digests, threshold=THRESHOLD)) == 0
+    assert len(duplicates.images_with_twin_within(views(images), digests=digests, threshold=THRESHOLD)) == 0
 
 
 def test_copies_within_a_split_count_both_images_of_a_pair():
     images = smooth_patterns(30, seed=2)
     images[7] = jpeg50(images[3])
     images[20] = images[11]
-    found = duplicates.images_with_twin_within(thumbnail_features(images), digests=duplicates.pixel_digests(images),
+    found = duplicates.images_with_twin_within(views(images), digests=duplicates.pixel_digests(images),
                                                threshold=THRESHOLD)
     assert found.tolist() == [3, 7, 11, 20]
 
@@ -167,19 +171,38 @@ def test_the_stage_names_files_as_the_manifest_does_and_excludes_only_under_its_
     assert excluded == (sorted(planted.values()) if policy == "exclude_from_training" else [])
 
 
+def cifar_photos(archive, count: int) -> np.ndarray:
+    """The first `count` photos of the CIFAR-10 archive, in its stream order (no seeking back in the gzip)."""
+    import tarfile
+
+    photos = []
+    with tarfile.open(archive, "r|gz") as stream:
+        for member in stream:
+            if member.isfile() and member.name.endswith(".jpg"):
+                photos.append(np.asarray(Image.open(stream.extractfile(member)).convert("RGB")))
+                if len(photos) == count:
+                    break
+    return np.stack(photos)
+
+
 @pytest.mark.shared
-def test_the_default_threshold_finds_planted_copies_through_the_shared_backbone(shared_backbone):
-    # The features the pipeline compares: the ImageNet EfficientNet-Lite0 at 96 px, pooled, as extract_features
-    # caches them; the threshold is params.yaml's default.
+def test_the_default_threshold_finds_planted_copies_of_photos_through_the_shared_backbone(shared_backbone,
+                                                                                          shared_cifar):
+    # What the pipeline compares (the ImageNet EfficientNet-Lite0 at 96 px, pooled, as extract_features caches it,
+    # and thumbnails) at params.yaml's threshold, on real photos: smooth generated patterns are no photos to it.
     from imgclf.config import Params, TransferConfig
     from imgclf.training import models
 
     backbone, preprocessing = models.load_backbone(TransferConfig(backbone=str(shared_backbone), input_size=96))
     extractor = models.build_feature_extractor(backbone, preprocessing, input_shape=(SIZE, SIZE, 3), input_size=96)
-    test, train, planted = planted_split(seed=4)
+    photos = cifar_photos(shared_cifar, 60)
+    test, train = photos[:15], np.concatenate([photos[15:], [edit(photos[row]) for row, edit in
+                                                             enumerate(EDITS.values())]])
     features = np.asarray(extractor.predict_on_batch(np.concatenate([test, train]).astype(np.float32)))
-    twins = duplicates.cross_twins(features[:len(test)], features[len(test):],
+    twins = duplicates.cross_twins([features[:len(test)], duplicates.thumbnails(test)],
+                                   [features[len(test):], duplicates.thumbnails(train)],
                                    test_digests=duplicates.pixel_digests(test),
                                    train_digests=duplicates.pixel_digests(train),
                                    threshold=Params().duplicates.similarity_threshold)
-    assert dict(zip(twins.test.tolist(), twins.train.tolist(), strict=True)) == planted
+    assert dict(zip(twins.test.tolist(), twins.train.tolist(), strict=True)) == {
+        row: len(photos) - len(test) + row for row in range(len(EDITS))}
