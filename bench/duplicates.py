@@ -37,7 +37,8 @@ SHARED = next((folder / "shared" for folder in ROOT.parents if (folder / "shared
 ARCHIVE = SHARED / "data" / "cifar10-jpg.tar.gz"
 BACKBONE = SHARED / "models" / "efficientnet_lite0_imagenet_notop.keras"
 RESULTS = ROOT / "bench" / "results"
-PLANTED = 500  # test images copied with each planted edit to calibrate the threshold
+PLANTED = 500  # training images copied with each planted edit to calibrate the threshold
+CANDIDATE_THRESHOLDS = (0.75, 0.8, 0.82, 0.85, 0.88, 0.9)
 
 
 def read_archive(path: Path) -> tuple[list[str], np.ndarray]:
@@ -167,7 +168,9 @@ def calibrate(extractor_size: int, pixels: np.ndarray, train: np.ndarray, train_
                               "similarity_min": float(to_original[part].min()),
                               "similarity_p01": float(np.quantile(to_original[part], 0.01)),
                               "similarity_p05": float(np.quantile(to_original[part], 0.05)),
-                              "similarity_median": float(np.median(to_original[part]))}
+                              "similarity_median": float(np.median(to_original[part])),
+                              "found_at": {f"{value:.2f}": float(np.mean(to_original[part] >= value))
+                                           for value in CANDIDATE_THRESHOLDS}}
         result[method] = {"edits": per_edit, "all_p01": float(np.quantile(to_original, 0.01)),
                           "all_p05": float(np.quantile(to_original, 0.05))}
     return result

@@ -176,7 +176,7 @@ class AnalysisConfig(_Section):
 
 
 class DuplicatesConfig(_Section):
-    similarity_threshold: float = _number(0.9, gt=0.0, le=1.0)
+    similarity_threshold: float = _number(0.85, gt=0.0, le=1.0)
     policy: DuplicatePolicy = "report"
 
 
