@@ -258,9 +258,9 @@ def report(arguments, names, pixels, feats, *, decode_seconds: float, feature_se
     (RESULTS / "cifar10-duplicates.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     quantiles = {f"{q:g}": float(np.quantile(best.best_similarity, q)) for q in (0.5, 0.9, 0.95, 0.97, 0.99, 0.999)}
     above = {f"{value:.2f}": int(np.sum(best.best_similarity >= value)) for value in np.arange(0.70, 1.0, 0.02)}
-    # Galleries: the surest pairs, the pairs just above the threshold, and the best matches just below it.
+    # Galleries: the surest pairs, the pairs nearest above the threshold, and the best matches just below it.
     order = np.argsort(-best.best_similarity)
-    just_above = [t for t in order if threshold <= best.best_similarity[t] < threshold + 0.03][:24]
+    just_above = [t for t in order[::-1] if best.best_similarity[t] >= threshold][:24]  # the least similar first
     just_below = [t for t in order if threshold - 0.05 <= best.best_similarity[t] < threshold][:24]
     for name, chosen in (("top", list(order[:24])), ("above-threshold", just_above), ("below-threshold", just_below)):
         gallery(arguments.cache / f"cifar10-duplicates-{name}.png",
