@@ -213,3 +213,15 @@ def test_planted_copies_of_photos_through_the_shared_backbone(shared_backbone, s
     found = dict(zip(twins.test.tolist(), twins.train.tolist(), strict=True))
     assert found.items() <= planted.items(), "no false pair"
     assert {0, 1, 4} <= found.keys(), "the exact, resized and cropped copies"
+
+
+def test_a_training_dataset_leaves_out_the_excluded_ids(write_prepared, tmp_path):
+    from imgclf.data import tfdata
+
+    write_prepared(tmp_path, class_names=["a", "b"], per_class={"train": 5, "test": 2})
+    excluded = frozenset({1, 6, 7})  # training ids are 0..9, the training split numbered first
+    dataset = tfdata.make_dataset(tmp_path, "train", image_shape=(8, 8, 3), num_classes=2, batch_size=4,
+                                  training=True, with_index=True, example_count=10 - len(excluded),
+                                  exclude=excluded)
+    seen = sorted(int(index) for _, _, indices in dataset for index in np.asarray(indices))
+    assert seen == [0, 2, 3, 4, 5, 8, 9]
