@@ -27,6 +27,7 @@ import numpy as np
 from imgclf import artifacts, fileio, progress
 from imgclf.config import Params
 from imgclf.data import duplicates, exclusions, records
+from imgclf.errors import CorruptFileError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def run(params: Params, *, prepared_dir: Path, features_dir: Path, out_dir: Path
                                                          count=len(manifest.get(split, [])))
     for split in ("train", "test"):
         if not len(features[split]) == len(digests[split]) == len(manifest.get(split, [])):
-            raise FileNotFoundError(f"the {split} features ({len(features[split])}) and prepared images "
+            raise CorruptFileError(f"the {split} features ({len(features[split])}) and prepared images "
                                     f"({len(digests[split])}) differ in number: they come from different runs; "
                                     "extract the features again (dvc repro --force extract_features)")
     threshold = settings.similarity_threshold
