@@ -49,6 +49,8 @@ EXP_SHOW_FORM := --only-changed \
 	--drop '(scratch|transfer)\.(loss|top5_accuracy|macro_|weighted_|ece|temperature|accuracy_calibrated)' \
 	--drop '(scratch|transfer)\.(test_images|images_per_second|parameter_count|model_size_mb|degenerate)' \
 	--drop 'test_images|both_|only_|(scratch|transfer)_accuracy|accuracy_difference|mcnemar|comparison_meaningful' \
+	--drop 'train_test_duplicates|duplicates_within_|excluded_from_training|accuracy_(deduplicated|on_duplicates)' \
+	--drop 'deduplicated\.' \
 	--keep 'scratch\.accuracy$$|transfer\.accuracy$$'
 
 exp-show: setup ## `dvc exp show` in 200 columns: state, the params that changed, both test accuracies

@@ -41,6 +41,12 @@ def features_file(view: str) -> str:
     """`<view>.npz` (features and labels): a split (train, val, test) or an augmented view (train_aug1)."""
     return f"{view}.npz"
 
+# find_duplicates stage (data/duplicates): three outputs, so the trainers depend on the exclusions alone
+DUPLICATES_DIR = "data/duplicates"
+DUPLICATE_PAIRS_FILE = "pairs.csv"  # every (test, training) twin pair: ids, files as manifest.csv names them
+DUPLICATES_SUMMARY_FILE = "duplicates.json"  # the counts
+EXCLUDE_FILE = "exclude.json"  # training ids the trainers leave out (empty under duplicates.policy: report)
+
 # training stages (models/<name>)
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"  # one row per epoch; drawn by dvc.yaml's plots
@@ -97,6 +103,8 @@ MOST_CONFUSED_FILE = "most_confused.csv"
 LABEL_ERRORS_FILE = "label_errors.csv"
 TRAINING_CURVES_PLOT = "training_curves.png"
 SCORE_BARS_PLOT = "score_bars.png"
+DUPLICATES_FILE = "duplicates.csv"  # each test image's training twins, with both models' right/wrong on it
+DUPLICATES_PLOT = "duplicates.png"  # the gallery of pairs
 
 
 def most_confused_plot(model: str) -> str:

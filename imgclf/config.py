@@ -33,6 +33,7 @@ Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Distribute = Literal["none", "mirrored", "multi_worker"]
 ScratchArchitecture = Literal["seed_cnn", "residual"]
 Activation = Literal["gelu", "relu"]
+DuplicatePolicy = Literal["report", "exclude_from_training"]
 
 # Every section is strict (no coercion: `"10"` is no integer, `1` and `"yes"` are no booleans, `true` is no number;
 # an integer is accepted where a number is due), closed (an unknown key is refused) and frozen. Floats are finite.
@@ -174,6 +175,11 @@ class AnalysisConfig(_Section):
     thumbnail_size: int = Field(96, ge=16, le=512)
 
 
+class DuplicatesConfig(_Section):
+    similarity_threshold: float = _number(0.85, gt=0.0, le=1.0)
+    policy: DuplicatePolicy = "report"
+
+
 class MlflowConfig(_Section):
     experiment: str = "imgclf"
 
@@ -189,6 +195,7 @@ class Params(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    duplicates: DuplicatesConfig = Field(default_factory=DuplicatesConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
     @model_validator(mode="after")

@@ -180,8 +180,10 @@ def exit_on_user_error(body: Callable[[], object]) -> object:
 
 
 def stage(description: str, declared_params: Sequence[str], paths: dict[str, str],
-          body: Callable[[DeclaredParams, argparse.Namespace], object], argv: list[str] | None = None) -> None:
-    """Run a stage: `--params` plus one `--<name> PATH` per entry of `paths` (all required, given by dvc.yaml).
+          body: Callable[[DeclaredParams, argparse.Namespace], object], argv: list[str] | None = None,
+          optional: Sequence[str] = ()) -> None:
+    """Run a stage: `--params` plus one `--<name> PATH` per entry of `paths` (required, given by dvc.yaml, except
+    the names in `optional`, None when not given: an input added later, which older callers do not pass).
 
     `declared_params` are the params keys the stage reads (the stage module's PARAMS, which dvc.yaml must list
     exactly: tests/code/test_deps.py); each must name a section or a key of params.yaml. `body` gets the params
@@ -190,7 +192,8 @@ def stage(description: str, declared_params: Sequence[str], paths: dict[str, str
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     for name, help_text in paths.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True, help=help_text)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=name not in optional,
+                            help=help_text)
     parser.add_argument(*VERBOSE_FLAGS, action="store_true", help=VERBOSE_HELP)
     arguments = parser.parse_args(argv)
     quiet_unless_verbose(arguments.verbose)  # stages/__init__.py did this before the imports; -v may come from argv

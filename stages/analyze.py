@@ -12,11 +12,13 @@ def main() -> None:
                                          "evaluation": "evaluate stage output directory",
                                          "scratch_history": "history.csv of the scratch model",
                                          "transfer_history": "history.csv of the transfer model",
+                                         "duplicates": "find_duplicates output directory (optional)",
                                          "out": "analysis directory to write"},
                        lambda params, args: analysis.run(
                            params, prepared_dir=args.data, evaluate_dir=args.evaluation,
                            history_paths={"scratch": args.scratch_history, "transfer": args.transfer_history},
-                           out_dir=args.out, project_root=stage_runner.project_root()))
+                           out_dir=args.out, project_root=stage_runner.project_root(), duplicates_dir=args.duplicates),
+                       optional=("duplicates",))
 
 
 if __name__ == "__main__":

@@ -18,10 +18,13 @@ PARAMS = ("seed", "deterministic",
 
 def main() -> None:
     stage_runner.stage(__doc__, PARAMS, {"data": "prepared data directory", "features": "cached features directory",
+                                         "exclude": "training ids to leave out (find_duplicates' exclude.json)",
                                          "out": "model directory to write"},
                        lambda params, args: transfer.train_transfer(params, prepared_dir=args.data,
                                                                     features_dir=args.features, out_dir=args.out,
-                                                                    project_root=stage_runner.project_root()))
+                                                                    project_root=stage_runner.project_root(),
+                                                                    exclude_path=args.exclude),
+                       optional=("exclude",))
 
 
 if __name__ == "__main__":

@@ -109,6 +109,14 @@ def shared_backbone() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_cifar() -> Path:
+    """The CIFAR-10 JPEG archive in ../shared; the test is skipped when it is absent."""
+    if not SHARED_CIFAR.is_file():
+        pytest.skip(f"{SHARED_CIFAR} absent (the ../shared CIFAR-10 archive)")
+    return SHARED_CIFAR
+
+
+@pytest.fixture(scope="session")
 def smoke_experiment() -> str:
     """The MLflow experiment a pipeline run with the smoke settings records to."""
     from imgclf import smoke_copy
@@ -134,8 +142,9 @@ def _write_image_folder(root: Path, counts: dict[str, int], *, size: int = 24, s
 
 
 def _write_prepared(root: Path, *, class_names: list[str], per_class: dict[str, int], size: int = 8,
-                    seed: int = 0) -> dict:
-    """`root` as the preprocess stage leaves it: shards per split, meta.json and manifest.csv."""
+                    seed: int = 0, pixels: dict[str, np.ndarray] | None = None) -> dict:
+    """`root` as the preprocess stage leaves it: shards per split, meta.json and manifest.csv (`pixels`: a split's
+    images, class by class, instead of generated ones)."""
     from imgclf import artifacts, fileio
     from imgclf.data import tfdata
 
@@ -147,9 +156,9 @@ def _write_prepared(root: Path, *, class_names: list[str], per_class: dict[str, 
         ids = np.arange(next_id, next_id + len(labels))
         next_id += len(labels)
         colours = (np.arange(len(class_names))[:, None] * np.array([70, 130, 200]) % 256).astype(np.int64)
-        pixels = [np.clip(colours[label] + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-                  for label in labels]
-        shards[split] = tfdata.write_shards(root, split, zip(pixels, labels, ids, strict=True), count=len(labels),
+        images = [np.clip(colours[label] + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+                  for label in labels] if split not in (pixels or {}) else list(pixels[split])
+        shards[split] = tfdata.write_shards(root, split, zip(images, labels, ids, strict=True), count=len(labels),
                                             examples_per_shard=1000)
         rows += [{"id": int(i), "split": split, "label": int(label), "class_name": class_names[label],
                   "original": f"{class_names[label]}/{i}.png"} for i, label in zip(ids, labels, strict=True)]
@@ -224,8 +233,8 @@ def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def write_prepared() -> Callable[..., dict]:
-    """`write_prepared(root, class_names=[...], per_class={"train": 2, ...}, size=8)`: prepared data (real
-    TFRecord shards, meta.json, manifest.csv); returns the meta."""
+    """`write_prepared(root, class_names=[...], per_class={"train": 2, ...}, size=8, pixels={split: images})`:
+    prepared data (real TFRecord shards, meta.json, manifest.csv); returns the meta."""
     return _write_prepared
 
 

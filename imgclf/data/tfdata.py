@@ -69,12 +69,14 @@ def _serialize(pixels: np.ndarray, label: int, index: int) -> bytes:
 def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int, int], num_classes: int,
                  batch_size: int, training: bool = False, seed: int = 0,
                  augment: Callable | None = None, with_index: bool = False,
-                 example_count: int | None = None, epochs: int = 1, first_epoch: int = 0) -> tf.data.Dataset:
+                 example_count: int | None = None, epochs: int = 1, first_epoch: int = 0,
+                 exclude: frozenset[int] = frozenset()) -> tf.data.Dataset:
     """Batches of `(float32 pixels in [0, 255], one-hot labels)` (plus the manifest index if asked).
 
     Evaluation datasets keep the on-disk order, which is the manifest order. Training datasets cover
     epochs `first_epoch..epochs-1` back to back, each shuffled with its own seed (so a resumed run sees
-    the same order as an uninterrupted one) and augmented; fit them with `steps_per_epoch`.
+    the same order as an uninterrupted one) and augmented; fit them with `steps_per_epoch`. `exclude`: manifest
+    ids left out (imgclf/data/exclusions.py); `example_count` counts what remains.
     """
     files = split_files(prepared_dir, split)
     height, width, channels = image_shape
@@ -89,6 +91,9 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
     # Sequential reads keep the manifest order; parallel parsing preserves it (deterministic=True).
     examples = tf.data.TFRecordDataset(files, num_parallel_reads=None).with_options(options)
     examples = examples.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if exclude:
+        excluded = tf.constant(sorted(exclude), dtype=tf.int64)
+        examples = examples.filter(lambda pixels, label, index: tf.reduce_all(tf.not_equal(index, excluded)))
     cached = example_count is not None and example_count * height * width * channels <= IN_MEMORY_CACHE_BUDGET_BYTES
     if cached:
         examples = examples.cache()

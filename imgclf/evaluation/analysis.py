@@ -7,7 +7,9 @@ Reads both models' test predictions (evaluate stage), writes to the analysis dir
 - galleries as PNG: `both_wrong`, `only_transfer_right`, `only_scratch_right`, `<model>_top_losses`,
   `<model>_most_uncertain`, `<model>_most_confused` (with `most_confused.csv`), `label_errors` (with
   `label_errors.csv`; no PNG when there are none), `score_bars`, and `training_curves.png`;
-- `report.html` (self-contained) and `summary.md` (short, for CI comments); both go to MLflow.
+- `report.html` (self-contained) and `summary.md` (short, for CI comments); both go to MLflow;
+- with the find_duplicates stage's pairs: `duplicates.csv`, and in `summary.json` the comparison without the test
+  images that have a training twin (imgclf/evaluation/deduplicated.py).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from imgclf.artifacts import (
 from imgclf.config import AnalysisConfig, Params
 from imgclf.data import records
 from imgclf.errors import EvaluationError
-from imgclf.evaluation import paired_tests, report
+from imgclf.evaluation import deduplicated, paired_tests, report
 from imgclf.tracking import store
 
 log = logging.getLogger(__name__)
@@ -395,19 +397,20 @@ def gallery_figures(out_dir: Path, table: pd.DataFrame, selections: Selections,
 
 
 def run(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths: dict[str, Path], out_dir: Path,
-        project_root: Path) -> dict:
+        project_root: Path, duplicates_dir: Path | None = None) -> dict:
     """The error-analysis stage. Every file goes to a staging directory that replaces out_dir at the end, so a
     failed or killed run leaves the previous analysis whole, never a mix of two runs."""
     with fileio.staged_directory(out_dir) as staging:
         summary = _analyse(params, prepared_dir=prepared_dir, evaluate_dir=evaluate_dir,
-                           history_paths=history_paths, out_dir=staging, project_root=project_root)
+                           history_paths=history_paths, out_dir=staging, project_root=project_root,
+                           duplicates_dir=duplicates_dir)
     report_path = Path(out_dir) / REPORT_FILE
     log.info("report: %s (%.0f KB)", report_path, report_path.stat().st_size / 1024)
     return summary
 
 
 def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_paths: dict[str, Path],
-             out_dir: Path, project_root: Path) -> dict:
+             out_dir: Path, project_root: Path, duplicates_dir: Path | None = None) -> dict:
     settings = params.analysis
     meta = artifacts.read_prepared_meta(prepared_dir)
     class_names = list(meta.class_names)
@@ -417,9 +420,17 @@ def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_
                                  resamples=settings.bootstrap_resamples, confidence_level=settings.confidence_level,
                                  seed=params.seed)
     fileio.atomic_write_text(out_dir / artifacts.PER_IMAGE_FILE, table.to_csv(index=False, float_format="%.6f"))
+    twins = deduplicated.load(duplicates_dir) if duplicates_dir is not None else None
+    if twins is not None:
+        summary.update(deduplicated.summarise(table, twins, full=summary, resamples=settings.bootstrap_resamples,
+                                              confidence_level=settings.confidence_level, seed=params.seed))
+        fileio.atomic_write_text(out_dir / artifacts.DUPLICATES_FILE,
+                                 deduplicated.pair_table(table, twins).to_csv(index=False, float_format="%.4f"))
+    shown_twins = deduplicated.best_twins(twins.pairs).head(settings.gallery_size) if twins is not None else None
 
     selections = select(table, settings=settings)
-    pixels = split_pixels(prepared_dir, selections.ids(), meta)
+    pixels = split_pixels(prepared_dir, selections.ids() | set(
+        shown_twins["test_id"].astype(int) if shown_twins is not None else ()), meta)
     scores = {model: dict(zip(predictions[model].ids.tolist(), predictions[model].probabilities, strict=True))
               for model in MODELS}
     score_items = score_bar_items(table, selections, pixels, scores=scores, class_names=class_names,
@@ -457,11 +468,18 @@ def _analyse(params: Params, *, prepared_dir: Path, evaluate_dir: Path, history_
         galleries=galleries(table, selections, pixels, label_error_confidence=settings.label_error_confidence),
         score_bars=score_items,
         thumbnail_size=settings.thumbnail_size,
-        registry=_registry(Path(evaluate_dir)))
+        registry=_registry(Path(evaluate_dir)),
+        duplicates=deduplicated.report_view(summary, deduplicated.gallery_view(
+            table, twins, test_pixels=pixels, size=settings.gallery_size, thumbnail_size=settings.thumbnail_size,
+            train_pixels=records.read_images(records.split_files(prepared_dir, "train"),
+                                             set(shown_twins["train_id"].astype(int)), meta.image_shape)))
+        if twins is not None else None)
     fileio.atomic_write_text(out_dir / REPORT_FILE, report.render_html(inputs))
     fileio.atomic_write_text(out_dir / MARKDOWN_FILE, report.render_markdown(inputs, report_name=REPORT_FILE))
     _log_to_mlflow(summary, evaluate_dir=Path(evaluate_dir), out_dir=out_dir, project_root=project_root)
     log.info("%s", paired_tests.verdict(summary, degenerate=report.degenerate_models(inputs.metrics)))
+    if twins is not None:
+        log.info("duplicates: %s", deduplicated.sentence(summary))
     return summary
 
 
@@ -489,6 +507,11 @@ def _log_to_mlflow(summary: dict, *, evaluate_dir: Path, out_dir: Path, project_
                "accuracy_difference_ci_high": summary["accuracy_difference_ci"]["high"],
                "mcnemar_p_value": summary["mcnemar"]["p_value"],
                **{key: summary[key] for key in OUTCOMES}}
+    if "train_test_duplicates" in summary:
+        numbers |= {"train_test_duplicates": summary["train_test_duplicates"],
+                    "mcnemar_p_value_deduplicated": summary["deduplicated"]["mcnemar"]["p_value"],
+                    **{f"{model}_accuracy_deduplicated": value
+                       for model, value in summary["accuracy_deduplicated"].items()}}
     for key, value in numbers.items():
         client.log_metric(run_id, key, float(value))
     for name in (REPORT_FILE, MARKDOWN_FILE, artifacts.ANALYSIS_SUMMARY_FILE):

@@ -81,6 +81,7 @@ class ReportInputs:
     thumbnail_size: int = 96
     title: str = "From scratch or transfer learning?"
     registry: dict | None = None  # runs.json's `registry`: the promotion decision and the champion after it
+    duplicates: dict | None = None  # the train/test twins section's view (deduplicated.report_view); None: not run
 
 
 def registry_sentence(registry: dict | None) -> str | None:
@@ -305,7 +306,7 @@ def report_view(inputs: ReportInputs) -> dict:
             "calibration": _calibration_view(inputs),
             "galleries": [_gallery_view(gallery, size=size) for gallery in inputs.galleries],
             "score_bars": _score_bars_view(inputs.score_bars, size=size, num_classes=len(inputs.class_names)),
-            "training": _training_view(inputs)}
+            "training": _training_view(inputs), "duplicates": inputs.duplicates}
 
 
 def render_view(view: dict) -> str:
@@ -333,5 +334,6 @@ def render_markdown(inputs: ReportInputs, *, report_name: str = "report.html") -
               f"wrong {summary['both_wrong']}."
               + (f" Possible label errors: {label_errors}." if label_errors is not None else ""),
               *(["", sentence] if (sentence := registry_sentence(inputs.registry)) else []),
+              *(["", f"Train/test duplicates: {inputs.duplicates['sentence']}"] if inputs.duplicates else []),
               "", f"Full report with galleries: `{report_name}` (also an MLflow artifact of the comparison run).", ""]
     return "\n".join(lines)

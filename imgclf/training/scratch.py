@@ -10,26 +10,30 @@ import numpy as np
 
 from imgclf import artifacts, fileio, model_io, progress
 from imgclf.config import Params
-from imgclf.data import augment, records, tfdata
+from imgclf.data import augment, exclusions, records, tfdata
 from imgclf.tracking import runs
 from imgclf.training import fitting, recipe, scratch_model
 
 log = logging.getLogger(__name__)
 
 
-def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_root: Path) -> dict:
-    """The train-from-scratch stage: fit the seed CNN on the prepared data and save `model.keras`."""
+def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_root: Path,
+                  exclude_path: Path | None = None) -> dict:
+    """The train-from-scratch stage: fit the seed CNN on the prepared data (less the training ids in
+    `exclude_path`) and save `model.keras`."""
     # First: a multi-worker strategy must configure collective ops before any TensorFlow op (and a refused one
     # stops the stage before any work).
     strategy = tfdata.distribution_strategy(params.training.distribute)
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
     recipe.set_precision(params.training.precision)
     meta = artifacts.read_prepared_meta(prepared_dir)
-    shape, num_classes, train_count = meta.image_shape, meta.num_classes, meta.counts["train"]
+    excluded = exclusions.read(exclude_path)
+    shape, num_classes, train_count = meta.image_shape, meta.num_classes, meta.counts["train"] - len(excluded)
     config = params.scratch
     out_dir = Path(out_dir)
     resume = fitting.ResumeState(out_dir / artifacts.RESUME_DIR, enabled=params.training.resume,
-                                 fingerprint=recipe.fingerprint(params, meta, "augment", "scratch", "training"))
+                                 fingerprint={**recipe.fingerprint(params, meta, "augment", "scratch", "training"),
+                                              **({"excluded": sorted(excluded)} if excluded else {})})
     first_epoch = resume.completed_epochs("fit")
     if first_epoch:
         log.info("resuming from the end of epoch %d of %d", first_epoch, config.epochs)
@@ -38,7 +42,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
     train_data = tfdata.make_dataset(prepared_dir, "train", image_shape=shape, num_classes=num_classes,
                                      batch_size=config.batch_size, training=True, seed=params.seed,
                                      augment=augmentation, example_count=train_count, epochs=config.epochs,
-                                     first_epoch=first_epoch)
+                                     first_epoch=first_epoch, exclude=excluded)
     val_data = tfdata.make_dataset(prepared_dir, "val", image_shape=shape, num_classes=num_classes,
                                    batch_size=config.batch_size, example_count=meta.counts["val"])
     # BatchNorm's inference statistics are re-estimated on shuffled, unaugmented training batches of the
@@ -46,7 +50,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
     statistics_batches = -(-(config.batch_norm_images or train_count) // config.batch_size)
     statistics_data = tfdata.make_dataset(prepared_dir, "train", image_shape=shape, num_classes=num_classes,
                                           batch_size=config.batch_size, training=True, seed=params.seed,
-                                          example_count=train_count).take(statistics_batches)
+                                          example_count=train_count, exclude=excluded).take(statistics_batches)
 
     with strategy.scope():
         model = scratch_model.build_scratch_model(config, input_shape=shape, num_classes=num_classes)

@@ -21,7 +21,7 @@ import mlflow
 
 from imgclf import artifacts, fileio, model_io, progress
 from imgclf.config import Params, TransferConfig
-from imgclf.data import augment, tfdata
+from imgclf.data import augment, exclusions, tfdata
 from imgclf.tracking import runs
 from imgclf.training import fitting, recipe, transfer_model
 
@@ -41,18 +41,22 @@ def unfreeze(extractor: keras.Model, layers: int) -> int:
 
 
 def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, out_dir: Path,
-                   project_root: Path) -> dict:
-    """The transfer stage: fit the head on cached features, optionally fine-tune, save `model.keras`."""
+                   project_root: Path, exclude_path: Path | None = None) -> dict:
+    """The transfer stage: fit the head on cached features (less the training ids in `exclude_path`), optionally
+    fine-tune, save `model.keras`."""
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
     recipe.set_precision(params.training.precision)
     meta = artifacts.read_prepared_meta(prepared_dir)
     features_meta = fileio.read_json(Path(features_dir) / artifacts.FEATURES_META)
     num_classes, config, out_dir = meta.num_classes, params.transfer, Path(out_dir)
-    train_x, train_y = recipe.training_features(features_dir)
+    excluded = exclusions.read(exclude_path)
+    train_x, train_y = exclusions.kept_views(*recipe.training_features(features_dir), train_count=meta.counts["train"],
+                                             excluded=excluded)
     val_x, val_y = recipe.load_features(features_dir, "val")
     resume = fitting.ResumeState(out_dir / artifacts.RESUME_DIR, enabled=params.training.resume,
                                  fingerprint={**recipe.fingerprint(params, meta, "augment", "transfer", "training"),
-                                              "features": features_meta})
+                                              "features": features_meta,
+                                              **({"excluded": sorted(excluded)} if excluded else {})})
     head = transfer_model.build_head(config, train_features=train_x, num_classes=num_classes)
     head_weights = resume.phase_dir(HEAD_PHASE) / "head.weights.h5"
     logged = runs.stage_params(params, "data", "preprocess", "augment", "transfer", "training")
@@ -80,7 +84,7 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
         if config.finetune_epochs:
             rows = _finetune(model, extractor, params, resume, history_paths, rows, meta=meta,
                              prepared_dir=prepared_dir, val_data=val_data, run_id=run.info.run_id,
-                             project_root=project_root)
+                             project_root=project_root, excluded=excluded)
         model_io.save_model(model, out_dir / artifacts.MODEL_FILE)
         summary = recipe.summarize(rows, model)
         summary["finetune_epochs"] = sum(1 for row in rows if row.get("phase") == FINETUNE_PHASE)
@@ -108,7 +112,7 @@ def _fit_head(head, config: TransferConfig, params: Params, resume: fitting.Resu
 
 
 def _finetune(model, extractor, params: Params, resume: fitting.ResumeState, history_paths, head_rows, *, meta,
-              prepared_dir, val_data, run_id, project_root) -> list[dict]:
+              prepared_dir, val_data, run_id, project_root, excluded: frozenset[int] = frozenset()) -> list[dict]:
     """Phase 2: unfreeze and train end to end on images, continuing the head's epoch numbering."""
     config = params.transfer
     unfrozen = unfreeze(extractor, config.finetune_layers)
@@ -116,13 +120,13 @@ def _finetune(model, extractor, params: Params, resume: fitting.ResumeState, his
     start = len(head_rows)
     total = start + config.finetune_epochs
     first_epoch = max(start, resume.completed_epochs(FINETUNE_PHASE))
-    train_count = meta.counts["train"]
+    train_count = meta.counts["train"] - len(excluded)
     steps = tfdata.steps_per_epoch(train_count, config.batch_size)
     augmentation = augment.build_augmentation(params.augment, seed=params.seed) if params.augment.enabled else None
     train_data = tfdata.make_dataset(prepared_dir, "train", image_shape=meta.image_shape,
                                      num_classes=meta.num_classes, batch_size=config.batch_size, training=True,
                                      seed=params.seed, augment=augmentation, example_count=train_count,
-                                     epochs=total, first_epoch=first_epoch)
+                                     epochs=total, first_epoch=first_epoch, exclude=excluded)
     recipe.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile,
                         epochs=config.finetune_epochs, learning_rate=config.finetune_learning_rate)
     history = head_rows + [row for row in resume.history(FINETUNE_PHASE) if row["epoch"] > start]

@@ -137,11 +137,18 @@ def test_analysis_run_end_to_end(write_prepared, fake_probabilities, write_evalu
                   "loss": [1.0, 0.8, 0.6], "val_loss": [1.1, 0.9, 0.8], "phase": ["head", "head", "finetune"]}
                  ).to_csv(tmp_path / "history.csv", index=False)
     tiny_params_dict["analysis"].update(gallery_size=6, score_bar_ids=[int(ids[0])], bootstrap_resamples=200)
+    # the find_duplicates stage's output: the first two test images have a twin in training (the first twice)
+    twins = tmp_path / "duplicates"
+    twins.mkdir()
+    pd.DataFrame({"test_id": ids[[0, 0, 1]], "test_file": ["a.png", "a.png", "b.png"], "train_id": [0, 1, 1],
+                  "train_file": ["c.png", "d.png", "d.png"], "similarity": [0.97, 0.95, 1.0], "exact": [0, 0, 1]}
+                 ).to_csv(twins / "pairs.csv", index=False)
+    (twins / "duplicates.json").write_text(json.dumps({"within_train": 3, "within_test": 0}))
     out = tmp_path / "analysis"
     summary = analysis.run(params_from_dict(tiny_params_dict), prepared_dir=tmp_path / "prepared",
                            evaluate_dir=tmp_path / "evaluate",
                            history_paths={"scratch": tmp_path / "history.csv", "transfer": tmp_path / "absent.csv"},
-                           out_dir=out, project_root=tmp_path)
+                           out_dir=out, project_root=tmp_path, duplicates_dir=twins)
 
     assert summary == json.loads((out / "summary.json").read_text())
     shown = [key for key in experiments_table.flatten(summary) if exp_show_form.keeps(key)]
@@ -160,7 +167,20 @@ def test_analysis_run_end_to_end(write_prepared, fake_probabilities, write_evalu
     assert f"#{ids[0]}" in page and "&lt;long name" in page and "<long name" not in page
     assert len(page) < 3_000_000
     assert len(pd.read_csv(out / "per_image.csv")) == len(labels)
-    assert len((out / "summary.md").read_text().splitlines()) < 20
+    assert len((out / "summary.md").read_text().splitlines()) < 22
+
+    # Without the two test images that have a training twin: their own accuracies, and the comparison again.
+    table = pd.read_csv(out / "per_image.csv")
+    clean = table[~table["id"].isin(ids[:2])]
+    assert summary["train_test_duplicates"] == 2 and summary["duplicates_within_train"] == 3
+    assert summary["deduplicated"]["test_images"] == len(labels) - 2
+    for model in ("scratch", "transfer"):
+        assert summary["accuracy_deduplicated"][model] == pytest.approx(clean[f"right_{model}"].mean())
+    assert set(summary["deduplicated"]) >= {"mcnemar", "winner_changes", "significance_changes"}
+    pairs = pd.read_csv(out / "duplicates.csv")
+    assert len(pairs) == 3 and pairs["similarity"].iloc[0] == 1.0 and "right_scratch" in pairs
+    section = page[page.index('id="duplicates"'):page.index('id="metrics"')]
+    assert "2 of" in section and section.count('alt="test image') == 2 and "identical" in section
 
 
 def test_analysis_refuses_score_bar_ids_outside_the_test_split(write_prepared, fake_probabilities, write_evaluation,

@@ -30,7 +30,9 @@ def test_dvc_repro_end_to_end_then_up_to_date(copy_trained_project, trained_proj
                  "models/transfer/history.csv", "results/evaluate/scratch_confusion.png",
                  "results/evaluate/transfer_predictions.csv", "results/evaluate/reliability.png",
                  "results/analysis/both_wrong.png", "results/analysis/per_image.csv",
-                 "results/analysis/report.html", "results/analysis/summary.md"):
+                 "results/analysis/report.html", "results/analysis/summary.md", "data/duplicates/pairs.csv",
+                 "data/duplicates/duplicates.json", "data/duplicates/exclude.json",
+                 "results/analysis/duplicates.csv"):
         assert (root / path).stat().st_size > 0, path
 
     metrics = json.loads((root / "results/evaluate/metrics.json").read_text())
@@ -44,6 +46,11 @@ def test_dvc_repro_end_to_end_then_up_to_date(copy_trained_project, trained_proj
     assert summary["scratch_accuracy"] == pytest.approx(metrics["scratch"]["accuracy"])
     assert 0 <= summary["mcnemar"]["p_value"] <= 1 and metrics["transfer"]["ece"] >= 0
     assert 'id="headline"' in (root / "results/analysis/report.html").read_text()
+    # Synthetic stripes of one class differ by a random phase (a shift) and noise: the random backbone pairs many.
+    found = json.loads((root / "data/duplicates/duplicates.json").read_text())
+    assert summary["train_test_duplicates"] == found["train_test_duplicates"]
+    assert summary["deduplicated"]["test_images"] == summary["test_images"] - summary["train_test_duplicates"]
+    assert json.loads((root / "data/duplicates/exclude.json").read_text()) == {"train_ids": []}, "policy report"
 
     client, runs = _runs(root)
     by_model = {run.data.tags["model"]: run for run in runs}
@@ -65,8 +72,15 @@ def test_dvc_repro_end_to_end_then_up_to_date(copy_trained_project, trained_proj
         "only the data's fingerprint is read again"
     assert len(_runs(root)[1]) == 3, "an unchanged pipeline records no new runs"
 
-    # A head-only change reuses the cached backbone features: only the head and what follows rerun.
+    # Under duplicates.policy report, a new threshold leaves exclude.json as it was: no training reruns.
     params_path = root / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["duplicates"]["similarity_threshold"] = 0.97
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = smoke_copy.stages_ran(smoke_copy.dvc(root, "repro").stdout)
+    assert set(ran) == {*smoke_copy.ALWAYS_RUN, "check_params", "find_duplicates", "analyze"}, ran
+
+    # A head-only change reuses the cached backbone features: only the head and what follows rerun.
     params = yaml.safe_load(params_path.read_text())
     params["transfer"]["epochs"] = 2
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
