@@ -57,11 +57,13 @@ def read_archive(path: Path) -> tuple[list[str], np.ndarray]:
 
 def make_extractor(input_size: int):
     from imgclf.config import TransferConfig
-    from imgclf.training import models
+    from imgclf.training import backbones, features, transfer_model
 
-    backbone, preprocessing = models.load_backbone(TransferConfig(backbone=str(BACKBONE), input_size=input_size))
+    config = TransferConfig(backbone=str(BACKBONE), input_size=input_size)
+    backbone, preprocessing = features.load_backbone(backbones.resolve(config), config)
     backbone.trainable = False
-    return models.build_feature_extractor(backbone, preprocessing, input_shape=(32, 32, 3), input_size=input_size)
+    return transfer_model.build_feature_extractor(backbone, preprocessing, input_shape=(32, 32, 3),
+                                                  input_size=input_size)
 
 
 def extract(extractor, pixels: np.ndarray, *, batch_size: int = 250) -> np.ndarray:
