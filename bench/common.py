@@ -23,7 +23,8 @@ from bench import provenance
 from imgclf import sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# The shared data and models: ../shared beside the checkout, or where IMGCLF_SHARED says (a git worktree elsewhere).
+SHARED = Path(os.environ.get("IMGCLF_SHARED") or ROOT.parent / "shared")
 ARCHIVE = SHARED / "data" / "cifar10-jpg.tar.gz"
 ARCHIVE_SHA256 = "d34c68f61cca57aa9144c8f25bda427abb9921bd642d5857a2fc1a6b4416f965"
 BACKBONE = SHARED / "models" / "efficientnet_lite0_imagenet_notop.keras"
