@@ -1,7 +1,7 @@
 """Benchmark: download + preprocess stages on the shared CIFAR-10 JPEG archive (60,000 images).
 
 Runs the real stages (`dvc repro`) in a scratch copy of the project and reports wall time and images/s.
-Usage: .venv/bin/python bench/preprocess_cifar10.py [--dir /tmp/bench-preprocess]
+Usage: python -m bench.preprocess_cifar10 [--dir /tmp/bench-preprocess]   (prints JSON; writes no result)
 """
 
 from __future__ import annotations
@@ -12,11 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import ARCHIVE, ARCHIVE_SHA256, ROOT
 from imgclf import sandbox
-
-ROOT = Path(__file__).resolve().parents[1]
-ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
-ARCHIVE_SHA256 = "d34c68f61cca57aa9144c8f25bda427abb9921bd642d5857a2fc1a6b4416f965"
 
 
 def main() -> None:

@@ -4,12 +4,12 @@
     ...                               # the benchmark
     provenance.write(path, result, run)   # the result with its `provenance` block, written atomically
 
-The block holds the git commit and whether tracked code differed from it at the start (`dirty`; bench/results/
-does not count), the Python, TensorFlow, Keras and numpy versions, the CPU (model name, its vector and matrix flags,
-core count), the command line, the start and end dates, the load averages before and after, and the share of
-the machine's CPU time that other processes used while it ran. `contended` is true when something else was
-running (load average over 0.5 before the start, or other processes using more than 10% of all cores during
-the run): such a run's seconds are not an idle machine's.
+The block holds the git commit and whether tracked code differed from it at the start (`dirty`; bench/results/ does
+not count), the Python, TensorFlow, Keras and numpy versions (and PyTorch's, where installed), the CPU (model name,
+its vector and matrix flags, core count), the command line, the start and end dates, the load averages before and
+after, and the share of the machine's CPU time that other processes used while it ran. `contended` is true when
+something else was running (load average over 0.5 before the start, or other processes using more than 10% of all
+cores during the run): such a run's seconds are not an idle machine's.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ LOAD_BEFORE_LIMIT = 0.5
 OTHER_SHARE_LIMIT = 0.10
 # Each version from the first installed distribution of its names (TensorFlow ships under several).
 VERSIONED = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"), "keras": ("keras",),
-             "numpy": ("numpy",)}
+             "numpy": ("numpy",), "torch": ("torch",)}  # torch: the airbench reference's environment
 CPU_FLAG_PREFIXES = ("avx2", "avx512", "amx")
 
 

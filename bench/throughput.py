@@ -1,13 +1,14 @@
 """Training throughput of one from-scratch model in one numeric setting, and its FLOPs per image.
 
-    .venv/bin/python bench/throughput.py --architecture residual --precision mixed_bfloat16 --jit-compile
+    python -m bench.throughput --architecture residual --precision mixed_bfloat16 --jit-compile
 
-    .venv/bin/python bench/throughput.py --extraction ../shared/models/efficientnet_lite0_imagenet_notop.keras \
+    python -m bench.throughput --extraction ../shared/models/efficientnet_lite0_imagenet_notop.keras \
         --mode compiled --input-size 128 --batch-size 128   # the features stage's forward pass instead
 
 Prints one JSON line. Run one setting per process: Keras' dtype policy is global and XLA's compiled steps
 stay cached, so settings measured in one process would leak into each other. The images are generated: the
-cost of a training step does not depend on pixel values. `bench/training.py throughput` runs the matrix.
+cost of a training step does not depend on pixel values. `python -m bench.training throughput` runs the matrix
+(`matrix` below, one process per setting).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import BACKBONE, ROOT
 
 # Training costs about three forward passes: the forward pass, and twice its work backwards (the gradient
 # with respect to the inputs and with respect to the weights).
@@ -183,6 +184,83 @@ def measure_extraction(*, backbone: Path, mode: str, jit_compile: bool, input_si
             "images_per_second": round(rate, 1), "forward_flops_per_image": flops,
             "training_flops_per_image": flops,  # forward only: what the stage computes per image
             "training_gflops_per_second": round(flops * rate / 1e9, 2), "threads": os.cpu_count()}
+
+
+def float32_flops_per_cycle(flags: list[str], family: int) -> int:
+    """float32 FLOPs per cycle per core: two FMA pipes x float32 lanes x 2 (multiply and add). AVX2 pipes hold 8
+    lanes; AMD Zen 5 (family 26) and Intel server cores execute AVX-512 on full 512-bit pipes (16 lanes), while
+    Zen 4 (family 25) splits each AVX-512 instruction into two 256-bit halves. Pass --flops-per-cycle otherwise."""
+    if "avx512f" in flags and family != 25:
+        return 64
+    return 32 if "fma" in flags else 8
+
+
+def arithmetic_peak_gflops(flops_per_cycle: int | None = None) -> dict:
+    """The CPU's peaks: cores x clock x FLOPs per cycle (the clock as /proc/cpuinfo reports it), for float32 and,
+    where the CPU has AVX-512 BF16 (`vdpbf16ps`: two bfloat16 products per float32 lane), for bfloat16."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    def field(name: str, default: str) -> str:
+        return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith(name)), default)
+    megahertz, family = float(field("cpu MHz", "0")), int(field("cpu family", "0"))
+    flags = field("flags", "").split()
+    vector_flags = sorted(flag for flag in flags if flag.startswith(("avx", "fma", "amx")) or "bf16" in flag)
+    cores = os.cpu_count() or 1
+    flops_per_cycle = flops_per_cycle or float32_flops_per_cycle(flags, family)
+    peak = round(cores * megahertz / 1000 * flops_per_cycle, 1)
+    return {"model": field("model name", "unknown"), "cpu_family": family, "cores": cores, "megahertz": megahertz,
+            "flops_per_cycle": flops_per_cycle, "vector_flags": vector_flags, "peak_gflops": peak,
+            "peak_bfloat16_gflops": 2 * peak if "avx512_bf16" in flags else peak}
+
+
+def matrix(*, seconds: float, flops_per_cycle: int | None) -> dict:
+    """`measure` for each model x precision x XLA setting, one process each; share of the peak."""
+    peak = arithmetic_peak_gflops(flops_per_cycle)
+    profile = ROOT / "profiles" / "scratch_residual.yaml"
+    runs = []
+    for architecture, batch_size in (("residual", 512), ("seed_cnn", 64)):
+        for precision in ("float32", "mixed_bfloat16"):
+            for jit_compile in (False, True):
+                command = [sys.executable, "-m", "bench.throughput", "--architecture", architecture,
+                           "--precision", precision, "--batch-size", str(batch_size), "--images", "512",
+                           "--seconds", str(seconds)]
+                if architecture == "residual":
+                    command += ["--profile", str(profile)]
+                if jit_compile:
+                    command.append("--jit-compile")
+                runs.append(measured_setting(command, peak, {"architecture": architecture, "precision": precision,
+                                                             "jit_compile": jit_compile}))
+    runs += extraction_matrix(seconds=seconds, peak=peak)
+    return {"peak": peak, "seconds_per_setting": seconds, "runs": runs}
+
+
+def extraction_matrix(*, seconds: float, peak: dict) -> list[dict]:
+    """The features stage's forward pass (shared EfficientNet-Lite0, 128 px): called eagerly per batch as the
+    stage did, through one compiled function, and compiled with XLA; one process each."""
+    if not BACKBONE.is_file():
+        return []
+    runs = []
+    for mode, precision, jit_compile in (("eager", "float32", False), ("compiled", "float32", False),
+                                         ("compiled", "float32", True), ("compiled", "mixed_bfloat16", False),
+                                         ("compiled", "mixed_bfloat16", True)):
+        command = [sys.executable, "-m", "bench.throughput", "--extraction", str(BACKBONE),
+                   "--mode", mode, "--precision", precision, "--input-size", "128", "--batch-size", "128",
+                   "--images", "512", "--seconds", str(seconds), *(["--jit-compile"] if jit_compile else [])]
+        runs.append(measured_setting(command, peak, {"architecture": "extraction", "mode": mode,
+                                                     "precision": precision, "jit_compile": jit_compile}))
+    return runs
+
+
+def measured_setting(command: list[str], peak: dict, setting: dict) -> dict:
+    """One `python -m bench.throughput` process: its JSON line with its share of the CPU's peak, or `setting` with the
+    error that ended it (the matrix goes on)."""
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return {**setting, "error": result.stderr.strip().splitlines()[-1:]}
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    run["share_of_peak"] = round(run["training_gflops_per_second"] / peak["peak_gflops"], 4)
+    if setting.get("precision") == "mixed_bfloat16":  # against the bfloat16 peak too, where there is one
+        run["share_of_bfloat16_peak"] = round(run["training_gflops_per_second"] / peak["peak_bfloat16_gflops"], 4)
+    return run
 
 
 def main() -> None:
