@@ -15,12 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
-
 RESULTS = Path(__file__).resolve().parent / "results"
 PLOT = RESULTS / "accuracy-vs-time.png"
 # (benchmark, label): every profile the headline-numbers issue names, in reading order.
