@@ -1,14 +1,22 @@
-"""Training throughput of one from-scratch model in one numeric setting, and its FLOPs per image.
+"""Training throughput of one from-scratch model in one numeric setting, over real epochs, and its FLOPs per image.
 
-    python -m bench.throughput --architecture residual --precision mixed_bfloat16 --jit-compile
+    python -m bench.throughput --architecture residual --profile profiles/scratch_residual.yaml \
+        --precision mixed_bfloat16 --batch-size 512 --images 10240 --epochs 3
 
     python -m bench.throughput --extraction ../shared/models/efficientnet_lite0_imagenet_notop.keras \
         --mode compiled --input-size 128 --batch-size 128   # the features stage's forward pass instead
 
-Prints one JSON line. Run one setting per process: Keras' dtype policy is global and XLA's compiled steps
-stay cached, so settings measured in one process would leak into each other. The images are generated: the
-cost of a training step does not depend on pixel values. `python -m bench.training throughput` runs the matrix
-(`matrix` below, one process per setting).
+Prints one JSON line. Training: one warm-up epoch (tracing, compilation, first-touch allocations; not timed),
+then `--epochs` timed epochs, each the whole generated set of `--images` images (at least 20 steps: 10,240 images
+are 20 steps of 512 or 160 of 64), timed by the clock around each epoch; images/s is timed images over timed
+seconds, with each epoch's rate beside it (their spread is the noise of the figure). No share of the CPU's peak:
+that needs the clock the cores ran at under load, which nothing here measures (the nominal clock of
+/proc/cpuinfo gave "shares" above 100%).
+
+Run one setting per process: Keras' dtype policy is global and XLA's compiled steps stay cached, so settings
+measured in one process would leak into each other. The images are generated: the cost of a training step does
+not depend on pixel values. `python -m bench.training throughput` runs the matrix (`matrix` below, one process
+per setting) and writes bench/results/throughput-epochs.json with its provenance.
 """
 
 from __future__ import annotations
@@ -59,8 +67,11 @@ def _leaf_layers(model):
             yield layer
 
 
+MIN_STEPS_PER_EPOCH = 20
+
+
 def measure(*, architecture: str, precision: str, jit_compile: bool, images: int, batch_size: int,
-            seconds: float, profile: Path | None) -> dict:
+            epochs: int, profile: Path | None) -> dict:
     import keras
     import numpy as np
     import yaml
@@ -68,6 +79,11 @@ def measure(*, architecture: str, precision: str, jit_compile: bool, images: int
     from imgclf import config, sandbox
     from imgclf.training import fitting, models
 
+    steps = images // batch_size
+    if steps < MIN_STEPS_PER_EPOCH:
+        raise SystemExit(f"--images {images} at batch {batch_size} is {steps} steps per epoch: give at least "
+                         f"{MIN_STEPS_PER_EPOCH * batch_size} images, so an epoch is more than a few calls")
+    images = steps * batch_size  # whole batches only: every step the same size
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -80,37 +96,35 @@ def measure(*, architecture: str, precision: str, jit_compile: bool, images: int
     model = models.build_scratch_model(scratch, input_shape=(32, 32, 3), num_classes=10)
     if architecture == "residual":
         models.set_patch_whitening(model, pixels)
-    steps = max(1, images // batch_size)
     model.compile(optimizer=fitting.make_optimizer(scratch, steps_per_epoch=steps), loss=fitting.make_loss(scratch),
                   metrics=["accuracy"], jit_compile=jit_compile)
 
     class Clock(keras.callbacks.Callback):
-        """Times every epoch after the first (tracing, compilation, first-touch allocations)."""
+        """Each epoch's seconds; the first (tracing, compilation, first-touch allocations) is not timed."""
 
         def __init__(self):
             super().__init__()
-            self.timed_seconds, self.timed_epochs = 0.0, 0
+            self.seconds: list[float] = []
 
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            if epoch > 0:
-                self.timed_seconds += time.perf_counter() - self.started
-                self.timed_epochs += 1
-            if self.timed_seconds >= seconds:
-                self.model.stop_training = True
+            self.seconds.append(time.perf_counter() - self.started)
 
     clock = Clock()
     started = time.perf_counter()
-    model.fit(pixels, labels, batch_size=batch_size, epochs=1_000_000, verbose=0, callbacks=[clock], shuffle=True)
-    rate = clock.timed_epochs * steps * batch_size / clock.timed_seconds
+    model.fit(pixels, labels, batch_size=batch_size, epochs=1 + epochs, verbose=0, callbacks=[clock], shuffle=True)
+    timed = clock.seconds[1:]
+    rate = epochs * images / sum(timed)
     flops = forward_flops(model)
     return {"architecture": architecture, "precision": precision, "jit_compile": jit_compile,
-            "batch_size": batch_size, "images": images, "parameter_count": int(model.count_params()),
-            "timed_seconds": round(clock.timed_seconds, 1), "wall_seconds": round(time.perf_counter() - started, 1),
-            "images_per_second": round(rate, 1), "forward_flops_per_image": flops,
-            "training_flops_per_image": TRAINING_FLOPS_PER_FORWARD_FLOP * flops,
+            "batch_size": batch_size, "images_per_epoch": images, "steps_per_epoch": steps, "timed_epochs": epochs,
+            "parameter_count": int(model.count_params()), "warm_up_epoch_seconds": round(clock.seconds[0], 1),
+            "epoch_seconds": [round(value, 2) for value in timed], "timed_seconds": round(sum(timed), 1),
+            "wall_seconds": round(time.perf_counter() - started, 1), "images_per_second": round(rate, 1),
+            "epoch_images_per_second": [round(images / value, 1) for value in timed],
+            "forward_flops_per_image": flops, "training_flops_per_image": TRAINING_FLOPS_PER_FORWARD_FLOP * flops,
             "training_gflops_per_second": round(TRAINING_FLOPS_PER_FORWARD_FLOP * flops * rate / 1e9, 2),
             "threads": os.cpu_count()}
 
@@ -186,54 +200,27 @@ def measure_extraction(*, backbone: Path, mode: str, jit_compile: bool, input_si
             "training_gflops_per_second": round(flops * rate / 1e9, 2), "threads": os.cpu_count()}
 
 
-def float32_flops_per_cycle(flags: list[str], family: int) -> int:
-    """float32 FLOPs per cycle per core: two FMA pipes x float32 lanes x 2 (multiply and add). AVX2 pipes hold 8
-    lanes; AMD Zen 5 (family 26) and Intel server cores execute AVX-512 on full 512-bit pipes (16 lanes), while
-    Zen 4 (family 25) splits each AVX-512 instruction into two 256-bit halves. Pass --flops-per-cycle otherwise."""
-    if "avx512f" in flags and family != 25:
-        return 64
-    return 32 if "fma" in flags else 8
-
-
-def arithmetic_peak_gflops(flops_per_cycle: int | None = None) -> dict:
-    """The CPU's peaks: cores x clock x FLOPs per cycle (the clock as /proc/cpuinfo reports it), for float32 and,
-    where the CPU has AVX-512 BF16 (`vdpbf16ps`: two bfloat16 products per float32 lane), for bfloat16."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    def field(name: str, default: str) -> str:
-        return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith(name)), default)
-    megahertz, family = float(field("cpu MHz", "0")), int(field("cpu family", "0"))
-    flags = field("flags", "").split()
-    vector_flags = sorted(flag for flag in flags if flag.startswith(("avx", "fma", "amx")) or "bf16" in flag)
-    cores = os.cpu_count() or 1
-    flops_per_cycle = flops_per_cycle or float32_flops_per_cycle(flags, family)
-    peak = round(cores * megahertz / 1000 * flops_per_cycle, 1)
-    return {"model": field("model name", "unknown"), "cpu_family": family, "cores": cores, "megahertz": megahertz,
-            "flops_per_cycle": flops_per_cycle, "vector_flags": vector_flags, "peak_gflops": peak,
-            "peak_bfloat16_gflops": 2 * peak if "avx512_bf16" in flags else peak}
-
-
-def matrix(*, seconds: float, flops_per_cycle: int | None) -> dict:
-    """`measure` for each model x precision x XLA setting, one process each; share of the peak."""
-    peak = arithmetic_peak_gflops(flops_per_cycle)
+def matrix(*, epochs: int, images: int, with_xla: bool = False) -> dict:
+    """`measure` for each model x precision (x XLA with `with_xla`) setting, one process each, then the features
+    stage's forward pass (`extraction_matrix`)."""
     profile = ROOT / "profiles" / "scratch_residual.yaml"
     runs = []
     for architecture, batch_size in (("residual", 512), ("seed_cnn", 64)):
         for precision in ("float32", "mixed_bfloat16"):
-            for jit_compile in (False, True):
+            for jit_compile in (False, True) if with_xla else (False,):
                 command = [sys.executable, "-m", "bench.throughput", "--architecture", architecture,
-                           "--precision", precision, "--batch-size", str(batch_size), "--images", "512",
-                           "--seconds", str(seconds)]
+                           "--precision", precision, "--batch-size", str(batch_size), "--images", str(images),
+                           "--epochs", str(epochs)]
                 if architecture == "residual":
                     command += ["--profile", str(profile)]
                 if jit_compile:
                     command.append("--jit-compile")
-                runs.append(measured_setting(command, peak, {"architecture": architecture, "precision": precision,
-                                                             "jit_compile": jit_compile}))
-    runs += extraction_matrix(seconds=seconds, peak=peak)
-    return {"peak": peak, "seconds_per_setting": seconds, "runs": runs}
+                runs.append(measured_setting(command, {"architecture": architecture, "precision": precision,
+                                                       "jit_compile": jit_compile}))
+    return {"epochs": epochs, "images_per_epoch": images, "runs": runs}
 
 
-def extraction_matrix(*, seconds: float, peak: dict) -> list[dict]:
+def extraction_matrix(*, seconds: float, with_xla: bool = True) -> list[dict]:
     """The features stage's forward pass (shared EfficientNet-Lite0, 128 px): called eagerly per batch as the
     stage did, through one compiled function, and compiled with XLA; one process each."""
     if not BACKBONE.is_file():
@@ -242,25 +229,23 @@ def extraction_matrix(*, seconds: float, peak: dict) -> list[dict]:
     for mode, precision, jit_compile in (("eager", "float32", False), ("compiled", "float32", False),
                                          ("compiled", "float32", True), ("compiled", "mixed_bfloat16", False),
                                          ("compiled", "mixed_bfloat16", True)):
+        if jit_compile and not with_xla:
+            continue
         command = [sys.executable, "-m", "bench.throughput", "--extraction", str(BACKBONE),
                    "--mode", mode, "--precision", precision, "--input-size", "128", "--batch-size", "128",
                    "--images", "512", "--seconds", str(seconds), *(["--jit-compile"] if jit_compile else [])]
-        runs.append(measured_setting(command, peak, {"architecture": "extraction", "mode": mode,
-                                                     "precision": precision, "jit_compile": jit_compile}))
+        runs.append(measured_setting(command, {"architecture": "extraction", "mode": mode,
+                                               "precision": precision, "jit_compile": jit_compile}))
     return runs
 
 
-def measured_setting(command: list[str], peak: dict, setting: dict) -> dict:
-    """One `python -m bench.throughput` process: its JSON line with its share of the CPU's peak, or `setting` with the
-    error that ended it (the matrix goes on)."""
+def measured_setting(command: list[str], setting: dict) -> dict:
+    """One `python -m bench.throughput` process: its JSON line, or `setting` with the error that ended it (the
+    matrix goes on)."""
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         return {**setting, "error": result.stderr.strip().splitlines()[-1:]}
-    run = json.loads(result.stdout.strip().splitlines()[-1])
-    run["share_of_peak"] = round(run["training_gflops_per_second"] / peak["peak_gflops"], 4)
-    if setting.get("precision") == "mixed_bfloat16":  # against the bfloat16 peak too, where there is one
-        run["share_of_bfloat16_peak"] = round(run["training_gflops_per_second"] / peak["peak_bfloat16_gflops"], 4)
-    return run
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -272,9 +257,11 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=128, help="extraction: the backbone's input side")
     parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32")
     parser.add_argument("--jit-compile", action="store_true")
-    parser.add_argument("--images", type=int, default=512, help="generated training images (one epoch)")
+    parser.add_argument("--images", type=int, default=10240,
+                        help=f"generated images in one epoch (training: at least {MIN_STEPS_PER_EPOCH} batches)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--seconds", type=float, default=30.0, help="timed training seconds (after a warm-up epoch)")
+    parser.add_argument("--epochs", type=int, default=3, help="training: timed epochs after the warm-up epoch")
+    parser.add_argument("--seconds", type=float, default=30.0, help="extraction: timed seconds")
     parser.add_argument("--profile", type=Path, help="params overrides (e.g. profiles/scratch_residual.yaml)")
     arguments = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -286,7 +273,7 @@ def main() -> None:
         return
     print(json.dumps(measure(architecture=arguments.architecture, precision=arguments.precision,
                              jit_compile=arguments.jit_compile, images=arguments.images,
-                             batch_size=arguments.batch_size, seconds=arguments.seconds,
+                             batch_size=arguments.batch_size, epochs=arguments.epochs,
                              profile=arguments.profile)))
 
 
