@@ -371,6 +371,14 @@ def accuracy_vs_time(results: dict[str, dict]) -> str:
     return table(["profile", "epochs", "wall time", "test accuracy", "record", "date", "machine", "raw"], rows)
 
 
+def accuracy_plots(results: dict[str, dict]) -> str:
+    """The plots `python -m bench.accuracy_vs_time` draws, one per machine."""
+    from bench.accuracy_vs_time import by_machine, caption, machine, plot_path
+
+    return "\n".join(f"![{caption(name, machine(runs[0][1])[1])}](bench/results/{plot_path(name).name})\n"
+                     for name, runs in by_machine(results).items())
+
+
 TABLES: dict[str, Callable[[dict[str, dict]], str]] = {
     "results-index": results_index, "seed-runs": seed_runs, "pipeline-ratio": pipeline_ratio,
     "transfer-head": transfer_head, "finetune-runs": finetune_runs, "finetune-epochs": finetune_epochs,
@@ -379,7 +387,8 @@ TABLES: dict[str, Callable[[dict[str, dict]], str]] = {
     "extraction-now": extraction_now,
     "extraction-avx2": extraction_avx2, "residual-runs": residual_runs, "residual-epochs": residual_epochs,
     "airbench": airbench, "mnist": mnist, "storage-model-sizes": storage_model_sizes, "storage-runs": storage_runs,
-    "accuracy-vs-time": accuracy_vs_time, "seed-recipe-25-epochs": lambda results: per_epoch(results["seed-recipe-25"]),
+    "accuracy-vs-time": accuracy_vs_time, "accuracy-vs-time-plots": accuracy_plots,
+    "seed-recipe-25-epochs": lambda results: per_epoch(results["seed-recipe-25"]),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
@@ -28,6 +29,13 @@ def test_every_table_region_is_known_and_every_table_is_used():
     text = tables.DOCUMENT.read_text(encoding="utf-8")
     used = {match["name"] for match in tables.REGION.finditer(text)}
     assert used == set(tables.TABLES)
+
+
+def test_every_image_the_document_shows_exists():
+    text = tables.DOCUMENT.read_text(encoding="utf-8")
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert images, "the accuracy-against-time plots are gone from BENCHMARKS.md"
+    assert [image for image in images if not (tables.ROOT / image).is_file()] == []
 
 
 def test_a_changed_result_changes_its_table():
