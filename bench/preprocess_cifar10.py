@@ -1,7 +1,8 @@
 """Benchmark: download + preprocess stages on the shared CIFAR-10 JPEG archive (60,000 images).
 
-Runs the real stages (`dvc repro`) in a scratch copy of the project and reports wall time and images/s.
-Usage: python -m bench.preprocess_cifar10 [--dir /tmp/bench-preprocess]   (prints JSON; writes no result)
+Runs the real stages (`dvc repro`) in a scratch copy of the project and reports wall time and images/s in
+bench/results/preprocess-cifar10.json, with its provenance.
+Usage: python -m bench.preprocess_cifar10 [--dir /tmp/bench-preprocess]
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+from bench import common, provenance
 from bench.common import ARCHIVE, ARCHIVE_SHA256, ROOT
 from imgclf import sandbox
 
 
 def main() -> None:
+    run = provenance.start()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-preprocess"))
     arguments = parser.parse_args()
@@ -31,10 +34,10 @@ def main() -> None:
         timings[stage] = time.perf_counter() - started
     meta = json.loads((root / "data" / "prepared" / "meta.json").read_text())
     images = sum(meta["counts"].values())
-    print(json.dumps({"images": images, "counts": meta["counts"], "skipped": meta["skipped"],
+    common.save("preprocess-cifar10", {"images": images, "counts": meta["counts"], "skipped": meta["skipped"],
                       "download_seconds": round(timings["download"], 1),
                       "preprocess_seconds": round(timings["preprocess"], 1),
-                      "preprocess_images_per_second": round(images / timings["preprocess"], 1)}, indent=2))
+                      "preprocess_images_per_second": round(images / timings["preprocess"], 1)}, run)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,17 @@ def seed_runs(results: dict[str, dict]) -> str:
                           "seed-recipe-25-jpeg-50", "best-scratch"])
 
 
+def preprocess(results: dict[str, dict]) -> str:
+    if "preprocess-cifar10" not in results:
+        return "(not measured with provenance yet: `bench/results/preprocess-cifar10.json` is absent)\n"
+    result = results["preprocess-cifar10"]
+    return table(["stage (real `dvc repro` in a scratch copy)", "wall time", "throughput"], [
+        ["download: verify sha256, safe-extract 60,000 JPEGs, DVC hashing", f"{result['download_seconds']:.1f} s", "—"],
+        [f"preprocess: decode {result['images']:,} images once, split, TFRecord shards, meta/manifest",
+         f"{result['preprocess_seconds']:.1f} s", f"**{result['preprocess_images_per_second']:,.0f} images/s**"],
+    ]) + f"\nSplit {result['counts']}; {date(result)}; {machine(result)}; raw {raw('preprocess-cifar10')}.\n"
+
+
 def pipeline_ratio(results: dict[str, dict]) -> str:
     result = results["pipeline-ratio"]
     speeds = result["runs"]
@@ -380,7 +391,7 @@ def accuracy_plots(results: dict[str, dict]) -> str:
 
 
 TABLES: dict[str, Callable[[dict[str, dict]], str]] = {
-    "results-index": results_index, "seed-runs": seed_runs, "pipeline-ratio": pipeline_ratio,
+    "results-index": results_index, "preprocess": preprocess, "seed-runs": seed_runs, "pipeline-ratio": pipeline_ratio,
     "transfer-head": transfer_head, "finetune-runs": finetune_runs, "finetune-epochs": finetune_epochs,
     "small-data": small_data, "batchnorm-cost": batchnorm_cost, "determinism": determinism, "own-photos": own_photos,
     "throughput-now": throughput_now, "throughput-epochs": throughput_epochs, "throughput-avx2": throughput_avx2,
