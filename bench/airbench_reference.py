@@ -14,7 +14,8 @@ PyTorch is not a dependency of this project; install it beside the project's env
 
 run from the repository root. The prepared directory is the one `python -m bench.training` builds from the shared
 JPEG archive. By default the run trains on train + val (50,000 images, as airbench does) and reports test accuracy
-without and with airbench's test-time augmentation; the result goes to bench/results/<recipe>-reference[-<name>].json.
+without and with airbench's test-time augmentation; the result goes to bench/results/
+<recipe>-reference[-<name>][-seed-<seed>].json, with its provenance (bench/provenance.py).
 """
 
 from __future__ import annotations
@@ -316,6 +317,8 @@ def main() -> None:
                            epochs=args.epochs, seed=args.seed, autocast=args.bfloat16,
                            log=lambda row: print(row, flush=True))
     name = f"{args.recipe}-reference" + (f"-{args.name}" if args.name else "")
+    if args.seed != 42:  # runs of several seeds side by side, never one replacing another
+        name += f"-seed-{args.seed}"
     result = {
         "benchmark": name,
         "torch": torch.__version__,
