@@ -48,7 +48,7 @@ REFERENCES = (
 # days recorded, the result that recorded it). Only days on which a run did read the CPU: earlier results (2026-11-24
 # and 25, whose speeds differ 2x between days) are "CPU not recorded".
 PERIODS = (
-    ("2026-11-26", "2026-11-27", "AMD EPYC, family 25, AVX2", "throughput-avx2-2026-11-26.json"),
+    ("2026-11-26", "2026-11-27", "an AVX2 CPU without AVX-512 (model not recorded)", "throughput-avx2-2026-11-26.json"),
     ("2026-12-05", "2026-12-05", "AMD EPYC, family 26, AVX-512 BF16", "throughput.json"),
 )
 UNKNOWN = "CPU not recorded"

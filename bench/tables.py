@@ -258,10 +258,13 @@ def throughput_matrix(results: dict[str, dict], name: str) -> str:
         rows.append([label, run["precision"], "on" if run["jit_compile"] else "off",
                      f"{run['images_per_second']:.1f}", f"{run['timed_seconds']:.0f} s"])
     peak = result.get("peak", {})
-    cpu = (f"CPU as the script read it: {peak.get('model', '?')}, family {peak.get('cpu_family', '?')}, "
-           f"{peak.get('cores', '?')} cores" if peak else "")
+    cpu = ""
+    if peak:
+        model = (f"{peak['model']}, family {peak['cpu_family']}" if "model" in peak else
+                 f"model not recorded, flags {', '.join(peak['vector_flags'])}")
+        cpu = f"CPU as the script read it: {model}, {peak['cores']} cores; "
     return table(["model", "precision", "XLA", "images/s", "timed"], rows) + (
-        f"\n{date(result)}; {machine(result)}; {cpu}; raw {raw(name)}.\n")
+        f"\n{date(result)}; {machine(result)}; {cpu}raw {raw(name)}.\n")
 
 
 def throughput_now(results: dict[str, dict]) -> str:
