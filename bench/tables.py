@@ -324,11 +324,14 @@ def mnist(results: dict[str, dict]) -> str:
             rows.append([name.split("-")[1], "not run yet", "", "", "", "", "", raw(name)])
             continue
         result = results[name]
-        rows.append([result["model"], str(result["epochs"]), percent(result["final_val_accuracy"], 2),
-                     f"**{percent(result['test_accuracy'], 2)}**", f"{percent(result['write_up_accuracy'], 0)}",
-                     f"{result['minutes']:.1f} min", f"{date(result)}; {machine(result)}", raw(name)])
-    return table(["model", "epochs", "val (5,999 images)", "test (10,000 images, scored once)", "write-ups",
-                  "wall time", "when, where", "raw"], rows)
+        counts = result["counts"]
+        rows.append([result["model"], str(result["epochs"]),
+                     f"{percent(result['final_val_accuracy'], 2)} of {counts['val']:,}",
+                     f"**{percent(result['test_accuracy'], 2)}** of {counts['test']:,}",
+                     f"{percent(result['write_up_accuracy'], 0)}", f"{result['minutes']:.1f} min",
+                     f"{date(result)}; {machine(result)}", raw(name)])
+    return table(["model", "epochs", "final val", "test (scored once)", "write-ups", "wall time", "when, where",
+                  "raw"], rows)
 
 
 def storage_model_sizes(results: dict[str, dict]) -> str:
