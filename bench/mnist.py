@@ -61,7 +61,8 @@ def transfer(directory: Path, name: str, input_size: int, epochs: int, head_unit
     if extraction is None:
         extraction = result["extraction_images"] / result["extraction_images_per_second"]
     seconds = extraction + result["transfer_stage_seconds"]
-    return {"model": "EfficientNet-Lite0 (ImageNet, frozen) + linear head on cached features", "counts": counts,
+    head = f"a head with {head_units} hidden units" if head_units else "a linear head"
+    return {"model": f"EfficientNet-Lite0 (ImageNet, frozen) + {head} on cached features", "counts": counts,
             "transfer_settings": settings, "epochs": len(result["per_epoch"]), "minutes": round(seconds / 60, 1),
             "write_up_accuracy": WRITE_UP_ACCURACY, **result}
 

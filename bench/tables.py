@@ -317,15 +317,26 @@ def airbench(results: dict[str, dict]) -> str:
                   "airbench's TTA (flip + 1-px shifts)", "training time", "date", "machine", "raw"], rows)
 
 
+def mnist_model(result: dict) -> str:
+    """What ran, from the settings recorded (the first head variant's `model` text called its head linear)."""
+    settings = result.get("transfer_settings")
+    if not settings:
+        return result["model"]
+    head = f"{settings['head_units']} hidden units" if settings.get("head_units") else "linear"
+    return f"EfficientNet-Lite0 at {settings['input_size']} px, frozen; head: {head}, on cached features"
+
+
 def mnist(results: dict[str, dict]) -> str:
     rows = []
-    for name in ("mnist-scratch", "mnist-transfer"):
+    names = ["mnist-scratch", "mnist-transfer", *sorted(name for name in results
+                                                         if name.startswith("mnist-transfer-"))]
+    for name in names:
         if name not in results:
             rows.append([name.split("-")[1], "not run yet", "", "", "", "", "", raw(name)])
             continue
         result = results[name]
         counts = result["counts"]
-        rows.append([result["model"], str(result["epochs"]),
+        rows.append([mnist_model(result), str(result["epochs"]),
                      f"{percent(result['final_val_accuracy'], 2)} of {counts['val']:,}",
                      f"**{percent(result['test_accuracy'], 2)}** of {counts['test']:,}",
                      f"{percent(result['write_up_accuracy'], 0)}", f"{result['minutes']:.1f} min",
