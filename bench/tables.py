@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.accuracy_vs_time import extraction_seconds, total_seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOCUMENT = ROOT / "BENCHMARKS.md"
@@ -76,20 +78,6 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def extraction_seconds(result: dict) -> float:
-    """What a transfer run paid for its features before the first head epoch; a run that reused another run's
-    cached features is charged that extraction's backbone time, since a user running the profile alone pays it."""
-    if result.get("extract_stage_seconds") is not None:
-        return float(result["extract_stage_seconds"])
-    if result.get("features_reused"):
-        return result["extraction_images"] / result["extraction_images_per_second"]
-    return 0.0
-
-
-def total_seconds(result: dict) -> float:
-    return extraction_seconds(result) + float(result.get("stage_seconds", result.get("transfer_stage_seconds", 0.0)))
 
 
 def per_epoch(result: dict, width: int = 13) -> str:
