@@ -21,6 +21,8 @@ import re
 import sys
 from pathlib import Path
 
+from bench import provenance
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # (benchmark, label): every profile the headline-numbers issue names, in reading order.
 PROFILES = (
@@ -59,9 +61,7 @@ def machine(result: dict) -> tuple[str, bool]:
     """(the CPU the run used, whether that is inferred from its date rather than recorded by the run)."""
     if "provenance" in result:
         cpu = result["provenance"]["cpu"]
-        vector = ("AMX" if any(flag.startswith("amx") for flag in cpu["flags"]) else
-                  "AVX-512" if "avx512f" in cpu["flags"] else "AVX2" if "avx2" in cpu["flags"] else "no AVX2")
-        return f"{cpu['model']}, {vector}", False
+        return f"{cpu['model']}, {provenance.vector_class(cpu['flags'])}", False
     day = result.get("date", "")[:10]
     for first, last, cpu, _ in PERIODS:
         if first <= day <= last:

@@ -142,6 +142,15 @@ def cpu(cpuinfo: str | None = None) -> dict:
             "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
 
 
+def vector_class(flags: list[str]) -> str:
+    """The widest matrix or vector unit among recorded CPU flags: what most decides these models' speed."""
+    if any(flag.startswith("amx") for flag in flags):
+        return "AMX"
+    if "avx512f" in flags:
+        return "AVX-512"
+    return "AVX2" if "avx2" in flags else "no AVX2"
+
+
 def _load_average() -> tuple[float, float, float]:
     try:
         return tuple(round(value, 2) for value in os.getloadavg())

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import provenance
 from bench.accuracy_vs_time import extraction_seconds, total_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +55,7 @@ def machine(result: dict) -> str:
         return f"provenance incomplete (recorded before {PROVENANCE_SINCE})"
     record = result["provenance"]
     cpu = record["cpu"]
-    vector = "AMX" if any(flag.startswith("amx") for flag in cpu["flags"]) else (
-        "AVX-512" if "avx512f" in cpu["flags"] else "AVX2" if "avx2" in cpu["flags"] else "no AVX2")
+    vector = provenance.vector_class(cpu["flags"])
     load = record["load_average"]
     state = (f"contended: load {load['before'][0]:g} before, {load['after'][0]:g} after, other processes "
              f"{record['other_processes_cpu_share']:.0%} of the CPU" if record["contended"] else "idle")
