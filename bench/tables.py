@@ -240,18 +240,22 @@ def throughput_matrix(results: dict[str, dict], name: str) -> str:
     for run in result["runs"]:
         if "error" in run:
             rows.append([run.get("architecture", "?"), run.get("precision", "?"), "on" if run.get("jit_compile") else
-                         "off", "error", "—"])
+                         "off", "error", "—", "—", "—"])
             continue
         label = run["architecture"] + (f", {run['mode']}" if "mode" in run else "") + f" (batch {run['batch_size']})"
+        per_epoch_rates = run.get("epoch_images_per_second")
         rows.append([label, run["precision"], "on" if run["jit_compile"] else "off",
-                     f"{run['images_per_second']:.1f}", f"{run['timed_seconds']:.0f} s"])
+                     f"{run['images_per_second']:.1f}", f"{run['timed_seconds']:.0f} s",
+                     f"{run['steps_per_epoch']} x {run['timed_epochs']}" if "steps_per_epoch" in run else "—",
+                     ", ".join(f"{rate:.1f}" for rate in per_epoch_rates) if per_epoch_rates else "—"])
     peak = result.get("peak", {})
     cpu = ""
     if peak:
         model = (f"{peak['model']}, family {peak['cpu_family']}" if "model" in peak else
                  f"model not recorded, flags {', '.join(peak['vector_flags'])}")
         cpu = f"CPU as the script read it: {model}, {peak['cores']} cores; "
-    return table(["model", "precision", "XLA", "images/s", "timed"], rows) + (
+    return table(["model", "precision", "XLA", "images/s", "timed", "steps per epoch x timed epochs",
+                  "each timed epoch, images/s"], rows) + (
         f"\n{date(result)}; {machine(result)}; {cpu}raw {raw(name)}.\n")
 
 
