@@ -132,7 +132,8 @@ def preprocess(results: dict[str, dict]) -> str:
         ["download: verify sha256, safe-extract 60,000 JPEGs, DVC hashing", f"{result['download_seconds']:.1f} s", "—"],
         [f"preprocess: decode {result['images']:,} images once, split, TFRecord shards, meta/manifest",
          f"{result['preprocess_seconds']:.1f} s", f"**{result['preprocess_images_per_second']:,.0f} images/s**"],
-    ]) + f"\nSplit {result['counts']}; {date(result)}; {machine(result)}; raw {raw('preprocess-cifar10')}.\n"
+    ]) + (f"\nSplit {result['counts']['train']:,} train / {result['counts']['val']:,} validation / "
+           f"{result['counts']['test']:,} test; {date(result)}; {machine(result)}; raw {raw('preprocess-cifar10')}.\n")
 
 
 def pipeline_ratio(results: dict[str, dict]) -> str:
