@@ -1,28 +1,29 @@
-"""Accuracy against wall time for every CIFAR-10 profile, from the raw results of `bench/training.py`.
+"""Accuracy against wall time for every CIFAR-10 profile and the airbench reference runs, one plot per machine.
 
-    .venv/bin/python bench/accuracy_vs_time.py
+    python -m bench.accuracy_vs_time
 
-Reads bench/results/<benchmark>.json, prints one markdown table per profile (validation accuracy at each epoch
-end against cumulative seconds, then the final test accuracy) and draws them in one plot,
-bench/results/accuracy-vs-time.png. A transfer profile's clock starts with its feature extraction, which it
-pays before its first head epoch. Results written before `per_epoch` was recorded give their final point only.
-No training happens here: rerun the benchmarks themselves (their commands are in the JSON files) for new figures.
+Reads bench/results/<benchmark>.json, prints one markdown table per run (validation accuracy at each epoch end
+against cumulative minutes, then the final test accuracy) and draws one plot per machine,
+bench/results/accuracy-vs-time-<machine>.png: runs timed on CPUs 4-6x apart never share a time axis. The machine
+is the CPU model a result's provenance recorded; a result recorded before provenance is placed by its date on the
+CPU the throughput runs of that period recorded (`PERIODS`), and its plot's title says so. A transfer profile's
+clock starts with its feature extraction, which it pays before its first head epoch. The airbench reference runs
+(PyTorch) are drawn where present: their per-epoch figure is test accuracy without TTA (they hold no validation
+split), their final point the flip-TTA test accuracy, as for the Keras profiles. Every run has its own colour and
+marker; the legend sits outside the axes. No training happens here: rerun the benchmarks themselves (their
+commands are in the JSON files) for new figures.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
+from bench import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PLOT = RESULTS / "accuracy-vs-time.png"
 # (benchmark, label): every profile the headline-numbers issue names, in reading order.
 PROFILES = (
     ("seed-recipe", "seed CNN, 10 epochs"),
@@ -39,6 +40,47 @@ PROFILES = (
     ("transfer-finetune-128px-5-epochs-lr-0.0001", "transfer, fine-tuned at rate 1e-4 (the profile's second run)"),
     ("transfer-finetune", "transfer, fine-tuned (profiles/transfer_finetune.yaml, rate 3e-4)"),
 )
+REFERENCES = (
+    ("airbench94-reference", "airbench94's own code (PyTorch), 50,000 images"),
+    ("airbench94-reference-45k-8-epochs", "airbench94's own code (PyTorch), 45,000 images, 8 epochs"),
+    ("airbench94-reference-float32", "airbench94's own code (PyTorch), float32"),
+    ("airbench95-reference", "airbench95's own code (PyTorch)"),
+)
+# Results recorded before provenance carry no CPU model: (first day, last day, the CPU the throughput runs of those
+# days recorded, the result that recorded it). Only days on which a run did read the CPU: earlier results (2026-11-24
+# and 25, whose speeds differ 2x between days) are "CPU not recorded".
+PERIODS = (
+    ("2026-11-26", "2026-11-27", "an AVX2 CPU without AVX-512 (model not recorded)", "throughput-avx2-2026-11-26.json"),
+    ("2026-12-05", "2026-12-05", "AMD EPYC, family 26, AVX-512 BF16", "throughput.json"),
+)
+UNKNOWN = "CPU not recorded"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p", "d", "8", "H")
+
+
+def machine(result: dict) -> tuple[str, bool]:
+    """(the CPU the run used, whether that is inferred from its date rather than recorded by the run)."""
+    if "provenance" in result:
+        cpu = result["provenance"]["cpu"]
+        return f"{cpu['model']}, {provenance.vector_class(cpu['flags'])}", False
+    day = result.get("date", "")[:10]
+    for first, last, cpu, _ in PERIODS:
+        if first <= day <= last:
+            return cpu, True
+    return UNKNOWN, True
+
+
+def caption(machine_name: str, inferred: bool) -> str:
+    if machine_name == UNKNOWN:
+        return "CIFAR-10, runs whose CPU was never recorded (their speeds differ between days: compare with care)"
+    return f"CIFAR-10 on {machine_name}" + (" (CPU inferred from the run dates)" if inferred else "")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def plot_path(machine_name: str) -> Path:
+    return RESULTS / f"accuracy-vs-time-{slug(machine_name)}.png"
 
 
 def extraction_seconds(result: dict) -> float:
@@ -53,57 +95,95 @@ def extraction_seconds(result: dict) -> float:
 
 
 def curve(result: dict) -> tuple[list[float], list[float]]:
-    """(cumulative minutes, validation accuracy) at each epoch end, extraction first for transfer."""
+    """(cumulative minutes, accuracy) at each epoch end, extraction first for transfer: validation accuracy for
+    the pipeline's runs, test accuracy without TTA for the reference runs."""
     offset = extraction_seconds(result)
     rows = result.get("per_epoch") or []
-    return ([(offset + row["cumulative_seconds"]) / 60 for row in rows], [row["val_accuracy"] for row in rows])
+    key = "val_accuracy" if all("val_accuracy" in row for row in rows) else "test_accuracy"
+    return ([(offset + row["cumulative_seconds"]) / 60 for row in rows], [row[key] for row in rows])
 
 
 def total_seconds(result: dict) -> float:
+    if "train_seconds" in result:  # a reference run: training only, evaluation excluded as airbench does
+        return float(result["train_seconds"])
     return extraction_seconds(result) + float(
         result.get("stage_seconds", result.get("transfer_stage_seconds", 0.0)))
 
 
+def final_accuracy(result: dict) -> float:
+    accuracy = result["test_accuracy"]
+    return accuracy["flip"] if isinstance(accuracy, dict) else accuracy
+
+
 def table(label: str, result: dict) -> str:
-    command = f"`{result['command']}`" if "command" in result else f"bench/results/{result['benchmark']}.json"
-    lines = [f"**{label}** ({command}, "
-             f"{result.get('date', '?')}): test accuracy **{result['test_accuracy']:.1%}** after "
-             f"{total_seconds(result) / 60:.1f} min", ""]
+    command = (result.get("provenance") or result).get("command")
+    where, inferred = machine(result)
+    lines = [f"**{label}** ({f'`{command}`' if command else 'command not recorded'}, "
+             f"{result.get('date') or result['provenance']['date']}, {where}{' (inferred from the date)' * inferred}): "
+             f"test accuracy **{final_accuracy(result):.1%}** after {total_seconds(result) / 60:.1f} min", ""]
     minutes, accuracy = curve(result)
     if minutes:
         lines += ["| epoch | " + " | ".join(str(row["epoch"]) for row in result["per_epoch"]) + " |",
                   "|---|" + "---|" * len(minutes),
-                  "| val accuracy | " + " | ".join(f"{value:.1%}" for value in accuracy) + " |",
+                  "| accuracy | " + " | ".join(f"{value:.1%}" for value in accuracy) + " |",
                   "| minutes | " + " | ".join(f"{value:.1f}" for value in minutes) + " |"]
     else:
         lines.append("(final point only: this run predates the per-epoch record)")
     return "\n".join(lines)
 
 
-def main() -> None:
-    found = [(label, json.loads((RESULTS / f"{name}.json").read_text())) for name, label in PROFILES
-             if (RESULTS / f"{name}.json").is_file()]
-    if not found:
-        sys.exit(f"no results in {RESULTS}: run bench/training.py first")
-    figure, axes = plt.subplots(figsize=(8, 5))
-    for index, (label, result) in enumerate(found):
+def by_machine(results: dict[str, dict]) -> dict[str, list[tuple[str, dict, bool]]]:
+    """Machine -> [(label, result, is a reference run)], profiles first, in reading order."""
+    groups: dict[str, list[tuple[str, dict, bool]]] = {}
+    for name, label in (*PROFILES, *REFERENCES):
+        if name in results:
+            reference = any(name == reference_name for reference_name, _ in REFERENCES)
+            groups.setdefault(machine(results[name])[0], []).append((label, results[name], reference))
+    return groups
+
+
+def draw(machine_name: str, runs: list[tuple[str, dict, bool]], inferred: bool, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 5))
+    for index, (label, result, reference) in enumerate(runs):
+        # One colour and one marker per run, shared by its curve and its final point: no two runs look alike.
+        colour, marker = f"C{index % 10}", MARKERS[index % len(MARKERS)]
+        style = "--" if reference else "-"
         minutes, accuracy = curve(result)
-        # One colour and line style per profile, shared by its curve and its final star: the ten colours of the
-        # default cycle, then dashed lines, so no two profiles look alike.
-        colour, line_style = f"C{index % 10}", ("-", "--", ":")[index // 10 % 3]
+        suffix = " [per epoch: test, no TTA]" if reference else ""
         if minutes:
-            axes.plot(minutes, accuracy, marker="o", markersize=3, color=colour, linestyle=line_style, label=label)
-        axes.scatter([total_seconds(result) / 60], [result["test_accuracy"]], marker="*", s=120, zorder=3,
-                     color=colour, label=None if minutes else f"{label} (final only)")
-        print(table(label, result), end="\n\n")
-    axes.set_xlabel("cumulative wall time, minutes (2-core CPU)")
-    axes.set_ylabel("accuracy (lines: validation per epoch; stars: final test)")
-    axes.set_title("CIFAR-10: accuracy against training time")
+            axes.plot(minutes, accuracy, marker=marker, markersize=4, color=colour, linestyle=style,
+                      label=label + suffix)
+        axes.scatter([total_seconds(result) / 60], [final_accuracy(result)], marker=marker, s=110, zorder=3,
+                     color=colour, edgecolors="black", label=None if minutes else f"{label} (final only)")
+    axes.set_xlabel("cumulative wall time, minutes (2 cores)")
+    axes.set_ylabel("accuracy (lines: per epoch; large markers: final test)")
+    axes.set_title(caption(machine_name, inferred), fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
-    figure.savefig(PLOT, dpi=120)
-    print(f"plot: {PLOT.relative_to(Path.cwd()) if PLOT.is_relative_to(Path.cwd()) else PLOT}")
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def main() -> None:
+    results = {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))}
+    groups = by_machine(results)
+    if not groups:
+        sys.exit(f"no results in {RESULTS}: run `python -m bench.training` first")
+    for old in RESULTS.glob("accuracy-vs-time*.png"):
+        old.unlink()  # a machine with no run left keeps no stale plot
+    for machine_name, runs in groups.items():
+        inferred = machine(runs[0][1])[1]
+        print(f"## {caption(machine_name, inferred)}\n")
+        for label, result, _ in runs:
+            print(table(label, result), end="\n\n")
+        path = plot_path(machine_name)
+        draw(machine_name, runs, inferred, path)
+        print(f"plot: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}\n")
 
 
 if __name__ == "__main__":

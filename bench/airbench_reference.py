@@ -10,18 +10,18 @@ fp16 to the CPU, nothing else changed) on exactly the images the pipeline trains
 PyTorch is not a dependency of this project; install it beside the project's environment, e.g.:
 
     python -m venv /tmp/torchref && /tmp/torchref/bin/pip install "torch<=2.14.1" numpy
-    /tmp/torchref/bin/python bench/airbench_reference.py --prepared /tmp/bench-imgclf/data/prepared
+    /tmp/torchref/bin/python -m bench.airbench_reference --prepared /tmp/bench-imgclf/data/prepared
 
-The prepared directory is the one `bench/training.py` builds from the shared JPEG archive. By default the run
-trains on train + val (50,000 images, as airbench does) and reports test accuracy without and with airbench's
-test-time augmentation; the result goes to bench/results/<recipe>-reference[-<name>].json.
+run from the repository root. The prepared directory is the one `python -m bench.training` builds from the shared
+JPEG archive. By default the run trains on train + val (50,000 images, as airbench does) and reports test accuracy
+without and with airbench's test-time augmentation; the result goes to bench/results/
+<recipe>-reference[-<name>][-seed-<seed>].json, with its provenance (bench/provenance.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from math import ceil
@@ -32,11 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import provenance  # standard library only
+from imgclf.data import records  # pure Python and numpy: no TensorFlow in this environment
 
-from imgclf import fileio  # noqa: E402 (both pure Python and numpy: no TensorFlow in this environment)
-from imgclf.data import records  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -69,10 +68,10 @@ def load_split(prepared: Path, splits: list[str], image_side: int = 32) -> tuple
                 images.append(record.image((image_side, image_side, 3), example))
                 labels.append(example.label)
     except (FileNotFoundError, records.CorruptShardError) as error:
-        sys.exit(f"{error} (--prepared: a directory bench/training.py prepared from 32x32 CIFAR-10)")
+        sys.exit(f"{error} (--prepared: a directory `python -m bench.training` prepared from 32x32 CIFAR-10)")
     if not images:
-        sys.exit(f"no {'+'.join(splits)} images in {prepared}: give a prepared directory (bench/training.py "
-                 "builds one)")
+        sys.exit(f"no {'+'.join(splits)} images in {prepared}: give a prepared directory (`python -m "
+                 "bench.training` builds one)")
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
 
 
@@ -290,6 +289,7 @@ def train(train_images, train_labels, test_images, test_labels, *, recipe, epoch
 
 
 def main() -> None:
+    run = provenance.start()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepared", type=Path, default=Path("/tmp/bench-imgclf/data/prepared"))
     parser.add_argument("--train-splits", default="train,val",
@@ -313,17 +313,17 @@ def main() -> None:
     test_images, test_labels = load_split(args.prepared, ["test"])
     print(f"training on {len(train_labels)} images ({'+'.join(splits)}), testing on {len(test_labels)}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    started = time.time()
     per_epoch, tta = train(train_images, train_labels, test_images, test_labels, recipe=args.recipe,
                            epochs=args.epochs, seed=args.seed, autocast=args.bfloat16,
                            log=lambda row: print(row, flush=True))
     name = f"{args.recipe}-reference" + (f"-{args.name}" if args.name else "")
+    if args.seed != 42:  # runs of several seeds side by side, never one replacing another
+        name += f"-seed-{args.seed}"
     result = {
         "benchmark": name,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
-        "command": "python bench/airbench_reference.py " + " ".join(sys.argv[1:]),
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "seed": args.seed,
         "train_images": len(train_labels),
         "epochs": args.epochs,
         "precision": "bfloat16 autocast" if args.bfloat16 else "float32",
@@ -331,9 +331,8 @@ def main() -> None:
         "test_accuracy": tta,
         "per_epoch": per_epoch,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    fileio.atomic_write_json(path, result)  # a killed run leaves no half-written result
+    provenance.write(path, result, run)  # atomically: a killed run leaves no half-written result
     print(json.dumps(result["test_accuracy"]), "->", path)
 
 

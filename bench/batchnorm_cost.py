@@ -1,6 +1,6 @@
 """What re-estimating BatchNorm's statistics costs per epoch on CIFAR-sized data (issue 9).
 
-    .venv/bin/python bench/batchnorm_cost.py    # prints JSON; figures in BENCHMARKS.md
+    python -m bench.batchnorm_cost    # writes bench/results/batchnorm_reestimate_cost.json; BENCHMARKS.md
 
 The seed CNN with params.yaml's recipe on random 32x32x3 images: the time of a training step (extrapolated to
 an epoch of 45,000 images at batch 64), of `fitting.reestimate_batch_norm` on `scratch.batch_norm_images`
@@ -9,25 +9,22 @@ images, and of validating 5,000 images (paid before the fix too).
 
 from __future__ import annotations
 
-import json
-import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from imgclf.config import params_from_dict  # noqa: E402
-from imgclf.training import fitting, recipe, scratch_model  # noqa: E402
+from bench import provenance
+from bench.common import RESULTS, ROOT
+from imgclf.config import params_from_dict
+from imgclf.training import fitting, recipe, scratch_model
 
 TRAIN_IMAGES, BATCH, TIMED_STEPS = 45_000, 64, 40
 
 
 def main() -> None:
+    run = provenance.start()
     config = params_from_dict(yaml.safe_load((ROOT / "params.yaml").read_text())).scratch
     steps_per_epoch = -(-TRAIN_IMAGES // BATCH)
     model = scratch_model.build_scratch_model(config, input_shape=(32, 32, 3), num_classes=10)
@@ -50,11 +47,12 @@ def main() -> None:
     model.evaluate(images, labels, batch_size=BATCH, verbose=0)
     evaluate_per_image = (time.perf_counter() - started) / len(images)
     epoch_seconds = step_seconds * steps_per_epoch
-    print(json.dumps({
-        "train_images": TRAIN_IMAGES, "batch_size": BATCH, "train_step_seconds": step_seconds,
+    provenance.write(RESULTS / "batchnorm_reestimate_cost.json", {
+        "benchmark": "batchnorm_reestimate_cost", "train_images": TRAIN_IMAGES, "batch_size": BATCH,
+        "train_step_seconds": step_seconds,
         "epoch_seconds_estimate": epoch_seconds, "batch_norm_images": used, "reestimate_seconds": reestimate_seconds,
         "reestimate_fraction_of_epoch": reestimate_seconds / epoch_seconds,
-        "validation_5000_seconds_estimate": evaluate_per_image * 5000}, indent=1))
+        "validation_5000_seconds_estimate": evaluate_per_image * 5000}, run)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,14 @@ similarity, and every exact (pixel-identical) pair. Writes `bench/results/cifar1
 train_file, similarity: paths inside the archive) and `bench/results/cifar10-duplicates.json` (counts, timings,
 the threshold's calibration on planted copies), and a gallery PNG of pairs to look at.
 
-Usage: .venv/bin/python bench/duplicates.py [--cache /tmp/bench-duplicates] [--input-size 96]
+Usage: .venv/bin/python -m bench.duplicates [--cache /tmp/bench-duplicates] [--input-size 96]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
-import os
-import platform
 import sys
 import tarfile
 import time
@@ -26,16 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import provenance
+from bench.common import ARCHIVE, BACKBONE, ROOT
+from imgclf.data import duplicates
 
-from imgclf import fileio  # noqa: E402
-from imgclf.data import duplicates  # noqa: E402
-
-# ../shared beside the checkout (a worktree may sit one level deeper)
-SHARED = next((folder / "shared" for folder in ROOT.parents if (folder / "shared" / "data").is_dir()), ROOT / "shared")
-ARCHIVE = SHARED / "data" / "cifar10-jpg.tar.gz"
-BACKBONE = SHARED / "models" / "efficientnet_lite0_imagenet_notop.keras"
 RESULTS = ROOT / "bench" / "results"
 PLANTED = 500  # training images copied with each planted edit to calibrate the threshold
 CANDIDATE_THRESHOLDS = (0.75, 0.8, 0.82, 0.85, 0.88, 0.9)
@@ -93,6 +84,7 @@ def main() -> None:
     parser.add_argument("--calibrate-only", action="store_true", help="stop after the planted copies")
     parser.add_argument("--features-only", action="store_true", help="stop after caching the features")
     arguments = parser.parse_args()
+    run = provenance.start()
     if not ARCHIVE.is_file() or not BACKBONE.is_file():
         sys.exit("skipped: the shared CIFAR-10 archive or Lite0 backbone is absent")
     started = time.perf_counter()
@@ -102,7 +94,8 @@ def main() -> None:
     print(f"{len(names)} images decoded in {decode_seconds:.1f} s, features in {feature_seconds:.1f} s", flush=True)
     if arguments.features_only:
         return
-    report(arguments, names, pixels, feats, decode_seconds=decode_seconds, feature_seconds=feature_seconds)
+    report(arguments, names, pixels, feats, decode_seconds=decode_seconds, feature_seconds=feature_seconds,
+           run=run)
 
 
 # The planted edits of the threshold's calibration: what a copy in a photo folder looks like after the pipeline
@@ -226,7 +219,8 @@ def probe_accuracies(feats, labels, test, train, twins_rows) -> dict:
     return result
 
 
-def report(arguments, names, pixels, feats, *, decode_seconds: float, feature_seconds: float) -> None:
+def report(arguments, names, pixels, feats, *, decode_seconds: float, feature_seconds: float,
+           run: provenance.Run) -> None:
     names_array = np.asarray(names)
     test = np.flatnonzero(np.char.startswith(names_array, "test/"))
     train = np.flatnonzero(np.char.startswith(names_array, "train/"))
@@ -274,7 +268,6 @@ def report(arguments, names, pixels, feats, *, decode_seconds: float, feature_se
              for t in list(order[:12]) + just_above[:12]])
     accuracies = probe_accuracies(feats, labels, test, train, twins.test_rows)
     result = {
-        "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "backbone": BACKBONE.name, "input_size": arguments.input_size, "similarity_threshold": threshold,
         "similarity": "mean of the centred cosine similarities of the pooled features and 8x8 thumbnails",
         "images": len(names), "decode_seconds": round(decode_seconds, 1),
@@ -289,7 +282,7 @@ def report(arguments, names, pixels, feats, *, decode_seconds: float, feature_se
         "best_similarity_quantiles": quantiles, "test_images_with_best_similarity_at_least": above,
         "calibration": calibration, "accuracy": accuracies,
     }
-    fileio.atomic_write_json(RESULTS / "cifar10-duplicates.json", result)
+    provenance.write(RESULTS / "cifar10-duplicates.json", result, run)
     print(json.dumps(result, indent=2))
 
 

@@ -1,7 +1,7 @@
 """The README's own-photos recipe, end to end: `dvc repro` on a small folder of real photos, both models.
 
-    .venv/bin/python bench/own_photos.py [--classes 4] [--per-class 150] [--dir /tmp/bench-own-photos]
-    .venv/bin/python bench/own_photos.py --profile profiles/own_photos.yaml [--set scratch.pool_after=[2,3]]
+    python -m bench.own_photos [--classes 4] [--per-class 150] [--dir /tmp/bench-own-photos]
+    python -m bench.own_photos --profile profiles/own_photos.yaml [--set scratch.pool_after=[2,3]]
 
 The photos are the first `--per-class` training JPEGs of the first `--classes` CIFAR-10 classes of the shared
 archive, laid out as a user's folder (`photos/<class>/*.jpg`, no train/test split: preprocess holds out test and
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import sys
 import tarfile
@@ -26,15 +24,12 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import provenance
+from bench.common import RESULTS, ROOT, SHARED
+from imgclf import artifacts, smoke_copy
 
-from imgclf import artifacts, smoke_copy  # noqa: E402
-
-SHARED = ROOT.parent / "shared"
 ARCHIVE = Path("data") / "cifar10-jpg.tar.gz"  # in the shared folder (--shared)
 BACKBONE = Path("models") / "efficientnet_lite0_imagenet_notop.keras"
-RESULTS = ROOT / "bench" / "results"
 
 
 def write_photos(archive_path: Path, folder: Path, *, classes: int, per_class: int) -> list[str]:
@@ -58,6 +53,7 @@ def write_photos(archive_path: Path, folder: Path, *, classes: int, per_class: i
 
 
 def main() -> None:
+    run = provenance.start()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--per-class", type=int, default=150)
@@ -94,8 +90,7 @@ def main() -> None:
     flagged = json.loads((evaluation / artifacts.DEGENERATE_FILE).read_text())
     meta = artifacts.read_prepared_meta(project / artifacts.PREPARED_DIR)
     result = {
-        "benchmark": "own-photos", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d %H:%M"), "command": "bench/own_photos.py " + " ".join(sys.argv[1:]),
+        "benchmark": "own-photos",
         "classes": meta.num_classes, "counts": meta.counts, "chance": round(1 / meta.num_classes, 4),
         "dvc_repro_seconds": round(seconds, 1),
         "overrides": {key: value for key, value in overrides.items() if key != "data"},
@@ -104,9 +99,7 @@ def main() -> None:
         **{f"{model}_test_accuracy": round(metrics[model]["accuracy"], 4) for model in metrics},
         **{f"{model}_degenerate": flagged[model] for model in flagged},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(json.dumps(provenance.write(RESULTS / f"{name}.json", result, run), indent=2))
 
 
 def _nested(sections: list[str], leaf: dict) -> dict:

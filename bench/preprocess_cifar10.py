@@ -1,7 +1,8 @@
 """Benchmark: download + preprocess stages on the shared CIFAR-10 JPEG archive (60,000 images).
 
-Runs the real stages (`dvc repro`) in a scratch copy of the project and reports wall time and images/s.
-Usage: .venv/bin/python bench/preprocess_cifar10.py [--dir /tmp/bench-preprocess]
+Runs the real stages (`dvc repro`) in a scratch copy of the project and reports wall time and images/s in
+bench/results/preprocess-cifar10.json, with its provenance.
+Usage: python -m bench.preprocess_cifar10 [--dir /tmp/bench-preprocess]
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+from bench import common, provenance
+from bench.common import ARCHIVE, ARCHIVE_SHA256, ROOT
 from imgclf import smoke_copy
-
-ROOT = Path(__file__).resolve().parents[1]
-ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
-ARCHIVE_SHA256 = "d34c68f61cca57aa9144c8f25bda427abb9921bd642d5857a2fc1a6b4416f965"
 
 
 def main() -> None:
+    run = provenance.start()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-preprocess"))
     arguments = parser.parse_args()
@@ -27,6 +27,7 @@ def main() -> None:
         sys.exit(f"skipped: {ARCHIVE} is absent (this benchmark needs the shared CIFAR-10 archive)")
     overrides = {"data": {"source": "image_folder", "path": str(ARCHIVE), "sha256": ARCHIVE_SHA256}}
     root = smoke_copy.create(arguments.dir, source_root=ROOT, overrides=overrides)
+    smoke_copy.dvc(root, "repro", "fingerprint_data")  # what download needs first: the checked params, the digest
     timings = {}
     for stage in ("download", "preprocess"):
         started = time.perf_counter()
@@ -34,10 +35,11 @@ def main() -> None:
         timings[stage] = time.perf_counter() - started
     meta = json.loads((root / "data" / "prepared" / "meta.json").read_text())
     images = sum(meta["counts"].values())
-    print(json.dumps({"images": images, "counts": meta["counts"], "skipped": meta["skipped"],
-                      "download_seconds": round(timings["download"], 1),
-                      "preprocess_seconds": round(timings["preprocess"], 1),
-                      "preprocess_images_per_second": round(images / timings["preprocess"], 1)}, indent=2))
+    common.save("preprocess-cifar10", {"images": images, "counts": meta["counts"], "skipped": meta["skipped"],
+                                       "download_seconds": round(timings["download"], 1),
+                                       "preprocess_seconds": round(timings["preprocess"], 1),
+                                       "preprocess_images_per_second": round(images / timings["preprocess"], 1)},
+                run)
 
 
 if __name__ == "__main__":

@@ -1,34 +1,29 @@
 """A few-minute check that the residual recipe learns on real CIFAR-10 at its translated learning rate.
 
-    .venv/bin/python bench/residual_sanity.py
+    python -m bench.residual_sanity
 
 3 epochs on 3,000 random training JPEGs (batch 256, the profile's rate scaled to it, 1 warm-up epoch), test
 accuracy on 1,000 random test JPEGs after each. Not a benchmark (it reads the shared archive directly, not
-through the stages); `bench/training.py residual` is the real run.
+through the stages); `python -m bench.training residual` is the real run.
 """
 
 import io
 import json
-import sys
 import tarfile
 import time
-from pathlib import Path
 
+import keras
 import numpy as np
+import yaml
+from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import keras  # noqa: E402
-import yaml  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from imgclf import config, smoke_copy  # noqa: E402
-from imgclf.training import fitting, scratch_model  # noqa: E402
+from bench.common import ARCHIVE, ROOT
+from imgclf import config, smoke_copy
+from imgclf.training import fitting, scratch_model
 
 rng = np.random.default_rng(0)
 members = {"train": [], "test": []}
-with tarfile.open(str(ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz")) as tar:
+with tarfile.open(str(ARCHIVE)) as tar:
     for m in tar:
         if m.isfile() and m.name.endswith(".jpg"):
             split, klass, _ = m.name.split("/")[-3:]

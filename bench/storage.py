@@ -1,6 +1,6 @@
 """Bytes on disk per run of the own-photos recipe: DVC cache, workspace outputs and MLflow store, after each run.
 
-    .venv/bin/python bench/storage.py --rev HEAD [--dir /tmp/bench-storage] [--set scratch.pool_after=[2,3]]
+    python -m bench.storage --rev HEAD [--dir /tmp/bench-storage] [--set scratch.pool_after=[2,3]]
 
 A fresh `git clone` of this repository at `--rev` (the environment linked in as .venv), a folder of 4 classes x 30
 CIFAR-10 training JPEGs upscaled to 192 px (quality 90) as photos, then three `dvc exp run`s of the README's
@@ -10,10 +10,10 @@ scratch and 2 head epochs), each committed: the first builds everything, the sec
 `models`, `results`, `mlartifacts` and `mlflow.db`, and of all of them in one `du` (a hard-linked file counted once:
 the bytes really on disk). Writes bench/results/storage-<rev>.json.
 
-    .venv/bin/python bench/storage.py --model-sizes
+    python -m bench.storage --model-sizes
 
 The seed CNN's parameters and `.keras` file bytes (4 classes) at image sizes and poolings, saved by Keras with
-Adam's state and by `model_io.save_model`; writes bench/results/storage-model-sizes.json.
+Adam's state and by `model_files.save_model`; writes bench/results/storage-model-sizes.json.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -31,9 +30,9 @@ import tarfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-RESULTS = ROOT / "bench" / "results"
+from bench import provenance
+from bench.common import RESULTS, ROOT, SHARED
+
 CLASSES, PER_CLASS, SIDE = ("airplane", "cat", "dog", "ship"), 30, 192
 PLACES = (".dvc/cache", "data", "models", "results", "mlartifacts", "mlflow.db")
 RUNS = ((("scratch.learning_rate", "0.001"), ("augment.enabled", "false")),
@@ -72,8 +71,7 @@ def model_sizes() -> list[dict]:
     import keras
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
-    from imgclf import model_io, smoke_copy
+    from imgclf import model_files, smoke_copy
     from imgclf.config import params_from_dict, read_params_yaml
     from imgclf.training import recipe, scratch_model
 
@@ -87,7 +85,7 @@ def model_sizes() -> list[dict]:
         with tempfile.TemporaryDirectory() as folder:
             keras_file, saved = Path(folder) / "keras.keras", Path(folder) / "model.keras"
             model.save(keras_file)  # Keras' own: the weights and Adam's two moments of each
-            model_io.save_model(model, saved)
+            model_files.save_model(model, saved)
             rows.append({"image_size": side, "pool_after": pool_after, "parameters": model.count_params(),
                          "keras_save_bytes": keras_file.stat().st_size, "save_model_bytes": saved.stat().st_size})
         print(json.dumps(rows[-1]), flush=True)
@@ -112,6 +110,7 @@ def run(command: list[str], project: Path, environment: dict[str, str]) -> str:
 
 
 def main() -> None:
+    run = provenance.start()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rev", default="HEAD", help="commit of this repository to measure")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-storage"))
@@ -121,10 +120,8 @@ def main() -> None:
     parser.add_argument("--model-sizes", action="store_true", help="only the seed CNN's sizes (no runs)")
     arguments = parser.parse_args()
     if arguments.model_sizes:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "storage-model-sizes.json").write_text(json.dumps(
-            {"benchmark": "storage-model-sizes", "date": time.strftime("%Y-%m-%d %H:%M"), "rows": model_sizes()},
-            indent=2) + "\n")
+        provenance.write(RESULTS / "storage-model-sizes.json",
+                         {"benchmark": "storage-model-sizes", "rows": model_sizes()}, run)
         return
     if not (arguments.archive.is_file() and arguments.backbone.is_file()):
         sys.exit(f"skipped: {arguments.archive} or {arguments.backbone} is absent (pass --archive and --backbone)")
@@ -164,16 +161,14 @@ def main() -> None:
                      "workspace_bytes": du(project, "data", "models", "results"),
                      "total_bytes": du(project, *PLACES, "mlflow.db-wal", "mlflow.db-shm")})
         print(json.dumps(runs[-1]), flush=True)
-    result = {"benchmark": "storage", "rev": rev, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "date": time.strftime("%Y-%m-%d %H:%M"), "command": "bench/storage.py " + " ".join(sys.argv[1:]),
+    result = {"benchmark": "storage", "rev": rev,
               "photos": {"files": sum(1 for path in photos.rglob("*.jpg")), "bytes": du(photos.parent, "photos")},
               "runs": runs,
               "large_files": sorted(f"{path.stat().st_size} {path.stat().st_nlink} {path.relative_to(project)}"
                                     for place in PLACES[:5] for path in (project / place).rglob("*")
                                     if path.is_file() and path.stat().st_size > 1 << 20)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
     name = "-".join(["storage", rev, *(re.sub(r"[^\w.]+", "-", setting).strip("-") for setting in arguments.set)])
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    provenance.write(RESULTS / f"{name}.json", result, run)
 
 
 if __name__ == "__main__":

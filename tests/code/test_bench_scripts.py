@@ -1,0 +1,77 @@
+"""The bench scripts: run as modules (no sys.path edits, no program inside a string), one function per training
+benchmark, wrong option combinations refused before any work, variants saved under their own names."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from bench import common, training
+
+pytestmark = pytest.mark.duration(seconds=1)  # about, under make test: orders the modules
+
+BENCH = common.ROOT / "bench"
+
+
+def test_no_bench_script_edits_sys_path_or_runs_code_from_a_string():
+    offenders = []
+    for path in sorted(BENCH.glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if "sys.path" in text or re.search(r"""["']-c["']""", text):
+            offenders.append(path.name)
+    assert offenders == []
+
+
+def test_every_benchmark_has_its_own_function_with_a_docstring():
+    assert len(set(training.BENCHMARKS.values())) == len(training.BENCHMARKS)
+    assert [name for name, function in training.BENCHMARKS.items() if not function.__doc__] == []
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["seed-recipe", "--set", "seed=43"], "apply to residual and seed-recipe-25 only"),
+    (["residual", "--reencode-quality", "200"], "a JPEG quality from 1 to 95"),
+    (["residual", "--reencode-quality", "50", "--val-fraction", "0.01"], "--set data.val_fraction"),
+    (["transfer", "--val-fraction", "0.01"], "--val-fraction applies to residual and seed-recipe-25 only"),
+])
+def test_wrong_combinations_are_refused_before_any_work(argv, message, capsys):
+    parser = training.parser()
+    with pytest.raises(SystemExit):
+        training.check(parser, parser.parse_args(argv))
+    assert message in capsys.readouterr().err
+
+
+def test_a_right_combination_passes():
+    parser = training.parser()
+    training.check(parser, parser.parse_args(["residual", "--set", "seed=43", "--reencode-quality", "50"]))
+
+
+def test_a_variant_is_saved_under_a_name_of_its_own():
+    params, name = common.with_assignments({"scratch": {"epochs": 21}}, "residual",
+                                           ["scratch.residual_widths=[128,384,384]", "seed=43"])
+    assert params == {"scratch": {"epochs": 21, "residual_widths": [128, 384, 384]}, "seed": 43}
+    assert name == "residual-residual_widths-128-384-384-seed-43"
+
+
+def test_scratch_variant_names_the_split_it_trains_on(tmp_path, monkeypatch):
+    trained = {}
+
+    def fake_train(directory, name, overrides, prepared):
+        trained.update(name=name, overrides=overrides, prepared=prepared)
+        return {"test_accuracy": 0.5}
+
+    def fake_prepare(directory, name, data_overrides, raw=None):
+        prepared = directory / "data" / f"prepared-{name}"
+        prepared.mkdir(parents=True)
+        (prepared / "meta.json").write_text('{"counts": {"train": 49500}}')
+        return prepared
+
+    monkeypatch.setattr(training, "train_scratch", fake_train)
+    monkeypatch.setattr(common, "prepare_variant", fake_prepare)
+    arguments = argparse.Namespace(val_fraction=0.01, set=[], reencode_quality=None)
+    name, result = training.scratch_variant(tmp_path, "seed-recipe-25", {"scratch": {"epochs": 25}}, arguments)
+    assert name == "seed-recipe-25-val-0.01"
+    assert trained["prepared"] == tmp_path / "data" / "prepared-val-0.01"
+    assert trained["overrides"]["data"] == {"val_fraction": 0.01}
+    assert result["train_images"] == 49500
