@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 PROCESS_ID_ENV = "IMGCLF_PROCESS_ID"  # set: this process is worker k of a multi_worker training
 COORDINATOR_ENV = "IMGCLF_COORDINATOR"  # the launcher's concrete host:port (training.coordinator may say port 0)
 WORKER_DIR_ENV = "IMGCLF_WORKER_DIR"  # where a worker other than the chief writes (default: under the temp dir)
+LOG_LEVEL_ENV = "IMGCLF_LOG_LEVEL"  # the stages' log level (imgclf.cli.LOG_LEVEL_ENV)
 STOP_GRACE_SECONDS = 10  # the other workers get this long to stop after one failed, then are killed
+OUTSIDE_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # a worker stopped from outside
 
 
 class WorkerFailedError(UserError):
@@ -136,7 +138,11 @@ def launch(training, out_dir: Path) -> list[subprocess.Popen]:
                        COORDINATOR_ENV: coordinator}
         if len(indices) > 1 and len(gpus) >= len(indices):  # several GPUs of one machine: one each
             environment["CUDA_VISIBLE_DEVICES"] = gpus[index]
-        processes.append(subprocess.Popen(worker_command(), env=environment))
+        quiet = index > 0 and environment.get(LOG_LEVEL_ENV, "").upper() != "DEBUG"
+        if quiet:  # the chief's epoch lines and logs are the run's; the others say only what goes wrong
+            environment[LOG_LEVEL_ENV] = "WARNING"
+        processes.append(subprocess.Popen(worker_command(), env=environment,
+                                          stdout=subprocess.DEVNULL if quiet else None))
     log.info("multi_worker: %d of %d worker(s) started here, coordinator %s", len(processes), training.workers,
              coordinator)
     if not local:
@@ -153,7 +159,11 @@ def run_workers(training, out_dir: Path) -> None:
             codes = [process.poll() for process in processes]
             failed = [(index, code) for index, code in enumerate(codes) if code not in (None, 0)]
             if failed:
-                index, code = failed[0]
+                # A worker killed from outside takes the others down with it (gloo aborts them): name the cause.
+                time.sleep(0.5)
+                failed = [(index, process.poll()) for index, process in enumerate(processes)
+                          if process.poll() not in (None, 0)]
+                index, code = min(failed, key=lambda failure: -failure[1] not in OUTSIDE_SIGNALS)
                 how = (f"was killed by signal {-code} ({signal.Signals(-code).name})" if code < 0
                        else f"exited with status {code}")
                 raise WorkerFailedError(
@@ -165,8 +175,10 @@ def run_workers(training, out_dir: Path) -> None:
     finally:
         _stop(processes)
     if is_loopback(training.coordinator):
-        for index in range(1, training.workers):
-            shutil.rmtree(worker_dir(out_dir, index).parent, ignore_errors=True)
+        for index in range(1, training.workers):  # the others' copies and resume backups: done with
+            shutil.rmtree(worker_dir(out_dir, index), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            worker_dir(out_dir, 1).parent.rmdir()  # when empty
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
