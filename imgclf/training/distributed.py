@@ -154,6 +154,8 @@ def launch(training, out_dir: Path) -> list[subprocess.Popen]:
 def run_workers(training, out_dir: Path) -> None:
     """Launch the workers and wait for all of them; stop the others and raise `WorkerFailedError` when one fails."""
     processes = launch(training, out_dir)
+    # Stopped from outside (dvc queue kill, a CI timeout): stop the workers too, rather than leave them training.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         while True:
             codes = [process.poll() for process in processes]
@@ -173,12 +175,17 @@ def run_workers(training, out_dir: Path) -> None:
                 break
             time.sleep(0.2)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         _stop(processes)
     if is_loopback(training.coordinator):
         for index in range(1, training.workers):  # the others' copies and resume backups: done with
             shutil.rmtree(worker_dir(out_dir, index), ignore_errors=True)
         with contextlib.suppress(OSError):
             worker_dir(out_dir, 1).parent.rmdir()  # when empty
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
