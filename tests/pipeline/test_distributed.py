@@ -48,10 +48,11 @@ def _workers(root: Path) -> dict[int, psutil.Process]:
     return found
 
 
-def test_two_workers_train_resume_after_a_killed_worker_and_evaluate(copy_trained_project, tmp_path):
+def test_two_workers_train_resume_after_a_killed_worker_and_evaluate(copy_trained_project, tmp_path, monkeypatch):
     root = copy_trained_project(tmp_path / "project").resolve()
     one_process = _metrics(root)["scratch"]["accuracy"]
-    env = {**sandbox.environment(root), distributed.WORKER_DIR_ENV: str(tmp_path / "workers")}
+    monkeypatch.setenv(distributed.WORKER_DIR_ENV, str(tmp_path / "workers"))  # here and in the stage's workers
+    env = sandbox.environment(root)
     command = [str(Path(sys.executable).parent / "dvc"), "exp", "run", *DISTRIBUTED]
     chief_backup = root / "models" / "scratch" / artifacts.RESUME_DIR / "fit" / "backup" / "training_metadata.json"
     worker_backup = distributed.worker_dir(root / "models" / "scratch", 1) / artifacts.RESUME_DIR / "fit" / "backup"
