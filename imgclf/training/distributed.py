@@ -30,6 +30,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -236,9 +237,28 @@ def join(training) -> Shard | None:
     keras.distribution.set_distribution(keras.distribution.DataParallel(
         devices=keras.distribution.list_devices(), auto_shard_dataset=False))  # each process reads its own shard
     shard = Shard(count=training.workers, index=index)
+    sys.excepthook = _peer_loss_in_one_line(sys.excepthook, shard)
     log.info("multi_worker: process %d of %d joined %s; devices %s", index, training.workers, coordinator,
              ", ".join(str(device) for device in keras.distribution.list_devices()))
     return shard
+
+
+# How JAX's runtime reports that another process has gone (its collective's connection, the coordination service).
+PEER_LOSS = re.compile(r"Gloo|Connection reset by peer|Connection closed|coordination service|CoordinationService|"
+                       r"heartbeat|UNAVAILABLE", re.IGNORECASE)
+
+
+def _peer_loss_in_one_line(previous, shard: Shard):
+    """A worker whose collective failed because another worker went away says so in one line (the launcher then
+    names the worker that failed first); any other error keeps its traceback."""
+    def hook(kind, error, traceback) -> None:
+        if isinstance(error, Exception) and PEER_LOSS.search(str(error)):
+            first = str(error).strip().splitlines()[0][:200]
+            print(f"multi_worker: worker {shard.index} stopped: it lost the other workers ({first})", file=sys.stderr)
+            return
+        previous(kind, error, traceback)
+
+    return hook
 
 
 def outputs(shard: Shard | None, out_dir: Path) -> Path:
