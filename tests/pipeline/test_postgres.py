@@ -77,7 +77,7 @@ def postgres(free_port) -> Iterator[str]:
                                                  dbname="postgres")) as connection:
             connection.autocommit = True
             connection.cursor().execute("CREATE DATABASE mlflow")
-        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"  # libpq's form (psycopg2.connect)
     finally:
         subprocess.run(_as_server_user([str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True, timeout=60)
@@ -90,7 +90,9 @@ def team_server(postgres, tmp_path_factory, free_port, running_server) -> Iterat
     folder = tmp_path_factory.mktemp("team-server")
     artifacts = folder / "artifacts"
     port = free_port()
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", postgres,
+    # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3: name the pinned one, psycopg2.
+    store = postgres.replace("postgresql://", "postgresql+psycopg2://", 1)
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store,
                "--artifacts-destination", str(artifacts), "--serve-artifacts",
                "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
