@@ -21,12 +21,12 @@ from imgclf.training import distributed, fitting
 pytest.importorskip("jax", reason="training.distribute: multi_worker needs JAX (pinned in requirements.lock)")
 psutil = pytest.importorskip("psutil")
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=420)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=540)]
 
 DISTRIBUTED = ("-S", "training.distribute=multi_worker", "-S", "training.workers=2")
-# The one-process (TensorFlow) and two-process (JAX) runs of the smoke CNN reach the same test accuracy within this:
-# the smoke data (4 synthetic classes, 30 test images) are learnt to 1.0 by both (BENCHMARKS.md, "Several
-# processes", gives the spread measured over seeds).
+# The one-process (TensorFlow) and two-process (JAX) runs of the smoke CNN reach the same test accuracy within this,
+# 2 of the smoke data's 40 test images. Measured: every run of either kind so far learnt the 4 synthetic classes to
+# validation and test accuracy 1.0 (spread 0); BENCHMARKS.md, "Several processes", has the 10-class figures.
 ACCURACY_TOLERANCE = 0.05
 TIMEOUT_SECONDS = 600
 

@@ -27,7 +27,7 @@ import yaml
 
 from imgclf import fileio, sandbox
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=300)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=420)]
 
 psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2-binary (requirements.lock) is not installed")
 
