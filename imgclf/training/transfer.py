@@ -43,6 +43,8 @@ def unfreeze(extractor: keras.Model, layers: int) -> int:
 def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, out_dir: Path,
                    project_root: Path) -> dict:
     """The transfer stage: fit the head on cached features, optionally fine-tune, save `model.keras`."""
+    if params.training.distribute == "multi_worker":
+        log.info("training.distribute: multi_worker spreads the scratch training; transfer trains in this process")
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
     common.set_precision(params.training.precision)
     meta = artifacts.read_prepared_meta(prepared_dir)
