@@ -150,6 +150,8 @@ class TrainingConfig(_Section):
     precision: Precision = "float32"
     jit_compile: bool = False
     distribute: Distribute = "none"
+    workers: int = Field(2, ge=1, le=1024)  # multi_worker: processes in all (imgclf/training/distributed.py)
+    coordinator: str = "127.0.0.1:0"  # multi_worker: host:port of process 0; a loopback host runs every worker here
     tensorboard: bool = False
     resume: bool = True
 
@@ -382,6 +384,9 @@ def _check_cross_field(params: Params) -> None:
         if fit.warmup_epochs > 0 and fit.lr_schedule in ("one_cycle", "plateau"):
             raise ValueError(f"{section}.warmup_epochs: not used with lr_schedule {fit.lr_schedule!r} (one_cycle warms "
                              "up by itself, plateau lowers a plain rate); set it to 0 or pick another schedule")
+    if params.training.distribute == "multi_worker" and params.scratch.batch_size % params.training.workers:
+        raise ValueError(f"scratch.batch_size: {params.scratch.batch_size} images cannot be split evenly between "
+                         f"training.workers: {params.training.workers} processes; pick a multiple of the workers")
     if not params.mlflow.experiment.strip():
         # MLflow refuses an empty experiment name only when the run is logged: after training, minutes later.
         raise ValueError("mlflow.experiment: expected a non-empty experiment name, e.g. imgclf")

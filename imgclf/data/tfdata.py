@@ -15,7 +15,6 @@ import numpy as np
 import tensorflow as tf
 
 from imgclf.data.records import split_files
-from imgclf.errors import ModelConfigError
 
 # Splits whose decoded pixels fit under this many bytes are cached in memory after the first epoch.
 IN_MEMORY_CACHE_BUDGET_BYTES = 3 * 1024**3
@@ -70,13 +69,17 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
                  batch_size: int, training: bool = False, seed: int = 0,
                  augment: Callable | None = None, with_index: bool = False,
                  example_count: int | None = None, epochs: int = 1, first_epoch: int = 0,
-                 exclude: frozenset[int] = frozenset()) -> tf.data.Dataset:
+                 exclude: frozenset[int] = frozenset(), shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Batches of `(float32 pixels in [0, 255], one-hot labels)` (plus the manifest index if asked).
 
     Evaluation datasets keep the on-disk order, which is the manifest order. Training datasets cover
     epochs `first_epoch..epochs-1` back to back, each shuffled with its own seed (so a resumed run sees
     the same order as an uninterrupted one) and augmented; fit them with `steps_per_epoch`. `exclude`: manifest
     ids left out (imgclf/data/exclusions.py); `example_count` counts what remains.
+
+    `shard=(count, index)` (training datasets of a multi_worker process, imgclf/training/distributed.py): only the
+    index-th of `count` equal parts of the split (`example_count // count` images each), in whole batches, so
+    every process runs the same steps.
     """
     files = split_files(prepared_dir, split)
     height, width, channels = image_shape
@@ -94,6 +97,12 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
     if exclude:
         excluded = tf.constant(sorted(exclude), dtype=tf.int64)
         examples = examples.filter(lambda pixels, label, index: tf.reduce_all(tf.not_equal(index, excluded)))
+    if shard is not None:
+        shards, index = shard
+        if example_count is None:
+            raise ValueError("a sharded dataset needs its example_count")
+        example_count //= shards
+        examples = examples.take(example_count * shards).shard(shards, index)
     cached = example_count is not None and example_count * height * width * channels <= IN_MEMORY_CACHE_BUDGET_BYTES
     if cached:
         examples = examples.cache()
@@ -112,7 +121,7 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
     if training:
         def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
             shuffled = examples.shuffle(shuffle_buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-            return shuffled.batch(batch_size)
+            return shuffled.batch(batch_size, drop_remainder=shard is not None)
 
         dataset = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch + 1)).flat_map(one_epoch)
     else:
@@ -137,20 +146,14 @@ def steps_per_epoch(example_count: int, batch_size: int) -> int:
 
 def distribution_strategy(name: str) -> tf.distribute.Strategy:
     """`none`: the default (one device); `mirrored`: every local GPU, else every logical CPU device;
-    `multi_worker` (across the machines in TF_CONFIG) is refused, see below. Create it before any other
-    TensorFlow op: a multi-worker strategy must configure collective ops at program start."""
+    `multi_worker`: the default here, see below."""
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multi_worker":
-        # Keras 3's TensorFlow trainer cannot reduce its per-step logs under MultiWorkerMirroredStrategy: two
-        # workers on loopback fail at the first step with "Invalid reduction dimension 0 for input with 0
-        # dimensions" (tensorflow/tensorflow#72388). Refuse before any work rather than after data loading.
-        raise ModelConfigError(
-            "training.distribute: multi_worker does not work with Keras 3's model.fit (TensorFlow issue 72388: "
-            "per-replica logs cannot be reduced across workers); use `mirrored` for the GPUs of one machine, or "
-            "`none`")
+    # multi_worker: not TensorFlow's MultiWorkerMirroredStrategy (Keras 3's model.fit cannot reduce its per-step
+    # logs under it, tensorflow/tensorflow#72388) but Keras' own distribution on JAX, set up by
+    # imgclf/training/distributed.py before this: TensorFlow's default strategy here.
     return tf.distribute.get_strategy()
 
 

@@ -12,7 +12,7 @@ from imgclf import artifacts, fileio, model_io, progress
 from imgclf.config import Params
 from imgclf.data import augment, exclusions, records, tfdata
 from imgclf.tracking import runs
-from imgclf.training import fitting, recipe, scratch_model
+from imgclf.training import distributed, fitting, recipe, scratch_model
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,10 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
                   exclude_path: Path | None = None) -> dict:
     """The train-from-scratch stage: fit the seed CNN on the prepared data (less the training ids in
     `exclude_path`) and save `model.keras`."""
+    if distributed.launching(params.training):  # multi_worker: the workers train (imgclf/training/distributed.py)
+        distributed.run_workers(params.training, out_dir)
+        return fileio.read_json(Path(out_dir) / artifacts.SUMMARY_FILE)
+    shard = distributed.join(params.training)  # None unless this is a multi_worker worker
     # First: a multi-worker strategy must configure collective ops before any TensorFlow op (and a refused one
     # stops the stage before any work).
     strategy = tfdata.distribution_strategy(params.training.distribute)
@@ -30,27 +34,33 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
     excluded = exclusions.read(exclude_path)
     shape, num_classes, train_count = meta.image_shape, meta.num_classes, meta.counts["train"] - len(excluded)
     config = params.scratch
-    out_dir = Path(out_dir)
+    out_dir = distributed.outputs(shard, out_dir)  # the chief's is the stage's
     resume = fitting.ResumeState(out_dir / artifacts.RESUME_DIR, enabled=params.training.resume,
                                  fingerprint={**recipe.fingerprint(params, meta, "augment", "scratch", "training"),
                                               **({"excluded": sorted(excluded)} if excluded else {})})
-    first_epoch = resume.completed_epochs("fit")
+    first_epoch = distributed.agreed_start(shard, resume, "fit")
     if first_epoch:
         log.info("resuming from the end of epoch %d of %d", first_epoch, config.epochs)
-    steps = tfdata.steps_per_epoch(train_count, config.batch_size)
+    steps = (shard.steps_per_epoch(train_count, config.batch_size) if shard
+             else tfdata.steps_per_epoch(train_count, config.batch_size))
+    batch_size = shard.batch_size(config.batch_size) if shard else config.batch_size  # per process
+    sharding = shard.as_tuple() if shard else None
     augmentation = augment.build_augmentation(params.augment, seed=params.seed) if params.augment.enabled else None
     train_data = tfdata.make_dataset(prepared_dir, "train", image_shape=shape, num_classes=num_classes,
-                                     batch_size=config.batch_size, training=True, seed=params.seed,
+                                     batch_size=batch_size, training=True, seed=params.seed,
                                      augment=augmentation, example_count=train_count, epochs=config.epochs,
-                                     first_epoch=first_epoch, exclude=excluded)
+                                     first_epoch=first_epoch, exclude=excluded, shard=sharding)
     val_data = tfdata.make_dataset(prepared_dir, "val", image_shape=shape, num_classes=num_classes,
-                                   batch_size=config.batch_size, example_count=meta.counts["val"])
+                                   batch_size=batch_size, example_count=meta.counts["val"])
     # BatchNorm's inference statistics are re-estimated on shuffled, unaugmented training batches of the
     # training batch size (batch statistics depend on it) before each validation (fitting.reestimate_batch_norm).
     statistics_batches = -(-(config.batch_norm_images or train_count) // config.batch_size)
+    if shard:
+        statistics_batches = min(statistics_batches, steps)  # whole global batches, the same count everywhere
     statistics_data = tfdata.make_dataset(prepared_dir, "train", image_shape=shape, num_classes=num_classes,
-                                          batch_size=config.batch_size, training=True, seed=params.seed,
-                                          example_count=train_count, exclude=excluded).take(statistics_batches)
+                                          batch_size=batch_size, training=True, seed=params.seed,
+                                          example_count=train_count, exclude=excluded,
+                                          shard=sharding).take(statistics_batches)
 
     with strategy.scope():
         model = scratch_model.build_scratch_model(config, input_shape=shape, num_classes=num_classes)
@@ -72,12 +82,14 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
                                               history=history, model_name="scratch", run_id=run.info.run_id,
                                               project_root=project_root,
                                               validation=fitting.ValidateWithPopulationStatistics(
-                                                  val_data, statistics_batches=lambda: statistics_data))
+                                                  val_data, statistics_batches=lambda: distributed.global_batches(
+                                                      statistics_data, shard)))
         # shuffle=False: the dataset shuffles each epoch itself (tfdata); Keras would warn that it ignores True.
         model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                   verbose=progress.keras_verbose())
         fitting.restore_best(model, config, resume.phase_dir("fit"))
-        model_io.save_model(model, out_dir / artifacts.MODEL_FILE)
+        model_io.save_model(model, out_dir / artifacts.MODEL_FILE)  # every worker: saving is a collective
+        distributed.leave(shard)
         summary = recipe.summarize(logger.rows, model)
         mlflow.log_dict(summary, artifacts.SUMMARY_FILE)
     fileio.atomic_write_json(out_dir / artifacts.SUMMARY_FILE, summary)

@@ -44,6 +44,8 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
                    project_root: Path, exclude_path: Path | None = None) -> dict:
     """The transfer stage: fit the head on cached features (less the training ids in `exclude_path`), optionally
     fine-tune, save `model.keras`."""
+    if params.training.distribute == "multi_worker":
+        log.info("training.distribute: multi_worker spreads the scratch training; transfer trains in this process")
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
     recipe.set_precision(params.training.precision)
     meta = artifacts.read_prepared_meta(prepared_dir)

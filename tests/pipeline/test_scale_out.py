@@ -3,7 +3,7 @@
 The server is `mlflow server` with a SQLite backend store and a local artifacts destination, on 127.0.0.1 and a
 free port; production swaps in PostgreSQL and S3 (docs/scale-out.md). A real DVC stage (train_scratch, 1 epoch)
 runs in a copy of the trained project with MLFLOW_TRACKING_URI pointing at it. The server is always stopped.
-(`training.distribute: multi_worker` across machines is documented, not tested here: see docs/scale-out.md.)
+(The same on PostgreSQL: test_postgres.py; multi_worker training on 127.0.0.1: test_distributed.py.)
 """
 
 from __future__ import annotations
