@@ -129,8 +129,12 @@ def start_run(*, run_name: str | None = None, tags: dict[str, str] | None = None
     finally:
         if saved is not None:  # later runs of this process (and its children) still belong to the group
             os.environ[OUTER_RUN_ENV] = saved
-    with context as run:
-        yield run
+    try:
+        with context as run:
+            yield run
+    finally:  # mlflow.end_run() unsets MLFLOW_RUN_ID too: a later run of this process would leave the group
+        if saved is not None:
+            os.environ[OUTER_RUN_ENV] = saved
 
 
 @contextlib.contextmanager
