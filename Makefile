@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run smoke compare exp-show test test-fast lint clean-smoke
+.PHONY: help setup run smoke compare exp-show test test-fast test-scale-out lint clean-smoke
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,8 +63,13 @@ exp-show: setup ## `dvc exp show` in 200 columns: state, the params that changed
 # tests (long first): xdist must not reorder them by size.
 PYTEST_PARALLEL := -n logical --dist loadfile --no-loadscope-reorder --durations=15
 
-test: setup ## the test suite, in parallel on every core
-	$(PYTHON) -m pytest $(PYTEST_PARALLEL)
+test: setup ## the test suite, in parallel on every core (all but the scale-out tier)
+	$(PYTHON) -m pytest $(PYTEST_PARALLEL) -m "not scale_out"
+
+# Multi-process training over JAX and an MLflow server on a real PostgreSQL: about 5 minutes on 2 cores, so apart
+# from `make test` (which must stay under 8); run them when changing training/distributed.py, tracking or the store.
+test-scale-out: setup ## the scale-out tier: two JAX workers through the real stage, a PostgreSQL team store
+	$(PYTHON) -m pytest $(PYTEST_PARALLEL) -m scale_out
 
 # The unit tier: no training, no DVC, no stage or server subprocess, no pipeline run (markers: pyproject.toml).
 test-fast: setup ## the unit tests only (no slow or integration tests): under 2 minutes

@@ -192,6 +192,8 @@ READ_ONLY_WHEN = {
                    "residual_bias_lr_scale")},
     **{key: "transfer.finetune_epochs > 0" for key in ("training.distribute", "transfer.finetune_layers",
                                                        "transfer.finetune_learning_rate")},
+    **{key: "training.distribute multi_worker (tests/pipeline/test_distributed.py)"
+       for key in ("training.workers", "training.coordinator")},
 }
 
 

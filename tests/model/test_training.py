@@ -174,12 +174,17 @@ def test_step_schedule_with_sgd_and_plateau(workspace):
     np.testing.assert_allclose(rates, [0.005, 0.0025, 0.00125], rtol=1e-5)  # logged after each epoch's steps
 
 
+def _one_epoch(workspace, name: str, training: dict) -> tuple[Path, Path]:
+    """One epoch of the scratch model under `training` settings, nondeterministic kernels allowed: (root, params)."""
+    root, base = workspace
+    return root, _write_params(root, base, name, {"deterministic": False, "scratch": {"epochs": 1},
+                                                  "training": training})
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(workspace):
-    root, base = workspace
-    params = _write_params(root, base, "mirrored", {"deterministic": False, "scratch": {"epochs": 1},
-                                                     "training": {"distribute": "mirrored"}})
+    root, params = _one_epoch(workspace, "mirrored", {"distribute": "mirrored"})
     script = (
         "import tensorflow as tf\n"
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
@@ -231,22 +236,11 @@ def test_transfer_fine_tuning_continues_the_step_axis(workspace):
 @pytest.mark.gpu
 def test_mixed_float16_trains_on_a_gpu_with_float32_outputs(workspace):
     """The float16 path: TensorFlow runs float16 kernels on GPUs only (on a CPU the policy is slow or refused)."""
-    root, base = workspace
-    params = _write_params(root, base, "float16", {"deterministic": False, "scratch": {"epochs": 1},
-                                                   "training": {"precision": "mixed_float16"}})
+    root, params = _one_epoch(workspace, "float16", {"precision": "mixed_float16"})
     out = root / "float16"
     _run(_train_command("train_scratch", params, root, out), root)
     assert np.isfinite(_final(out)), "float16 training diverged (loss scaling?)"
-    check = ("import sys; from imgclf.training import models; model = model_io.load_model(sys.argv[1]);"
+    check = ("import sys; from imgclf import model_io; model = model_io.load_model(sys.argv[1]);"
              "assert model.output.dtype == 'float32', model.output.dtype;"
              "assert any(layer.compute_dtype == 'float16' for layer in model.layers), 'no float16 layer'")
     _run([sys.executable, "-c", check, str(out / "model.keras")], root)
-
-
-def test_multi_worker_is_refused_before_any_work_with_the_upstream_reason():
-    # Two workers on loopback fail at Keras 3's first step (tensorflow/tensorflow#72388); say so up front.
-    from imgclf.data import tfdata
-    from imgclf.errors import ModelConfigError
-
-    with pytest.raises(ModelConfigError, match=r"multi_worker does not work .* use `mirrored`"):
-        tfdata.distribution_strategy("multi_worker")

@@ -21,7 +21,7 @@ from imgclf.training import distributed
 pytest.importorskip("jax", reason="training.distribute: multi_worker needs JAX (pinned in requirements.lock)")
 psutil = pytest.importorskip("psutil")
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=540)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=170), pytest.mark.scale_out]
 
 DISTRIBUTED = ("-S", "training.distribute=multi_worker", "-S", "training.workers=2")
 # The one-process (TensorFlow) and two-process (JAX) runs of the smoke CNN reach the same test accuracy within this,

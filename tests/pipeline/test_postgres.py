@@ -27,7 +27,7 @@ import yaml
 
 from imgclf import fileio, smoke_copy
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=420)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=115), pytest.mark.scale_out]
 
 psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2-binary (requirements.lock) is not installed")
 
