@@ -7,10 +7,15 @@ from imgclf.data import preview
 PARAMS = ("seed", "augment")
 
 
+PATHS = {"data": "prepared data directory (preprocess stage output)", "out": "preview directory to write"}
+
+
+def run(params, args) -> None:
+    preview.run(params, prepared_dir=args.data, out_dir=args.out)
+
+
 def main() -> None:
-    stage_runner.stage(__doc__, PARAMS, {"data": "prepared data directory (preprocess stage output)",
-                                         "out": "preview directory to write"},
-                       lambda params, args: preview.run(params, prepared_dir=args.data, out_dir=args.out))
+    stage_runner.stage(__doc__, PARAMS, PATHS, run)
 
 
 if __name__ == "__main__":
