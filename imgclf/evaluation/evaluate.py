@@ -339,14 +339,15 @@ def run(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_
     then (`imgclf.tracking.recovery`): a run killed in between has them undone by the next stage to start."""
     runs_file = Path(out_dir) / RUNS_FILE
     with fileio.staged_directory(out_dir) as staging:
-        results = _evaluate(params, prepared_dir=prepared_dir, model_dirs=model_dirs, out_dir=staging,
-                            project_root=project_root, runs_file=runs_file)
-    recovery.finish(project_root, fileio.read_json(runs_file)["comparison"])
+        results, comparison_id = _evaluate(params, prepared_dir=prepared_dir, model_dirs=model_dirs,
+                                           out_dir=staging, project_root=project_root, runs_file=runs_file)
+    recovery.finish(project_root, comparison_id)
     return results
 
 
 def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path], out_dir: Path,
-              project_root: Path, runs_file: Path) -> dict:
+              project_root: Path, runs_file: Path) -> tuple[dict, str]:
+    """(both models' metrics, the comparison run's id: the journal of its alias moves)"""
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
     meta = artifacts.read_prepared_meta(prepared_dir)
     class_names, shape = list(meta.class_names), meta.image_shape
@@ -423,7 +424,7 @@ def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path]
                           runs_file=runs_file,
                           meta=meta, example_image=lambda: next(batches("test"))[0][0], validations=validations)
     fileio.atomic_write_json(out_dir / RUNS_FILE, runs)
-    return all_metrics
+    return all_metrics, runs["comparison"]
 
 
 def _log_to_mlflow(params: Params, all_metrics: dict[str, dict], *, model_dirs: dict[str, Path],

@@ -117,7 +117,7 @@ def _roll_back(journal: dict) -> list[str]:
     # Here, not at the top: every `dvc repro` calls `reconcile`, which needs MLflow only when a journal is left.
     import mlflow
 
-    from imgclf.tracking.registry import REGISTERED_MODELS, move_alias
+    from imgclf.tracking.registry import move_alias, remove_alias
     from imgclf.tracking.store import store_lock
 
     client = mlflow.MlflowClient(tracking_uri=journal["store"])
@@ -129,9 +129,7 @@ def _roll_back(journal: dict) -> list[str]:
                 continue  # never moved, or moved again since by a finished evaluation: that one stands
             before = journal["before"].get(alias)
             if before is None:
-                for name in REGISTERED_MODELS.values():
-                    with contextlib.suppress(mlflow.exceptions.MlflowException):
-                        client.delete_registered_model_alias(name, alias)
+                remove_alias(client, alias)
             else:
                 move_alias(client, alias, client.get_model_version(*before))
             client.set_model_version_tag(*moved_to, ROLLED_BACK_TAG,

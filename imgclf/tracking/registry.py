@@ -96,8 +96,13 @@ def move_alias(client: mlflow.MlflowClient, alias: str, version) -> None:
     """`alias` on `version`, and off every other registered model: `models:/<name>@<alias>` resolves for exactly
     one of them."""
     client.set_registered_model_alias(version.name, alias, version.version)
+    remove_alias(client, alias, keep=version.name)
+
+
+def remove_alias(client: mlflow.MlflowClient, alias: str, *, keep: str | None = None) -> None:
+    """`alias` off every registered model but `keep`."""
     for name in REGISTERED_MODELS.values():
-        if name != version.name:
+        if name != keep:
             with contextlib.suppress(mlflow.exceptions.MlflowException):  # absent: nothing to remove
                 client.delete_registered_model_alias(name, alias)
 
