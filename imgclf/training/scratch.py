@@ -94,6 +94,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
         mlflow.log_dict(summary, artifacts.SUMMARY_FILE)
     fileio.atomic_write_json(out_dir / artifacts.SUMMARY_FILE, summary)
     resume.clear()
+    distributed.finish(shard)  # a worker ends here
     return summary
 
 
