@@ -384,9 +384,17 @@ def _check_cross_field(params: Params) -> None:
         if fit.warmup_epochs > 0 and fit.lr_schedule in ("one_cycle", "plateau"):
             raise ValueError(f"{section}.warmup_epochs: not used with lr_schedule {fit.lr_schedule!r} (one_cycle warms "
                              "up by itself, plateau lowers a plain rate); set it to 0 or pick another schedule")
-    if params.training.distribute == "multi_worker" and params.scratch.batch_size % params.training.workers:
-        raise ValueError(f"scratch.batch_size: {params.scratch.batch_size} images cannot be split evenly between "
-                         f"training.workers: {params.training.workers} processes; pick a multiple of the workers")
+    if params.training.distribute == "multi_worker":
+        for section in ("scratch", "transfer"):
+            batch_size = getattr(params, section).batch_size
+            if batch_size % params.training.workers:
+                raise ValueError(f"{section}.batch_size: {batch_size} images cannot be split evenly between "
+                                 f"training.workers: {params.training.workers} processes; pick a multiple of the "
+                                 "workers")
+    host, separator, port = params.training.coordinator.rpartition(":")
+    if not separator or not host.strip("[]") or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"training.coordinator: expected host:port (e.g. 10.0.0.1:4455, or 127.0.0.1:0 for any free "
+                         f"port of this machine), got {params.training.coordinator!r}")
     if not params.mlflow.experiment.strip():
         # MLflow refuses an empty experiment name only when the run is logged: after training, minutes later.
         raise ValueError("mlflow.experiment: expected a non-empty experiment name, e.g. imgclf")

@@ -135,6 +135,23 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def array_dataset(features: np.ndarray, targets: np.ndarray, *, batch_size: int, seed: int, epochs: int,
+                  first_epoch: int = 0, shard: tuple[int, int]) -> tf.data.Dataset:
+    """Training batches of in-memory arrays (the cached backbone features and one-hot labels) for a multi_worker
+    process, in `make_dataset`'s scheme: the index-th of `count` equal round-robin parts, each epoch shuffled
+    with its own seed, whole batches only (every process runs the same steps); fit with `steps_per_epoch`."""
+    count, index = shard
+    per_process = len(targets) // count
+    examples = tf.data.Dataset.from_tensor_slices((features, targets)).take(per_process * count).shard(count, index)
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        shuffled = examples.shuffle(per_process, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+        return shuffled.batch(batch_size, drop_remainder=True)
+
+    dataset = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch + 1)).flat_map(one_epoch)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
 def epoch_seed(seed: int, epoch) -> tf.Tensor:
     """The shuffle seed of one epoch: a pure function of (seed, epoch)."""
     return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)

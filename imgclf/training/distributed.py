@@ -319,6 +319,18 @@ def agreed_start(shard: Shard | None, resume, phase: str) -> int:
     return 0
 
 
+def everywhere(shard: Shard | None, condition: bool) -> bool:
+    """Whether `condition` holds in every process (in one process: whether it holds), e.g. a phase that only
+    some workers' resume backups mark finished is trained again by all of them, in step."""
+    if shard is None:
+        return condition
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    everyone = np.asarray(multihost_utils.process_allgather(np.asarray([int(condition)], dtype=np.int32)))
+    return bool(everyone.all())
+
+
 def global_batches(batches, shard: Shard | None):
     """`batches` (image batches, or tuples starting with them) as the global batches of all processes: JAX arrays
     sharded over every process's devices (`jax.make_array_from_process_local_data`, as Keras' trainer builds its

@@ -23,6 +23,17 @@ def test_a_global_batch_the_workers_cannot_split_is_refused_before_any_work(para
         params_from_dict(params_dict, source="test")
     params_dict["training"]["workers"] = 4
     assert params_from_dict(params_dict, source="test").training.workers == 4
+    params_dict["transfer"]["batch_size"] = 30  # transfer's head and fine-tuning are split too
+    with pytest.raises(ConfigError, match=r"transfer\.batch_size: 30 images cannot be split evenly between "
+                                          r"training\.workers: 4"):
+        params_from_dict(params_dict, source="test")
+
+
+@pytest.mark.parametrize("coordinator", ["10.0.0.1", "10.0.0.1:", ":4455", "10.0.0.1:port", "10.0.0.1:70000"])
+def test_a_coordinator_that_is_not_host_port_is_refused_by_the_params_check(params_dict, coordinator):
+    params_dict["training"]["coordinator"] = coordinator
+    with pytest.raises(ConfigError, match=r"training\.coordinator: expected host:port"):
+        params_from_dict(params_dict, source="test")
 
 
 def test_coordinator_addresses():
@@ -63,3 +74,21 @@ def test_sharded_training_data_are_disjoint_equal_whole_batches(tmp_path, write_
         assert [len(batch) for batch in batches] == [5, 5], "11 images each, two whole batches of 5"
         seen.append(np.concatenate(batches))
     assert not set(seen[0]) & set(seen[1]), "no image in both shards"
+
+
+def test_sharded_features_are_disjoint_equal_whole_batches_reshuffled_each_epoch():
+    """The transfer head's input under multi_worker (tfdata.array_dataset): 23 feature rows, 2 processes."""
+    features = np.arange(23, dtype=np.float32)[:, None]
+    epochs = {}
+    for index in range(2):
+        dataset = tfdata.array_dataset(features, features, batch_size=5, seed=1, epochs=2, shard=(2, index))
+        batches = [batch[0].numpy().ravel() for batch in dataset]
+        assert [len(batch) for batch in batches] == [5, 5, 5, 5], "11 rows each, two whole batches an epoch"
+        epochs[index] = (np.concatenate(batches[:2]), np.concatenate(batches[2:]))
+    assert not set(epochs[0][0]) & set(epochs[1][0]), "no row in both shards"
+    shard = set(features[:22:2].ravel())  # round robin: process 0 holds the even rows (row 22 is left out)
+    assert set(epochs[0][0]) <= shard and set(epochs[0][1]) <= shard, "the same shard each epoch"
+    assert list(epochs[0][0]) != list(epochs[0][1]), "each epoch in a new order"
+    resumed = tfdata.array_dataset(features, features, batch_size=5, seed=1, epochs=2, first_epoch=1, shard=(2, 0))
+    assert list(np.concatenate([batch[0].numpy().ravel() for batch in resumed])) == list(epochs[0][1]), \
+        "a resumed epoch sees the order the uninterrupted run saw"

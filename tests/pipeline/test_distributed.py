@@ -1,7 +1,8 @@
-"""`training.distribute: multi_worker` through the real stage: two worker processes on 127.0.0.1 (Keras on JAX,
-gloo between them) train the smoke CNN under `dvc exp run`; one is killed after the first epoch, the stage fails
-with one line, and the same command resumes it; evaluate (TensorFlow) reads the model it wrote. imgclf/training/
-distributed.py. Skipped, with the reason, where JAX is not installed.
+"""`training.distribute: multi_worker` through the real stages: two worker processes on 127.0.0.1 (Keras on JAX,
+gloo between them) train the smoke CNN, then the transfer head and its fine-tuning, under `dvc exp run`; a scratch
+worker is killed after the first epoch, the stage fails with one line, and the same command resumes it; evaluate
+(TensorFlow) reads both models they wrote. imgclf/training/distributed.py. Skipped, with the reason, where JAX is
+not installed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ psutil = pytest.importorskip("psutil")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=170), pytest.mark.scale_out]
 
-DISTRIBUTED = ("-S", "training.distribute=multi_worker", "-S", "training.workers=2")
+DISTRIBUTED = ("-S", "training.distribute=multi_worker", "-S", "training.workers=2",
+               "-S", "transfer.finetune_epochs=1")  # the transfer stage's both phases
 # The one-process (TensorFlow) and two-process (JAX) runs of the smoke CNN reach the same test accuracy within this,
 # 2 of the smoke data's 40 test images. Measured: every run of either kind so far learnt the 4 synthetic classes to
 # validation and test accuracy 1.0 (spread 0); BENCHMARKS.md, "Several processes", has the 10-class figures.
@@ -84,13 +86,20 @@ def test_two_workers_train_resume_after_a_killed_worker_and_evaluate(copy_traine
     log = result.stdout + result.stderr
     assert re.search(r"resuming from the end of epoch 1 of \d+", log), log
     ran = smoke_copy.stages_ran(result.stdout)
-    assert "train_scratch" in ran and "evaluate" in ran
+    assert {"train_scratch", "train_transfer", "evaluate"} <= set(ran), ran
     epochs = smoke_copy.SMOKE_OVERRIDES["scratch"]["epochs"]
     rows = artifacts.read_history(root / "models" / "scratch" / artifacts.HISTORY_FILE)
     assert [row["epoch"] for row in rows] == list(range(1, epochs + 1)), "one history row per epoch, resumed too"
     assert fileio.read_json(root / "models" / "scratch" / artifacts.SUMMARY_FILE)["epochs"] == epochs
     two_processes = _metrics(root)["scratch"]["accuracy"]
     assert abs(two_processes - one_process) <= ACCURACY_TOLERANCE, (one_process, two_processes)
-    # Only the chief wrote the stage's outputs and tracked: the other worker's folder is gone after success.
-    assert not distributed.worker_dir(root / "models" / "scratch", 1).exists()
-    assert not (root / "models" / "scratch" / artifacts.RESUME_DIR).exists()
+    # The transfer stage trained its head, then fine-tuned, in two processes (the log says so once, the chief's).
+    assert log.count("multi_worker: 2 of 2 worker(s) started here") == 2, log
+    phases = [row["phase"] for row in artifacts.read_history(root / "models" / "transfer" / artifacts.HISTORY_FILE)]
+    head_epochs = smoke_copy.SMOKE_OVERRIDES["transfer"]["epochs"]
+    assert phases == ["head"] * head_epochs + ["finetune"], phases
+    assert 0 <= _metrics(root)["transfer"]["accuracy"] <= 1
+    # Only the chief wrote the stages' outputs and tracked: the other worker's folders are gone after success.
+    for model in ("scratch", "transfer"):
+        assert not distributed.worker_dir(root / "models" / model, 1).exists()
+        assert not (root / "models" / model / artifacts.RESUME_DIR).exists()
