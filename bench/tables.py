@@ -400,6 +400,41 @@ def accuracy_plots(results: dict[str, dict]) -> str:
                      for name, runs in by_machine(results).items())
 
 
+DISTRIBUTED_CONFIGURATIONS = {
+    "tensorflow x1": "TensorFlow, 1 process (`distribute: none`)",
+    "jax x1": "JAX, 1 process (`KERAS_BACKEND=jax`)",
+    "jax x2": "JAX, 2 processes (`multi_worker`, `workers: 2`, gloo on 127.0.0.1)",
+}
+
+
+def distributed(results: dict[str, dict], name: str) -> str:
+    """One row per run of `python -m bench.distributed` (configuration and seed), then the result's provenance."""
+    result = results[name]
+    rows = [[DISTRIBUTED_CONFIGURATIONS[run["configuration"]], str(run.get("seed", "not recorded")),
+             f"{run['first_epoch_seconds']:.1f} s", ", ".join(f"{value:.1f}" for value in
+                                                         run["images_per_second_each_epoch"]),
+             f"**{run['images_per_second_after_first_epoch']:.1f}**", percent(run["val_accuracy"]),
+             f"{run['load_average_1min_before']:g} / {run['load_average_1min_after']:g}"]
+            for run in result["runs"]]
+    rows.append(["TensorFlow, 2 processes", "not possible: Keras 3's `model.fit` under MultiWorkerMirroredStrategy "
+                 "(tensorflow/tensorflow#72388)", "", "", "", "", ""])
+    text = table(["configuration", "seed", "first epoch (compiles)", "images/s, each epoch", "steady images/s",
+                  "final val accuracy", "1-min load before / after"], rows)
+    summary = result.get("summary")
+    if summary and any(entry["runs"] > 1 for entry in summary.values()):
+        text += "\n" + table(["configuration", "runs", "final val accuracy, mean ± sd", "steady images/s, mean"],
+                             [[DISTRIBUTED_CONFIGURATIONS[key], str(entry["runs"]),
+                               f"{percent(entry['val_accuracy_mean'], 2)} ± {percent(entry['val_accuracy_sd'], 2)}",
+                               f"{entry['images_per_second_mean']:.1f}"] for key, entry in summary.items()])
+    data = result.get("data", "synthetic")
+    counts = result.get("images")
+    what = (f"{data}: {counts['train']:,} training and {counts['val']:,} validation images" if counts
+            else f"{result['per_class']} synthetic images a class")
+    return text + (f"\n{what}, {result['classes']} classes, {result['epochs']} epochs at batch {result['batch_size']}; "
+                   f"{date(result)}; {machine(result)}; `{command(result) or 'command not recorded'}`; raw "
+                   f"{raw(name)}.\n")
+
+
 TABLES: dict[str, Callable[[dict[str, dict]], str]] = {
     "results-index": results_index, "preprocess": preprocess, "seed-runs": seed_runs, "pipeline-ratio": pipeline_ratio,
     "transfer-head": transfer_head, "finetune-runs": finetune_runs, "finetune-epochs": finetune_epochs,
@@ -410,6 +445,8 @@ TABLES: dict[str, Callable[[dict[str, dict]], str]] = {
     "airbench": airbench, "mnist": mnist, "storage-model-sizes": storage_model_sizes, "storage-runs": storage_runs,
     "accuracy-vs-time": accuracy_vs_time, "accuracy-vs-time-plots": accuracy_plots,
     "seed-recipe-25-epochs": lambda results: per_epoch(results["seed-recipe-25"]),
+    "distributed-throughput": lambda results: distributed(results, "distributed-throughput"),
+    "distributed-accuracy": lambda results: distributed(results, "distributed-accuracy"),
 }
 
 
