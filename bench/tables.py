@@ -409,6 +409,8 @@ DISTRIBUTED_CONFIGURATIONS = {
 
 def distributed(results: dict[str, dict], name: str) -> str:
     """One row per run of `python -m bench.distributed` (configuration and seed), then the result's provenance."""
+    if name not in results:
+        return f"Not run yet ({raw(name)}).\n"
     result = results[name]
     rows = [[DISTRIBUTED_CONFIGURATIONS[run["configuration"]], str(run.get("seed", "not recorded")),
              f"{run['first_epoch_seconds']:.1f} s", ", ".join(f"{value:.1f}" for value in

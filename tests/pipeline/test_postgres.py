@@ -1,6 +1,7 @@
 """Team tracking for real: an MLflow server on PostgreSQL, with a proxied artifact store, receives the pipeline's
 training and evaluate stages (params, per-epoch metrics, models, registry aliases, dataset inputs), then two queued
-experiments at once (`dvc queue start --jobs 2`) without losing a run or meeting a locked database.
+experiments at once (`dvc queue start --jobs 2`), one of them a two-worker `multi_worker` training, without losing a
+run or meeting a locked database.
 
 PostgreSQL is Debian's `postgresql` package (.ci/run installs it): a throwaway cluster (`initdb` in a temporary
 folder, run as the `postgres` user when the tests run as root, which PostgreSQL refuses to run as) listening on
@@ -33,7 +34,9 @@ psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2-binary (requirements
 
 STARTUP_SECONDS = 120
 QUEUE_SECONDS = 900  # two evaluate+analyze experiments side by side on a busy 2-core machine
-VARIANTS = {"team-flip": "evaluate.tta_flip=true", "team-bins": "evaluate.calibration_bins=10"}
+# One experiment retrains both models in two JAX workers (the chief tracks) while the other evaluates anew.
+VARIANTS = {"team-workers": ("training.distribute=multi_worker", "training.workers=2"),
+            "team-flip": ("evaluate.tta_flip=true",)}
 
 
 def _postgres_bin() -> Path:
@@ -151,8 +154,9 @@ def test_pipeline_and_parallel_experiments_track_on_postgresql(copy_trained_proj
     smoke_copy.commit(root, "trained against the team server")
     before = {run.info.run_id for run in client.search_runs(
         [run.info.experiment_id], max_results=1000)}
-    for name, assignment in VARIANTS.items():
-        queued = _dvc(root, url, "exp", "run", "--queue", "--name", name, "-S", assignment)
+    for name, assignments in VARIANTS.items():
+        settings = [argument for assignment in assignments for argument in ("-S", assignment)]
+        queued = _dvc(root, url, "exp", "run", "--queue", "--name", name, *settings)
         assert queued.returncode == 0, queued.stderr
     assert _dvc(root, url, "queue", "start", "--jobs", "2", capture=False).returncode == 0
     try:
@@ -170,6 +174,13 @@ def test_pipeline_and_parallel_experiments_track_on_postgresql(copy_trained_proj
     assert "locked" not in logs.lower(), logs[-4000:]
     new = [run for run in client.search_runs([run.info.experiment_id], max_results=1000)
            if run.info.run_id not in before]
-    assert sorted(run.data.tags.get("dvc.experiment") for run in new) == sorted(VARIANTS), \
+    by_experiment = {name: [run for run in new if run.data.tags.get("dvc.experiment") == name] for name in VARIANTS}
+    assert all(by_experiment.values()) and sum(map(len, by_experiment.values())) == len(new), \
         [(run.info.run_name, run.data.tags.get("dvc.experiment")) for run in new]
     assert all(run.info.status == "FINISHED" for run in new)
+    # The two-worker experiment's trainings: the chief's run each, its params and every epoch's metrics.
+    trained = {run.data.tags.get("model"): run for run in by_experiment["team-workers"] if run.data.tags.get("model")}
+    assert sorted(trained) == ["scratch", "transfer"], sorted(trained)
+    for model, run in trained.items():
+        assert run.data.params["training.distribute"] == "multi_worker", model
+        assert [metric.step for metric in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2], model
