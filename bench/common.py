@@ -150,7 +150,10 @@ def per_epoch(rows: list[dict]) -> list[dict]:
     return table
 
 
-def train_scratch(directory: Path, name: str, overrides: dict, prepared: Path) -> dict:
+def train_scratch(directory: Path, name: str, overrides: dict, prepared: Path, *, score_test: bool = True) -> dict:
+    """One train_scratch run. `score_test` False (a run that helps choose a configuration): the test split is not
+    touched, `test_accuracy` is None; choices are made on the validation split, and the test split is scored once,
+    by the final configuration's own run."""
     params = write_params(directory, name, overrides)
     out = directory / "bench" / name
     seconds = stage(directory, "train_scratch", "--params", str(params), "--data", str(prepared), "--out", str(out))
@@ -160,8 +163,9 @@ def train_scratch(directory: Path, name: str, overrides: dict, prepared: Path) -
             "seconds_per_epoch": round(sum(float(row["epoch_seconds"]) for row in rows) / len(rows), 1),
             "train_images_per_second": round(sum(float(row["images_per_second"]) for row in rows) / len(rows), 1),
             "final_val_accuracy": round(float(rows[-1]["val_accuracy"]), 4),
-            "test_accuracy": round(test_accuracy(directory, out / "model.keras", prepared, tta_flip=tta_flip), 4),
-            "tta_flip": tta_flip, "per_epoch": per_epoch(rows)}
+            "test_accuracy": (round(test_accuracy(directory, out / "model.keras", prepared, tta_flip=tta_flip), 4)
+                              if score_test else None),
+            "test_scored": score_test, "tta_flip": tta_flip, "per_epoch": per_epoch(rows)}
 
 
 def train_transfer(directory: Path, name: str, overrides: dict, prepared: Path, *, features_test: bool = True,

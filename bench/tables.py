@@ -400,6 +400,24 @@ def accuracy_plots(results: dict[str, dict]) -> str:
                      for name, runs in by_machine(results).items())
 
 
+def selection_runs(results: dict[str, dict]) -> str:
+    """The runs that choose between configurations (`--validation-only`, saved as select-*): validation accuracy
+    with its standard error, the test split untouched."""
+    names = sorted(name for name in results if name.startswith("select-"))
+    if not names:
+        return "None yet.\n"
+    rows = []
+    for name in names:
+        result = results[name]
+        accuracy, images = result["final_val_accuracy"], result["val_images"]
+        error = (accuracy * (1 - accuracy) / images) ** 0.5
+        rows.append([f"`{command(result) or name}`", str(len(result["per_epoch"])), f"{images:,}",
+                     f"**{percent(accuracy, 2)}** ± {percent(error, 2)}", "not scored", minutes(total_seconds(result)),
+                     f"{date(result)}; {machine(result)}", raw(name)])
+    return table(["run", "epochs", "validation images", "final val ± standard error", "test", "wall time",
+                  "when, where", "raw"], rows)
+
+
 DISTRIBUTED_CONFIGURATIONS = {
     "tensorflow x1": "TensorFlow, 1 process (`distribute: none`)",
     "jax x1": "JAX, 1 process (`KERAS_BACKEND=jax`)",
@@ -447,6 +465,7 @@ TABLES: dict[str, Callable[[dict[str, dict]], str]] = {
     "airbench": airbench, "mnist": mnist, "storage-model-sizes": storage_model_sizes, "storage-runs": storage_runs,
     "accuracy-vs-time": accuracy_vs_time, "accuracy-vs-time-plots": accuracy_plots,
     "seed-recipe-25-epochs": lambda results: per_epoch(results["seed-recipe-25"]),
+    "selection-runs": selection_runs,
     "distributed-throughput": lambda results: distributed(results, "distributed-throughput"),
     "distributed-accuracy": lambda results: distributed(results, "distributed-accuracy"),
 }

@@ -34,6 +34,9 @@ def test_every_benchmark_has_its_own_function_with_a_docstring():
     (["residual", "--reencode-quality", "200"], "a JPEG quality from 1 to 95"),
     (["residual", "--reencode-quality", "50", "--val-fraction", "0.01"], "--set data.val_fraction"),
     (["transfer", "--val-fraction", "0.01"], "--val-fraction applies to residual and seed-recipe-25 only"),
+    (["residual", "--validation-only"], "choose on at least 5,000 validation images"),
+    (["residual", "--validation-only", "--val-fraction", "0.01"], "choose on at least 5,000 validation images"),
+    (["residual", "--validation-only", "--set", "data.val_fraction=0.05"], "choose on at least 5,000"),
 ])
 def test_wrong_combinations_are_refused_before_any_work(argv, message, capsys):
     parser = training.parser()
@@ -45,6 +48,8 @@ def test_wrong_combinations_are_refused_before_any_work(argv, message, capsys):
 def test_a_right_combination_passes():
     parser = training.parser()
     training.check(parser, parser.parse_args(["residual", "--set", "seed=43", "--reencode-quality", "50"]))
+    training.check(parser, parser.parse_args(["residual", "--validation-only", "--val-fraction", "0.1"]))
+    training.check(parser, parser.parse_args(["residual", "--validation-only", "--set", "data.val_fraction=0.2"]))
 
 
 def test_a_variant_is_saved_under_a_name_of_its_own():
