@@ -62,21 +62,27 @@ def test_a_variant_is_saved_under_a_name_of_its_own():
 def test_scratch_variant_names_the_split_it_trains_on(tmp_path, monkeypatch):
     trained = {}
 
-    def fake_train(directory, name, overrides, prepared):
-        trained.update(name=name, overrides=overrides, prepared=prepared)
-        return {"test_accuracy": 0.5}
+    def fake_train(directory, name, overrides, prepared, score_test=True):
+        trained.update(name=name, overrides=overrides, prepared=prepared, score_test=score_test)
+        return {"test_accuracy": 0.5 if score_test else None}
 
     def fake_prepare(directory, name, data_overrides, raw=None):
         prepared = directory / "data" / f"prepared-{name}"
         prepared.mkdir(parents=True)
-        (prepared / "meta.json").write_text('{"counts": {"train": 49500}}')
+        train = round(50000 * (1 - data_overrides["val_fraction"]))
+        (prepared / "meta.json").write_text(f'{{"counts": {{"train": {train}, "val": {50000 - train}}}}}')
         return prepared
 
     monkeypatch.setattr(training, "train_scratch", fake_train)
     monkeypatch.setattr(common, "prepare_variant", fake_prepare)
-    arguments = argparse.Namespace(val_fraction=0.01, set=[], reencode_quality=None)
+    arguments = argparse.Namespace(val_fraction=0.01, set=[], reencode_quality=None, validation_only=False)
     name, result = training.scratch_variant(tmp_path, "seed-recipe-25", {"scratch": {"epochs": 25}}, arguments)
     assert name == "seed-recipe-25-val-0.01"
     assert trained["prepared"] == tmp_path / "data" / "prepared-val-0.01"
     assert trained["overrides"]["data"] == {"val_fraction": 0.01}
-    assert result["train_images"] == 49500
+    assert result["train_images"] == 49500 and trained["score_test"]
+    # A run that helps choose: its own name, validation only, the test split never scored.
+    arguments = argparse.Namespace(val_fraction=0.1, set=[], reencode_quality=None, validation_only=True)
+    name, result = training.scratch_variant(tmp_path, "residual", {"scratch": {"epochs": 8}}, arguments)
+    assert name == "select-residual-val-0.1" and not trained["score_test"] and result["test_accuracy"] is None
+    assert (result["train_images"], result["val_images"]) == (45000, 5000)
