@@ -183,6 +183,7 @@ def _one_epoch(workspace, name: str, training: dict) -> tuple[Path, Path]:
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.scale_out  # with the other distribution tests (`make test-scale-out`, run by CI after `make test`)
 def test_mirrored_strategy_on_two_logical_cpus(workspace):
     root, params = _one_epoch(workspace, "mirrored", {"distribute": "mirrored"})
     script = (

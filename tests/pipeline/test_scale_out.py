@@ -20,7 +20,9 @@ import yaml
 
 from imgclf import fileio, smoke_copy
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# In the scale-out tier (`make test-scale-out`, run by CI after `make test`) with the PostgreSQL server test, whose
+# team set-up this is the SQLite form of.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.scale_out]
 
 STARTUP_SECONDS = 90
 
