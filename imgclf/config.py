@@ -370,6 +370,15 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def coordinator_address(coordinator: str) -> tuple[str, int]:
+    """`training.coordinator` as (host, port): `10.0.0.1:4455`, `[::1]:0` (brackets dropped); ValueError otherwise."""
+    host, separator, port = coordinator.rpartition(":")
+    if not separator or not host.strip("[]") or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"training.coordinator: expected host:port (e.g. 10.0.0.1:4455, or 127.0.0.1:0 for any free "
+                         f"port of this machine), got {coordinator!r}")
+    return host.strip("[]"), int(port)
+
+
 def _check_cross_field(params: Params) -> None:
     if params.data.source == "image_folder" and not params.data.path:
         raise ValueError("data.path: required when data.source is 'image_folder' "
@@ -391,10 +400,7 @@ def _check_cross_field(params: Params) -> None:
                 raise ValueError(f"{section}.batch_size: {batch_size} images cannot be split evenly between "
                                  f"training.workers: {params.training.workers} processes; pick a multiple of the "
                                  "workers")
-    host, separator, port = params.training.coordinator.rpartition(":")
-    if not separator or not host.strip("[]") or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"training.coordinator: expected host:port (e.g. 10.0.0.1:4455, or 127.0.0.1:0 for any free "
-                         f"port of this machine), got {params.training.coordinator!r}")
+    coordinator_address(params.training.coordinator)
     if not params.mlflow.experiment.strip():
         # MLflow refuses an empty experiment name only when the run is logged: after training, minutes later.
         raise ValueError("mlflow.experiment: expected a non-empty experiment name, e.g. imgclf")

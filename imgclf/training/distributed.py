@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgclf.config import coordinator_address
 from imgclf.errors import ModelConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,11 @@ def is_loopback(coordinator: str) -> bool:
 
 
 def host_port(coordinator: str) -> tuple[str, int]:
-    host, separator, port = coordinator.rpartition(":")
-    if not separator or not host or not port.isdigit():
-        raise ModelConfigError(f"training.coordinator: expected host:port (e.g. 10.0.0.1:4455 or 127.0.0.1:0), got "
-                               f"{coordinator!r}")
-    return host.strip("[]"), int(port)
+    """The params check's parse (config.coordinator_address), as this module's error."""
+    try:
+        return coordinator_address(coordinator)
+    except ValueError as error:
+        raise ModelConfigError(str(error)) from None
 
 
 def free_port(host: str) -> int:
@@ -248,9 +249,9 @@ COMPILATION_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"  # JAX's own setting; ours b
 
 
 def _cache_compilations(jax) -> None:
-    """Keep XLA's compiled steps on disk (JAX's persistent compilation cache): every worker compiles the training
-    and validation steps again at each start, 15-20 s of a smoke run on a CPU, and a resumed run (or the next
-    experiment of the same model) would pay it again. The key is the whole computation, the devices and the
+    """Keep XLA's compiled steps on disk (JAX's persistent compilation cache): otherwise every worker compiles the
+    training and validation steps again at each start, and a resumed run (or the next experiment of the same
+    model) pays it again. The key is the whole computation, the devices and the
     library versions, so a stale entry is never used. JAX_COMPILATION_CACHE_DIR, when set, is the user's choice."""
     if os.environ.get(COMPILATION_CACHE_ENV):
         return
@@ -307,10 +308,7 @@ def agreed_start(shard: Shard | None, resume, phase: str) -> int:
     done = resume.completed_epochs(phase)
     if shard is None:
         return done
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    everyone = np.asarray(multihost_utils.process_allgather(np.asarray([done], dtype=np.int32))).ravel().tolist()
+    everyone = _gather(done)
     if len(set(everyone)) == 1:
         return done
     log.warning("multi_worker: the workers' resume backups end at different epochs (%s); %s starts afresh",
@@ -324,11 +322,15 @@ def everywhere(shard: Shard | None, condition: bool) -> bool:
     some workers' resume backups mark finished is trained again by all of them, in step."""
     if shard is None:
         return condition
+    return all(_gather(int(condition)))
+
+
+def _gather(value: int) -> list[int]:
+    """Every process's `value`, in process order (a collective: every process must call it)."""
     import numpy as np
     from jax.experimental import multihost_utils
 
-    everyone = np.asarray(multihost_utils.process_allgather(np.asarray([int(condition)], dtype=np.int32)))
-    return bool(everyone.all())
+    return np.asarray(multihost_utils.process_allgather(np.asarray([value], dtype=np.int32))).ravel().tolist()
 
 
 def global_batches(batches, shard: Shard | None):
