@@ -1,7 +1,7 @@
 """DVC stage `train_scratch`: train the seed CNN from scratch and save it as .keras."""
 
 from imgclf import stage_runner
-from imgclf.training import scratch
+from imgclf.training import distributed
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), stage_runner checks them.
 PARAMS = ("seed", "deterministic",
@@ -14,10 +14,19 @@ def main() -> None:
     stage_runner.stage(__doc__, PARAMS, {"data": "prepared data directory",
                                          "exclude": "training ids to leave out (find_duplicates' exclude.json)",
                                          "out": "model directory to write"},
-                       lambda params, args: scratch.train_scratch(params, prepared_dir=args.data, out_dir=args.out,
-                                                                project_root=stage_runner.project_root(),
-                                                                exclude_path=args.exclude),
-                       optional=("exclude",))
+                       train, optional=("exclude",))
+
+
+def train(params, args) -> None:
+    if distributed.launching(params.training):
+        # multi_worker: this process starts and watches the workers and trains nothing, so it never imports
+        # TensorFlow and Keras (4 s of CPU on 2 cores, while the workers start).
+        distributed.run_workers(params.training, args.out)
+        return
+    from imgclf.training import scratch
+
+    scratch.train_scratch(params, prepared_dir=args.data, out_dir=args.out, project_root=stage_runner.project_root(),
+                          exclude_path=args.exclude)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """DVC stage `train_transfer`: train the new head on cached backbone features; save the whole model as .keras."""
 
 from imgclf import stage_runner
-from imgclf.training import transfer
+from imgclf.training import distributed
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), stage_runner checks them.
 PARAMS = ("seed", "deterministic",
@@ -20,11 +20,17 @@ def main() -> None:
     stage_runner.stage(__doc__, PARAMS, {"data": "prepared data directory", "features": "cached features directory",
                                          "exclude": "training ids to leave out (find_duplicates' exclude.json)",
                                          "out": "model directory to write"},
-                       lambda params, args: transfer.train_transfer(params, prepared_dir=args.data,
-                                                                    features_dir=args.features, out_dir=args.out,
-                                                                    project_root=stage_runner.project_root(),
-                                                                    exclude_path=args.exclude),
-                       optional=("exclude",))
+                       train, optional=("exclude",))
+
+
+def train(params, args) -> None:
+    if distributed.launching(params.training):  # as in stages/train_scratch.py: no TensorFlow in the launcher
+        distributed.run_workers(params.training, args.out)
+        return
+    from imgclf.training import transfer
+
+    transfer.train_transfer(params, prepared_dir=args.data, features_dir=args.features, out_dir=args.out,
+                            project_root=stage_runner.project_root(), exclude_path=args.exclude)
 
 
 if __name__ == "__main__":

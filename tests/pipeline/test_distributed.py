@@ -1,20 +1,23 @@
 """`training.distribute: multi_worker` through the real stages: two worker processes on 127.0.0.1 (Keras on JAX,
-gloo between them) train the smoke CNN, then the transfer head and its fine-tuning, under `dvc exp run`; a scratch
-worker is killed after the first epoch, the stage fails with one line, and the same command resumes it; evaluate
-(TensorFlow) reads both models they wrote. imgclf/training/distributed.py. Skipped, with the reason, where JAX is
-not installed.
+gloo between them). imgclf/training/distributed.py. Skipped, with the reason, where JAX is not installed.
+
+- The smoke CNN: the stage's own command (dvc.yaml's `cmd`) starts two workers; worker 1 is killed in epoch 2, the
+  stage fails with one line; `dvc repro` resumes it after epoch 1; evaluate (TensorFlow) reads the model it wrote
+  and scores it as one TensorFlow process's model within noise.
+- The transfer stage: its head, then its fine-tuning, in two workers under `dvc repro`, and evaluate reads it.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from imgclf import artifacts, fileio, smoke_copy
 from imgclf.training import distributed
@@ -22,16 +25,42 @@ from imgclf.training import distributed
 pytest.importorskip("jax", reason="training.distribute: multi_worker needs JAX (pinned in requirements.lock)")
 psutil = pytest.importorskip("psutil")
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=170), pytest.mark.scale_out]
+pytestmark = [pytest.mark.integration, pytest.mark.scale_out]
 
-DISTRIBUTED = ("-S", "training.distribute=multi_worker", "-S", "training.workers=2",
-               "-S", "transfer.finetune_epochs=1")  # the transfer stage's both phases
+TWO_WORKERS = {"training": {"distribute": "multi_worker", "workers": 2}}
 # The one-process (TensorFlow) and two-process (JAX) runs of the smoke CNN reach the same test accuracy within this,
 # 2 of the smoke data's 40 test images. Measured: every run of either kind so far learnt the 4 synthetic classes to
 # validation and test accuracy 1.0 (spread 0). On real photos (BENCHMARKS.md, "Several processes": 10 CIFAR-10
 # classes, 3 seeds each) two processes reach 54.8% +- 1.9 against one process's 56.4% +- 0.5, within that noise.
 ACCURACY_TOLERANCE = 0.05
 TIMEOUT_SECONDS = 600
+
+
+def _two_worker_project(copy_trained_project, destination: Path, **overrides) -> Path:
+    """A copy of the trained smoke project whose params.yaml says multi_worker with 2 workers (and `overrides`)."""
+    root = copy_trained_project(destination).resolve()
+    params_path = root / "params.yaml"
+    params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
+    params_path.write_text(yaml.safe_dump(smoke_copy.merge(params, smoke_copy.merge(TWO_WORKERS, overrides)),
+                                          sort_keys=False), encoding="utf-8")
+    return root
+
+
+def _stage_command(root: Path, stage: str) -> list[str]:
+    """The stage's command as dvc.yaml runs it (`python -m stages...`, this interpreter first on PATH)."""
+    return shlex.split(yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]["cmd"])
+
+
+def _run_stage(root: Path, stage: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(_stage_command(root, stage), cwd=root, env=smoke_copy.environment(root),
+                            capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
+    assert result.returncode == 0, f"{stage} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _trainings_ran(repro: subprocess.CompletedProcess) -> list[str]:
+    """The training stages a `dvc repro` ran (check_params reruns too: params.yaml changed)."""
+    return [stage for stage in smoke_copy.stages_ran(repro.stdout) if stage.startswith("train_")]
 
 
 def _metrics(root: Path) -> dict:
@@ -51,21 +80,29 @@ def _workers(root: Path) -> dict[int, psutil.Process]:
     return found
 
 
-def test_two_workers_train_resume_after_a_killed_worker_and_evaluate(copy_trained_project, tmp_path, monkeypatch):
-    root = copy_trained_project(tmp_path / "project").resolve()
-    one_process = _metrics(root)["scratch"]["accuracy"]
+def _assert_workers_cleaned_up(model_dir: Path) -> None:
+    """Only the chief wrote the stage's outputs: the other worker's folder and every resume backup are gone."""
+    assert not distributed.worker_dir(model_dir, 1).exists()
+    assert not (model_dir / artifacts.RESUME_DIR).exists()
+
+
+@pytest.mark.slow(seconds=60)
+def test_two_workers_train_the_cnn_fail_on_a_killed_worker_resume_and_evaluate(trained_project, copy_trained_project,
+                                                                               tmp_path, monkeypatch):
+    one_process = _metrics(trained_project)["scratch"]["accuracy"]  # the same data, one TensorFlow process
+    root = _two_worker_project(copy_trained_project, tmp_path / "project")
     monkeypatch.setenv(distributed.WORKER_DIR_ENV, str(tmp_path / "workers"))  # here and in the stage's workers
-    env = smoke_copy.environment(root)
-    command = [str(Path(sys.executable).parent / "dvc"), "exp", "run", *DISTRIBUTED]
-    chief_backup = root / "models" / "scratch" / artifacts.RESUME_DIR / "fit" / "backup" / "training_metadata.json"
-    worker_backup = distributed.worker_dir(root / "models" / "scratch", 1) / artifacts.RESUME_DIR / "fit" / "backup"
+    model_dir = root / "models" / "scratch"
+    chief_backup = model_dir / artifacts.RESUME_DIR / "fit" / "backup" / "training_metadata.json"
+    worker_backup = distributed.worker_dir(model_dir, 1) / artifacts.RESUME_DIR / "fit" / "backup"
 
     # 1. Both workers finish epoch 1 (each keeps its own backup), then worker 1 is killed in epoch 2.
-    run = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(_stage_command(root, "train_scratch"), cwd=root, env=smoke_copy.environment(root),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + TIMEOUT_SECONDS
         while not (chief_backup.is_file() and (worker_backup / "training_metadata.json").is_file()):
-            assert run.poll() is None, f"the run ended before its first epoch:\n{run.stdout.read()}"
+            assert run.poll() is None, f"the stage ended before its first epoch:\n{run.stdout.read()}"
             assert time.monotonic() < deadline, "no epoch finished in time"
             time.sleep(0.05)
         workers = _workers(root)
@@ -81,26 +118,36 @@ def test_two_workers_train_resume_after_a_killed_worker_and_evaluate(copy_traine
     assert "Traceback" not in output, output
     assert not _workers(root), "no worker is left running"
 
-    # 2. The same command resumes after epoch 1 and finishes; evaluate (TensorFlow backend) reads the model.
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    # 2. The next `dvc repro` resumes after epoch 1 and finishes.
+    result = smoke_copy.dvc(root, "repro", "train_scratch")
     log = result.stdout + result.stderr
+    assert _trainings_ran(result) == ["train_scratch"], log
     assert re.search(r"resuming from the end of epoch 1 of \d+", log), log
-    ran = smoke_copy.stages_ran(result.stdout)
-    assert {"train_scratch", "train_transfer", "evaluate"} <= set(ran), ran
+    assert log.count("multi_worker: 2 of 2 worker(s) started here") == 1, log
     epochs = smoke_copy.SMOKE_OVERRIDES["scratch"]["epochs"]
-    rows = artifacts.read_history(root / "models" / "scratch" / artifacts.HISTORY_FILE)
+    rows = artifacts.read_history(model_dir / artifacts.HISTORY_FILE)
     assert [row["epoch"] for row in rows] == list(range(1, epochs + 1)), "one history row per epoch, resumed too"
-    assert fileio.read_json(root / "models" / "scratch" / artifacts.SUMMARY_FILE)["epochs"] == epochs
+    assert fileio.read_json(model_dir / artifacts.SUMMARY_FILE)["epochs"] == epochs
+    _assert_workers_cleaned_up(model_dir)
+
+    # 3. Evaluate (TensorFlow backend) reads the model the JAX workers saved, and it scores as one process's does.
+    _run_stage(root, "evaluate")
     two_processes = _metrics(root)["scratch"]["accuracy"]
     assert abs(two_processes - one_process) <= ACCURACY_TOLERANCE, (one_process, two_processes)
-    # The transfer stage trained its head, then fine-tuned, in two processes (the log says so once, the chief's).
-    assert log.count("multi_worker: 2 of 2 worker(s) started here") == 2, log
-    phases = [row["phase"] for row in artifacts.read_history(root / "models" / "transfer" / artifacts.HISTORY_FILE)]
-    head_epochs = smoke_copy.SMOKE_OVERRIDES["transfer"]["epochs"]
-    assert phases == ["head"] * head_epochs + ["finetune"], phases
+
+
+@pytest.mark.slow(seconds=60)
+def test_two_workers_train_the_transfer_head_then_fine_tune(copy_trained_project, tmp_path, monkeypatch):
+    root = _two_worker_project(copy_trained_project, tmp_path / "project", transfer={"finetune_epochs": 1})
+    monkeypatch.setenv(distributed.WORKER_DIR_ENV, str(tmp_path / "workers"))
+    result = smoke_copy.dvc(root, "repro", "train_transfer")
+    log = result.stdout + result.stderr
+    assert _trainings_ran(result) == ["train_transfer"], log
+    # One start of two workers (the chief's log line), which train the head and then fine-tune.
+    assert log.count("multi_worker: 2 of 2 worker(s) started here") == 1, log
+    model_dir = root / "models" / "transfer"
+    phases = [row["phase"] for row in artifacts.read_history(model_dir / artifacts.HISTORY_FILE)]
+    assert phases == ["head"] * smoke_copy.SMOKE_OVERRIDES["transfer"]["epochs"] + ["finetune"], phases
+    _assert_workers_cleaned_up(model_dir)
+    _run_stage(root, "evaluate")  # fails unless it loads and scores the model the JAX workers saved
     assert 0 <= _metrics(root)["transfer"]["accuracy"] <= 1
-    # Only the chief wrote the stages' outputs and tracked: the other worker's folders are gone after success.
-    for model in ("scratch", "transfer"):
-        assert not distributed.worker_dir(root / "models" / model, 1).exists()
-        assert not (root / "models" / model / artifacts.RESUME_DIR).exists()
