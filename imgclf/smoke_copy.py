@@ -145,11 +145,16 @@ def environment(root: Path) -> dict[str, str]:
     return env
 
 
+def dvc_executable() -> str:
+    """This environment's `dvc` (beside this interpreter), else the one on PATH."""
+    executable = Path(sys.executable).parent / "dvc"
+    return str(executable) if executable.exists() else "dvc"
+
+
 def dvc(root: Path, *args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
     """Run the dvc command line in `root` (a subprocess, exactly as a user would). `capture=False` for a command
     that leaves workers behind (`dvc queue start`): they would hold captured pipes open until they exit."""
-    executable = Path(sys.executable).parent / "dvc"
-    command = [str(executable) if executable.exists() else "dvc", *args]
+    command = [dvc_executable(), *args]
     output = {"capture_output": True} if capture else {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     result = subprocess.run(command, cwd=root, env=environment(root), text=True, check=False, **output)
     if check and result.returncode != 0:

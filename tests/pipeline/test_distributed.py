@@ -5,14 +5,19 @@ gloo between them). imgclf/training/distributed.py. Skipped, with the reason, wh
   stage fails with one line; `dvc repro` resumes it after epoch 1; evaluate (TensorFlow) reads the model it wrote
   and scores it as one TensorFlow process's model within noise.
 - The transfer stage: its head, then its fine-tuning, in two workers under `dvc repro`, and evaluate reads it.
+- Two machines, stood in for by two copies of the project and this host's non-loopback address: machine 0's
+  `dvc repro` starts worker 0 alone and prints the command for the others (docs/scale-out.md); machine 1 runs it.
 """
 
 from __future__ import annotations
 
+import queue
 import re
 import shlex
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -151,3 +156,69 @@ def test_two_workers_train_the_transfer_head_then_fine_tune(copy_trained_project
     _assert_workers_cleaned_up(model_dir)
     _run_stage(root, "evaluate")  # fails unless it loads and scores the model the JAX workers saved
     assert 0 <= _metrics(root)["transfer"]["accuracy"] <= 1
+
+
+def _non_loopback_address() -> str:
+    """This host's address on its default route (no packet is sent), or a skip where it has none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("203.0.113.1", 9))  # TEST-NET-3: only the route is looked up
+        except OSError as error:
+            pytest.skip(f"no non-loopback address to stand in for another machine's ({error})")
+        return probe.getsockname()[0]
+
+
+def _lines(stream, into: queue.Queue) -> None:
+    for line in stream:
+        into.put(line)
+    into.put(None)
+
+
+@pytest.mark.slow(seconds=40)
+def test_a_worker_on_another_machine_joins_with_the_command_machine_0_prints(trained_project, copy_trained_project,
+                                                                              tmp_path, monkeypatch):
+    address = _non_loopback_address()
+    coordinator = {"training": {"coordinator": f"{address}:{distributed.free_port(address)}"}}
+    machine_0 = _two_worker_project(copy_trained_project, tmp_path / "machine-0", **coordinator)
+    machine_1 = _two_worker_project(copy_trained_project, tmp_path / "machine-1", **coordinator)  # after dvc pull
+    monkeypatch.setenv(distributed.WORKER_DIR_ENV, str(tmp_path / "workers"))
+    their_model = (machine_1 / "models" / "scratch" / artifacts.MODEL_FILE).read_bytes()
+
+    run = subprocess.Popen([smoke_copy.dvc_executable(), "repro", "train_scratch"], cwd=machine_0,
+                           env=smoke_copy.environment(machine_0), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    printed: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(run.stdout, printed), daemon=True).start()
+    output, deadline, other = [], time.monotonic() + TIMEOUT_SECONDS, None
+    try:
+        while other is None:
+            line = printed.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "machine 0 printed no command for the other workers:\n" + "".join(output)
+            output.append(line)
+            other = re.search(r"start the other workers: .*?: (KERAS_BACKEND=jax \S+=k python -m stages\.\S+ .*)$",
+                              line.rstrip())
+        assert "multi_worker: 1 of 2 worker(s) started here" in "".join(output), "".join(output)
+        # Machine 1 runs the printed command as worker 1 (k = 1), in its own copy.
+        words = shlex.split(other.group(1).replace("=k ", "=1 "))
+        assignments, argv = dict(word.split("=", 1) for word in words[:2]), words[2:]
+        assert assignments == {"KERAS_BACKEND": "jax", distributed.PROCESS_ID_ENV: "1"}, words
+        worker = subprocess.run(argv, cwd=machine_1, env={**smoke_copy.environment(machine_1), **assignments},
+                                capture_output=True, text=True,
+                                timeout=TIMEOUT_SECONDS)
+        assert worker.returncode == 0, f"{worker.stdout}\n{worker.stderr}"
+        run.wait(timeout=TIMEOUT_SECONDS)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    while (line := printed.get(timeout=TIMEOUT_SECONDS)) is not None:
+        output.append(line)
+    assert run.returncode == 0, "".join(output)
+
+    # Machine 0 holds the run's outputs; machine 1's own stage outputs are untouched.
+    epochs = smoke_copy.SMOKE_OVERRIDES["scratch"]["epochs"]
+    rows = artifacts.read_history(machine_0 / "models" / "scratch" / artifacts.HISTORY_FILE)
+    assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
+    one_process = artifacts.read_history(trained_project / "models" / "scratch" / artifacts.HISTORY_FILE)
+    assert abs(rows[-1]["val_accuracy"] - one_process[-1]["val_accuracy"]) <= ACCURACY_TOLERANCE
+    assert (machine_1 / "models" / "scratch" / artifacts.MODEL_FILE).read_bytes() == their_model
+    assert not (machine_0 / "models" / "scratch" / artifacts.RESUME_DIR).exists()
