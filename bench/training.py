@@ -286,9 +286,15 @@ def check(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> Non
         parser.error("--val-fraction applies to residual and seed-recipe-25 only")
     if arguments.validation_only and arguments.benchmark not in VARIANT_BENCHMARKS:
         parser.error("--validation-only applies to residual and seed-recipe-25 only")
-    split = arguments.val_fraction or next((float(assignment.partition("=")[2]) for assignment in arguments.set
-                                            if assignment.startswith("data.val_fraction=")), None)
-    if arguments.validation_only and (split is None or split * CIFAR10_TRAINING_IMAGES < MIN_SELECTION_VAL_IMAGES):
+    if not arguments.validation_only:
+        return
+    # --set parsed as the run will apply it (dotted key, YAML value)
+    split = arguments.val_fraction or common.with_assignments({}, "", arguments.set)[0].get("data", {}).get(
+        "val_fraction")
+    if split is not None and (isinstance(split, bool) or not isinstance(split, (int, float))):
+        parser.error(f"--validation-only: data.val_fraction {split!r}: give the validation split as a number, "
+                     "e.g. --val-fraction 0.1")
+    if split is None or split * CIFAR10_TRAINING_IMAGES < MIN_SELECTION_VAL_IMAGES:
         parser.error(f"--validation-only: choose on at least {MIN_SELECTION_VAL_IMAGES:,} validation images "
                      f"(--val-fraction 0.1 of CIFAR-10's {CIFAR10_TRAINING_IMAGES:,}); the profiles' 500 cannot tell "
                      "apart choices a point apart")

@@ -37,6 +37,7 @@ def test_every_benchmark_has_its_own_function_with_a_docstring():
     (["residual", "--validation-only"], "choose on at least 5,000 validation images"),
     (["residual", "--validation-only", "--val-fraction", "0.01"], "choose on at least 5,000 validation images"),
     (["residual", "--validation-only", "--set", "data.val_fraction=0.05"], "choose on at least 5,000"),
+    (["residual", "--validation-only", "--set", "data.val_fraction=abc"], "give the validation split as a number"),
 ])
 def test_wrong_combinations_are_refused_before_any_work(argv, message, capsys):
     parser = training.parser()
