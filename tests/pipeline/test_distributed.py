@@ -203,8 +203,7 @@ def test_a_worker_on_another_machine_joins_with_the_command_machine_0_prints(tra
         assignments, argv = dict(word.split("=", 1) for word in words[:2]), words[2:]
         assert assignments == {"KERAS_BACKEND": "jax", distributed.PROCESS_ID_ENV: "1"}, words
         worker = subprocess.run(argv, cwd=machine_1, env={**smoke_copy.environment(machine_1), **assignments},
-                                capture_output=True, text=True,
-                                timeout=TIMEOUT_SECONDS)
+                                capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
         assert worker.returncode == 0, f"{worker.stdout}\n{worker.stderr}"
         run.wait(timeout=TIMEOUT_SECONDS)
     finally:
