@@ -455,6 +455,41 @@ def distributed(results: dict[str, dict], name: str) -> str:
                    f"{raw(name)}.\n")
 
 
+def vs_airbench95(results: dict[str, dict]) -> str:
+    """The per-seed runs `python -m bench.vs_airbench summary` combined, each side's mean and spread, and the time
+    ratio; then the runs it left out."""
+    summary = results.get("vs-airbench95")
+    if summary is None:
+        return "No run yet.\n"
+
+    def spread(value: float | None, unit: str) -> str:
+        return "" if value is None else f" ± {value:.2%}" if unit == "%" else f" ± {value:.1f}"
+
+    rows = []
+    for side, label in (("keras", "Keras, profiles/scratch_residual.yaml"), ("reference", "airbench95's own code")):
+        part = summary[side]
+        for run in part["runs"]:
+            rows.append([label, str(run["seed"]), percent(run["accuracy"], 2), f"{run['minutes']:.1f}",
+                         raw(run["result"])])
+        if part["runs"]:
+            rows.append([f"**{label}: mean ± sd over {len(part['runs'])}**", "",
+                         f"**{percent(part['accuracy_mean'], 2)}**{spread(part['accuracy_sd'], '%')}",
+                         f"**{part['minutes_mean']:.1f}**{spread(part['minutes_sd'], 'min')}", ""])
+    ratio = summary["time_ratio"]
+    verdict = (f"`time_ratio` **{ratio:.2f}** (Keras mean minutes over the reference's; the Keras mean reaches the "
+               f"reference's mean accuracy)" if ratio is not None else
+               "`time_ratio`: none, the Keras mean does not reach the reference's mean accuracy"
+               if summary["keras_reaches_reference_accuracy"] is False else "`time_ratio`: not yet, a side has no run")
+    lines = [table(["side", "seed", f"test ({summary['tta']} TTA)", "minutes, process start to test accuracy",
+                    "raw"], rows),
+             f"{verdict}; {summary['seeds_each']} seed(s) each"
+             + ("" if summary["complete"] else " (fewer than the 3 the comparison needs)")
+             + f"; {summary['cpu']}; summary {date(summary)}, `vs-airbench95.json`.\n"]
+    for left in summary["left_out"]:
+        lines.append(f"- left out: `{left['result']}.json`, {left['why']}\n")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[dict[str, dict]], str]] = {
     "results-index": results_index, "preprocess": preprocess, "seed-runs": seed_runs, "pipeline-ratio": pipeline_ratio,
     "transfer-head": transfer_head, "finetune-runs": finetune_runs, "finetune-epochs": finetune_epochs,
@@ -465,7 +500,7 @@ TABLES: dict[str, Callable[[dict[str, dict]], str]] = {
     "airbench": airbench, "mnist": mnist, "storage-model-sizes": storage_model_sizes, "storage-runs": storage_runs,
     "accuracy-vs-time": accuracy_vs_time, "accuracy-vs-time-plots": accuracy_plots,
     "seed-recipe-25-epochs": lambda results: per_epoch(results["seed-recipe-25"]),
-    "selection-runs": selection_runs,
+    "selection-runs": selection_runs, "vs-airbench95": vs_airbench95,
     "distributed-throughput": lambda results: distributed(results, "distributed-throughput"),
     "distributed-accuracy": lambda results: distributed(results, "distributed-accuracy"),
 }

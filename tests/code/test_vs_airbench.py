@@ -1,0 +1,83 @@
+"""bench.vs_airbench's summary: which seed runs count, the means, spreads and the time ratio."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import tables, vs_airbench
+
+XEON = {"model": "Intel(R) Xeon(R) Processor", "flags": ["amx_bf16", "avx2", "avx512_bf16", "avx512f"], "cores": 2}
+EPYC = {"model": "AMD EPYC 9B14", "flags": ["avx2", "avx512f"], "cores": 2}
+KERAS_CONFIGURATION = {"scratch": {"epochs": 17}}
+
+
+def run(side: str, seed: int, accuracy: float, minutes: float, *, date: str = "2026-12-06 12:00:00", cpu=XEON,
+        contended: bool = False, configuration: dict | None = None) -> tuple[str, dict]:
+    configuration = configuration or (KERAS_CONFIGURATION if side == "keras" else {"recipe": "airbench95"})
+    record = {"side": side, "seed": seed, "tta": "flip", "test_accuracy": accuracy, "seconds": minutes * 60,
+              "configuration": configuration,
+              "provenance": {"date": date, "cpu": cpu, "contended": contended, "command": "python -m bench.x"}}
+    return vs_airbench.run_name(side, seed), record
+
+
+def test_three_seeds_each_give_means_spreads_and_the_time_ratio():
+    records = dict([run("keras", 1, 0.915, 33.0), run("keras", 2, 0.917, 35.0), run("keras", 3, 0.919, 34.0),
+                    run("reference", 1, 0.914, 36.0), run("reference", 2, 0.916, 37.0),
+                    run("reference", 3, 0.912, 35.0)])
+    summary = vs_airbench.summarize(records)
+    assert summary["keras"]["accuracy_mean"] == pytest.approx(0.917)
+    assert summary["keras"]["accuracy_sd"] == pytest.approx(0.002)
+    assert summary["reference"]["minutes_mean"] == pytest.approx(36.0)
+    assert summary["keras_reaches_reference_accuracy"] is True
+    assert summary["time_ratio"] == pytest.approx(34.0 / 36.0, abs=1e-3)
+    assert summary["seeds_each"] == 3 and summary["complete"] is True and summary["left_out"] == []
+
+
+def test_a_keras_mean_below_the_reference_has_no_time_ratio_however_fast():
+    records = dict([run("keras", 1, 0.90, 10.0), run("keras", 2, 0.91, 10.0), run("reference", 1, 0.914, 36.0)])
+    summary = vs_airbench.summarize(records)
+    assert summary["keras_reaches_reference_accuracy"] is False
+    assert summary["time_ratio"] is None
+    assert summary["minutes_ratio"] == pytest.approx(10.0 / 36.0, abs=1e-3)
+    assert summary["seeds_each"] == 1 and summary["complete"] is False
+
+
+def test_contended_runs_other_cpus_and_earlier_configurations_are_left_out_with_the_reason():
+    records = dict([
+        run("keras", 1, 0.915, 45.0, date="2026-12-06 10:00:00", configuration={"scratch": {"epochs": 21}}),
+        run("keras", 2, 0.915, 33.0, date="2026-12-06 11:00:00"),
+        run("keras", 3, 0.915, 60.0, date="2026-12-06 11:30:00", contended=True),
+        run("reference", 1, 0.914, 20.0, date="2026-12-05 09:00:00", cpu=EPYC),
+        run("reference", 2, 0.914, 36.0, date="2026-12-06 12:00:00"),
+    ])
+    summary = vs_airbench.summarize(records)
+    why = {left["result"]: left["why"] for left in summary["left_out"]}
+    assert why == {"vs-airbench95-keras-seed-1": "an earlier keras configuration",
+                   "vs-airbench95-keras-seed-3": "contended: the machine was not idle",
+                   "vs-airbench95-reference-seed-1": "another CPU: AMD EPYC 9B14 (AVX-512), 2 cores"}
+    assert [row["seed"] for row in summary["keras"]["runs"]] == [2]
+    assert summary["time_ratio"] == pytest.approx(33.0 / 36.0, abs=1e-3)
+
+
+def test_no_runs_is_an_error_that_says_what_to_run():
+    with pytest.raises(ValueError, match=r"python -m bench\.vs_airbench keras"):
+        vs_airbench.summarize({})
+
+
+def test_the_table_shows_every_counted_run_the_means_and_what_was_left_out():
+    records = dict([run("keras", 1, 0.915, 45.0), run("reference", 1, 0.914, 36.0),
+                    run("reference", 2, 0.916, 37.0, contended=True)])
+    summary = {**vs_airbench.summarize(records), "provenance": {"date": "2026-12-06 13:00:00"}}
+    text = tables.vs_airbench95({"vs-airbench95": summary})
+    assert "| Keras, profiles/scratch_residual.yaml | 1 | 91.50% | 45.0 |" in text
+    assert "`time_ratio` **1.25**" in text
+    assert "fewer than the 3 the comparison needs" in text
+    assert "left out: `vs-airbench95-reference-seed-2.json`, contended" in text
+    assert tables.vs_airbench95({}) == "No run yet.\n"
+
+
+def test_the_reference_without_an_environment_with_pytorch_is_refused_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.argv", ["vs_airbench", "reference", "--dir", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="reference needs --python"):
+        vs_airbench.main()
+    assert not (tmp_path / "nowhere").exists()
