@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -179,6 +180,36 @@ def finetune_runs(results: dict[str, dict]) -> str:
                      f"{extraction_seconds(result) / 60:.1f} min", date(result), machine(result), raw(name)])
     return table(["input px", "unfrozen epochs", "fine-tuning rate", "head val", "val after fine-tuning",
                   "test (flip TTA)", "wall time", "of it extraction", "date", "machine", "raw"], rows)
+
+
+def flip_tta(result: dict) -> float:
+    """A transfer run's test accuracy with flip TTA: the peer's second scoring, or the profile's only one."""
+    return result["test_accuracy_tta_flip"] if "test_accuracy_tta_flip" in result else result["test_accuracy"]
+
+
+def finetune_peer(results: dict[str, dict]) -> str:
+    """The fine-tuning profile and keras-io's recipe (`python -m bench.training transfer-finetune|transfer-peer
+    --seed N`), one row per seed, then each recipe's mean ± sd."""
+    recipes = (("transfer-finetune-seed-", "profiles/transfer_finetune.yaml"),
+               ("transfer-peer-keras-io-seed-", "keras-io's EfficientNet fine-tuning recipe"))
+    rows = []
+    for prefix, label in recipes:
+        names = sorted((name for name in results if name.startswith(prefix)), key=lambda name: results[name]["seed"])
+        for name in names:
+            result = results[name]
+            own = ("" if "test_accuracy_tta_flip" not in result
+                   else f" (no TTA, as the recipe scores: {percent(result['test_accuracy'], 2)})")
+            rows.append([label, str(result["seed"]), percent(flip_tta(result), 2) + own,
+                         minutes(total_seconds(result)), f"{date(result)}; {machine(result)}", raw(name)])
+        if len(names) > 1:
+            flips = [flip_tta(results[name]) for name in names]
+            times = [total_seconds(results[name]) / 60 for name in names]
+            rows.append([f"**{label}: mean ± sd over {len(names)}**", "",
+                         f"**{percent(statistics.fmean(flips), 2)}** ± {statistics.stdev(flips):.2%}",
+                         f"**{statistics.fmean(times):.1f} min** ± {statistics.stdev(times):.1f}", "", ""])
+    if not rows:
+        return "No run yet.\n"
+    return table(["recipe", "seed", "test (flip TTA)", "wall time", "when, where", "raw"], rows)
 
 
 def finetune_epochs(results: dict[str, dict]) -> str:
@@ -500,7 +531,7 @@ TABLES: dict[str, Callable[[dict[str, dict]], str]] = {
     "airbench": airbench, "mnist": mnist, "storage-model-sizes": storage_model_sizes, "storage-runs": storage_runs,
     "accuracy-vs-time": accuracy_vs_time, "accuracy-vs-time-plots": accuracy_plots,
     "seed-recipe-25-epochs": lambda results: per_epoch(results["seed-recipe-25"]),
-    "selection-runs": selection_runs, "vs-airbench95": vs_airbench95,
+    "selection-runs": selection_runs, "vs-airbench95": vs_airbench95, "finetune-peer": finetune_peer,
     "distributed-throughput": lambda results: distributed(results, "distributed-throughput"),
     "distributed-accuracy": lambda results: distributed(results, "distributed-accuracy"),
 }

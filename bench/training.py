@@ -21,6 +21,8 @@ Run from the repository root:
     python -m bench.training transfer-finetune  # profiles/transfer_finetune.yaml (target: >= 92%)
     python -m bench.training transfer-finetune --input-size 160 --finetune-epochs 3  # a variant of it
     python -m bench.training transfer-finetune --finetune-learning-rate 3e-4  # another (0: the profile's)
+    python -m bench.training transfer-finetune --seed 1   # the profile with another seed (saved as ...-seed-1)
+    python -m bench.training transfer-peer --seed 1      # keras-io's EfficientNet fine-tuning recipe, same budget
     python -m bench.training throughput        # images/s over real epochs: float32 vs mixed_bfloat16 [XLA]
     python -m bench.training extraction-throughput  # the features stage: eager, compiled, XLA, bfloat16
 
@@ -43,6 +45,7 @@ import yaml
 
 from bench import common, provenance, throughput
 from bench.common import BACKBONE, ROOT, history, stage, train_scratch, train_transfer, write_params
+from imgclf import smoke_copy
 
 LITE0 = {"backbone": str(BACKBONE), "epochs": 15, "batch_size": 256}
 SMALL = {"data": {"max_per_class": 100}}
@@ -51,6 +54,21 @@ VARIANT_BENCHMARKS = ("residual", "seed-recipe-25")  # the ones --set, --val-fra
 # images give a standard error of 0.4 points, against 1.3 for the 500 the profiles validate on.
 MIN_SELECTION_VAL_IMAGES = 5000
 CIFAR10_TRAINING_IMAGES = 50000
+# The fine-tuning peer (issue 29, item 7): the settings of keras-io's "Image classification via fine-tuning with
+# EfficientNet" (Yixing Fu; keras-team/keras-io, examples/vision/image_classification_efficientnet_fine_tuning.py):
+# rotation 0.15, shifts 0.1, flips both ways (RandomFlip's default), contrast 0.1; a dropout-0.2 softmax head, Adam
+# at 1e-2 for 25 epochs on the frozen backbone; then the last 20 layers unfrozen (BatchNorm kept frozen), Adam at
+# 1e-5 for 4 epochs; batch 64, no schedule, no label smoothing, no TTA. It runs on the profile's backbone, input size
+# and images (`transfer_peer`), so the comparison is of the recipes under one budget.
+KERAS_IO_FINETUNE = {
+    "augment": {"enabled": True, "flip": "horizontal_and_vertical", "translate": 0.1, "rotate": 0.15,
+                "contrast": 0.1, "zoom": 0.0, "interpolation": "bilinear"},
+    "transfer": {"optimizer": "adam", "learning_rate": 0.01, "weight_decay": 0.0, "label_smoothing": 0.0,
+                 "lr_schedule": "constant", "epochs": 25, "batch_size": 64, "head_dropout": 0.2, "head_units": 0,
+                 "finetune_layers": 20, "finetune_learning_rate": 1e-5, "finetune_epochs": 4},
+    "evaluate": {"tta_flip": False},
+}
+SEEDED_BENCHMARKS = ("transfer-finetune", "transfer-peer")  # the ones --seed applies to
 
 
 def pipeline_ratio(arguments: argparse.Namespace, directory: Path) -> tuple[str, dict]:
@@ -185,13 +203,37 @@ def transfer_finetune(arguments: argparse.Namespace, directory: Path) -> tuple[s
             variant["finetune_learning_rate"] = arguments.finetune_learning_rate
             name += f"-lr-{arguments.finetune_learning_rate:g}"
         profile["transfer"].update(variant)
-    # The cached features depend only on the input size here: the profile and its variants share them.
-    result = train_transfer(directory, name, profile, directory / "data" / "prepared", features_test=False,
-                            features_name=f"transfer-finetune-{profile['transfer']['input_size']}px")
+    return finetuned(directory, name, profile, arguments.seed)
+
+
+def transfer_peer(arguments: argparse.Namespace, directory: Path) -> tuple[str, dict]:
+    """keras-io's EfficientNet fine-tuning recipe (KERAS_IO_FINETUNE) on the profile's backbone, input size and
+    images: item 7's peer of profiles/transfer_finetune.yaml. Scored as the recipe scores (no TTA) and, for a
+    like-for-like figure beside the profile's, with flip TTA too."""
+    profile = yaml.safe_load((ROOT / "profiles" / "transfer_finetune.yaml").read_text())
+    peer = smoke_copy.merge(KERAS_IO_FINETUNE, {"transfer": {
+        key: profile["transfer"][key] for key in ("input_size", "feature_batch_size")}})
+    peer["transfer"]["backbone"] = str(BACKBONE)
+    name, result = finetuned(directory, "transfer-peer-keras-io", peer, arguments.seed)
+    result["test_accuracy_tta_flip"] = round(common.test_accuracy(
+        directory, directory / "bench" / name / "model.keras", directory / "data" / "prepared", tta_flip=True), 4)
+    result["recipe"] = "keras-io image_classification_efficientnet_fine_tuning, settings in bench/training.py"
+    return name, result
+
+
+def finetuned(directory: Path, name: str, overrides: dict, seed: int | None) -> tuple[str, dict]:
+    """One run of the features and transfer stages with `overrides` (and `seed`, saved as <name>-seed-<seed>),
+    scored on the full model."""
+    if seed is not None:
+        overrides, name = {**overrides, "seed": seed}, f"{name}-seed-{seed}"
+    # The cached features depend only on the input size here: the profile, its variants and the peer share them.
+    result = train_transfer(directory, name, overrides, directory / "data" / "prepared", features_test=False,
+                            features_name=f"transfer-finetune-{overrides['transfer']['input_size']}px")
     phases = [row for row in result["per_epoch"] if row["phase"] == "head"]
     result["head_only_final_val_accuracy"] = phases[-1]["val_accuracy"] if phases else None
-    result["transfer_settings"] = {key: profile["transfer"][key]
+    result["transfer_settings"] = {key: overrides["transfer"][key]
                                    for key in ("input_size", "finetune_epochs", "finetune_learning_rate")}
+    result["seed"] = seed
     return name, result
 
 
@@ -238,7 +280,8 @@ def scratch_variant(directory: Path, name: str, overrides: dict, arguments: argp
 BENCHMARKS = {"pipeline-ratio": pipeline_ratio, "transfer": transfer, "small-data": small_data,
               "determinism": determinism, "seed-recipe": seed_recipe, "best-scratch": best_scratch,
               "small-finetune": small_finetune, "small-report": small_report, "seed-recipe-25": seed_recipe_25,
-              "residual": residual, "transfer-finetune": transfer_finetune, "throughput": training_throughput,
+              "residual": residual, "transfer-finetune": transfer_finetune, "transfer-peer": transfer_peer,
+              "throughput": training_throughput,
               "extraction-throughput": extraction_throughput}
 GENERATED_DATA = ("throughput", "extraction-throughput")
 
@@ -254,6 +297,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-learning-rate", type=float, default=0.0,
                         help="transfer-finetune: replaces the profile's")
     parser.add_argument("--lookahead", action="store_true", help="residual: turn on scratch.lookahead")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="transfer-finetune, transfer-peer: params' seed for the run (default: params.yaml's)")
     parser.add_argument("--reencode-quality", type=int, default=None,
                         help="residual, seed-recipe-25: train and test on every image JPEG-encoded once more")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -282,6 +327,8 @@ def check(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> Non
         parser.error(f"--reencode-quality {arguments.reencode_quality}: a JPEG quality from 1 to 95")
     if reencode and arguments.val_fraction:
         parser.error("--reencode-quality with --val-fraction: give the split as --set data.val_fraction=... instead")
+    if arguments.seed is not None and arguments.benchmark not in SEEDED_BENCHMARKS:
+        parser.error("--seed applies to transfer-finetune and transfer-peer only (residual: --set seed=N)")
     if arguments.val_fraction and arguments.benchmark not in VARIANT_BENCHMARKS:
         parser.error("--val-fraction applies to residual and seed-recipe-25 only")
     if arguments.validation_only and arguments.benchmark not in VARIANT_BENCHMARKS:

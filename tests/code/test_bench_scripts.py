@@ -38,6 +38,7 @@ def test_every_benchmark_has_its_own_function_with_a_docstring():
     (["residual", "--validation-only", "--val-fraction", "0.01"], "choose on at least 5,000 validation images"),
     (["residual", "--validation-only", "--set", "data.val_fraction=0.05"], "choose on at least 5,000"),
     (["residual", "--validation-only", "--set", "data.val_fraction=abc"], "give the validation split as a number"),
+    (["residual", "--seed", "1"], "--seed applies to transfer-finetune and transfer-peer only"),
 ])
 def test_wrong_combinations_are_refused_before_any_work(argv, message, capsys):
     parser = training.parser()
@@ -87,3 +88,15 @@ def test_scratch_variant_names_the_split_it_trains_on(tmp_path, monkeypatch):
     name, result = training.scratch_variant(tmp_path, "residual", {"scratch": {"epochs": 8}}, arguments)
     assert name == "select-residual-val-0.1" and not trained["score_test"] and result["test_accuracy"] is None
     assert (result["train_images"], result["val_images"]) == (45000, 5000)
+
+
+def test_the_fine_tuning_peer_is_a_valid_configuration_of_the_pipeline():
+    """keras-io's recipe must pass the same typed params check a user's params.yaml does."""
+    import yaml
+
+    from imgclf import config, smoke_copy
+
+    base = yaml.safe_load((common.ROOT / "params.yaml").read_text())
+    params = config.params_from_dict(smoke_copy.merge(base, training.KERAS_IO_FINETUNE))
+    assert (params.transfer.learning_rate, params.transfer.finetune_layers) == (0.01, 20)
+    assert params.augment.rotate == 0.15 and params.augment.flip == "horizontal_and_vertical"

@@ -87,3 +87,20 @@ def test_an_idle_run_is_not_contended(monkeypatch):
     monkeypatch.setattr(provenance, "_load_average", lambda: (0.1, 0.1, 0.1))
     monkeypatch.setattr(provenance, "_busy_ticks", lambda: None)  # no other processes' time to measure
     assert provenance.collect(provenance.start())["contended"] is False
+
+
+def test_the_fine_tuning_seeds_table_gives_each_recipe_its_mean_and_spread():
+    def run(seed: int, accuracy: float, minutes: float, *, peer: bool) -> dict:
+        record = {"seed": seed, "test_accuracy": accuracy - 0.01 if peer else accuracy, "tta_flip": not peer,
+                  "extract_stage_seconds": 0.0, "transfer_stage_seconds": minutes * 60,
+                  "date": "2026-12-06 12:00"}
+        return {**record, "test_accuracy_tta_flip": accuracy} if peer else record
+
+    results = {"transfer-finetune-seed-1": run(1, 0.92, 90.0, peer=False),
+               "transfer-finetune-seed-2": run(2, 0.93, 92.0, peer=False),
+               "transfer-peer-keras-io-seed-1": run(1, 0.85, 40.0, peer=True)}
+    text = tables.finetune_peer(results)
+    assert "**profiles/transfer_finetune.yaml: mean ± sd over 2**" in text
+    assert "**92.50%** ± 0.71%" in text and "**91.0 min** ± 1.4" in text
+    assert "85.00% (no TTA, as the recipe scores: 84.00%)" in text
+    assert tables.finetune_peer({}) == "No run yet.\n"
