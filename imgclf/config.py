@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 DataSource = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "image_folder", "synthetic"]
 ResizePolicy = Literal["pad", "crop", "stretch"]
 SmallClassPolicy = Literal["error", "drop"]
-FlipMode = Literal["none", "horizontal", "vertical", "horizontal_and_vertical"]
+# alternating: horizontal, each image mirrored in every other epoch (airbench's alternating flips: at random in the
+# first epoch, the opposite of its last epoch's after that), done by the input pipeline (tfdata.make_dataset).
+FlipMode = Literal["none", "horizontal", "vertical", "horizontal_and_vertical", "alternating"]
 Interpolation = Literal["bilinear", "nearest"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 LrSchedule = Literal["constant", "step", "cosine", "one_cycle", "plateau", "linear"]

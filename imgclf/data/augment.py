@@ -16,7 +16,9 @@ def build_augmentation(config: AugmentConfig, *, seed: int) -> keras.Sequential 
     a shift is a random crop of the reflect-padded image (airbench's augmentation).
     """
     layers: list[keras.layers.Layer] = []
-    if config.flip != "none":
+    # Alternating flips depend on the epoch and the image, which only the input pipeline knows
+    # (tfdata.make_dataset's `alternate_flips`): no layer here.
+    if config.flip not in ("none", "alternating"):
         layers.append(keras.layers.RandomFlip(config.flip, seed=seed))
     if config.translate > 0:
         layers.append(keras.layers.RandomTranslation(config.translate, config.translate, fill_mode="reflect",

@@ -69,7 +69,8 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
                  batch_size: int, training: bool = False, seed: int = 0,
                  augment: Callable | None = None, with_index: bool = False,
                  example_count: int | None = None, epochs: int = 1, first_epoch: int = 0,
-                 exclude: frozenset[int] = frozenset(), shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+                 exclude: frozenset[int] = frozenset(), shard: tuple[int, int] | None = None,
+                 alternate_flips: bool = False) -> tf.data.Dataset:
     """Batches of `(float32 pixels in [0, 255], one-hot labels)` (plus the manifest index if asked).
 
     Evaluation datasets keep the on-disk order, which is the manifest order. Training datasets cover
@@ -80,6 +81,11 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
     `shard=(count, index)` (training datasets of a multi_worker process, imgclf/training/distributed.py): only the
     index-th of `count` equal parts of the split (`example_count // count` images each), in whole batches, so
     every process runs the same steps.
+
+    `alternate_flips` (training datasets; `augment.flip: alternating`): each image is mirrored in every other
+    epoch, at random in epoch 0 (a seeded function of its manifest index) and the opposite of its previous epoch's
+    after that (airbench's alternating flips): over any two epochs the model sees every image both ways, where
+    independent random flips show a quarter of them one way only.
     """
     files = split_files(prepared_dir, split)
     height, width, channels = image_shape
@@ -121,6 +127,9 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
     if training:
         def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
             shuffled = examples.shuffle(shuffle_buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+            if alternate_flips:
+                shuffled = shuffled.map(lambda pixels, label, index: (
+                    alternating_flip(pixels, index, epoch, seed), label, index))
             return shuffled.batch(batch_size, drop_remainder=shard is not None)
 
         dataset = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch + 1)).flat_map(one_epoch)
@@ -133,6 +142,14 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
             dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-example_count // batch_size)))
     dataset = dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def alternating_flip(pixels: tf.Tensor, index: tf.Tensor, epoch: tf.Tensor, seed: int) -> tf.Tensor:
+    """One HWC image, mirrored left-right when its seeded first-epoch coin (a function of `seed` and its manifest
+    `index` only: the same in every epoch, process and resumed run) differs from the parity of `epoch`."""
+    coin = tf.random.stateless_uniform([], seed=tf.stack([tf.constant(seed, tf.int64), index])) < 0.5
+    mirrored = tf.not_equal(coin, tf.equal(epoch % 2, 1))
+    return tf.where(mirrored, tf.reverse(pixels, axis=[1]), pixels)
 
 
 def array_dataset(features: np.ndarray, targets: np.ndarray, *, batch_size: int, seed: int, epochs: int,

@@ -89,7 +89,8 @@ def _extract_views(extractor: keras.Model, backbone: keras.Model, preprocessing:
         dataset = tfdata.make_dataset(prepared_dir, split, image_shape=shape, num_classes=meta.num_classes,
                                       batch_size=config.feature_batch_size, with_index=True,
                                       training=augmentation is not None, augment=augmentation,
-                                      seed=params.seed + copy, epochs=1)
+                                      seed=params.seed + copy, epochs=1,
+                                      alternate_flips=augmentation is not None and params.augment.flip == "alternating")
         started = time.perf_counter()
         features, labels = run_extractor(extractor, dataset, description=f"features {name}",
                                          total=meta.counts.get(split))

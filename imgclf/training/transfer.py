@@ -154,7 +154,8 @@ def _finetune(model, extractor, params: Params, resume: fitting.ResumeState, his
                                      batch_size=shard.batch_size(config.batch_size) if shard else config.batch_size,
                                      training=True, seed=params.seed, augment=augmentation,
                                      example_count=train_count, epochs=total, first_epoch=first_epoch,
-                                     exclude=excluded, shard=shard.as_tuple() if shard else None)
+                                     exclude=excluded, shard=shard.as_tuple() if shard else None,
+                                     alternate_flips=params.augment.enabled and params.augment.flip == "alternating")
     recipe.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile,
                         epochs=config.finetune_epochs, learning_rate=config.finetune_learning_rate)
     history = head_rows + [row for row in resume.history(FINETUNE_PHASE) if row["epoch"] > start]
