@@ -127,10 +127,11 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
     if training:
         def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
             shuffled = examples.shuffle(shuffle_buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-            if alternate_flips:
-                shuffled = shuffled.map(lambda pixels, label, index: (
-                    alternating_flip(pixels, index, epoch, seed), label, index))
-            return shuffled.batch(batch_size, drop_remainder=shard is not None)
+            batches = shuffled.batch(batch_size, drop_remainder=shard is not None)
+            if alternate_flips:  # batch-wise: one vectorised map per batch, not one per image
+                batches = batches.map(lambda pixels, label, index: (
+                    alternating_flips(pixels, index, epoch, seed), label, index), num_parallel_calls=tf.data.AUTOTUNE)
+            return batches
 
         dataset = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch + 1)).flat_map(one_epoch)
     else:
@@ -144,12 +145,14 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def alternating_flip(pixels: tf.Tensor, index: tf.Tensor, epoch: tf.Tensor, seed: int) -> tf.Tensor:
-    """One HWC image, mirrored left-right when its seeded first-epoch coin (a function of `seed` and its manifest
-    `index` only: the same in every epoch, process and resumed run) differs from the parity of `epoch`."""
-    coin = tf.random.stateless_uniform([], seed=tf.stack([tf.constant(seed, tf.int64), index])) < 0.5
+def alternating_flips(pixels: tf.Tensor, index: tf.Tensor, epoch: tf.Tensor, seed: int) -> tf.Tensor:
+    """A batch of NHWC images, each mirrored left-right when its first-epoch coin differs from the parity of
+    `epoch`. The coin hashes `seed` and the image's manifest `index` only (FarmHash: the same in every epoch,
+    process, resumed run and TensorFlow build)."""
+    keys = tf.strings.join([tf.strings.as_string(index), tf.strings.as_string(tf.constant(seed, tf.int64))], "/")
+    coin = tf.equal(tf.strings.to_hash_bucket_fast(keys, 2), 1)
     mirrored = tf.not_equal(coin, tf.equal(epoch % 2, 1))
-    return tf.where(mirrored, tf.reverse(pixels, axis=[1]), pixels)
+    return tf.where(mirrored[:, tf.newaxis, tf.newaxis, tf.newaxis], tf.reverse(pixels, axis=[2]), pixels)
 
 
 def array_dataset(features: np.ndarray, targets: np.ndarray, *, batch_size: int, seed: int, epochs: int,
