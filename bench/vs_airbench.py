@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -143,12 +144,12 @@ def summarize(records: dict[str, dict]) -> dict:
     keras, reference = side_summary(kept["keras"]), side_summary(kept["reference"])
     both = keras["runs"] and reference["runs"]
     reaches = both and keras["accuracy_mean"] >= reference["accuracy_mean"]
+    ratio = round(keras["minutes_mean"] / reference["minutes_mean"], 3) if both else None
     return {"tta": TTA, "cpu": cpu,
             "boundary": "wall clock from a side's first process launch to its final test accuracy",
             "keras": keras, "reference": reference,
             "keras_reaches_reference_accuracy": bool(reaches) if both else None,
-            "time_ratio": round(keras["minutes_mean"] / reference["minutes_mean"], 3) if reaches else None,
-            "minutes_ratio": round(keras["minutes_mean"] / reference["minutes_mean"], 3) if both else None,
+            "time_ratio": ratio if reaches else None, "minutes_ratio": ratio,
             "accuracy_difference": round(keras["accuracy_mean"] - reference["accuracy_mean"], 4) if both else None,
             "seeds_each": min(len(keras["runs"]), len(reference["runs"])),
             "complete": min(len(keras["runs"]), len(reference["runs"])) >= MIN_SEEDS, "left_out": left_out}
@@ -179,9 +180,11 @@ def main() -> None:
             sys.exit(f"error: {error}")
         common.save(NAME, summary, run)
         return
-    if arguments.what == "reference" and not arguments.python:
-        sys.exit("error: reference needs --python, the interpreter of an environment with PyTorch (see "
-                 "bench/airbench_reference.py for how to make one)")
+    if arguments.what == "reference" and not (arguments.python and shutil.which(arguments.python)):
+        # checked before any preparation: a wrong interpreter must cost nothing and say what to give
+        given = f" ({arguments.python!r} is not an executable)" if arguments.python else ""
+        sys.exit(f"error: reference needs --python, the interpreter of an environment with PyTorch{given}; see "
+                 "bench/airbench_reference.py for how to make one")
     if arguments.what == "keras":
         result = keras_run(arguments.dir, arguments.seed)
     else:

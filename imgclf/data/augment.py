@@ -32,3 +32,9 @@ def build_augmentation(config: AugmentConfig, *, seed: int) -> keras.Sequential 
     if config.contrast > 0:
         layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 4))
     return keras.Sequential(layers, name="augmentation") if layers else None
+
+
+def alternates_flips(config: AugmentConfig) -> bool:
+    """Whether training flips each image in every other epoch (`flip: alternating`, augmentation on): the input
+    pipeline's job (tfdata.make_dataset's `alternate_flips`), not a layer's."""
+    return config.enabled and config.flip == "alternating"

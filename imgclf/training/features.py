@@ -90,7 +90,8 @@ def _extract_views(extractor: keras.Model, backbone: keras.Model, preprocessing:
                                       batch_size=config.feature_batch_size, with_index=True,
                                       training=augmentation is not None, augment=augmentation,
                                       seed=params.seed + copy, epochs=1,
-                                      alternate_flips=augmentation is not None and params.augment.flip == "alternating")
+                                      alternate_flips=(augmentation is not None
+                                                       and augment.alternates_flips(params.augment)))
         started = time.perf_counter()
         features, labels = run_extractor(extractor, dataset, description=f"features {name}",
                                          total=meta.counts.get(split))

@@ -50,7 +50,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
                                      batch_size=batch_size, training=True, seed=params.seed,
                                      augment=augmentation, example_count=train_count, epochs=config.epochs,
                                      first_epoch=first_epoch, exclude=excluded, shard=sharding,
-                                     alternate_flips=params.augment.enabled and params.augment.flip == "alternating")
+                                     alternate_flips=augment.alternates_flips(params.augment))
     val_data = tfdata.make_dataset(prepared_dir, "val", image_shape=shape, num_classes=num_classes,
                                    batch_size=batch_size, example_count=meta.counts["val"])
     # BatchNorm's inference statistics are re-estimated on shuffled, unaugmented training batches of the

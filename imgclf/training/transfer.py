@@ -155,7 +155,7 @@ def _finetune(model, extractor, params: Params, resume: fitting.ResumeState, his
                                      training=True, seed=params.seed, augment=augmentation,
                                      example_count=train_count, epochs=total, first_epoch=first_epoch,
                                      exclude=excluded, shard=shard.as_tuple() if shard else None,
-                                     alternate_flips=params.augment.enabled and params.augment.flip == "alternating")
+                                     alternate_flips=augment.alternates_flips(params.augment))
     recipe.compile_model(model, config, steps_per_epoch=steps, jit_compile=params.training.jit_compile,
                         epochs=config.finetune_epochs, learning_rate=config.finetune_learning_rate)
     history = head_rows + [row for row in resume.history(FINETUNE_PHASE) if row["epoch"] > start]

@@ -81,3 +81,11 @@ def test_the_reference_without_an_environment_with_pytorch_is_refused_before_any
     with pytest.raises(SystemExit, match="reference needs --python"):
         vs_airbench.main()
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_reference_interpreter_that_does_not_exist_is_refused_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.argv", ["vs_airbench", "reference", "--python", str(tmp_path / "no-python"),
+                                     "--dir", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="is not an executable"):
+        vs_airbench.main()
+    assert not (tmp_path / "nowhere").exists()
