@@ -97,6 +97,11 @@ def prepare_variant(directory: Path, name: str, data_overrides: dict, raw: Path 
     return prepared
 
 
+def split_counts(prepared: Path) -> dict[str, int]:
+    """Images per split of a preprocess stage's output, from its meta.json."""
+    return json.loads((prepared / "meta.json").read_text())["counts"]
+
+
 def prepare_reencoded(directory: Path, quality: int, split: float | None = None) -> Path:
     """The dataset with every image JPEG-encoded once more at `quality` (4:2:0 chroma, as the archive's), through
     the real preprocess stage, with `data.val_fraction: split` if given: how much a further generation of lossy

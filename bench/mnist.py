@@ -15,7 +15,6 @@ the settings named here. The test split (10,000 images) is scored once per model
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def overrides() -> dict:
 
 
 def prepared_counts(prepared: Path) -> dict:
-    counts = json.loads((prepared / "meta.json").read_text())["counts"]
+    counts = common.split_counts(prepared)
     if counts.get("val", counts.get("validation", 0)) < MIN_VALIDATION_IMAGES:
         sys.exit(f"the validation split holds {counts}: fewer than {MIN_VALIDATION_IMAGES} images")
     return counts

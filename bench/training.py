@@ -271,7 +271,7 @@ def scratch_variant(directory: Path, name: str, overrides: dict, arguments: argp
     if arguments.validation_only:
         name = f"select-{name}"
     result = train_scratch(directory, name, overrides, prepared, score_test=not arguments.validation_only)
-    counts = json.loads((prepared / "meta.json").read_text())["counts"]
+    counts = common.split_counts(prepared)
     result["train_images"], result["val_images"] = counts["train"], counts["val"]
     return name, result
 

@@ -68,7 +68,7 @@ def keras_run(directory: Path, seed: int) -> dict:
     seconds = time.perf_counter() - started
     return {"test_accuracy": result["test_accuracy"], "seconds": round(seconds, 1),
             "configuration": {key: profile[key] for key in ("data", "augment", "scratch", "training", "evaluate")},
-            "epochs": result["epochs"], "train_images": _counts(prepared)["train"], "detail": result}
+            "epochs": result["epochs"], "train_images": common.split_counts(prepared)["train"], "detail": result}
 
 
 def reference_run(directory: Path, seed: int, python: str) -> dict:
@@ -89,10 +89,6 @@ def reference_run(directory: Path, seed: int, python: str) -> dict:
     return {"test_accuracy": detail["test_accuracy"][TTA], "seconds": round(seconds, 1),
             "configuration": {"recipe": RECIPE, "epochs": detail["epochs"], "precision": detail["precision"]},
             "epochs": detail["epochs"], "train_images": detail["train_images"], "detail": detail}
-
-
-def _counts(prepared: Path) -> dict:
-    return json.loads((prepared / "meta.json").read_text())["counts"]
 
 
 # ---- the summary: pure functions of the saved runs ----
