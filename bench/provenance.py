@@ -7,9 +7,11 @@
 The block holds the git commit and whether tracked code differed from it at the start (`dirty`; bench/results/ does
 not count), the Python, TensorFlow, Keras and numpy versions (and PyTorch's, where installed), the CPU (model name,
 its vector and matrix flags, core count), the command line, the start and end dates, the load averages before and
-after, and the share of the machine's CPU time that other processes used while it ran. `contended` is true when
-something else was running (load average over 0.5 before the start, or other processes using more than 10% of all
-cores during the run): such a run's seconds are not an idle machine's.
+after, the share of the machine's CPU time that other processes used while it ran, and the host's arithmetic speed
+before and after (`host_gflops`: a fixed float32 matrix product, timed). `contended` is true when something else was
+running (load average over 0.5 before the start, or other processes using more than 10% of all cores during the
+run): such a run's seconds are not an idle machine's. The host speed catches what `contended` cannot see: this VM's
+CPUs have run the same work up to twice as slowly for hours with nothing else in it and no steal time reported.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ OTHER_SHARE_LIMIT = 0.10
 VERSIONED = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"), "keras": ("keras",),
              "numpy": ("numpy",), "torch": ("torch",)}  # torch: the airbench reference's environment
 CPU_FLAG_PREFIXES = ("avx2", "avx512", "amx")
+# The host-speed probe: the median of a few 1024x1024 float32 products (2.1 GFLOP each, about 20 ms here).
+SPEED_SIDE = 1024
+SPEED_REPEATS = 7
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,13 @@ class Run:
     busy_ticks: int | None
     own_cpu_seconds: float
     git: dict
+    host_gflops: float | None = None
 
 
 def start() -> Run:
     return Run(date=time.strftime("%Y-%m-%d %H:%M:%S"), wall_started=time.monotonic(),
                load_average=_load_average(), busy_ticks=_busy_ticks(), own_cpu_seconds=_own_cpu_seconds(),
-               git=git_state())
+               git=git_state(), host_gflops=host_gflops())
 
 
 def collect(run: Run, *, argv: list[str] | None = None) -> dict:
@@ -71,7 +77,8 @@ def collect(run: Run, *, argv: list[str] | None = None) -> dict:
     return {"command": command_line(argv), "date": run.date, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             "wall_seconds": round(wall, 1), "git": run.git, "versions": versions(), "cpu": cpu(),
             "load_average": {"before": list(run.load_average), "after": list(load_after)},
-            "other_processes_cpu_share": other_share, "contended": contended}
+            "other_processes_cpu_share": other_share, "contended": contended,
+            "host_gflops": {"before": run.host_gflops, "after": host_gflops()}}
 
 
 def write(path: Path, result: dict, run: Run, *, argv: list[str] | None = None) -> dict:
@@ -149,6 +156,25 @@ def vector_class(flags: list[str]) -> str:
     if "avx512f" in flags:
         return "AVX-512"
     return "AVX2" if "avx2" in flags else "no AVX2"
+
+
+def host_gflops(side: int = SPEED_SIDE, repeats: int = SPEED_REPEATS) -> float | None:
+    """float32 GFLOP/s of a fixed matrix product on all of this process's cores now (the median of `repeats`
+    timings after one warm-up), or None without numpy. Only comparable between runs on one CPU model."""
+    try:
+        import numpy as np
+    except ImportError:
+        return None
+    generator = np.random.default_rng(0)
+    left = generator.standard_normal((side, side), dtype=np.float32)
+    right = generator.standard_normal((side, side), dtype=np.float32)
+    left @ right
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        left @ right
+        seconds.append(time.perf_counter() - started)
+    return round(2 * side**3 / sorted(seconds)[len(seconds) // 2] / 1e9, 1)
 
 
 def _load_average() -> tuple[float, float, float]:

@@ -486,6 +486,13 @@ def distributed(results: dict[str, dict], name: str) -> str:
                    f"{raw(name)}.\n")
 
 
+def host_speed(gflops: dict | None) -> str:
+    """The host-speed probe around a run (bench.provenance.host_gflops), or "not recorded" for a run from before the probe."""
+    if not gflops or gflops.get("before") is None:
+        return "not recorded"
+    return f"{gflops['before']:.0f} / {gflops['after']:.0f}"
+
+
 def vs_airbench95(results: dict[str, dict]) -> str:
     """The per-seed runs `python -m bench.vs_airbench summary` combined, each side's mean and spread, and the time
     ratio; then the runs it left out."""
@@ -501,18 +508,18 @@ def vs_airbench95(results: dict[str, dict]) -> str:
         part = summary[side]
         for run in part["runs"]:
             rows.append([label, str(run["seed"]), percent(run["accuracy"], 2), f"{run['minutes']:.1f}",
-                         raw(run["result"])])
+                         host_speed(run.get("host_gflops")), raw(run["result"])])
         if part["runs"]:
             rows.append([f"**{label}: mean ± sd over {len(part['runs'])}**", "",
                          f"**{percent(part['accuracy_mean'], 2)}**{spread(part['accuracy_sd'], '%')}",
-                         f"**{part['minutes_mean']:.1f}**{spread(part['minutes_sd'], 'min')}", ""])
+                         f"**{part['minutes_mean']:.1f}**{spread(part['minutes_sd'], 'min')}", "", ""])
     ratio = summary["time_ratio"]
     verdict = (f"`time_ratio` **{ratio:.2f}** (Keras mean minutes over the reference's; the Keras mean reaches the "
                f"reference's mean accuracy)" if ratio is not None else
                "`time_ratio`: none, the Keras mean does not reach the reference's mean accuracy"
                if summary["keras_reaches_reference_accuracy"] is False else "`time_ratio`: not yet, a side has no run")
     lines = [table(["side", "seed", f"test ({summary['tta']} TTA)", "minutes, process start to test accuracy",
-                    "raw"], rows),
+                    "host GFLOP/s, before / after", "raw"], rows),
              f"{verdict}; {summary['seeds_each']} seed(s) each"
              + ("" if summary["complete"] else " (fewer than the 3 the comparison needs)")
              + f"; {summary['cpu']}; summary {date(summary)}, `vs-airbench95.json`.\n"]

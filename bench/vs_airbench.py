@@ -106,7 +106,8 @@ def side_summary(runs: list[tuple[str, dict]]) -> dict:
     accuracies = [record["test_accuracy"] for _, record in runs]
     minutes = [record["seconds"] / 60 for _, record in runs]
     return {"runs": [{"result": name, "seed": record["seed"], "accuracy": record["test_accuracy"],
-                      "minutes": round(record["seconds"] / 60, 2)} for name, record in runs],
+                      "minutes": round(record["seconds"] / 60, 2),
+                      "host_gflops": record["provenance"].get("host_gflops")} for name, record in runs],
             "configuration": runs[0][1]["configuration"] if runs else None,
             "accuracy_mean": round(statistics.fmean(accuracies), 4) if runs else None,
             "accuracy_sd": _spread(accuracies),

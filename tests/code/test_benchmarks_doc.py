@@ -74,7 +74,8 @@ def test_written_result_carries_provenance_and_is_labelled_contended_under_load(
     record = json.loads(path.read_text())
     block = record["provenance"]
     assert record["test_accuracy"] == 0.5
-    assert set(block) >= {"command", "date", "git", "versions", "cpu", "load_average", "contended"}
+    assert set(block) >= {"command", "date", "git", "versions", "cpu", "load_average", "contended", "host_gflops"}
+    assert all(value > 0 for value in block["host_gflops"].values())
     assert block["command"].endswith("--seed 43")
     assert block["versions"]["python"] and "tensorflow" in block["versions"] and "keras" in block["versions"]
     assert block["load_average"] == {"before": [3.5, 2.0, 1.0], "after": [3.5, 2.0, 1.0]}
