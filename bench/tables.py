@@ -487,7 +487,7 @@ def distributed(results: dict[str, dict], name: str) -> str:
 
 
 def host_speed(gflops: dict | None) -> str:
-    """The host-speed probe around a run (bench.provenance.host_gflops), or "not recorded" for a run from before the probe."""
+    """The host-speed probe around a run (bench.provenance.host_gflops); "not recorded" before the probe existed."""
     if not gflops or gflops.get("before") is None:
         return "not recorded"
     return f"{gflops['before']:.0f} / {gflops['after']:.0f}"
