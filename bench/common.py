@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -155,12 +156,19 @@ def per_epoch(rows: list[dict]) -> list[dict]:
     return table
 
 
+def fresh_output(out: Path) -> Path:
+    """`out` emptied for a new run. A run killed before (by hand, by a deadline) leaves resume backups there, and
+    the stage would resume from them: the benchmark would then time only the epochs that were left."""
+    shutil.rmtree(out, ignore_errors=True)
+    return out
+
+
 def train_scratch(directory: Path, name: str, overrides: dict, prepared: Path, *, score_test: bool = True) -> dict:
     """One train_scratch run. `score_test` False (a run that helps choose a configuration): the test split is not
     touched, `test_accuracy` is None; choices are made on the validation split, and the test split is scored once,
     by the final configuration's own run."""
     params = write_params(directory, name, overrides)
-    out = directory / "bench" / name
+    out = fresh_output(directory / "bench" / name)
     seconds = stage(directory, "train_scratch", "--params", str(params), "--data", str(prepared), "--out", str(out))
     rows = history(out)
     tta_flip = bool(overrides.get("evaluate", {}).get("tta_flip", False))
@@ -181,7 +189,7 @@ def train_transfer(directory: Path, name: str, overrides: dict, prepared: Path, 
     backbone never runs twice on the same image; its input size is checked)."""
     params = write_params(directory, name, overrides)
     features = directory / "bench" / f"{features_name or name}-features"
-    out = directory / "bench" / name
+    out = fresh_output(directory / "bench" / name)
     cached = features / "features.json"
     if features_name and cached.is_file() and (
             json.loads(cached.read_text())["input_size"] == overrides["transfer"]["input_size"]):

@@ -100,3 +100,13 @@ def test_the_fine_tuning_peer_is_a_valid_configuration_of_the_pipeline():
     params = config.params_from_dict(smoke_copy.merge(base, training.KERAS_IO_FINETUNE))
     assert (params.transfer.learning_rate, params.transfer.finetune_layers) == (0.01, 20)
     assert params.augment.rotate == 0.15 and params.augment.flip == "horizontal_and_vertical"
+
+
+def test_a_timed_run_starts_without_a_killed_runs_resume_backups(tmp_path):
+    # A killed run's backups would let the stage resume, and the benchmark would time only the epochs left.
+    out = tmp_path / "bench" / "vs-airbench95-keras-seed-1"
+    (out / "resume" / "fit").mkdir(parents=True)
+    (out / "resume" / "fit" / "history.csv").write_text("epoch\n1\n")
+    assert common.fresh_output(out) == out
+    assert not out.exists()
+    assert common.fresh_output(out) == out  # nothing there: nothing to do
