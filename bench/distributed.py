@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from bench import provenance
-from bench.common import RESULTS, ROOT
+from bench.common import RESULTS, ROOT, fresh_output
 from imgclf import artifacts, smoke_copy
 
 CONFIGURATIONS = {
@@ -66,8 +66,7 @@ def run(root: Path, name: str, *, epochs: int, batch_size: int, seed: int) -> di
     params["scratch"].update(epochs=epochs, batch_size=batch_size)
     params["training"].update({"distribute": "none", "workers": 2, **training})
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    out = root / "models" / "scratch"
-    subprocess.run(["rm", "-rf", str(out)], check=True)
+    out = fresh_output(root / "models" / "scratch")
     load_before = os.getloadavg()
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "stages.train_scratch", "--data", "data/prepared", "--out",

@@ -38,7 +38,7 @@ OTHER_SHARE_LIMIT = 0.10
 VERSIONED = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"), "keras": ("keras",),
              "numpy": ("numpy",), "torch": ("torch",)}  # torch: the airbench reference's environment
 CPU_FLAG_PREFIXES = ("avx2", "avx512", "amx")
-# The host-speed probe: the median of a few 1024x1024 float32 products (2.1 GFLOP each, about 20 ms here).
+# The host-speed probe: the median of a few 1024x1024 float32 products (2.1 GFLOP each, 7-30 ms here).
 SPEED_SIDE = 1024
 SPEED_REPEATS = 7
 
