@@ -235,9 +235,15 @@ def with_assignments(params: dict, name: str, assignments: list[str]) -> tuple[d
             if not isinstance(target, dict):
                 sys.exit(f"--set {assignment!r}: {section} is a value, not a section of params")
         target[leaf] = yaml.safe_load(value)
-        # A list value ([128,384,384]) names the file as 128-384-384: no brackets, commas or spaces in file names.
-        name += f"-{leaf}-" + re.sub(r"[^A-Za-z0-9._]+", "-", value).strip("-")
+        name += f"-{file_name_part(leaf)}-{file_name_part(value)}"
     return params, name
+
+
+def file_name_part(text: str) -> str:
+    """`text` as one piece of a file name: a list value ([128,384,384]) becomes 128-384-384, and no slash, bracket,
+    comma or space survives. A key is named too (`--set 'scratch.a/b=1'` gave bench/results/residual-a/b-1.json, a
+    file in a folder of its own)."""
+    return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-")
 
 
 def save(name: str, result: dict, run: provenance.Run) -> dict:

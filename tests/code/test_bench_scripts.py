@@ -61,6 +61,11 @@ def test_a_variant_is_saved_under_a_name_of_its_own():
     assert name == "residual-residual_widths-128-384-384-seed-43"
 
 
+def test_a_variant_name_stays_one_file_name_whatever_the_key():
+    _, name = common.with_assignments({}, "residual", ["scratch.a/b=1"])
+    assert name == "residual-a-b-1"
+
+
 def test_scratch_variant_names_the_split_it_trains_on(tmp_path, monkeypatch):
     trained = {}
 
