@@ -33,7 +33,7 @@ PROFILES = (
     ("residual-8-epochs-float32", "residual net, 8 epochs, float32 (the profile until 2026-12-05)"),
     ("residual-widths-64-256-256-20-epochs", "residual net, widths 64/256/256, 20 epochs, bfloat16"),
     ("residual-widths-128-384-384-17-epochs", "residual net, widths 128/384/384, 17 epochs, bfloat16"),
-    ("residual", "residual net (profiles/scratch_residual.yaml: widths 128/384/384, 21 epochs, bfloat16)"),
+    ("residual", "residual net (profiles/scratch_residual.yaml at the run's commit)"),
     ("transfer-lite0-160", "transfer, head only (Lite0, 160 px)"),
     ("transfer-finetune-3-epochs", "transfer, fine-tuned, 3 unfrozen epochs (the profile's first run)"),
     ("transfer-finetune-160px-3-epochs", "transfer, fine-tuned at 160 px, 3 unfrozen epochs"),

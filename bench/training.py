@@ -13,7 +13,7 @@ Run from the repository root:
     python -m bench.training seed-recipe-25    # the write-up's recipe exactly: all 25 epochs
     python -m bench.training seed-recipe-25 --val-fraction 0.01  # the same on 49,500 training images
     python -m bench.training residual          # profiles/scratch_residual.yaml (target: >= 93% in 60 min)
-    python -m bench.training residual --lookahead  # the same with scratch.lookahead: true
+    python -m bench.training residual --lookahead  # scratch.lookahead: true, saved apart (in the profile since c3ae8b4)
     python -m bench.training residual --set scratch.epochs=12  # the profile with params replaced
     python -m bench.training residual --reencode-quality 50  # on the images JPEG-encoded once more
     python -m bench.training residual --validation-only --val-fraction 0.1 --set scratch.epochs=8  # a choice:
