@@ -21,11 +21,10 @@ def test_accuracy(*, model: str, prepared: str, features: str | None, tta_flip: 
     computation, much faster). `tta_flip`: scores averaged with the mirror image's."""
     import numpy as np
 
-    from imgclf import artifacts, model_files
+    from imgclf import artifacts, model_io
     from imgclf.data import tfdata
-    from imgclf.training import features
 
-    loaded = model_files.load_model(model)
+    loaded = model_io.load_model(model)
     if features:
         from imgclf.training import recipe
 

@@ -13,7 +13,7 @@ the bytes really on disk). Writes bench/results/storage-<rev>.json.
     python -m bench.storage --model-sizes
 
 The seed CNN's parameters and `.keras` file bytes (4 classes) at image sizes and poolings, saved by Keras with
-Adam's state and by `model_files.save_model`; writes bench/results/storage-model-sizes.json.
+Adam's state and by `model_io.save_model`; writes bench/results/storage-model-sizes.json.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def model_sizes() -> list[dict]:
     import keras
     import numpy as np
 
-    from imgclf import model_files, smoke_copy
+    from imgclf import model_io, smoke_copy
     from imgclf.config import params_from_dict, read_params_yaml
     from imgclf.training import recipe, scratch_model
 
@@ -85,7 +85,7 @@ def model_sizes() -> list[dict]:
         with tempfile.TemporaryDirectory() as folder:
             keras_file, saved = Path(folder) / "keras.keras", Path(folder) / "model.keras"
             model.save(keras_file)  # Keras' own: the weights and Adam's two moments of each
-            model_files.save_model(model, saved)
+            model_io.save_model(model, saved)
             rows.append({"image_size": side, "pool_after": pool_after, "parameters": model.count_params(),
                          "keras_save_bytes": keras_file.stat().st_size, "save_model_bytes": saved.stat().st_size})
         print(json.dumps(rows[-1]), flush=True)

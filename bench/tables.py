@@ -375,7 +375,7 @@ def storage_model_sizes(results: dict[str, dict]) -> str:
              f"{row['keras_save_bytes'] / 1e6:.1f} MB", f"{row['save_model_bytes'] / 1e6:.1f} MB"]
             for row in result["rows"]]
     return table(["image size", "`scratch.pool_after`", "parameters", "file, Keras' own save (with Adam)",
-                  "file, `model_files.save_model`"], rows) + f"\n{date(result)}; raw {raw('storage-model-sizes')}.\n"
+                  "file, `model_io.save_model`"], rows) + f"\n{date(result)}; raw {raw('storage-model-sizes')}.\n"
 
 
 def storage_runs(results: dict[str, dict]) -> str:

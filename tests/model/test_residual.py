@@ -283,3 +283,27 @@ def test_whitening_sample_refuses_shards_of_another_image_size(tmp_path, write_p
     meta = write_prepared(tmp_path, class_names=["a", "b"], per_class={"train": 5, "val": 1, "test": 1})
     with pytest.raises(records.CorruptShardError, match="different preprocess runs"):
         scratch.training_pixels(tmp_path, image_shape=(4, 4, 3), train_count=meta["counts"]["train"], seed=0)
+
+
+def test_the_bench_test_accuracy_probe_scores_the_test_split_with_and_without_flip_tta(tmp_path, write_prepared):
+    """bench/probes.py's test accuracy, which every timed training benchmark ends with, against the model's own
+    predictions on the same pixels: its import, the split it reads, label order, and the mirror's axis."""
+    from bench import probes
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (2 * 12, 8, 8, 3), dtype=np.uint8)
+    labels = np.repeat([0, 1], 12)
+    write_prepared(tmp_path / "prepared", class_names=["a", "b"], per_class={"test": 12}, pixels={"test": pixels})
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs)))
+    model_io.save_model(model, tmp_path / "model.keras")
+
+    images = pixels.astype("float32")
+    scores = model.predict(images, verbose=0)
+    mirrored = (scores + model.predict(images[:, :, ::-1], verbose=0)) / 2
+    expected = {False: np.mean(scores.argmax(1) == labels), True: np.mean(mirrored.argmax(1) == labels)}
+    assert expected[False] != expected[True]  # so a mirror on the wrong axis, or none, would show
+    for tta_flip, accuracy in expected.items():
+        assert probes.test_accuracy(model=str(tmp_path / "model.keras"), prepared=str(tmp_path / "prepared"),
+                                    features=None, tta_flip=tta_flip) == pytest.approx(accuracy)
