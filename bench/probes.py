@@ -17,12 +17,14 @@ import time
 
 
 def test_accuracy(*, model: str, prepared: str, features: str | None, tta_flip: bool) -> float:
-    """Test accuracy of a saved model; with `features`, its head on the cached test features (the same
-    computation, much faster). `tta_flip`: scores averaged with the mirror image's."""
+    """Test accuracy of a saved model, scored by the evaluate stage's own `predict` (so `tta_flip`, scores
+    averaged with the mirror image's, is the stage's); with `features`, its head on the cached test features (the
+    same computation, much faster)."""
     import numpy as np
 
     from imgclf import artifacts, model_io
     from imgclf.data import tfdata
+    from imgclf.evaluation import evaluate
 
     loaded = model_io.load_model(model)
     if features:
@@ -33,15 +35,9 @@ def test_accuracy(*, model: str, prepared: str, features: str | None, tta_flip: 
         return float((np.argmax(head.predict(x, batch_size=1024, verbose=0), 1) == y).mean())
     meta = artifacts.read_prepared_meta(prepared)
     data = tfdata.make_dataset(prepared, "test", image_shape=meta.image_shape, num_classes=meta.num_classes,
-                               batch_size=512)
-    right = total = 0
-    for images, targets in data:
-        scores = loaded.predict(images, verbose=0)
-        if tta_flip:
-            scores = (scores + loaded.predict(images.numpy()[:, :, ::-1], verbose=0)) / 2
-        right += int((np.argmax(scores, 1) == np.argmax(targets, 1)).sum())
-        total += len(targets)
-    return right / total
+                               batch_size=512, with_index=True)
+    scored = evaluate.predict(loaded, tfdata.iterate_numpy(data), flip=tta_flip, description="test accuracy")
+    return float((scored.probabilities.argmax(1) == scored.labels).mean())
 
 
 def backbone_in_loop(*, prepared: str, backbone: str, size: int, images: int) -> float:
