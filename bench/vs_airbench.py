@@ -152,6 +152,17 @@ def summarize(records: dict[str, dict]) -> dict:
             "complete": min(len(keras["runs"]), len(reference["runs"])) >= MIN_SEEDS, "left_out": left_out}
 
 
+def overwrite_refusal(path: Path) -> str | None:
+    """Why a new run must not replace the seed saved at `path`, or None when nothing is there. A seed measured on
+    another CPU (or before a change) is part of that set's record: replacing it by accident would drop it from that
+    CPU's summary, so it is replaced only on request."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return (f"{path.name} already holds this seed, measured {saved['provenance']['date']} on {cpu_of(saved)}; "
+            "pick a seed not yet measured (`ls bench/results/`), or pass --replace to measure it again")
+
+
 def saved_runs(results: Path = common.RESULTS) -> dict[str, dict]:
     return {path.stem: json.loads(path.read_text()) for path in sorted(results.glob(f"{NAME}-*-seed-*.json"))}
 
@@ -164,6 +175,8 @@ def parser() -> argparse.ArgumentParser:
                         help="the scratch project copy holding the prepared data (as bench.training's)")
     parser.add_argument("--python", default="",
                         help="reference: the Python of an environment with PyTorch (bench/airbench_reference.py)")
+    parser.add_argument("--replace", action="store_true",
+                        help="measure a seed that already has a result file again, replacing that file")
     return parser
 
 
@@ -177,6 +190,9 @@ def main() -> None:
             sys.exit(f"error: {error}")
         common.save(NAME, summary, run)
         return
+    refusal = overwrite_refusal(common.RESULTS / f"{run_name(arguments.what, arguments.seed)}.json")
+    if refusal and not arguments.replace:
+        sys.exit(f"error: {refusal}")
     if arguments.what == "reference" and not (arguments.python and shutil.which(arguments.python)):
         # checked before any preparation: a wrong interpreter must cost nothing and say what to give
         given = f" ({arguments.python!r} is not an executable)" if arguments.python else ""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 
-from bench import tables, vs_airbench
+from bench import common, tables, vs_airbench
 
 XEON = {"model": "Intel(R) Xeon(R) Processor", "flags": ["amx_bf16", "avx2", "avx512_bf16", "avx512f"], "cores": 2}
 EPYC = {"model": "AMD EPYC 9B14", "flags": ["avx2", "avx512f"], "cores": 2}
@@ -77,6 +80,7 @@ def test_the_table_shows_every_counted_run_the_means_and_what_was_left_out():
 
 
 def test_the_reference_without_an_environment_with_pytorch_is_refused_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)  # no seed saved: the interpreter check is the one that stops it
     monkeypatch.setattr("sys.argv", ["vs_airbench", "reference", "--dir", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="reference needs --python"):
         vs_airbench.main()
@@ -84,8 +88,27 @@ def test_the_reference_without_an_environment_with_pytorch_is_refused_before_any
 
 
 def test_a_reference_interpreter_that_does_not_exist_is_refused_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)  # no seed saved: the interpreter check is the one that stops it
     monkeypatch.setattr("sys.argv", ["vs_airbench", "reference", "--python", str(tmp_path / "no-python"),
                                      "--dir", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="is not an executable"):
         vs_airbench.main()
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_seed_already_saved_is_not_overwritten_unless_asked(monkeypatch, tmp_path):
+    # A seed measured on another CPU belongs to that CPU's set: a new run under the same name must not drop it.
+    name, record = run("reference", 1, 0.9177, 33.4, cpu=XEON)
+    (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr("sys.argv", ["vs_airbench", "reference", "--seed", "1", "--dir", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match=r"already holds this seed, measured 2026-12-06 12:00:00 on Intel.*--replace"):
+        vs_airbench.main()
+    assert json.loads((tmp_path / f"{name}.json").read_text()) == record
+    assert not (tmp_path / "nowhere").exists()
+    # --replace passes this check (the next one, the missing PyTorch interpreter, stops it here)
+    monkeypatch.setattr("sys.argv", [*sys.argv, "--replace"])
+    with pytest.raises(SystemExit, match="reference needs --python"):
+        vs_airbench.main()
+    # a seed not yet measured passes too
+    assert vs_airbench.overwrite_refusal(tmp_path / "vs-airbench95-reference-seed-2.json") is None
