@@ -495,11 +495,22 @@ def host_speed(gflops: dict | None) -> str:
 
 def vs_airbench95(results: dict[str, dict]) -> str:
     """The per-seed runs `python -m bench.vs_airbench summary` combined, each side's mean and spread, and the time
-    ratio; then the runs it left out."""
+    ratio, on the newest run's CPU; then the runs it left out; then each other CPU's runs, in a table of their own
+    (a ratio never mixes machines)."""
     summary = results.get("vs-airbench95")
     if summary is None:
         return "No run yet.\n"
+    lines = [_vs_airbench95_block(summary) + f"; summary {date(summary)}, `vs-airbench95.json`.\n"]
+    for left in summary["left_out"]:
+        if not left["why"].startswith("another CPU"):  # those are in their CPU's own table below
+            lines.append(f"- left out: `{left['result']}.json`, {left['why']}\n")
+    for other in summary.get("other_cpus", []):
+        lines.append(f"On another CPU, {other['cpu']}:\n")
+        lines.append(_vs_airbench95_block(other) + ".\n")
+    return "\n".join(lines)
 
+
+def _vs_airbench95_block(summary: dict) -> str:
     def spread(value: float | None, unit: str) -> str:
         return "" if value is None else f" ± {value:.2%}" if unit == "%" else f" ± {value:.1f}"
 
@@ -518,14 +529,10 @@ def vs_airbench95(results: dict[str, dict]) -> str:
                f"reference's mean accuracy)" if ratio is not None else
                "`time_ratio`: none, the Keras mean does not reach the reference's mean accuracy"
                if summary["keras_reaches_reference_accuracy"] is False else "`time_ratio`: not yet, a side has no run")
-    lines = [table(["side", "seed", f"test ({summary['tta']} TTA)", "minutes, process start to test accuracy",
-                    "host GFLOP/s, before / after", "raw"], rows),
-             f"{verdict}; {summary['seeds_each']} seed(s) each"
-             + ("" if summary["complete"] else " (fewer than the 3 the comparison needs)")
-             + f"; {summary['cpu']}; summary {date(summary)}, `vs-airbench95.json`.\n"]
-    for left in summary["left_out"]:
-        lines.append(f"- left out: `{left['result']}.json`, {left['why']}\n")
-    return "\n".join(lines)
+    return (table(["side", "seed", f"test ({summary['tta']} TTA)", "minutes, process start to test accuracy",
+                   "host GFLOP/s, before / after", "raw"], rows)
+            + f"\n{verdict}; {summary['seeds_each']} seed(s) each"
+            + ("" if summary["complete"] else " (fewer than the 3 the comparison needs)") + f"; {summary['cpu']}")
 
 
 TABLES: dict[str, Callable[[dict[str, dict]], str]] = {

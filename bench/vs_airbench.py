@@ -116,19 +116,32 @@ def side_summary(runs: list[tuple[str, dict]]) -> dict:
 
 
 def summarize(records: dict[str, dict]) -> dict:
-    """vs-airbench95.json's content from the per-seed runs (file stem -> record). Only runs that had the machine to
-    themselves, on the CPU model of the newest run, with each side's newest configuration, count; every other run
-    is listed under `left_out` with the reason."""
+    """vs-airbench95.json's content from the per-seed runs (file stem -> record). The comparison is made on the CPU
+    model of the newest run: only runs that had the machine to themselves, on that CPU, with each side's newest
+    configuration, count; every other run is listed under `left_out` with the reason. The runs of every other CPU
+    are summarized apart, under `other_cpus` (newest first): a time ratio never mixes two machines."""
     if not records:
         raise ValueError(f"no {NAME}-<side>-seed-<n>.json runs yet: run `python -m bench.vs_airbench keras` and "
                          "`... reference` first")
     newest = max(records, key=lambda name: records[name]["provenance"]["date"])
-    cpu = cpu_of(records[newest])
+    summary = summarize_cpu(records, cpu_of(records[newest]))
+    others = {cpu_of(record) for record in records.values()} - {summary["cpu"]}
+    newest_date = {cpu: max(record["provenance"]["date"] for record in records.values() if cpu_of(record) == cpu)
+                   for cpu in others}
+    blocks = [summarize_cpu(records, cpu) for cpu in sorted(others, key=newest_date.get, reverse=True)]
+    summary["other_cpus"] = [{key: value for key, value in block.items() if key != "left_out"} for block in blocks]
+    return summary
+
+
+def summarize_cpu(records: dict[str, dict], cpu: str) -> dict:
+    """The comparison among the runs measured on `cpu` (as `cpu_of` names it)."""
     left_out, kept = [], {side: [] for side in SIDES}
     for side in SIDES:
         mine = sorted(((name, record) for name, record in records.items() if record["side"] == side),
                       key=lambda item: item[1]["provenance"]["date"])
-        configuration = mine[-1][1]["configuration"] if mine else None
+        # the side's newest configuration on this CPU: another machine's newer one must not empty this one's set
+        on_cpu = [record for _, record in mine if cpu_of(record) == cpu]
+        configuration = on_cpu[-1]["configuration"] if on_cpu else None
         for name, record in mine:
             if record["provenance"]["contended"]:
                 left_out.append({"result": name, "why": "contended: the machine was not idle"})

@@ -112,3 +112,32 @@ def test_a_seed_already_saved_is_not_overwritten_unless_asked(monkeypatch, tmp_p
         vs_airbench.main()
     # a seed not yet measured passes too
     assert vs_airbench.overwrite_refusal(tmp_path / "vs-airbench95-reference-seed-2.json") is None
+
+
+def test_each_other_cpu_gets_its_own_summary_and_table_and_no_ratio_mixes_two_machines():
+    records = dict([
+        run("reference", 1, 0.9177, 33.4, date="2026-12-06 12:00:00"),
+        run("reference", 2, 0.9167, 35.3, date="2026-12-06 13:00:00"),
+        run("keras", 1, 0.9170, 70.0, date="2026-12-07 10:00:00", cpu=EPYC),
+        run("reference", 5, 0.9160, 50.0, date="2026-12-07 11:00:00", cpu=EPYC),
+    ])
+    summary = vs_airbench.summarize(records)
+    assert summary["cpu"] == "AMD EPYC 9B14 (AVX-512), 2 cores"
+    assert summary["minutes_ratio"] == pytest.approx(70.0 / 50.0, abs=1e-3)  # never 70 over the Xeon's 34.35
+    [xeon] = summary["other_cpus"]
+    assert xeon["cpu"].startswith("Intel(R) Xeon(R) Processor")
+    assert [row["seed"] for row in xeon["reference"]["runs"]] == [1, 2] and xeon["keras"]["runs"] == []
+    assert xeon["reference"]["accuracy_mean"] == pytest.approx(0.9172) and xeon["minutes_ratio"] is None
+    text = tables.vs_airbench95({"vs-airbench95": {**summary, "provenance": {"date": "2026-12-07 12:00:00"}}})
+    epyc_part, xeon_part = text.split("On another CPU, Intel(R) Xeon(R) Processor")
+    assert "`vs-airbench95-reference-seed-5.json`" in epyc_part and "reference-seed-2" not in epyc_part
+    assert "| airbench95's own code | 2 | 91.67% | 35.3 |" in xeon_part and "reference-seed-5" not in xeon_part
+    assert "left out" not in text  # the Xeon's runs are shown in their own table, not listed as left out
+
+
+def test_a_newer_configuration_on_one_cpu_does_not_empty_another_cpus_set():
+    records = dict([run("keras", 1, 0.915, 45.0, date="2026-12-06 10:00:00"),
+                    run("keras", 2, 0.917, 40.0, date="2026-12-07 10:00:00", cpu=EPYC,
+                        configuration={"scratch": {"epochs": 15}})])
+    [xeon] = vs_airbench.summarize(records)["other_cpus"]
+    assert [row["seed"] for row in xeon["keras"]["runs"]] == [1]
