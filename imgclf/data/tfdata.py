@@ -126,7 +126,7 @@ def make_dataset(prepared_dir: Path, split: str, *, image_shape: tuple[int, int,
 
     if training:
         def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
-            shuffled = examples.shuffle(shuffle_buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+            shuffled = epoch_shuffle(examples, shuffle_buffer, seed, epoch)
             batches = shuffled.batch(batch_size, drop_remainder=shard is not None)
             if alternate_flips:  # batch-wise: one vectorised map per batch, not one per image
                 batches = batches.map(lambda pixels, label, index: (
@@ -165,11 +165,25 @@ def array_dataset(features: np.ndarray, targets: np.ndarray, *, batch_size: int,
     examples = tf.data.Dataset.from_tensor_slices((features, targets)).take(per_process * count).shard(count, index)
 
     def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
-        shuffled = examples.shuffle(per_process, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+        shuffled = epoch_shuffle(examples, per_process, seed, epoch)
         return shuffled.batch(batch_size, drop_remainder=True)
 
     dataset = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch + 1)).flat_map(one_epoch)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_shuffle(examples: tf.data.Dataset, buffer_size: int, seed: int, epoch: tf.Tensor) -> tf.data.Dataset:
+    """`examples` shuffled for one epoch, traced inside a `flat_map` over the epoch numbers.
+
+    tf.data pairs the graph's seed with the op seed and compares the pair with (0, 0) in Python
+    (`random_seed.get_seed`). With a graph seed of 0, after a caller's `keras.utils.set_random_seed(0)` (the usual
+    notebook line, or a test's), and a tensor op seed (each epoch's), tracing failed with "Using a symbolic
+    tf.Tensor as a Python bool". This epoch function's graph alone then gets the stand-in `configure` gives seed 0,
+    so the order is the one `configure(seed=0)` gives."""
+    graph = tf.compat.v1.get_default_graph()  # the flat_map function's graph, while it is traced
+    if graph.seed is not None and graph.seed % _TF_SEED_MODULUS == 0:
+        graph.seed = SEED_ZERO_STANDIN
+    return examples.shuffle(buffer_size, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
 
 
 def epoch_seed(seed: int, epoch) -> tf.Tensor:
@@ -200,6 +214,7 @@ def iterate_numpy(dataset: tf.data.Dataset) -> Iterator:
 
 
 SEED_ZERO_STANDIN = 2_147_483_629  # a large prime nobody types as `seed`
+_TF_SEED_MODULUS = 2**31 - 1  # TensorFlow reduces seeds modulo this before its (0, 0) check
 
 
 def configure(*, seed: int, deterministic: bool) -> None:

@@ -30,3 +30,27 @@ def test_seed_zero_trains(tmp_path):
     dataset = tfdata.make_dataset(tmp_path, "train", image_shape=(2, 2, 1), num_classes=2, batch_size=4,
                                   training=True, seed=0, example_count=len(labels))
     assert sum(len(targets) for _, targets in dataset.take(4)) == 16
+
+
+def test_a_callers_global_seed_of_zero_neither_breaks_the_training_stream_nor_changes_its_order(tmp_path):
+    # keras.utils.set_random_seed(0), the usual notebook line (and a test's), left TensorFlow's global seed at 0:
+    # every later training dataset failed while tracing ("Using a symbolic tf.Tensor as a Python bool").
+    import tensorflow as tf
+
+    labels = np.repeat(np.arange(2), 8)
+    examples = ((np.full((2, 2, 1), label, np.uint8), int(label), index) for index, label in enumerate(labels))
+    tfdata.write_shards(tmp_path, "train", examples, count=len(labels), examples_per_shard=100)
+
+    def order() -> list[int]:
+        dataset = tfdata.make_dataset(tmp_path, "train", image_shape=(2, 2, 1), num_classes=2, batch_size=4,
+                                      training=True, seed=0, epochs=2, example_count=len(labels), with_index=True)
+        return [int(index) for _, _, indices in dataset.take(8) for index in indices]
+
+    try:
+        tfdata.configure(seed=0, deterministic=False)
+        configured = order()
+        tf.random.set_seed(0)
+        assert order() == configured
+        assert sorted(configured[:16]) == list(range(16)) and configured[:16] != configured[16:]
+    finally:
+        tf.random.set_seed(None)  # no global seed left behind for the tests after this one
