@@ -175,14 +175,13 @@ def array_dataset(features: np.ndarray, targets: np.ndarray, *, batch_size: int,
 def epoch_shuffle(examples: tf.data.Dataset, buffer_size: int, seed: int, epoch: tf.Tensor) -> tf.data.Dataset:
     """`examples` shuffled for one epoch, traced inside a `flat_map` over the epoch numbers.
 
-    tf.data pairs the graph's seed with the op seed and compares the pair with (0, 0) in Python
-    (`random_seed.get_seed`). With a graph seed of 0, after a caller's `keras.utils.set_random_seed(0)` (the usual
-    notebook line, or a test's), and a tensor op seed (each epoch's), tracing failed with "Using a symbolic
-    tf.Tensor as a Python bool". This epoch function's graph alone then gets the stand-in `configure` gives seed 0,
-    so the order is the one `configure(seed=0)` gives."""
+    `configure` sets TensorFlow's global seed through `tensorflow_seed`, but a caller's own
+    `keras.utils.set_random_seed(0)` (the usual notebook line, or a test's) leaves it at 0, and tracing the shuffle
+    then failed. This epoch function's graph alone gets its seed through `tensorflow_seed` too, so the order is the
+    one `configure(seed=0)` gives."""
     graph = tf.compat.v1.get_default_graph()  # the flat_map function's graph, while it is traced
-    if graph.seed is not None and graph.seed % _TF_SEED_MODULUS == 0:
-        graph.seed = SEED_ZERO_STANDIN
+    if graph.seed is not None:
+        graph.seed = tensorflow_seed(graph.seed)
     return examples.shuffle(buffer_size, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
 
 
@@ -217,13 +216,19 @@ SEED_ZERO_STANDIN = 2_147_483_629  # a large prime nobody types as `seed`
 _TF_SEED_MODULUS = 2**31 - 1  # TensorFlow reduces seeds modulo this before its (0, 0) check
 
 
+def tensorflow_seed(seed: int) -> int:
+    """`seed` as TensorFlow's global or graph seed: a fixed non-zero stand-in where TensorFlow would read 0.
+    tf.data compares (graph seed, op seed), each reduced modulo 2**31 - 1, with (0, 0) in Python: with a graph seed
+    of 0 and a tensor op seed (each epoch's shuffle seed) that comparison fails while tracing ("Using a symbolic
+    tf.Tensor as a Python bool")."""
+    return SEED_ZERO_STANDIN if seed % _TF_SEED_MODULUS == 0 else seed
+
+
 def configure(*, seed: int, deterministic: bool) -> None:
     """Seed every RNG and, if asked, make TensorFlow ops deterministic (slower, bit-reproducible)."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    # tf.data compares (global seed, op seed) with (0, 0) in Python: with a global seed of 0 and a tensor op seed
-    # (each epoch's shuffle seed) that comparison fails while tracing. Seed 0 gets a fixed non-zero stand-in.
-    tf.random.set_seed(seed if seed != 0 else SEED_ZERO_STANDIN)
+    tf.random.set_seed(tensorflow_seed(seed))
     if deterministic:
         tf.config.experimental.enable_op_determinism()
