@@ -123,13 +123,11 @@ def summarize(records: dict[str, dict]) -> dict:
     if not records:
         raise ValueError(f"no {NAME}-<side>-seed-<n>.json runs yet: run `python -m bench.vs_airbench keras` and "
                          "`... reference` first")
-    newest = max(records, key=lambda name: records[name]["provenance"]["date"])
-    summary = summarize_cpu(records, cpu_of(records[newest]))
-    others = {cpu_of(record) for record in records.values()} - {summary["cpu"]}
-    newest_date = {cpu: max(record["provenance"]["date"] for record in records.values() if cpu_of(record) == cpu)
-                   for cpu in others}
-    blocks = [summarize_cpu(records, cpu) for cpu in sorted(others, key=newest_date.get, reverse=True)]
-    summary["other_cpus"] = [{key: value for key, value in block.items() if key != "left_out"} for block in blocks]
+    newest_first = sorted(records.values(), key=lambda record: record["provenance"]["date"], reverse=True)
+    cpus = list(dict.fromkeys(cpu_of(record) for record in newest_first))  # each CPU once, by its newest run
+    summary = summarize_cpu(records, cpus[0])
+    summary["other_cpus"] = [{key: value for key, value in summarize_cpu(records, cpu).items() if key != "left_out"}
+                             for cpu in cpus[1:]]
     return summary
 
 
