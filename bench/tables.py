@@ -501,10 +501,11 @@ def vs_airbench95(results: dict[str, dict]) -> str:
     if summary is None:
         return "No run yet.\n"
     lines = [_vs_airbench95_block(summary) + f"; summary {date(summary)}, `vs-airbench95.json`.\n"]
-    for left in summary["left_out"]:
-        if not left["why"].startswith("another CPU"):  # those are in their CPU's own table below
-            lines.append(f"- left out: `{left['result']}.json`, {left['why']}\n")
-    for other in summary.get("other_cpus", []):
+    others = summary.get("other_cpus", [])
+    shown_below = {run["result"] for other in others for side in ("keras", "reference") for run in other[side]["runs"]}
+    lines += [f"- left out: `{left['result']}.json`, {left['why']}\n" for left in summary["left_out"]
+              if left["result"] not in shown_below]
+    for other in others:
         lines.append(f"On another CPU, {other['cpu']}:\n")
         lines.append(_vs_airbench95_block(other) + ".\n")
     return "\n".join(lines)
