@@ -16,6 +16,9 @@ from imgclf import artifacts
 DEFAULT_META = Path(artifacts.PREPARED_DIR) / artifacts.META_FILE
 MODEL_HELP = ("a .keras file (with --meta) or an MLflow model URI: runs:/<run_id>/model, "
               "models:/imgclf-transfer@champion (store: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+# `imgclf ui` serves one user's browser: two server processes answer its parallel requests. MLflow's default of four
+# (each importing MLflow) costs 15 CPU-seconds to start against 7 for two, on 2 cores (docs/tracking.md).
+UI_WORKERS = 2
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     ui.add_argument("--params", type=Path, default=Path("params.yaml"), help="names the experiment (mlflow.experiment)")
     ui.add_argument("--port", type=_port, default=5000)
     ui.add_argument("--address-only", action="store_true", help="print the address, start nothing")
+    ui.add_argument("--workers", type=_positive, default=UI_WORKERS,
+                    help=f"server processes (default {UI_WORKERS}: one browser's requests; MLflow's default is 4)")
     export = command("export", help="write a TensorFlow SavedModel for TF Serving (raw 0-255 pixels in)")
     export.add_argument("--model", required=True, help=MODEL_HELP)
     export.add_argument("--meta", type=Path, default=DEFAULT_META,
@@ -74,6 +79,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # One policy for every subcommand: a condition the user can fix is one `error:` line and exit status 2.
     sys.exit(stage_runner.exit_on_user_error(lambda: _run(arguments)) or 0)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _port(text: str) -> int:
@@ -132,8 +143,9 @@ def _run(arguments: argparse.Namespace) -> int:
         print(f"http://127.0.0.1:{arguments.port}/#{store.runs_route(experiment_id)}", flush=True)
         if not arguments.address_only:  # MLflow's server, its UI opening on the experiment's runs (tracking_ui)
             os.execve(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                                       "--port", str(arguments.port), "--app-name", tracking_ui.APP_NAME],
-                      {**os.environ, tracking_ui.HOME_EXPERIMENT_ENV: experiment_id})
+                                       "--port", str(arguments.port), "--workers", str(arguments.workers),
+                                       "--app-name", tracking_ui.APP_NAME],
+                      tracking_ui.server_environment(os.environ, experiment_id))
     elif arguments.command == "check-params":
         from imgclf import config
 

@@ -21,6 +21,7 @@ import importlib.metadata
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from imgclf.errors import UserError
@@ -33,6 +34,9 @@ HOME_EXPERIMENT_ENV = "IMGCLF_UI_EXPERIMENT_ID"  # set by `imgclf ui`: the exper
 MODE_STORAGE_KEY = "mlflow.workflowType_v1"
 INDEX_ENDPOINT = "serve"  # mlflow.server's view of "/" (under the static prefix, if any)
 INDEX_FILE = "index.html"
+# MLflow 3's server starts seven job-runner processes (huey consumers, each importing MLflow) for its GenAI jobs
+# (judges, trace scoring), which a training project never queues: 25 CPU-seconds at every start on 2 cores.
+JOB_EXECUTION_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,12 @@ def require_installed() -> None:
     if not importlib.metadata.entry_points(group=APP_GROUP, name=APP_NAME):
         raise UserError(f"the MLflow server app {APP_NAME!r} is not registered in this environment (an install "
                         "older than pyproject.toml's entry point): run `make setup`, or `pip install -e .`")
+
+
+def server_environment(environ: Mapping[str, str], home_experiment_id: str) -> dict[str, str]:
+    """The environment `imgclf ui` runs MLflow's server in: the experiment the root address opens, and MLflow's
+    GenAI job runners off unless the user's environment turns them on."""
+    return {JOB_EXECUTION_ENV: "false", **environ, HOME_EXPERIMENT_ENV: home_experiment_id}
 
 
 def page_script(home_experiment_id: str | None) -> str:

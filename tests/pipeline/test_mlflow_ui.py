@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import smoke_copy
+from imgclf import smoke_copy, tracking_ui
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
@@ -48,7 +48,9 @@ def mlflow_server(experiment_project, tmp_path_factory, free_port, running_serve
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store,
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with running_server(command, ready_url=f"http://127.0.0.1:{port}/health", cwd=experiment_project,
-                        env={**os.environ, "MLFLOW_TRACKING_URI": store}, log_path=log,
+                        # MLflow's GenAI job runners (seven processes) serve no page this test opens
+                        env={**os.environ, "MLFLOW_TRACKING_URI": store, tracking_ui.JOB_EXECUTION_ENV: "false"},
+                        log_path=log,
                         start_seconds=SERVER_START_SECONDS):
         yield f"http://127.0.0.1:{port}"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from imgclf import fileio, smoke_copy
+from imgclf import fileio, smoke_copy, tracking_ui
 from imgclf.tracking import registry
 from imgclf.tracking import store as tracking_store
 
@@ -188,6 +188,15 @@ def test_ui_command_prints_the_address_of_the_experiments_training_runs(tmp_path
     assert not (tmp_path / "absent.db").exists()
     assert run_cli("ui", "--address-only", "--port", "99999") == 2
     assert "is not a TCP port (1-65535)" in capsys.readouterr().err
+    assert run_cli("ui", "--address-only", "--workers", "0") == 2
+    assert "'0' is not a positive whole number" in capsys.readouterr().err
+
+
+def test_ui_server_runs_without_mlflows_genai_job_runners_unless_the_user_asks():
+    environment = tracking_ui.server_environment({"PATH": "/bin", tracking_ui.HOME_EXPERIMENT_ENV: "9"}, "3")
+    assert environment == {"PATH": "/bin", tracking_ui.JOB_EXECUTION_ENV: "false", tracking_ui.HOME_EXPERIMENT_ENV: "3"}
+    asked = tracking_ui.server_environment({tracking_ui.JOB_EXECUTION_ENV: "true"}, "3")
+    assert asked[tracking_ui.JOB_EXECUTION_ENV] == "true"
 
 
 def _store_contents(store: Path) -> tuple:

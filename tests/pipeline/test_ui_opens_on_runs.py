@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=120), pytest.mar
 
 RUN_NAMES = ("scratch-cnn", "transfer-mobilenet_v3_small")
 TEST_ACCURACY = {"scratch-cnn": 0.65, "transfer-mobilenet_v3_small": 0.70}  # what evaluate adds to each run
-SERVER_START_SECONDS = 120  # uvicorn's four workers each import MLflow on a busy 2-core CI box
+SERVER_START_SECONDS = 120  # `imgclf ui`'s two server processes each import MLflow on a busy 2-core CI box
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default": where `mlflow run` without --experiment-name records
 
 
