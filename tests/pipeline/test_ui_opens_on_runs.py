@@ -19,7 +19,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from imgclf import workspace
+from imgclf import tracking_ui, workspace
 from imgclf.config import load_params
 from imgclf.entry_points import PROJECT_ROOT
 from imgclf.tracking import runs, store
@@ -68,15 +68,43 @@ def ui(tmp_path_factory, new_mlflow_store, free_port, running_server):
     port = free_port()
     log = project / "ui.log"
     environment = {key: value for key, value in os.environ.items()
-                   if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", workspace.DVC_ROOT_ENV)}
+                   if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", workspace.DVC_ROOT_ENV,
+                                  tracking_ui.JOB_EXECUTION_ENV)}  # `imgclf ui`'s own default, whatever the shell says
     with running_server([sys.executable, "-m", "imgclf", "ui", "--port", str(port)],
                         ready_url=f"http://127.0.0.1:{port}/health", cwd=project, env=environment, log_path=log,
-                        start_seconds=SERVER_START_SECONDS):
+                        start_seconds=SERVER_START_SECONDS) as server:
         base = f"http://127.0.0.1:{port}"
         printed = [line for line in log.read_text().splitlines() if line.startswith(base + "/#")]
         assert printed, f"imgclf ui printed no address:\n{log.read_text()[-2000:]}"
         yield {"base": base, "printed": printed[0], "experiment_id": experiment_id,
-               "run_ids": run_ids, "uri": uri}
+               "run_ids": run_ids, "uri": uri, "pid": server.pid}
+
+
+def _descendant_command_lines(pid: int) -> list[str]:
+    """The command lines of every process under `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited while we looked
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    lines, pending = [], list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        pending.extend(children.get(child, []))
+        try:
+            lines.append((Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return lines
+
+
+def test_the_server_runs_two_workers_and_none_of_mlflows_genai_job_runners(ui):
+    # MLflow 3's own default: four workers and seven job runners, 40 CPU-seconds to start on 2 cores (docs/tracking.md).
+    lines = _descendant_command_lines(ui["pid"])
+    assert sum("spawn_main" in line for line in lines) == 2, lines  # uvicorn's workers
+    assert not [line for line in lines if "huey" in line], lines
 
 
 def _open(chromium: str, url: str, profile: Path) -> str:
