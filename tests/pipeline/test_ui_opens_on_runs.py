@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from imgclf import tracking_ui, workspace
+from imgclf.__main__ import UI_WORKERS
 from imgclf.config import load_params
 from imgclf.entry_points import PROJECT_ROOT
 from imgclf.tracking import runs, store
@@ -80,30 +81,11 @@ def ui(tmp_path_factory, new_mlflow_store, free_port, running_server):
                "run_ids": run_ids, "uri": uri, "pid": server.pid}
 
 
-def _descendant_command_lines(pid: int) -> list[str]:
-    """The command lines of every process under `pid`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited while we looked
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    lines, pending = [], list(children.get(pid, []))
-    while pending:
-        child = pending.pop()
-        pending.extend(children.get(child, []))
-        try:
-            lines.append((Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except OSError:
-            continue
-    return lines
-
-
 def test_the_server_runs_two_workers_and_none_of_mlflows_genai_job_runners(ui):
     # MLflow 3's own default: four workers and seven job runners, 40 CPU-seconds to start on 2 cores (docs/tracking.md).
-    lines = _descendant_command_lines(ui["pid"])
-    assert sum("spawn_main" in line for line in lines) == 2, lines  # uvicorn's workers
+    psutil = pytest.importorskip("psutil")
+    lines = [" ".join(process.cmdline()) for process in psutil.Process(ui["pid"]).children(recursive=True)]
+    assert sum("spawn_main" in line for line in lines) == UI_WORKERS, lines  # uvicorn's workers
     assert not [line for line in lines if "huey" in line], lines
 
 
