@@ -17,7 +17,7 @@ DEFAULT_META = Path(artifacts.PREPARED_DIR) / artifacts.META_FILE
 MODEL_HELP = ("a .keras file (with --meta) or an MLflow model URI: runs:/<run_id>/model, "
               "models:/imgclf-transfer@champion (store: MLFLOW_TRACKING_URI, else ./mlflow.db)")
 # `imgclf ui` serves one user's browser: two server processes answer its parallel requests. MLflow's default of four
-# (each importing MLflow) costs 15 CPU-seconds to start against 7 for two, on 2 cores (docs/tracking.md).
+# (each importing MLflow) costs 13-15 CPU-seconds to start against 7 for two, on 2 cores (BENCHMARKS.md).
 UI_WORKERS = 2
 
 

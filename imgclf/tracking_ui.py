@@ -35,7 +35,7 @@ MODE_STORAGE_KEY = "mlflow.workflowType_v1"
 INDEX_ENDPOINT = "serve"  # mlflow.server's view of "/" (under the static prefix, if any)
 INDEX_FILE = "index.html"
 # MLflow 3's server starts seven job-runner processes (huey consumers, each importing MLflow) for its GenAI jobs
-# (judges, trace scoring), which a training project never queues: 25 CPU-seconds at every start on 2 cores.
+# (judges, trace scoring), which a training project never queues: 20-25 CPU-seconds at every start on 2 cores.
 JOB_EXECUTION_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 log = logging.getLogger(__name__)
