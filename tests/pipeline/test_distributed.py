@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -28,7 +29,6 @@ from imgclf import artifacts, fileio, smoke_copy
 from imgclf.training import distributed
 
 pytest.importorskip("jax", reason="training.distribute: multi_worker needs JAX (pinned in requirements.lock)")
-psutil = pytest.importorskip("psutil")
 
 pytestmark = [pytest.mark.integration, pytest.mark.scale_out]
 

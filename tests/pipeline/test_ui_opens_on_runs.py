@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import psutil
 import pytest
 
 from imgclf import tracking_ui, workspace
@@ -83,7 +84,6 @@ def ui(tmp_path_factory, new_mlflow_store, free_port, running_server):
 
 def test_the_server_runs_two_workers_and_none_of_mlflows_genai_job_runners(ui):
     # MLflow 3's own default: four workers and seven job runners, 33-40 CPU-seconds to start on 2 cores (BENCHMARKS.md).
-    psutil = pytest.importorskip("psutil")
     lines = [" ".join(process.cmdline()) for process in psutil.Process(ui["pid"]).children(recursive=True)]
     assert sum("spawn_main" in line for line in lines) == UI_WORKERS, lines  # uvicorn's workers
     assert not [line for line in lines if "huey" in line], lines
