@@ -60,8 +60,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p", "d", "8",
 def machine(result: dict) -> tuple[str, bool]:
     """(the CPU the run used, whether that is inferred from its date rather than recorded by the run)."""
     if "provenance" in result:
-        cpu = result["provenance"]["cpu"]
-        return f"{cpu['model']}, {provenance.vector_class(cpu['flags'])}", False
+        return provenance.cpu_name(result["provenance"]), False
     day = result.get("date", "")[:10]
     for first, last, cpu, _ in PERIODS:
         if first <= day <= last:

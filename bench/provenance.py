@@ -6,12 +6,13 @@
 
 The block holds the git commit and whether tracked code differed from it at the start (`dirty`; bench/results/ does
 not count), the Python, TensorFlow, Keras and numpy versions (and PyTorch's, where installed), the CPU (model name,
-its vector and matrix flags, core count), the command line, the start and end dates, the load averages before and
-after, the share of the machine's CPU time that other processes used while it ran, and the host's arithmetic speed
-before and after (`host_gflops`: a fixed float32 matrix product, timed). `contended` is true when something else was
-running (load average over 0.5 before the start, or other processes using more than 10% of all cores during the
-run): such a run's seconds are not an idle machine's. The host speed catches what `contended` cannot see: this VM's
-CPUs have run the same work up to twice as slowly for hours with nothing else in it and no steal time reported.
+family, model number and stepping, its vector and matrix flags, core count), the command line, the start and end
+dates, the load averages before and after, the share of the machine's CPU time that other processes used while it
+ran, and the host's arithmetic speed before and after (`host_gflops`: a fixed float32 matrix product, timed).
+`contended` is true when something else was running (load average over 0.5 before the start, or other processes
+using more than 10% of all cores during the run): such a run's seconds are not an idle machine's. The host speed
+catches what `contended` cannot see: this VM's CPUs have run the same work up to twice as slowly for hours with
+nothing else in it and no steal time reported.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ OTHER_SHARE_LIMIT = 0.10
 VERSIONED = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"), "keras": ("keras",),
              "numpy": ("numpy",), "torch": ("torch",)}  # torch: the airbench reference's environment
 CPU_FLAG_PREFIXES = ("avx2", "avx512", "amx")
+# Two CPU generations have served these cores under one model name, "AMD EPYC": family 26 (Zen 5) on 2026-12-05
+# and family 25, model 17 (Zen 4) since 2026-12-06 20:07, about half as fast on the residual net and on airbench's
+# own code (BENCHMARKS.md). Provenance recorded only the model name until 2026-12-07; every result of that kind lies
+# in one boot of one VM, whose /proc/cpuinfo read family 25, model 17: (model name, first start, last start,
+# family, model number).
+FAMILY_NOT_RECORDED = (("AMD EPYC", "2026-12-06 20:07:00", "2026-12-07 10:40:00", 25, 17),)
 # The host-speed probe: the median of a few 1024x1024 float32 products (2.1 GFLOP each, 7-30 ms here).
 SPEED_SIDE = 1024
 SPEED_REPEATS = 7
@@ -143,10 +150,29 @@ def cpu(cpuinfo: str | None = None) -> dict:
                 return value.strip()
         return None
 
+    def number(name: str) -> int | None:
+        value = field(name)
+        return int(value) if value is not None and value.isdigit() else None
+
     flags = (field("flags") or "").split()
+    # Family and model number tell CPUs of one model name apart (an AMD EPYC of family 25 or 26: 2x apart here).
     return {"model": field("model name") or platform.processor() or platform.machine(),
+            "family": number("cpu family"), "model_number": number("model"), "stepping": number("stepping"),
             "flags": sorted({flag for flag in flags if flag.startswith(CPU_FLAG_PREFIXES)}),
             "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+
+
+def cpu_name(block: dict) -> str:
+    """The CPU of a provenance block as tables and plots name it: the model name, the family and model number
+    where known (recorded, or from FAMILY_NOT_RECORDED for the results before they were), the widest vector unit."""
+    cpu = block["cpu"]
+    family, model_number = cpu.get("family"), cpu.get("model_number")
+    if family is None:
+        for model, first, last, known_family, known_number in FAMILY_NOT_RECORDED:
+            if cpu["model"] == model and first <= block.get("date", "") <= last:
+                family, model_number = known_family, known_number
+    generation = f"family {family}, model {model_number}; " if family is not None else ""
+    return f"{cpu['model']} ({generation}{vector_class(cpu['flags'])})"
 
 
 def vector_class(flags: list[str]) -> str:

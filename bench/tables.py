@@ -55,12 +55,10 @@ def machine(result: dict) -> str:
     if incomplete(result):
         return f"provenance incomplete (recorded before {PROVENANCE_SINCE})"
     record = result["provenance"]
-    cpu = record["cpu"]
-    vector = provenance.vector_class(cpu["flags"])
     load = record["load_average"]
     state = (f"contended: load {load['before'][0]:g} before, {load['after'][0]:g} after, other processes "
              f"{record['other_processes_cpu_share']:.0%} of the CPU" if record["contended"] else "idle")
-    return f"{cpu['model']} ({vector}), {cpu['cores']} cores, {state}"
+    return f"{provenance.cpu_name(record)}, {record['cpu']['cores']} cores, {state}"
 
 
 def raw(name: str) -> str:

@@ -94,8 +94,7 @@ def reference_run(directory: Path, seed: int, python: str) -> dict:
 # ---- the summary: pure functions of the saved runs ----
 
 def cpu_of(record: dict) -> str:
-    cpu = record["provenance"]["cpu"]
-    return f"{cpu['model']} ({provenance.vector_class(cpu['flags'])}), {cpu['cores']} cores"
+    return f"{provenance.cpu_name(record['provenance'])}, {record['provenance']['cpu']['cores']} cores"
 
 
 def _spread(values: list[float]) -> float | None:

@@ -15,7 +15,10 @@ pytestmark = pytest.mark.duration(seconds=1)  # about, under make test: orders t
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
 model name\t: Intel(R) Xeon(R) Processor
+stepping\t: 8
 flags\t\t: fpu sse2 fma avx avx2 avx512f avx512_bf16 avx512vl amx_tile amx_bf16 avx_vnni
 """
 
@@ -62,8 +65,20 @@ def test_a_result_without_provenance_is_marked_and_names_no_cpu():
 def test_cpu_keeps_the_model_and_the_flags_that_decide_speed():
     cpu = provenance.cpu(CPUINFO)
     assert cpu["model"] == "Intel(R) Xeon(R) Processor"
+    assert (cpu["family"], cpu["model_number"], cpu["stepping"]) == (6, 143, 8)  # "model" is not "model name"
     assert cpu["flags"] == ["amx_bf16", "amx_tile", "avx2", "avx512_bf16", "avx512f", "avx512vl"]
     assert cpu["cores"] >= 1
+    assert provenance.cpu_name({"cpu": cpu, "date": "2026-12-06 21:00:00"}) == (
+        "Intel(R) Xeon(R) Processor (family 6, model 143; AMX)")
+
+
+def test_a_cpu_without_a_recorded_family_is_named_by_its_boot_only_inside_that_boot():
+    epyc = {"model": "AMD EPYC", "flags": ["avx2", "avx512f"], "cores": 2}
+    assert provenance.cpu_name({"cpu": epyc, "date": "2026-12-07 07:41:06"}) == (
+        "AMD EPYC (family 25, model 17; AVX-512)")
+    assert provenance.cpu_name({"cpu": epyc, "date": "2026-12-05 12:39:00"}) == "AMD EPYC (AVX-512)"  # family 26 then
+    xeon = {"model": "Intel(R) Xeon(R) Processor", "flags": ["amx_bf16"], "cores": 2}
+    assert provenance.cpu_name({"cpu": xeon, "date": "2026-12-07 07:41:06"}) == "Intel(R) Xeon(R) Processor (AMX)"
 
 
 def test_written_result_carries_provenance_and_is_labelled_contended_under_load(tmp_path, monkeypatch):

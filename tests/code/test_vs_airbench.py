@@ -151,3 +151,22 @@ def test_a_run_left_out_on_another_cpu_is_still_named_in_the_table():
     text = tables.vs_airbench95({"vs-airbench95": summary})
     assert "left out: `vs-airbench95-keras-seed-1.json`, another CPU" in text  # in no table: its set moved on
     assert "left out: `vs-airbench95-keras-seed-2.json`" not in text  # in the Xeon's own table
+
+
+def test_two_generations_of_one_cpu_model_name_are_two_cpus():
+    # Zen 4 and Zen 5 both read "AMD EPYC" in /proc/cpuinfo and ran these nets 2x apart: family and model number
+    # keep their minutes apart, and results from before those were recorded get the family their VM boot had.
+    zen4 = {"model": "AMD EPYC", "family": 25, "model_number": 17, "flags": ["avx2", "avx512f"], "cores": 2}
+    zen5 = {**zen4, "family": 26, "model_number": 2}
+    unrecorded = {key: zen4[key] for key in ("model", "flags", "cores")}
+    records = dict([run("keras", 1, 0.9196, 99.0, date="2026-12-06 20:16:00", cpu=unrecorded),
+                    run("reference", 5, 0.9158, 66.7, date="2026-12-06 23:11:00", cpu=unrecorded),
+                    run("reference", 6, 0.9150, 69.0, date="2026-12-08 01:00:00", cpu=zen4),
+                    run("reference", 7, 0.9160, 34.6, date="2026-12-09 01:00:00", cpu=zen5)])
+    summary = vs_airbench.summarize(records)
+    assert summary["cpu"] == "AMD EPYC (family 26, model 2; AVX-512), 2 cores"
+    assert [row["seed"] for row in summary["reference"]["runs"]] == [7] and summary["keras"]["runs"] == []
+    [other] = summary["other_cpus"]
+    assert other["cpu"] == "AMD EPYC (family 25, model 17; AVX-512), 2 cores"
+    assert [row["seed"] for row in other["reference"]["runs"]] == [5, 6]
+    assert [row["seed"] for row in other["keras"]["runs"]] == [1]
