@@ -530,8 +530,15 @@ def _vs_airbench95_block(summary: dict) -> str:
                if summary["keras_reaches_reference_accuracy"] is False else "`time_ratio`: not yet, a side has no run")
     return (table(["side", "seed", f"test ({summary['tta']} TTA)", "minutes, process start to test accuracy",
                    "host GFLOP/s, before / after", "raw"], rows)
-            + f"\n{verdict}; {summary['seeds_each']} seed(s) each"
-            + ("" if summary["complete"] else " (fewer than the 3 the comparison needs)") + f"; {summary['cpu']}")
+            + f"\n{verdict}; {seed_counts(summary)}"
+            + ("" if summary["complete"] else " (fewer than the 3 a side the comparison needs)")
+            + f"; {summary['cpu']}")
+
+
+def seed_counts(summary: dict) -> str:
+    keras, reference = (len(summary[side]["runs"]) for side in ("keras", "reference"))
+    return (f"{keras} seed{'s' * (keras != 1)} each" if keras == reference
+            else f"{keras} Keras seed{'s' * (keras != 1)}, {reference} reference seed{'s' * (reference != 1)}")
 
 
 TABLES: dict[str, Callable[[dict[str, dict]], str]] = {

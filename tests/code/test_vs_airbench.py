@@ -74,7 +74,10 @@ def test_the_table_shows_every_counted_run_the_means_and_what_was_left_out():
     text = tables.vs_airbench95({"vs-airbench95": summary})
     assert "| Keras, profiles/scratch_residual.yaml | 1 | 91.50% | 45.0 |" in text
     assert "`time_ratio` **1.25**" in text
-    assert "fewer than the 3 the comparison needs" in text
+    assert "1 seed each (fewer than the 3 a side the comparison needs)" in text
+    records.update([run("keras", 2, 0.917, 44.0), run("keras", 3, 0.916, 46.0)])
+    summary = {**vs_airbench.summarize(records), "provenance": {"date": "2026-12-06 13:00:00"}}
+    assert "3 Keras seeds, 1 reference seed (fewer than" in tables.vs_airbench95({"vs-airbench95": summary})
     assert "left out: `vs-airbench95-reference-seed-2.json`, contended" in text
     assert tables.vs_airbench95({}) == "No run yet.\n"
 
