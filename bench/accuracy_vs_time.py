@@ -9,9 +9,12 @@ is the CPU model a result's provenance recorded; a result recorded before proven
 CPU the throughput runs of that period recorded (`PERIODS`), and its plot's title says so. A transfer profile's
 clock starts with its feature extraction, which it pays before its first head epoch. The airbench reference runs
 (PyTorch) are drawn where present: their per-epoch figure is test accuracy without TTA (they hold no validation
-split), their final point the flip-TTA test accuracy, as for the Keras profiles. Every run has its own colour and
-marker; the legend sits outside the axes. No training happens here: rerun the benchmarks themselves (their
-commands are in the JSON files) for new figures.
+split), their final point the flip-TTA test accuracy, as for the Keras profiles. The recipes run with seeds
+(`SEEDED`: the like-for-like comparison with airbench95, the fine-tuning profile and its peer) are drawn seed by
+seed; a like-for-like run's final point sits at its one timing boundary, process start to test accuracy, while its
+per-epoch points count from the start of fitting, and airbench's like-for-like runs, which score nothing before the
+end, are final points only. Every run has its own colour and marker; the legend sits outside the axes. No
+training happens here: rerun the benchmarks themselves (their commands are in the JSON files) for new figures.
 """
 
 from __future__ import annotations
@@ -45,6 +48,14 @@ REFERENCES = (
     ("airbench94-reference-45k-8-epochs", "airbench94's own code (PyTorch), 45,000 images, 8 epochs"),
     ("airbench94-reference-float32", "airbench94's own code (PyTorch), float32"),
     ("airbench95-reference", "airbench95's own code (PyTorch)"),
+)
+# (prefix, label, is a reference run): the recipes run with seeds, saved as `<prefix><seed>`; each seed is drawn as
+# its own run, so a plot shows the spread rather than one chosen run.
+SEEDED = (
+    ("vs-airbench95-keras-seed-", "residual profile, like for like with airbench95", False),
+    ("vs-airbench95-reference-seed-", "airbench95's own code (PyTorch), like for like", True),
+    ("transfer-finetune-seed-", "transfer, fine-tuned (profiles/transfer_finetune.yaml)", False),
+    ("transfer-peer-keras-io-seed-", "keras-io's EfficientNet fine-tuning recipe", False),
 )
 # Results recorded before provenance carry no CPU model: (first day, last day, the CPU the throughput runs of those
 # days recorded, the result that recorded it). Only days on which a run did read the CPU: earlier results (2026-11-24
@@ -93,16 +104,27 @@ def extraction_seconds(result: dict) -> float:
     return 0.0
 
 
+def epoch_rows(result: dict) -> list[dict]:
+    """The per-epoch record: at the top of a training result, in `detail` for a like-for-like (vs_airbench) one."""
+    return result.get("per_epoch") or (result.get("detail") or {}).get("per_epoch") or []
+
+
 def curve(result: dict) -> tuple[list[float], list[float]]:
     """(cumulative minutes, accuracy) at each epoch end, extraction first for transfer: validation accuracy for
-    the pipeline's runs, test accuracy without TTA for the reference runs."""
+    the pipeline's runs, test accuracy without TTA for the reference runs. Empty for a run that recorded neither
+    (airbench's like-for-like runs score the test split once, at the end: training accuracy on augmented images is
+    not drawn beside validation accuracy)."""
     offset = extraction_seconds(result)
-    rows = result.get("per_epoch") or []
-    key = "val_accuracy" if all("val_accuracy" in row for row in rows) else "test_accuracy"
-    return ([(offset + row["cumulative_seconds"]) / 60 for row in rows], [row[key] for row in rows])
+    rows = epoch_rows(result)
+    for key in ("val_accuracy", "test_accuracy"):
+        if rows and all(key in row for row in rows):
+            return [(offset + row["cumulative_seconds"]) / 60 for row in rows], [row[key] for row in rows]
+    return [], []
 
 
 def total_seconds(result: dict) -> float:
+    if "side" in result:  # like for like (bench.vs_airbench): process start to final test accuracy, either side
+        return float(result["seconds"])
     if "train_seconds" in result:  # a reference run: training only, evaluation excluded as airbench does
         return float(result["train_seconds"])
     return extraction_seconds(result) + float(
@@ -110,6 +132,10 @@ def total_seconds(result: dict) -> float:
 
 
 def final_accuracy(result: dict) -> float:
+    """Test accuracy with flip TTA wherever the run recorded it (a peer recipe that scores without TTA records
+    both), so that every final point on a plot is scored alike."""
+    if "test_accuracy_tta_flip" in result:
+        return result["test_accuracy_tta_flip"]
     accuracy = result["test_accuracy"]
     return accuracy["flip"] if isinstance(accuracy, dict) else accuracy
 
@@ -122,22 +148,31 @@ def table(label: str, result: dict) -> str:
              f"test accuracy **{final_accuracy(result):.1%}** after {total_seconds(result) / 60:.1f} min", ""]
     minutes, accuracy = curve(result)
     if minutes:
-        lines += ["| epoch | " + " | ".join(str(row["epoch"]) for row in result["per_epoch"]) + " |",
+        lines += ["| epoch | " + " | ".join(str(row["epoch"]) for row in epoch_rows(result)) + " |",
                   "|---|" + "---|" * len(minutes),
                   "| accuracy | " + " | ".join(f"{value:.1%}" for value in accuracy) + " |",
                   "| minutes | " + " | ".join(f"{value:.1f}" for value in minutes) + " |"]
     else:
-        lines.append("(final point only: this run predates the per-epoch record)")
+        lines.append("(final point only: the run recorded no per-epoch validation or test accuracy)")
     return "\n".join(lines)
+
+
+def runs(results: dict[str, dict]) -> list[tuple[str, str, bool]]:
+    """[(benchmark, label, is a reference run)] of every result to draw: profiles, reference runs, then each seeded
+    recipe's seeds in order."""
+    named = [(name, label, False) for name, label in PROFILES] + [(name, label, True) for name, label in REFERENCES]
+    for prefix, label, reference in SEEDED:
+        seeds = sorted(int(name.removeprefix(prefix)) for name in results
+                       if name.startswith(prefix) and name.removeprefix(prefix).isdigit())
+        named += [(f"{prefix}{seed}", f"{label}, seed {seed}", reference) for seed in seeds]
+    return [(name, label, reference) for name, label, reference in named if name in results]
 
 
 def by_machine(results: dict[str, dict]) -> dict[str, list[tuple[str, dict, bool]]]:
     """Machine -> [(label, result, is a reference run)], profiles first, in reading order."""
     groups: dict[str, list[tuple[str, dict, bool]]] = {}
-    for name, label in (*PROFILES, *REFERENCES):
-        if name in results:
-            reference = any(name == reference_name for reference_name, _ in REFERENCES)
-            groups.setdefault(machine(results[name])[0], []).append((label, results[name], reference))
+    for name, label, reference in runs(results):
+        groups.setdefault(machine(results[name])[0], []).append((label, results[name], reference))
     return groups
 
 
