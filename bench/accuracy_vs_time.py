@@ -13,8 +13,9 @@ split), their final point the flip-TTA test accuracy, as for the Keras profiles.
 (`SEEDED`: the like-for-like comparison with airbench95, the fine-tuning profile and its peer) are drawn seed by
 seed; a like-for-like run's final point sits at its one timing boundary, process start to test accuracy, while its
 per-epoch points count from the start of fitting, and airbench's like-for-like runs, which score nothing before the
-end, are final points only. Every run has its own colour and marker; the legend sits outside the axes. No
-training happens here: rerun the benchmarks themselves (their commands are in the JSON files) for new figures.
+end, are final points only. Every recipe has its own colour and every run its own marker; the legend sits outside
+the axes. No training happens here: rerun the benchmarks themselves (their commands are in the JSON files) for new
+figures.
 """
 
 from __future__ import annotations
@@ -157,35 +158,40 @@ def table(label: str, result: dict) -> str:
     return "\n".join(lines)
 
 
-def runs(results: dict[str, dict]) -> list[tuple[str, str, bool]]:
-    """[(benchmark, label, is a reference run)] of every result to draw: profiles, reference runs, then each seeded
-    recipe's seeds in order."""
-    named = [(name, label, False) for name, label in PROFILES] + [(name, label, True) for name, label in REFERENCES]
+def runs(results: dict[str, dict]) -> list[tuple[str, str, bool, str]]:
+    """[(benchmark, label, is a reference run, recipe)] of every result to draw: profiles, reference runs, then each
+    seeded recipe's seeds in order. A seeded run's recipe is shared by its seeds; any other run is its own recipe."""
+    named = [(name, label, False, label) for name, label in PROFILES]
+    named += [(name, label, True, label) for name, label in REFERENCES]
     for prefix, label, reference in SEEDED:
         seeds = sorted(int(name.removeprefix(prefix)) for name in results
                        if name.startswith(prefix) and name.removeprefix(prefix).isdigit())
-        named += [(f"{prefix}{seed}", f"{label}, seed {seed}", reference) for seed in seeds]
-    return [(name, label, reference) for name, label, reference in named if name in results]
+        named += [(f"{prefix}{seed}", f"{label}, seed {seed}", reference, label) for seed in seeds]
+    return [entry for entry in named if entry[0] in results]
 
 
-def by_machine(results: dict[str, dict]) -> dict[str, list[tuple[str, dict, bool]]]:
-    """Machine -> [(label, result, is a reference run)], profiles first, in reading order."""
-    groups: dict[str, list[tuple[str, dict, bool]]] = {}
-    for name, label, reference in runs(results):
-        groups.setdefault(machine(results[name])[0], []).append((label, results[name], reference))
+def by_machine(results: dict[str, dict]) -> dict[str, list[tuple[str, dict, bool, str]]]:
+    """Machine -> [(label, result, is a reference run, recipe)], profiles first, in reading order."""
+    groups: dict[str, list[tuple[str, dict, bool, str]]] = {}
+    for name, label, reference, recipe in runs(results):
+        groups.setdefault(machine(results[name])[0], []).append((label, results[name], reference, recipe))
     return groups
 
 
-def draw(machine_name: str, runs: list[tuple[str, dict, bool]], inferred: bool, path: Path) -> None:
+def draw(machine_name: str, runs: list[tuple[str, dict, bool, str]], inferred: bool, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    recipes = list(dict.fromkeys(recipe for *_, recipe in runs))
+    # One colour per recipe (its seeds share it; tab20 past ten recipes, so no two recipes share one) and one marker
+    # per run, shared by its curve and its final point: no two runs look alike.
+    palette = [f"C{index}" for index in range(10)] if len(recipes) <= 10 else list(plt.get_cmap("tab20").colors)
     figure, axes = plt.subplots(figsize=(9, 5))
-    for index, (label, result, reference) in enumerate(runs):
-        # One colour and one marker per run, shared by its curve and its final point: no two runs look alike.
-        colour, marker = f"C{index % 10}", MARKERS[index % len(MARKERS)]
+    for index, (label, result, reference, recipe) in enumerate(runs):
+        colour = palette[recipes.index(recipe) % len(palette)]
+        marker = MARKERS[index % len(MARKERS)]
         style = "--" if reference else "-"
         minutes, accuracy = curve(result)
         suffix = " [per epoch: test, no TTA]" if reference else ""
@@ -213,7 +219,7 @@ def main() -> None:
     for machine_name, runs in groups.items():
         inferred = machine(runs[0][1])[1]
         print(f"## {caption(machine_name, inferred)}\n")
-        for label, result, _ in runs:
+        for label, result, *_ in runs:
             print(table(label, result), end="\n\n")
         path = plot_path(machine_name)
         draw(machine_name, runs, inferred, path)
