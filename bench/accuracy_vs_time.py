@@ -164,10 +164,15 @@ def runs(results: dict[str, dict]) -> list[tuple[str, str, bool, str]]:
     named = [(name, label, False, label) for name, label in PROFILES]
     named += [(name, label, True, label) for name, label in REFERENCES]
     for prefix, label, reference in SEEDED:
-        seeds = sorted(int(name.removeprefix(prefix)) for name in results
-                       if name.startswith(prefix) and name.removeprefix(prefix).isdigit())
-        named += [(f"{prefix}{seed}", f"{label}, seed {seed}", reference, label) for seed in seeds]
+        named += [(name, f"{label}, seed {name.removeprefix(prefix)}", reference, label)
+                  for name in seeded(results, prefix)]
     return [entry for entry in named if entry[0] in results]
+
+
+def seeded(results: dict[str, dict], prefix: str) -> list[str]:
+    """The results named `<prefix><seed>`, in seed order."""
+    return sorted((name for name in results if name.startswith(prefix) and name.removeprefix(prefix).isdigit()),
+                  key=lambda name: int(name.removeprefix(prefix)))
 
 
 def by_machine(results: dict[str, dict]) -> dict[str, list[tuple[str, dict, bool, str]]]:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import provenance
-from bench.accuracy_vs_time import extraction_seconds, total_seconds
+from bench.accuracy_vs_time import extraction_seconds, final_accuracy, seeded, total_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -180,11 +180,6 @@ def finetune_runs(results: dict[str, dict]) -> str:
                   "test (flip TTA)", "wall time", "of it extraction", "date", "machine", "raw"], rows)
 
 
-def flip_tta(result: dict) -> float:
-    """A transfer run's test accuracy with flip TTA: the peer's second scoring, or the profile's only one."""
-    return result["test_accuracy_tta_flip"] if "test_accuracy_tta_flip" in result else result["test_accuracy"]
-
-
 def finetune_peer(results: dict[str, dict]) -> str:
     """The fine-tuning profile and keras-io's recipe (`python -m bench.training transfer-finetune|transfer-peer
     --seed N`), one row per seed, then each recipe's mean ± sd."""
@@ -192,15 +187,15 @@ def finetune_peer(results: dict[str, dict]) -> str:
                ("transfer-peer-keras-io-seed-", "keras-io's EfficientNet fine-tuning recipe"))
     rows = []
     for prefix, label in recipes:
-        names = sorted((name for name in results if name.startswith(prefix)), key=lambda name: results[name]["seed"])
+        names = seeded(results, prefix)
         for name in names:
             result = results[name]
             own = ("" if "test_accuracy_tta_flip" not in result
                    else f" (no TTA, as the recipe scores: {percent(result['test_accuracy'], 2)})")
-            rows.append([label, str(result["seed"]), percent(flip_tta(result), 2) + own,
+            rows.append([label, str(result["seed"]), percent(final_accuracy(result), 2) + own,
                          minutes(total_seconds(result)), f"{date(result)}; {machine(result)}", raw(name)])
         if len(names) > 1:
-            flips = [flip_tta(results[name]) for name in names]
+            flips = [final_accuracy(results[name]) for name in names]
             times = [total_seconds(results[name]) / 60 for name in names]
             rows.append([f"**{label}: mean ± sd over {len(names)}**", "",
                          f"**{percent(statistics.fmean(flips), 2)}** ± {statistics.stdev(flips):.2%}",
