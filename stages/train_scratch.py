@@ -18,10 +18,9 @@ def main() -> None:
 
 
 def train(params, args) -> None:
-    if distributed.launching(params.training):
-        # multi_worker: this process starts and watches the workers and trains nothing, so it never imports
+    if distributed.launched(params.training, args.out):
+        # multi_worker: this process started and watched the workers and trained nothing, so it never imported
         # TensorFlow and Keras (4 s of CPU on 2 cores, while the workers start).
-        distributed.run_workers(params.training, args.out)
         return
     from imgclf.training import scratch
 

@@ -24,8 +24,7 @@ def main() -> None:
 
 
 def train(params, args) -> None:
-    if distributed.launching(params.training):  # as in stages/train_scratch.py: no TensorFlow in the launcher
-        distributed.run_workers(params.training, args.out)
+    if distributed.launched(params.training, args.out):  # as in stages/train_scratch.py: no TensorFlow in the launcher
         return
     from imgclf.training import transfer
 

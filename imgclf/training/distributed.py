@@ -86,6 +86,16 @@ def launching(training) -> bool:
     return training.distribute == "multi_worker" and PROCESS_ID_ENV not in os.environ
 
 
+def launched(training, out_dir: Path) -> bool:
+    """Whether this process is the `multi_worker` launcher, in which case the workers have trained to the end
+    (`run_workers`) and the chief's outputs are in `out_dir`; False in a worker or a single-process run, which
+    train themselves."""
+    if not launching(training):
+        return False
+    run_workers(training, out_dir)
+    return True
+
+
 def is_loopback(coordinator: str) -> bool:
     host = host_port(coordinator)[0]
     if host == "localhost":

@@ -6,6 +6,7 @@ No stage module is imported by another: scratch, transfer, features and lr_finde
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,45 @@ def first_images(dataset, count: int = 2) -> np.ndarray:
     raise ValueError("empty dataset")
 
 
-def set_precision(precision: str) -> None:
-    """The global dtype policy; call before building models."""
+# CPU flags (x86 /proc/cpuinfo "flags", Arm "Features") of instructions that compute in bfloat16. Without one,
+# TensorFlow's bfloat16 kernels run emulated: airbench94-width training ran 15x slower than float32 on an AVX2 CPU
+# (6.3 against 97.5 images/s, bench/results/throughput-avx2-2026-11-26.json).
+BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str] | None:
+    """The first CPU's instruction-set flags in a /proc/cpuinfo text; None where it lists none (not Linux)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def emulated_precision_warning(precision: str, *, flags: frozenset[str] | None,
+                               list_devices: Callable[[], list[str]]) -> str | None:
+    """Why `precision` will run emulated, and what to set instead; None where it runs natively or nobody can tell.
+
+    Only bfloat16 on a CPU-only machine is judged: an accelerator computes it natively, and a CPU's flags say
+    whether it has bfloat16 instructions. (float16 on a CPU is not: never measured here.) `list_devices` (Keras'
+    devices, e.g. "cpu:0", "gpu:0") is called only when the CPU decides nothing: on TensorFlow it starts the runtime.
+    """
+    if precision != "mixed_bfloat16" or flags is None or flags & BFLOAT16_CPU_FLAGS:
+        return None
+    if any(not device.lower().startswith("cpu") for device in list_devices()):
+        return None
+    return ("training.precision is mixed_bfloat16, but this CPU has no bfloat16 instructions (none of "
+            f"{', '.join(sorted(BFLOAT16_CPU_FLAGS))} in /proc/cpuinfo) and no accelerator is visible: bfloat16 "
+            "runs emulated, about 15x slower than float32 (BENCHMARKS.md, CPU throughput). Set training.precision: "
+            "float32 on this machine (e.g. dvc exp run -S training.precision=float32).")
+
+
+def set_precision(precision: str, *, cpuinfo_path: Path = Path("/proc/cpuinfo")) -> None:
+    """The global dtype policy; call before building models. Warns when the machine would emulate it."""
+    flags = cpu_flags(cpuinfo_path.read_text(errors="replace")) if cpuinfo_path.is_file() else None
+    warning = emulated_precision_warning(precision, flags=flags, list_devices=keras.distribution.list_devices)
+    if warning:
+        log.warning(warning)
     keras.mixed_precision.set_dtype_policy(precision)
 
 

@@ -21,8 +21,7 @@ def train_scratch(params: Params, *, prepared_dir: Path, out_dir: Path, project_
                   exclude_path: Path | None = None) -> dict:
     """The train-from-scratch stage: fit the seed CNN on the prepared data (less the training ids in
     `exclude_path`) and save `model.keras`."""
-    if distributed.launching(params.training):  # multi_worker: the workers train (imgclf/training/distributed.py)
-        distributed.run_workers(params.training, out_dir)
+    if distributed.launched(params.training, out_dir):  # multi_worker: the workers trained (training/distributed.py)
         return fileio.read_json(Path(out_dir) / artifacts.SUMMARY_FILE)
     shard = distributed.join(params.training)  # None unless this is a multi_worker worker
     # First: a multi-worker strategy must configure collective ops before any TensorFlow op (and a refused one

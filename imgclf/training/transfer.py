@@ -49,8 +49,7 @@ def train_transfer(params: Params, *, prepared_dir: Path, features_dir: Path, ou
                    project_root: Path, exclude_path: Path | None = None) -> dict:
     """The transfer stage: fit the head on cached features (less the training ids in `exclude_path`), optionally
     fine-tune, save `model.keras`."""
-    if distributed.launching(params.training):  # multi_worker: the workers train (imgclf/training/distributed.py)
-        distributed.run_workers(params.training, out_dir)
+    if distributed.launched(params.training, out_dir):  # multi_worker: the workers trained (training/distributed.py)
         return fileio.read_json(Path(out_dir) / artifacts.SUMMARY_FILE)
     shard = distributed.join(params.training)  # None unless this is a multi_worker worker
     tfdata.configure(seed=params.seed, deterministic=params.deterministic)
