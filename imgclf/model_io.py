@@ -1,8 +1,9 @@
 """Model files: the custom layers a saved model needs, and `.keras` files written and read safely.
 
 Below every phase: the trainers write models, evaluate and serving read them, and any of them loads a model only
-after this module has registered the custom layers (`BackboneInput`, `ScaledBias`, `PartialIdentity`). Model
-architectures live in `imgclf.training.architectures`, the backbone registry in `imgclf.training.backbones`.
+after this module has registered the custom layers (`BackboneInput`, `ScaledBias`, `ShiftedBatchNorm`,
+`PartialIdentity`). Architectures live in `imgclf.training.scratch_model` and `imgclf.training.transfer_model`, the
+backbone registry in `imgclf.training.backbones`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,66 @@ class ScaledBias(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "multiplier": self.multiplier}
+
+
+@keras.saving.register_keras_serializable(package=MODEL_PACKAGE)
+class ShiftedBatchNorm(keras.layers.BatchNormalization):
+    """BatchNorm without a learned scale, its shift a `ScaledBias` (`multiplier * bias`): the residual net's norm.
+
+    The same function as `BatchNormalization(center=False, scale=False)` followed by `ScaledBias(multiplier)`, in
+    one layer so that on TensorFlow it runs as one fused kernel (`FusedBatchNormV3`, oneDNN's on a CPU) forward and
+    backward. Keras' own layer runs a dozen separate ops there (casts to float32, moments, normalise, cast back,
+    then the bias add): on the residual net's six norms at batch 512 they took 1.4 s of every step against 0.5 s
+    fused (`python -m bench.norm_cost`, BENCHMARKS.md). Other backends, masks and synchronised statistics take
+    Keras' path plus the shift; JAX compiles that path into one fusion anyway. Moving statistics, their momentum
+    and BatchNorm re-estimation (`fitting.reestimate_batch_norm`) behave exactly as in Keras' layer.
+    """
+
+    def __init__(self, multiplier: float = 1.0, **kwargs):
+        kwargs.update(center=False, scale=False)
+        super().__init__(**kwargs)
+        self.multiplier = multiplier
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="bias")
+
+    def call(self, inputs, training=None, mask=None):
+        if (keras.backend.backend() == "tensorflow" and mask is None and not self.synchronized
+                and len(inputs.shape) == 4 and self.axis in (-1, 3)):
+            return self._fused_call(inputs, batch_statistics=bool(training) and self.trainable)
+        outputs = super().call(inputs, training=training, mask=mask)
+        return outputs + self.multiplier * keras.ops.cast(self.bias, outputs.dtype)
+
+    def _fused_call(self, inputs, *, batch_statistics: bool):
+        # TensorFlow only here (the branch above), and imported here so that the other backends never load it.
+        import tensorflow as tf
+
+        channels = inputs.shape[-1]
+        offset = self.multiplier * tf.cast(self.bias, "float32")
+        if not batch_statistics:
+            outputs, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=inputs, scale=tf.ones((channels,)), offset=offset, mean=tf.cast(self.moving_mean, "float32"),
+                variance=tf.cast(self.moving_variance, "float32"), epsilon=self.epsilon, is_training=False)
+            return outputs
+        # Empty mean and variance: the kernel normalises with the batch's and returns them.
+        outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=tf.ones((channels,)), offset=offset, mean=tf.zeros((0,)), variance=tf.zeros((0,)),
+            epsilon=self.epsilon, is_training=True, exponential_avg_factor=1.0)
+        # The kernel returns the unbiased (n - 1) batch variance; Keras keeps the population one, as it normalises.
+        count = tf.cast(tf.size(inputs) // channels, "float32")
+        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
+        self.moving_mean.assign(self.moving_mean * self.momentum + tf.cast(mean, self.moving_mean.dtype)
+                                * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum
+                                    + tf.cast(variance, self.moving_variance.dtype) * (1.0 - self.momentum))
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("center", "scale"):  # fixed by the layer, not settings
+            config.pop(key, None)
+        return {**config, "multiplier": self.multiplier}
 
 
 @keras.saving.register_keras_serializable(package=MODEL_PACKAGE)

@@ -9,7 +9,7 @@ import numpy as np
 
 from imgclf.config import ScratchConfig
 from imgclf.errors import ModelConfigError
-from imgclf.model_io import PartialIdentity, ScaledBias
+from imgclf.model_io import PartialIdentity, ShiftedBatchNorm
 
 
 def build_scratch_model(config: ScratchConfig, *, input_shape: tuple[int, int, int],
@@ -70,7 +70,7 @@ def build_residual_model(config: ScratchConfig, *, input_shape: tuple[int, int, 
 
     Each block: Conv 3x3 -> MaxPool 2x2 -> BatchNorm -> act -> Conv 3x3 -> BatchNorm -> act, with identity-
     initialised convs (`PartialIdentity`) and BatchNorm without a learned scale (it would only duplicate the
-    next conv's); its shift is a `ScaledBias` that learns `residual_bias_lr_scale` times faster under SGD. The
+    next conv's) whose shift learns `residual_bias_lr_scale` times faster under SGD (`ShiftedBatchNorm`). The
     whitening layer's weights are a placeholder until `set_patch_whitening` computes them from training pixels
     (the training stage does; the model itself never sees the data layer).
     """
@@ -97,10 +97,8 @@ def build_residual_model(config: ScratchConfig, *, input_shape: tuple[int, int, 
                                     name=f"block{block}_conv{position}")(x)
             if position == 1:
                 x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-            x = keras.layers.BatchNormalization(center=False, scale=False, momentum=RESIDUAL_BATCH_NORM_MOMENTUM,
-                                                epsilon=RESIDUAL_BATCH_NORM_EPSILON,
-                                                name=f"block{block}_bn{position}")(x)
-            x = ScaledBias(bias_multiplier, name=f"block{block}_shift{position}")(x)
+            x = ShiftedBatchNorm(bias_multiplier, momentum=RESIDUAL_BATCH_NORM_MOMENTUM,
+                                 epsilon=RESIDUAL_BATCH_NORM_EPSILON, name=f"block{block}_norm{position}")(x)
             x = keras.layers.Activation(activation, name=f"block{block}_act{position}")(x)
     x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
     logits = keras.layers.Dense(num_classes, use_bias=False, name="classifier")(x)
