@@ -235,6 +235,26 @@ def batchnorm_cost(results: dict[str, dict]) -> str:
     ]) + f"\n{date(result)}; {machine(result)}; raw {raw('batchnorm_reestimate_cost')}.\n"
 
 
+def norm_cost(results: dict[str, dict]) -> str:
+    """The residual net's norms per training step (`python -m bench.norm_cost`): median seconds of each chain."""
+    result = results["norm-cost"]
+    rows = []
+    for run in result["runs"]:
+        medians = run["median_seconds_per_step"]
+        rows.append([run["precision"], f"{medians['keras_batchnorm_then_shift']:.2f}",
+                     f"{medians['shifted_batchnorm']:.2f}", f"**{run['keras_over_fused']:.2f}x**",
+                     f"{run['fused_saves_per_step_seconds']:.2f} s ({run['fused_saves_per_epoch_seconds']:.0f} s)",
+                     f"{run['activation_seconds_per_step']:.2f}",
+                     f"{len(run['seconds_per_step']['shifted_batchnorm'])}"])
+    sites = ", ".join("x".join(str(side) for side in shape) for shape in result["site_shapes"])
+    return table(["precision", "Keras BatchNorm + ScaledBias, s/step", "ShiftedBatchNorm, s/step", "ratio",
+                  f"saved per step (per epoch of {result['steps_per_epoch']} steps)",
+                  f"the {result['activation']} inside, s/step", "timed calls each"], rows) + (
+        f"\nNorm sites ({sites}) at batch {result['batch_size']}, forward and backward, each followed by "
+        f"{result['activation']}; host speed before / after: {host_speed(result['provenance'].get('host_gflops'))} "
+        f"GFLOP/s. {date(result)}; {machine(result)}; raw {raw('norm-cost')}.\n")
+
+
 def determinism(results: dict[str, dict]) -> str:
     result = results["determinism"]
     labels = {"off": "`deterministic: false`", "on": "`deterministic: true`",
@@ -539,7 +559,8 @@ def seed_counts(summary: dict) -> str:
 TABLES: dict[str, Callable[[dict[str, dict]], str]] = {
     "results-index": results_index, "preprocess": preprocess, "seed-runs": seed_runs, "pipeline-ratio": pipeline_ratio,
     "transfer-head": transfer_head, "finetune-runs": finetune_runs, "finetune-epochs": finetune_epochs,
-    "small-data": small_data, "batchnorm-cost": batchnorm_cost, "determinism": determinism, "own-photos": own_photos,
+    "small-data": small_data, "batchnorm-cost": batchnorm_cost, "norm-cost": norm_cost, "determinism": determinism,
+    "own-photos": own_photos,
     "throughput-now": throughput_now, "throughput-epochs": throughput_epochs, "throughput-avx2": throughput_avx2,
     "extraction-now": extraction_now,
     "extraction-avx2": extraction_avx2, "residual-runs": residual_runs, "residual-epochs": residual_epochs,

@@ -45,6 +45,10 @@ TTA = "flip"
 # The profile's split: 49,500 training images, 500 validation, the 10,000 test images.
 VAL_FRACTION = 0.01
 RECIPE = "airbench95"
+# The residual net's norm layer, in each Keras run's configuration: a change of layer (not of params) is a new
+# configuration, whose seeds the summary must not mix with the old one's. Runs before 2026-12-07 ran Keras'
+# BatchNormalization then ScaledBias and record no norm. (A string: the parent process never imports Keras.)
+KERAS_NORM = "ShiftedBatchNorm"
 MIN_SEEDS = 3
 
 
@@ -67,7 +71,8 @@ def keras_run(directory: Path, seed: int) -> dict:
     result = common.train_scratch(directory, run_name("keras", seed), profile, prepared)
     seconds = time.perf_counter() - started
     return {"test_accuracy": result["test_accuracy"], "seconds": round(seconds, 1),
-            "configuration": {key: profile[key] for key in ("data", "augment", "scratch", "training", "evaluate")},
+            "configuration": {**{key: profile[key] for key in ("data", "augment", "scratch", "training", "evaluate")},
+                              "norm": KERAS_NORM},
             "epochs": result["epochs"], "train_images": common.split_counts(prepared)["train"], "detail": result}
 
 
