@@ -235,19 +235,25 @@ def batchnorm_cost(results: dict[str, dict]) -> str:
     ]) + f"\n{date(result)}; {machine(result)}; raw {raw('batchnorm_reestimate_cost')}.\n"
 
 
+def _median_and_range(run: dict, chain: str) -> str:
+    seconds = run["seconds_per_step"][chain]
+    return f"{run['median_seconds_per_step'][chain]:.2f} ({min(seconds):.2f}-{max(seconds):.2f})"
+
+
 def norm_cost(results: dict[str, dict]) -> str:
     """The residual net's norms per training step (`python -m bench.norm_cost`): median seconds of each chain."""
     result = results["norm-cost"]
     rows = []
     for run in result["runs"]:
-        medians = run["median_seconds_per_step"]
-        rows.append([run["precision"], f"{medians['keras_batchnorm_then_shift']:.2f}",
-                     f"{medians['shifted_batchnorm']:.2f}", f"**{run['keras_over_fused']:.2f}x**",
+        rows.append([run["precision"], _median_and_range(run, "keras_batchnorm_then_shift"),
+                     _median_and_range(run, "shifted_batchnorm"),
+                     f"**{run['keras_over_fused']:.2f}x**",
                      f"{run['fused_saves_per_step_seconds']:.2f} s ({run['fused_saves_per_epoch_seconds']:.0f} s)",
                      f"{run['activation_seconds_per_step']:.2f}",
                      f"{len(run['seconds_per_step']['shifted_batchnorm'])}"])
     sites = ", ".join("x".join(str(side) for side in shape) for shape in result["site_shapes"])
-    return table(["precision", "Keras BatchNorm + ScaledBias, s/step", "ShiftedBatchNorm, s/step", "ratio",
+    return table(["precision", "Keras BatchNorm + ScaledBias, s/step: median (min-max)",
+                  "ShiftedBatchNorm, s/step: median (min-max)", "ratio of medians",
                   f"saved per step (per epoch of {result['steps_per_epoch']} steps)",
                   f"the {result['activation']} inside, s/step", "timed calls each"], rows) + (
         f"\nNorm sites ({sites}) at batch {result['batch_size']}, forward and backward, each followed by "
