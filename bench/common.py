@@ -22,6 +22,7 @@ import yaml
 
 from bench import provenance
 from imgclf import smoke_copy
+from imgclf.config import Params, params_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared data and models: ../shared beside the checkout, or where IMGCLF_SHARED says (a git worktree elsewhere).
@@ -30,6 +31,7 @@ ARCHIVE = SHARED / "data" / "cifar10-jpg.tar.gz"
 ARCHIVE_SHA256 = "d34c68f61cca57aa9144c8f25bda427abb9921bd642d5857a2fc1a6b4416f965"
 BACKBONE = SHARED / "models" / "efficientnet_lite0_imagenet_notop.keras"
 RESULTS = ROOT / "bench" / "results"
+CIFAR10_TRAINING_IMAGES = 50000
 CIFAR10_OVERRIDES = {"data": {"source": "image_folder", "path": str(ARCHIVE), "sha256": ARCHIVE_SHA256},
                      "mlflow": {"experiment": "imgclf-bench"}}
 
@@ -52,6 +54,13 @@ def environment(directory: Path) -> dict[str, str]:
     env = smoke_copy.environment(directory)
     env["PYTHONPATH"] = os.pathsep.join([str(directory), str(ROOT)])
     return env
+
+
+def profile_params(profile: Path | None = None) -> Params:
+    """This checkout's params.yaml with `profile`'s overrides (a profiles/*.yaml file) merged in, validated."""
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    overrides = yaml.safe_load(profile.read_text()) if profile else {}
+    return params_from_dict(smoke_copy.merge(base, overrides), source=str(profile or ROOT / "params.yaml"))
 
 
 def write_params(directory: Path, name: str, overrides: dict) -> Path:

@@ -20,22 +20,15 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-import yaml
 
-from bench import provenance
+from bench import common, provenance
 from bench.common import RESULTS, ROOT
-from imgclf import model_io, smoke_copy
-from imgclf.config import params_from_dict
+from imgclf import model_io
 from imgclf.training import scratch_model
 
 PROFILE = ROOT / "profiles" / "scratch_residual.yaml"
 PRECISIONS = ("float32", "mixed_bfloat16")
 CHAINS = ("keras_batchnorm_then_shift", "shifted_batchnorm", "shifted_batchnorm_no_activation")
-
-
-def profile_config():
-    params = smoke_copy.merge(yaml.safe_load((ROOT / "params.yaml").read_text()), yaml.safe_load(PROFILE.read_text()))
-    return params_from_dict(params, source=str(PROFILE)).scratch
 
 
 def norm_site_shapes(config) -> list[tuple[int, ...]]:
@@ -108,9 +101,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds in which the chains take turns")
     arguments = parser.parse_args()
     run = provenance.start()
-    config = profile_config()
+    params = common.profile_params(PROFILE)
+    config = params.scratch
     shapes = norm_site_shapes(config)
-    train_images = 49_500  # the profile's training split: 99% of CIFAR-10's 50,000
+    train_images = round(common.CIFAR10_TRAINING_IMAGES * (1 - params.data.val_fraction))  # the profile's split
     steps_per_epoch = -(-train_images // config.batch_size)
     runs = [measure(precision, shapes, config, repeats=arguments.repeats, rounds=arguments.rounds)
             for precision in PRECISIONS]

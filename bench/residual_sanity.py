@@ -14,11 +14,10 @@ import time
 
 import keras
 import numpy as np
-import yaml
 from PIL import Image
 
+from bench import common
 from bench.common import ARCHIVE, ROOT
-from imgclf import config, smoke_copy
 from imgclf.training import fitting, scratch_model
 
 rng = np.random.default_rng(0)
@@ -37,9 +36,7 @@ with tarfile.open(str(ARCHIVE)) as tar:
         return x, y
     x_train, y_train = load("train", 3000)
     x_test, y_test = load("test", 1000)
-base = yaml.safe_load((ROOT / "params.yaml").read_text())
-profile = yaml.safe_load((ROOT / "profiles" / "scratch_residual.yaml").read_text())
-params = config.params_from_dict(smoke_copy.merge(base, profile))
+params = common.profile_params(ROOT / "profiles" / "scratch_residual.yaml")
 batch = 256
 scratch = params.scratch.model_copy(update={"batch_size": batch, "epochs": 3, "warmup_epochs": 1.0,
                                             "learning_rate": params.scratch.learning_rate * batch

@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import common
 from bench.common import BACKBONE, ROOT
 
 # Training costs about three forward passes: the forward pass, and twice its work backwards (the gradient
@@ -74,9 +75,7 @@ def measure(*, architecture: str, precision: str, jit_compile: bool, images: int
             epochs: int, profile: Path | None) -> dict:
     import keras
     import numpy as np
-    import yaml
 
-    from imgclf import config, smoke_copy
     from imgclf.training import fitting, scratch_model
 
     steps = images // batch_size
@@ -86,9 +85,7 @@ def measure(*, architecture: str, precision: str, jit_compile: bool, images: int
     images = steps * batch_size  # whole batches only: every step the same size
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
-    overrides = yaml.safe_load(profile.read_text()) if profile else {}
-    params = config.params_from_dict(smoke_copy.merge(base, overrides))
+    params = common.profile_params(profile)
     scratch = params.scratch.model_copy(update={"architecture": architecture, "batch_size": batch_size})
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(images, 32, 32, 3)).astype("float32")
@@ -150,13 +147,11 @@ def measure_extraction(*, backbone: Path, mode: str, jit_compile: bool, input_si
     the result carries how far its features are from float32's on the first batch."""
     import keras
     import numpy as np
-    import yaml
 
-    from imgclf.config import params_from_dict
     from imgclf.training import backbones, features, transfer_model
 
     keras.utils.set_random_seed(0)
-    config = params_from_dict(yaml.safe_load((ROOT / "params.yaml").read_text())).transfer
+    config = common.profile_params().transfer
     config = config.model_copy(update={"backbone": str(backbone), "input_size": input_size})
     network, preprocessing = features.load_backbone(backbones.resolve(config), config)
     network.trainable = False

@@ -53,7 +53,6 @@ VARIANT_BENCHMARKS = ("residual", "seed-recipe-25")  # the ones --set, --val-fra
 # A choice between configurations is made on a validation split this large (issue 29): at 90% accuracy, 5,000
 # images give a standard error of 0.4 points, against 1.3 for the 500 the profiles validate on.
 MIN_SELECTION_VAL_IMAGES = 5000
-CIFAR10_TRAINING_IMAGES = 50000
 # The fine-tuning peer (issue 29, item 7): the settings of keras-io's "Image classification via fine-tuning with
 # EfficientNet" (Yixing Fu; keras-team/keras-io, examples/vision/image_classification_efficientnet_fine_tuning.py):
 # rotation 0.15, shifts 0.1, flips both ways (RandomFlip's default), contrast 0.1; a dropout-0.2 softmax head, Adam
@@ -341,10 +340,10 @@ def check(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> Non
     if split is not None and (isinstance(split, bool) or not isinstance(split, (int, float))):
         parser.error(f"--validation-only: data.val_fraction {split!r}: give the validation split as a number, "
                      "e.g. --val-fraction 0.1")
-    if split is None or split * CIFAR10_TRAINING_IMAGES < MIN_SELECTION_VAL_IMAGES:
+    if split is None or split * common.CIFAR10_TRAINING_IMAGES < MIN_SELECTION_VAL_IMAGES:
         parser.error(f"--validation-only: choose on at least {MIN_SELECTION_VAL_IMAGES:,} validation images "
-                     f"(--val-fraction 0.1 of CIFAR-10's {CIFAR10_TRAINING_IMAGES:,}); the profiles' 500 cannot tell "
-                     "apart choices a point apart")
+                     f"(--val-fraction 0.1 of CIFAR-10's {common.CIFAR10_TRAINING_IMAGES:,}); the profiles' 500 "
+                     "cannot tell apart choices a point apart")
 
 
 def main() -> None:
