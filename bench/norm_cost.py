@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6, help="timed calls of each chain per round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds in which the chains take turns")
     arguments = parser.parse_args()
+    if arguments.repeats < 1 or arguments.rounds < 1:  # a median of no timings is no measurement
+        parser.error(f"--repeats {arguments.repeats} --rounds {arguments.rounds}: give 1 or more of each")
     run = provenance.start()
     params = common.profile_params(PROFILE)
     config = params.scratch
