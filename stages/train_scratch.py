@@ -1,6 +1,6 @@
 """DVC stage `train_scratch`: train the seed CNN from scratch and save it as .keras."""
 
-from imgclf import stage_runner
+from imgclf import artifacts, stage_runner
 from imgclf.training import distributed
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), stage_runner checks them.
@@ -18,6 +18,9 @@ def main() -> None:
 
 
 def train(params, args) -> None:
+    # A missing or unreadable prepared directory is named in a second, before the launcher starts workers
+    # or this process spends 8-13 s of CPU importing TensorFlow and Keras.
+    artifacts.read_prepared_meta(args.data)
     if distributed.launched(params.training, args.out):
         # multi_worker: this process started and watched the workers and trained nothing, so it never imported
         # TensorFlow and Keras (4 s of CPU on 2 cores, while the workers start).
