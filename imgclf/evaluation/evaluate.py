@@ -116,12 +116,16 @@ def check_probabilities(probabilities: np.ndarray, *, name: str) -> None:
 
 
 def predict(model: keras.Model, batches, *, flip: bool = False, description: str = "predict",
-            total: int | None = None) -> Predictions:
+            total: int | None = None, batch_size: int | None = None) -> Predictions:
     """Stream `(images, one-hot, ids)` numpy batches through the model, keeping only the scores (a progress bar
     named `description` in a terminal, one line in logs).
 
     `flip` (`evaluate.tta_flip`): test-time augmentation, each image's scores averaged with those of its
     left-right mirror image (twice the inference cost; the images/s below counts both passes).
+
+    `batch_size`: a shorter batch (a split's last) is padded to it and the padding's scores dropped, so every call
+    has one shape and the model's predict function is traced once, not once per split (a trace of the transfer
+    model costs 0.7-2 s of CPU; inference has no batch statistics, so padding changes no other image's scores).
 
     Images per second counts model time only, after the first batch (which includes tracing), so it is the
     steady-state inference speed; with a single batch that batch is used.
@@ -131,10 +135,12 @@ def predict(model: keras.Model, batches, *, flip: bool = False, description: str
     with progress.step(description, total=total) as counter:
         for images, targets, index in batches:
             started = time.perf_counter()
+            images = _padded(np.asarray(images), batch_size)
             scores = np.asarray(model.predict_on_batch(images), dtype=np.float32)
             if flip:
-                mirrored = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
+                mirrored = np.ascontiguousarray(images[:, :, ::-1])
                 scores = (scores + np.asarray(model.predict_on_batch(mirrored), dtype=np.float32)) / 2
+            scores = scores[:len(index)]
             seconds = time.perf_counter() - started
             if ids:
                 steady_seconds, steady_count = steady_seconds + seconds, steady_count + len(scores)
@@ -151,6 +157,14 @@ def predict(model: keras.Model, batches, *, flip: bool = False, description: str
     return Predictions(ids=np.concatenate(ids), labels=np.concatenate(labels).astype(np.int64),
                        probabilities=np.concatenate(probabilities),
                        images_per_second=count / seconds if seconds > 0 else 0.0)
+
+
+def _padded(images: np.ndarray, batch_size: int | None) -> np.ndarray:
+    """`images` with zero images appended up to `batch_size` (unchanged when it is None or already that long)."""
+    missing = (batch_size or 0) - len(images)
+    if missing <= 0:
+        return images
+    return np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)])
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict:
@@ -362,6 +376,10 @@ def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path]
                                       batch_size=settings.batch_size, with_index=True)
         return tfdata.iterate_numpy(dataset)
 
+    # One input shape for both splits and both passes (see predict), never longer than the larger split: a 30-photo
+    # test set is not padded to 256 images of ResNet50 inference.
+    inference_batch = min(settings.batch_size, max(meta.counts.get("test", 0), meta.counts.get("val", 0))
+                          or settings.batch_size)
     all_metrics: dict[str, dict] = {}
     validations: dict[str, Predictions | None] = {}
     for name in MODEL_NAMES:
@@ -369,12 +387,13 @@ def _evaluate(params: Params, *, prepared_dir: Path, model_dirs: dict[str, Path]
         model = model_io.load_model(model_path, remedy=f"retrain it (dvc repro --force train_{name})")
         check_model_fits(model, name=name, image_shape=shape, num_classes=len(class_names))
         test = predict(model, batches("test"), flip=settings.tta_flip, description=f"evaluate {name} (test)",
-                       total=meta.counts.get("test"))
+                       total=meta.counts.get("test"), batch_size=inference_batch)
         check_probabilities(test.probabilities, name=name)
         check_test_covers_classes(test.labels, class_names)
         has_validation = meta.counts.get("val", 1) > 0
         validation = (predict(model, batches("val"), flip=settings.tta_flip,
-                              description=f"evaluate {name} (validation)", total=meta.counts.get("val"))
+                              description=f"evaluate {name} (validation)", total=meta.counts.get("val"),
+                              batch_size=inference_batch)
                       if has_validation else None)
         result = classification_metrics(test.labels, test.probabilities, class_names)
         result.update(calibration_metrics(

@@ -102,6 +102,40 @@ def test_predict_streams_batches_and_measures_speed():
     assert result.images_per_second > 0
 
 
+class _CountsTraces(keras.layers.Layer):
+    """Identity whose Python `call` runs once per trace of the model's predict function (then graph replays)."""
+
+    traces = 0
+
+    def call(self, inputs):
+        _CountsTraces.traces += 1
+        return inputs
+
+
+def test_predict_pads_short_batches_to_one_shape_and_drops_their_scores():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(_CountsTraces()(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    rng = np.random.default_rng(0)
+
+    def batches(sizes):
+        return [(rng.uniform(0, 255, (n, 8, 8, 3)).astype(np.float32), np.eye(3)[np.arange(n) % 3],
+                 np.arange(start, start + n)) for start, n in zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True)]
+
+    test, validation = batches([4, 4, 3]), batches([2])
+    _CountsTraces.traces = 0
+    padded = [evaluate.predict(model, iter(split), flip=True, batch_size=4) for split in (test, validation)]
+    assert _CountsTraces.traces == 1, "one shape: traced once for the splits, their last batches and the mirror"
+    unpadded = [model.predict_on_batch(images) for images, _, _ in test + validation]
+    assert [len(result.ids) for result in padded] == [11, 2]
+    assert padded[1].ids.tolist() == [0, 1] and padded[0].labels.tolist() == [0, 1, 2, 0, 0, 1, 2, 0, 0, 1, 2]
+    plain = evaluate.predict(model, iter(test + validation))  # no padding: the same scores for the real images
+    mirrored = [model.predict_on_batch(np.ascontiguousarray(images[:, :, ::-1])) for images, _, _ in test + validation]
+    expected = (np.concatenate(unpadded) + np.concatenate(mirrored)) / 2
+    np.testing.assert_allclose(np.concatenate([result.probabilities for result in padded]), expected, atol=1e-6)
+    np.testing.assert_allclose(plain.probabilities, np.concatenate(unpadded), atol=1e-6)
+
+
 def test_predictions_file_lists_top_k_that_exist(tmp_path):
     labels = np.array([0, 1, 1])
     scores = np.array([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1]], dtype=np.float32)
