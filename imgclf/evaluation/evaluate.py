@@ -140,12 +140,12 @@ def predict(model: keras.Model, batches, *, flip: bool = False, description: str
             if flip:
                 mirrored = np.ascontiguousarray(images[:, :, ::-1])
                 scores = (scores + np.asarray(model.predict_on_batch(mirrored), dtype=np.float32)) / 2
-            scores = scores[:len(index)]
             seconds = time.perf_counter() - started
-            if ids:
+            if ids:  # the padding counts: the model ran on it (the speed is the model's, not the split's)
                 steady_seconds, steady_count = steady_seconds + seconds, steady_count + len(scores)
             else:
                 first_seconds, first_count = seconds, len(scores)
+            scores = scores[:len(index)]
             probabilities.append(scores)
             labels.append(np.argmax(np.asarray(targets), axis=-1))
             ids.append(np.asarray(index, dtype=np.int64))
