@@ -17,6 +17,8 @@ from imgclf.config import params_from_dict
 from imgclf.entry_points import PROJECT_ROOT
 from imgclf.training import fitting, lr_finder
 
+pytestmark = pytest.mark.duration(seconds=6)  # about, under make test: orders the modules
+
 
 def test_one_cycle_warms_up_then_anneals():
     schedule = fitting.OneCycle(0.01, total_steps=100)

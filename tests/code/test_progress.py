@@ -20,6 +20,8 @@ from imgclf import progress
 from imgclf.data import archives, download
 from imgclf.evaluation import evaluate
 
+pytestmark = pytest.mark.duration(seconds=5)  # about, under make test: orders the modules
+
 
 def batches(count: int, size: int):
     for start in range(0, count, size):

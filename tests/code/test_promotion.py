@@ -13,6 +13,8 @@ import pytest
 from imgclf.evaluation import promotion
 from imgclf.tracking import registry
 
+pytestmark = pytest.mark.duration(seconds=9)  # about, under make test: orders the modules
+
 
 def _right(count: int, wrong: list[int]) -> np.ndarray:
     right = np.ones(count, dtype=bool)

@@ -16,6 +16,8 @@ from PIL import Image
 from imgclf import figures
 from imgclf.evaluation import evaluate, paired_tests, report
 
+pytestmark = pytest.mark.duration(seconds=6)  # about, under make test: orders the modules
+
 CLASSES = ["cat", "dog", "<b>ship</b>"]
 SECTIONS = ("headline", "metrics", "calibration", "galleries", "both-wrong", "only-transfer-right",
             "only-scratch-right", "top-losses", "most-uncertain", "most-confused", "label-errors", "score-bars",

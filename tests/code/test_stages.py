@@ -13,7 +13,7 @@ import yaml
 
 from imgclf.entry_points import PROJECT_ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.duration(seconds=9)]  # about, under make test: orders the modules
+pytestmark = [pytest.mark.integration, pytest.mark.duration(seconds=3)]  # about, under make test: orders the modules
 
 
 def _stage(name: str, *args: str, cwd=PROJECT_ROOT) -> subprocess.CompletedProcess:

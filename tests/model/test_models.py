@@ -17,6 +17,9 @@ from imgclf.config import params_from_dict
 from imgclf.entry_points import PROJECT_ROOT
 from imgclf.training import backbones, features, recipe, scratch_model, transfer_model
 
+# About, under make test (two processes import TensorFlow): orders the modules.
+pytestmark = pytest.mark.duration(seconds=25)
+
 
 def load_backbone(config):
     """What extract_features does: the backbone check_params resolved (data/backbone.json), then built."""
