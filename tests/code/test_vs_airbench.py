@@ -175,16 +175,11 @@ def test_two_generations_of_one_cpu_model_name_are_two_cpus():
     assert [row["seed"] for row in other["keras"]["runs"]] == [1]
 
 
-def test_keras_runs_name_the_norm_layer_the_residual_net_uses(params_dict):
+def test_keras_runs_name_the_norm_layer_the_residual_net_uses():
     """A Keras run's configuration names the net's norm layer, so that runs of another layer are not combined."""
-    import yaml
-
-    from imgclf import smoke_copy
-    from imgclf.config import params_from_dict
     from imgclf.training import scratch_model
 
-    profile = yaml.safe_load((common.ROOT / "profiles" / "scratch_residual.yaml").read_text())
-    config = params_from_dict(smoke_copy.merge(params_dict, profile), source="profile").scratch
+    config = common.profile_params(common.ROOT / "profiles" / "scratch_residual.yaml").scratch
     model = scratch_model.build_residual_model(config, input_shape=(32, 32, 3), num_classes=10)
     norms = {type(layer).__name__ for layer in model.layers if "norm" in layer.name}
     assert norms == {vs_airbench.KERAS_NORM}
