@@ -181,13 +181,21 @@ def exit_on_user_error(body: Callable[[], object]) -> object:
 
 def stage(description: str, declared_params: Sequence[str], paths: dict[str, str],
           body: Callable[[DeclaredParams, argparse.Namespace], object], argv: list[str] | None = None,
-          optional: Sequence[str] = ()) -> None:
+          optional: Sequence[str] = (), prepared: Sequence[str] = ()) -> None:
     """Run a stage: `--params` plus one `--<name> PATH` per entry of `paths` (required, given by dvc.yaml, except
     the names in `optional`, None when not given: an input added later, which older callers do not pass).
 
     `declared_params` are the params keys the stage reads (the stage module's PARAMS, which dvc.yaml must list
     exactly: tests/code/test_deps.py); each must name a section or a key of params.yaml. `body` gets the params
-    restricted to them (`config.DeclaredParams`): reading any other key is an error."""
+    restricted to them (`config.DeclaredParams`): reading any other key is an error.
+
+    `prepared` names the entries of `paths` that are prepared data directories. Each one's metadata is read before
+    `body` runs, so a missing or broken one is named, with the stage to run, in well under a second; `body`
+    imports what it needs itself, after that (TensorFlow and Keras cost 8-13 s of CPU before a stage could say
+    that its input is absent)."""
+    unknown = set(prepared) - set(paths)
+    if unknown:
+        raise ValueError(f"prepared names {sorted(unknown)}, which are not among the stage's paths {sorted(paths)}")
     check_declared(declared_params)
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -203,7 +211,10 @@ def stage(description: str, declared_params: Sequence[str], paths: dict[str, str
     declared = frozenset(params_to_dict(Params()) if EVERY_PARAM in declared_params else declared_params)
 
     def run() -> None:
-        body(DeclaredParams(load_params(arguments.params), stage=name, declared=declared, reads=reads), arguments)
+        params = load_params(arguments.params)
+        for path_name in prepared:
+            artifacts.read_prepared_meta(getattr(arguments, path_name))
+        body(DeclaredParams(params, stage=name, declared=declared, reads=reads), arguments)
         if os.environ.get(PARAMS_TRACE_ENV):
             with open(os.environ[PARAMS_TRACE_ENV], "a", encoding="utf-8") as trace:
                 trace.write(json.dumps({"stage": name, "declared": sorted(declared_params), "read": sorted(reads)})

@@ -1,7 +1,6 @@
 """DVC stage `preview`: the prepared data's class distribution and a grid of augmented training images."""
 
 from imgclf import stage_runner
-from imgclf.data import preview
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), stage_runner checks them.
 PARAMS = ("seed", "augment")
@@ -11,11 +10,13 @@ PATHS = {"data": "prepared data directory (preprocess stage output)", "out": "pr
 
 
 def run(params, args) -> None:
+    from imgclf.data import preview  # TensorFlow (the augmentation layers): after stage_runner read the prepared data
+
     preview.run(params, prepared_dir=args.data, out_dir=args.out)
 
 
 def main() -> None:
-    stage_runner.stage(__doc__, PARAMS, PATHS, run)
+    stage_runner.stage(__doc__, PARAMS, PATHS, run, prepared=("data",))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """DVC stage `train_scratch`: train the seed CNN from scratch and save it as .keras."""
 
-from imgclf import artifacts, stage_runner
+from imgclf import stage_runner
 from imgclf.training import distributed
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), stage_runner checks them.
@@ -14,13 +14,12 @@ def main() -> None:
     stage_runner.stage(__doc__, PARAMS, {"data": "prepared data directory",
                                          "exclude": "training ids to leave out (find_duplicates' exclude.json)",
                                          "out": "model directory to write"},
-                       train, optional=("exclude",))
+                       train, optional=("exclude",), prepared=("data",))
 
 
 def train(params, args) -> None:
-    # A missing or unreadable prepared directory is named in a second, before the launcher starts workers
-    # or this process spends 8-13 s of CPU importing TensorFlow and Keras.
-    artifacts.read_prepared_meta(args.data)
+    # stage_runner has read the prepared data: a missing input was named before the launcher started workers
+    # or this process imported TensorFlow and Keras (8-13 s of CPU).
     if distributed.launched(params.training, args.out):
         # multi_worker: this process started and watched the workers and trained nothing, so it never imported
         # TensorFlow and Keras (4 s of CPU on 2 cores, while the workers start).

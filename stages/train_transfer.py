@@ -1,6 +1,6 @@
 """DVC stage `train_transfer`: train the new head on cached backbone features; save the whole model as .keras."""
 
-from imgclf import artifacts, stage_runner
+from imgclf import stage_runner
 from imgclf.training import distributed
 
 # The params keys this stage reads: dvc.yaml lists exactly these (tests/code/test_deps.py), stage_runner checks them.
@@ -20,11 +20,10 @@ def main() -> None:
     stage_runner.stage(__doc__, PARAMS, {"data": "prepared data directory", "features": "cached features directory",
                                          "exclude": "training ids to leave out (find_duplicates' exclude.json)",
                                          "out": "model directory to write"},
-                       train, optional=("exclude",))
+                       train, optional=("exclude",), prepared=("data",))
 
 
 def train(params, args) -> None:
-    artifacts.read_prepared_meta(args.data)  # as in stages/train_scratch.py: fail before any import
     if distributed.launched(params.training, args.out):  # as in stages/train_scratch.py: no TensorFlow in the launcher
         return
     from imgclf.training import transfer

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -49,16 +51,37 @@ def test_malicious_archive_is_refused_by_the_download_stage(tmp_path, params_dic
     assert not (tmp_path / "escape.png").exists() and not (tmp_path / "work" / "raw").exists()
 
 
-@pytest.mark.parametrize("stage", ["train_scratch", "train_transfer"])
-def test_missing_input_names_the_stage_to_run_before_importing_tensorflow(tmp_path, stage):
+def _stages_reading_prepared_data() -> dict[str, list[str]]:
+    """{stage: its dvc.yaml command, split} for every stage that reads the prepared data (`--data data/prepared`)."""
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    return {name: shlex.split(stage["cmd"]) for name, stage in stages.items()
+            if "--data data/prepared" in " ".join(stage["cmd"].split())}
+
+
+READING_PREPARED = _stages_reading_prepared_data()
+
+
+def test_every_training_and_evaluation_stage_reads_the_prepared_data():
+    # The parametrization below follows dvc.yaml; this says it did not silently shrink.
+    assert {"preview", "train_scratch", "extract_features", "find_duplicates", "train_transfer", "evaluate",
+            "analyze"} <= set(READING_PREPARED)
+
+
+@pytest.mark.parametrize("stage", sorted(READING_PREPARED))
+def test_missing_prepared_data_is_named_with_the_stage_to_run_before_importing_tensorflow(tmp_path, stage):
     # A TensorFlow that cannot be imported: the stage must name the missing input without reaching it (the
-    # imports cost 8-13 s of CPU before a training stage could say that its input is absent).
+    # imports cost 8-13 s of CPU before a stage could say that its input is absent). Every path dvc.yaml gives
+    # the stage is absent; the prepared data is checked first, by stage_runner, whatever else is missing.
     shadow = tmp_path / "shadow" / "tensorflow"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('the stage imported TensorFlow')\n")
-    extra = ("--features", str(tmp_path / "features")) if stage == "train_transfer" else ()
-    result = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--data", str(tmp_path / "absent"), *extra,
-                             "--out", str(tmp_path / "model")], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            check=False, timeout=300, env={**os.environ, "PYTHONPATH": str(shadow.parent)})
-    assert result.returncode == 2 and "dvc repro preprocess" in result.stderr, result.stderr
-    assert "TensorFlow" not in result.stderr
+    command = READING_PREPARED[stage]
+    assert command[:3] == ["python", "-m", f"stages.{stage}"], command
+    arguments = [str(tmp_path / "absent" / word) if previous.startswith("--") else word
+                 for previous, word in itertools.pairwise(command[2:])]
+    result = subprocess.run([sys.executable, "-m", f"stages.{stage}", *arguments], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, check=False, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(shadow.parent)})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"error: {tmp_path / 'absent' / 'data/prepared' / 'meta.json'} not found; "
+                                     "run the preprocess stage first (dvc repro preprocess)"), result.stderr
