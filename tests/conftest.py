@@ -48,6 +48,11 @@ from imgclf.artifacts import MLFLOW_STORE_FILE
 from imgclf.entry_points import PROJECT_ROOT
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The suite never calls out: DVC sends usage statistics from a daemon it starts after each command unless told not
+# to (the sandbox copies' config says so; the user's own commands tested here would not). MLflow's telemetry is off
+# under pytest already (PYTEST_CURRENT_TEST); the setting makes it plain for the processes the tests start.
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 # Under pytest-xdist each worker is a process running TensorFlow, and each stage a test starts is another: by
 # default every one sizes its thread pools to all cores, so two workers on two cores oversubscribe and thrash.
