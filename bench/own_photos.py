@@ -8,8 +8,8 @@ archive, laid out as a user's folder (`photos/<class>/*.jpg`, no train/test spli
 validation). The transfer model uses the shared EfficientNet-Lite0 file (the offline stand-in for
 `weights="imagenet"`) at 96 px. `--profile` applies a params profile first (the README's recipe:
 profiles/own_photos.yaml), `--set KEY=VALUE` (YAML value) replaces a param after it. Writes
-bench/results/own-photos[-<profile>][-<key>-<value>].json: both models' test accuracy, chance, the degenerate-model
-flags, the scratch model's parameters and the stage's wall time.
+bench/results/own-photos[-<profile>][-<key>-<value>][-<classes>x<per class>].json: both models' test accuracy,
+chance, the degenerate-model flags, the scratch model's parameters and the stage's wall time.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from imgclf import artifacts, smoke_copy
 
 ARCHIVE = Path("data") / "cifar10-jpg.tar.gz"  # in the shared folder (--shared)
 BACKBONE = Path("models") / "efficientnet_lite0_imagenet_notop.keras"
+DEFAULT_CLASSES, DEFAULT_PER_CLASS = 4, 150  # other values add `-<classes>x<per class>` to the result's name
 
 
 def write_photos(archive_path: Path, folder: Path, *, classes: int, per_class: int) -> list[str]:
@@ -55,8 +56,8 @@ def write_photos(archive_path: Path, folder: Path, *, classes: int, per_class: i
 def main() -> None:
     run = provenance.start()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes", type=int, default=4)
-    parser.add_argument("--per-class", type=int, default=150)
+    parser.add_argument("--classes", type=int, default=DEFAULT_CLASSES)
+    parser.add_argument("--per-class", type=int, default=DEFAULT_PER_CLASS)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-own-photos"))
     parser.add_argument("--shared", type=Path, default=SHARED, help="the folder with data/ and models/ (../shared)")
     parser.add_argument("--profile", type=Path, help="a params profile applied before the overrides below")
@@ -81,6 +82,8 @@ def main() -> None:
         *sections, leaf = key.split(".")
         overrides = smoke_copy.merge(overrides, _nested(sections, {leaf: yaml.safe_load(value)}))
         name += f"-{leaf}-" + re.sub(r"[^A-Za-z0-9._]+", "-", value).strip("-")
+    if (arguments.classes, arguments.per_class) != (DEFAULT_CLASSES, DEFAULT_PER_CLASS):
+        name += f"-{arguments.classes}x{arguments.per_class}"  # another folder: never the default run's file
     project = smoke_copy.create(arguments.dir / "project", source_root=ROOT, overrides=overrides)
     started = time.perf_counter()
     smoke_copy.dvc(project, "repro")
