@@ -9,7 +9,8 @@ validation). The transfer model uses the shared EfficientNet-Lite0 file (the off
 `weights="imagenet"`) at 96 px. `--profile` applies a params profile first (the README's recipe:
 profiles/own_photos.yaml), `--set KEY=VALUE` (YAML value) replaces a param after it. Writes
 bench/results/own-photos[-<profile>][-<key>-<value>][-<classes>x<per class>].json: both models' test accuracy,
-chance, the degenerate-model flags, the scratch model's parameters and the stage's wall time.
+chance, the degenerate-model flags and the training and validation accuracies they weigh, the scratch model's
+parameters and the stage's wall time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from bench import provenance
@@ -92,6 +94,8 @@ def main() -> None:
     metrics = json.loads((evaluation / artifacts.METRICS_FILE).read_text())
     flagged = json.loads((evaluation / artifacts.DEGENERATE_FILE).read_text())
     meta = artifacts.read_prepared_meta(project / artifacts.PREPARED_DIR)
+    histories = {model: artifacts.read_history(project / "models" / model / artifacts.HISTORY_FILE)
+                 for model in metrics}
     result = {
         "benchmark": "own-photos",
         "classes": meta.num_classes, "counts": meta.counts, "chance": round(1 / meta.num_classes, 4),
@@ -100,9 +104,20 @@ def main() -> None:
         "scratch_parameters": json.loads((project / "models" / "scratch" / artifacts.SUMMARY_FILE).read_text())[
             "parameter_count"],
         **{f"{model}_test_accuracy": round(metrics[model]["accuracy"], 4) for model in metrics},
+        # What the degenerate-model guard weighs (evaluate.degenerate_reasons): the last epoch's training accuracy
+        # and the saved model's accuracy on the validation split, as the evaluate stage scored it.
+        **{f"{model}_final_training_accuracy": round(histories[model][-1]["accuracy"], 4) for model in metrics},
+        **{f"{model}_validation_accuracy": round(validation_accuracy(evaluation / artifacts.validation_predictions_file(
+            model)), 4) for model in metrics},
         **{f"{model}_degenerate": flagged[model] for model in flagged},
     }
     print(json.dumps(provenance.write(RESULTS / f"{name}.json", result, run), indent=2))
+
+
+def validation_accuracy(predictions_file: Path) -> float:
+    """The share of right answers in the evaluate stage's validation predictions (ids, labels, predicted)."""
+    with np.load(predictions_file) as predictions:
+        return float(np.mean(predictions["labels"] == predictions["predicted"]))
 
 
 def _nested(sections: list[str], leaf: dict) -> dict:

@@ -64,9 +64,10 @@ CHANCE_STANDARD_ERRORS = 2.0  # accuracy within this many standard errors of the
 TRAIN_VALIDATION_GAP = 0.3  # final training accuracy this far above the saved model's validation accuracy, and
 # validation keeping less than this share of training's gain over the baseline (even at the top of its noise band).
 # A quarter: collapse keeps next to nothing (30% validation against 97.5% training on 4 classes: 13%), overfitting
-# on small data keeps far more, and less as there are more classes to tell apart (4 classes x 150 photos: 68%;
-# 10 classes x 150 photos: 47%, bench/results/own-photos-profile-10x150.json). Half, as it was, called that 10-class
-# run "not meaningful" though its scratch model scored 4x chance on the test images.
+# on small data keeps far more, and less as there are more classes to tell apart: the README's own-photos recipe kept
+# 68% on 4 classes x 150 photos, 55% on 10 x 150 (bench/results/own-photos-profile*.json). Half, as it was, sat within
+# the sampling noise of that 10-class run: another 150 photos per class kept 47%, and the report called a scratch
+# model at 4x chance on the test images "not meaningful".
 VALIDATION_KEPT_SHARE = 0.25
 LIKELY_CAUSES = ("BatchNorm inference statistics that do not match training (scratch.batch_norm_images), too few "
                  "training steps or images, a learning rate too high for the data (diverged), labels that do not "
