@@ -274,13 +274,16 @@ def determinism(results: dict[str, dict]) -> str:
 
 def own_photos(results: dict[str, dict]) -> str:
     rows = []
-    for name in ("own-photos", "own-photos-profile", "own-photos-profile-pool_after-2-3"):
+    for name in ("own-photos", "own-photos-profile", "own-photos-profile-pool_after-2-3", "own-photos-profile-10x150"):
         result = results[name]
-        rows.append([f"`{command(result)}`", str(result.get("scratch_parameters", "—")),
+        flagged = [model for model in ("scratch", "transfer") if result[f"{model}_degenerate"]["degenerate"]]
+        rows.append([f"`{command(result)}`", f"{result['classes']} ({percent(result['chance'])})",
+                     str(result.get("scratch_parameters", "—")),
                      f"**{percent(result['scratch_test_accuracy'])}**", percent(result["transfer_test_accuracy"]),
-                     f"{result['dvc_repro_seconds']:.0f} s", date(result), machine(result), raw(name)])
-    return table(["run", "scratch parameters", "scratch test", "transfer test", "`dvc repro`", "date", "machine",
-                  "raw"], rows)
+                     ", ".join(flagged) or "none", f"{result['dvc_repro_seconds']:.0f} s", date(result),
+                     machine(result), raw(name)])
+    return table(["run", "classes (chance)", "scratch parameters", "scratch test", "transfer test", "degenerate",
+                  "`dvc repro`", "date", "machine", "raw"], rows)
 
 
 def throughput_matrix(results: dict[str, dict], name: str) -> str:
