@@ -23,7 +23,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from bench import provenance
@@ -96,6 +95,7 @@ def main() -> None:
     meta = artifacts.read_prepared_meta(project / artifacts.PREPARED_DIR)
     histories = {model: artifacts.read_history(project / "models" / model / artifacts.HISTORY_FILE)
                  for model in metrics}
+    registered = json.loads((evaluation / artifacts.RUNS_FILE).read_text())["registry"]["models"]
     result = {
         "benchmark": "own-photos",
         "classes": meta.num_classes, "counts": meta.counts, "chance": round(1 / meta.num_classes, 4),
@@ -105,19 +105,12 @@ def main() -> None:
             "parameter_count"],
         **{f"{model}_test_accuracy": round(metrics[model]["accuracy"], 4) for model in metrics},
         # What the degenerate-model guard weighs (evaluate.degenerate_reasons): the last epoch's training accuracy
-        # and the saved model's accuracy on the validation split, as the evaluate stage scored it.
+        # and the saved model's accuracy on the validation split, as the evaluate stage scored it (runs.json).
         **{f"{model}_final_training_accuracy": round(histories[model][-1]["accuracy"], 4) for model in metrics},
-        **{f"{model}_validation_accuracy": round(validation_accuracy(evaluation / artifacts.validation_predictions_file(
-            model)), 4) for model in metrics},
+        **{f"{model}_validation_accuracy": round(registered[model]["val_accuracy"], 4) for model in metrics},
         **{f"{model}_degenerate": flagged[model] for model in flagged},
     }
     print(json.dumps(provenance.write(RESULTS / f"{name}.json", result, run), indent=2))
-
-
-def validation_accuracy(predictions_file: Path) -> float:
-    """The share of right answers in the evaluate stage's validation predictions (ids, labels, predicted)."""
-    with np.load(predictions_file) as predictions:
-        return float(np.mean(predictions["labels"] == predictions["predicted"]))
 
 
 def _nested(sections: list[str], leaf: dict) -> dict:
